@@ -1,0 +1,13 @@
+//! tailpass: passkey single sign-on in front of private web services on a
+//! Tailscale network, in one binary.
+//!
+//! Map of the crate (one concern per module):
+//!
+//! - [`tailnet`]: joins the tailnet through an embedded tsnet (Go c-archive
+//!   over FFI), accepts and dials connections, identifies peers with WhoIs.
+//!
+//! Architecture, security invariants and test strategy: `docs/design.md`.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod tailnet;

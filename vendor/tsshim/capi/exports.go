@@ -1,0 +1,288 @@
+package main
+
+// The C API (tsshim.h). Each export converts C types, recovers any Go panic
+// into an error (a panic must never take the Rust process down) and calls
+// the plain-Go logic in node.go, listener.go and pump.go.
+
+/*
+#include <stdlib.h>
+#include "tsshim.h"
+*/
+import "C"
+
+import (
+	"fmt"
+	"runtime/debug"
+	"strings"
+	"unsafe"
+
+	"tailscale.com/envknob"
+	"tailscale.com/logtail"
+	"tailscale.com/net/netns"
+	"tailscale.com/tsnet"
+)
+
+func init() {
+	// tailpass never uploads tailscale's client logs to log.tailscale.com
+	// unless the operator opts in: TAILPASS_TAILSCALE_LOG_UPLOAD=1.
+	if !envknob.Bool("TAILPASS_TAILSCALE_LOG_UPLOAD") {
+		envknob.SetNoLogsNoSupport()
+		logtail.Disable()
+	}
+}
+
+func main() {}
+
+// setErr stores msg in *errp as a malloc'd C string, if errp is not NULL.
+func setErr(errp **C.char, err error) {
+	if errp == nil || err == nil {
+		return
+	}
+	*errp = C.CString(strings.ReplaceAll(err.Error(), "\x00", ""))
+}
+
+// guard recovers a panic into an error. Deferred first in every export.
+func guard(errp **C.char, ret *C.int) {
+	if r := recover(); r != nil {
+		setErr(errp, fmt.Errorf("internal error (recovered Go panic): %v\n%s", r, debug.Stack()))
+		if ret != nil {
+			*ret = -1
+		}
+	}
+}
+
+func result(errp **C.char, err error) C.int {
+	if err != nil {
+		setErr(errp, err)
+		return -1
+	}
+	return 0
+}
+
+func setStr(dst **C.char, s string) {
+	if dst != nil {
+		*dst = C.CString(s)
+	}
+}
+
+//export tsshim_free
+func tsshim_free(p unsafe.Pointer) {
+	C.free(p)
+}
+
+//export tsshim_set_netns_enabled
+func tsshim_set_netns_enabled(enabled C.int) {
+	defer func() { recover() }()
+	netns.SetEnabled(enabled != 0)
+}
+
+//export tsshim_setenv
+func tsshim_setenv(name, value *C.char, errp **C.char) (ret C.int) {
+	defer guard(errp, &ret)
+	k := C.GoString(name)
+	if k == "" || strings.ContainsAny(k, "=\x00") {
+		return result(errp, fmt.Errorf("invalid environment variable name %q", k))
+	}
+	envknob.Setenv(k, C.GoString(value))
+	return 0
+}
+
+//export tsshim_node_new
+func tsshim_node_new(errp **C.char) (ret C.int64_t) {
+	defer func() {
+		if r := recover(); r != nil {
+			setErr(errp, fmt.Errorf("internal error (recovered Go panic): %v", r))
+			ret = -1
+		}
+	}()
+	return C.int64_t(newNode())
+}
+
+func setter(h C.int64_t, errp **C.char, f func(s *tsnet.Server) error) (ret C.int) {
+	defer guard(errp, &ret)
+	n, err := lookupNode(int64(h))
+	if err != nil {
+		return result(errp, err)
+	}
+	return result(errp, n.configure(f))
+}
+
+//export tsshim_node_set_dir
+func tsshim_node_set_dir(h C.int64_t, dir *C.char, errp **C.char) C.int {
+	v := C.GoString(dir)
+	return setter(h, errp, func(s *tsnet.Server) error { s.Dir = v; return nil })
+}
+
+//export tsshim_node_set_hostname
+func tsshim_node_set_hostname(h C.int64_t, hostname *C.char, errp **C.char) C.int {
+	v := C.GoString(hostname)
+	return setter(h, errp, func(s *tsnet.Server) error { s.Hostname = v; return nil })
+}
+
+//export tsshim_node_set_authkey
+func tsshim_node_set_authkey(h C.int64_t, key *C.char, errp **C.char) C.int {
+	v := C.GoString(key)
+	return setter(h, errp, func(s *tsnet.Server) error { s.AuthKey = v; return nil })
+}
+
+//export tsshim_node_set_control_url
+func tsshim_node_set_control_url(h C.int64_t, url *C.char, errp **C.char) C.int {
+	v := C.GoString(url)
+	return setter(h, errp, func(s *tsnet.Server) error { s.ControlURL = v; return nil })
+}
+
+//export tsshim_node_set_ephemeral
+func tsshim_node_set_ephemeral(h C.int64_t, ephemeral C.int, errp **C.char) C.int {
+	return setter(h, errp, func(s *tsnet.Server) error { s.Ephemeral = ephemeral != 0; return nil })
+}
+
+//export tsshim_node_set_tags
+func tsshim_node_set_tags(h C.int64_t, tags *C.char, errp **C.char) C.int {
+	v := C.GoString(tags)
+	return setter(h, errp, func(s *tsnet.Server) error {
+		t, err := parseTags(v)
+		if err != nil {
+			return err
+		}
+		s.AdvertiseTags = t
+		return nil
+	})
+}
+
+//export tsshim_node_set_log_fd
+func tsshim_node_set_log_fd(h C.int64_t, fd C.int, errp **C.char) (ret C.int) {
+	defer guard(errp, &ret)
+	n, err := lookupNode(int64(h))
+	if err != nil {
+		return result(errp, err)
+	}
+	return result(errp, n.setLogFD(int(fd)))
+}
+
+//export tsshim_node_up
+func tsshim_node_up(h C.int64_t, timeoutMS C.int64_t, statusJSON **C.char, errp **C.char) (ret C.int) {
+	defer guard(errp, &ret)
+	n, err := lookupNode(int64(h))
+	if err != nil {
+		return result(errp, err)
+	}
+	st, err := n.up(int64(timeoutMS))
+	if err != nil {
+		return result(errp, err)
+	}
+	setStr(statusJSON, st)
+	return 0
+}
+
+//export tsshim_node_cancel_up
+func tsshim_node_cancel_up(h C.int64_t) {
+	defer func() { recover() }()
+	if n, err := lookupNode(int64(h)); err == nil {
+		n.cancelUp()
+	}
+}
+
+//export tsshim_node_close
+func tsshim_node_close(h C.int64_t, errp **C.char) (ret C.int) {
+	defer guard(errp, &ret)
+	return result(errp, closeNode(int64(h)))
+}
+
+func listenCommon(h C.int64_t, network, addr string, funnel, funnelOnly bool, ctlFD *C.int, errp **C.char) (ret C.int64_t) {
+	defer func() {
+		if r := recover(); r != nil {
+			setErr(errp, fmt.Errorf("internal error (recovered Go panic): %v", r))
+			ret = -1
+		}
+	}()
+	n, err := lookupNode(int64(h))
+	if err != nil {
+		setErr(errp, err)
+		return -1
+	}
+	lh, fd, err := n.listen(network, addr, funnel, funnelOnly)
+	if err != nil {
+		setErr(errp, err)
+		return -1
+	}
+	*ctlFD = C.int(fd)
+	return C.int64_t(lh)
+}
+
+//export tsshim_listen
+func tsshim_listen(h C.int64_t, network, addr *C.char, ctlFD *C.int, errp **C.char) C.int64_t {
+	return listenCommon(h, C.GoString(network), C.GoString(addr), false, false, ctlFD, errp)
+}
+
+//export tsshim_listen_funnel
+func tsshim_listen_funnel(h C.int64_t, addr *C.char, funnelOnly C.int, ctlFD *C.int, errp **C.char) C.int64_t {
+	return listenCommon(h, "tcp", C.GoString(addr), true, funnelOnly != 0, ctlFD, errp)
+}
+
+//export tsshim_listener_close
+func tsshim_listener_close(h C.int64_t, errp **C.char) (ret C.int) {
+	defer guard(errp, &ret)
+	return result(errp, closeListener(int64(h)))
+}
+
+//export tsshim_dial
+func tsshim_dial(h C.int64_t, network, addr *C.char, timeoutMS C.int64_t, fd *C.int, remote **C.char, errp **C.char) (ret C.int) {
+	defer guard(errp, &ret)
+	n, err := lookupNode(int64(h))
+	if err != nil {
+		return result(errp, err)
+	}
+	cfd, raddr, err := n.dial(C.GoString(network), C.GoString(addr), int64(timeoutMS))
+	if err != nil {
+		return result(errp, err)
+	}
+	*fd = C.int(cfd)
+	setStr(remote, raddr)
+	return 0
+}
+
+//export tsshim_whois
+func tsshim_whois(h C.int64_t, addr *C.char, timeoutMS C.int64_t, out **C.char, errp **C.char) (ret C.int) {
+	defer guard(errp, &ret)
+	n, err := lookupNode(int64(h))
+	if err != nil {
+		return result(errp, err)
+	}
+	j, err := n.whois(C.GoString(addr), int64(timeoutMS))
+	if err != nil {
+		return result(errp, err)
+	}
+	setStr(out, j)
+	return 0
+}
+
+//export tsshim_cert_pair
+func tsshim_cert_pair(h C.int64_t, domain *C.char, timeoutMS C.int64_t, certPEM, keyPEM **C.char, errp **C.char) (ret C.int) {
+	defer guard(errp, &ret)
+	n, err := lookupNode(int64(h))
+	if err != nil {
+		return result(errp, err)
+	}
+	c, k, err := n.certPair(C.GoString(domain), int64(timeoutMS))
+	if err != nil {
+		return result(errp, err)
+	}
+	setStr(certPEM, string(c))
+	setStr(keyPEM, string(k))
+	return 0
+}
+
+//export tsshim_status
+func tsshim_status(h C.int64_t, timeoutMS C.int64_t, out **C.char, errp **C.char) (ret C.int) {
+	defer guard(errp, &ret)
+	n, err := lookupNode(int64(h))
+	if err != nil {
+		return result(errp, err)
+	}
+	j, err := n.status(int64(timeoutMS))
+	if err != nil {
+		return result(errp, err)
+	}
+	setStr(out, j)
+	return 0
+}

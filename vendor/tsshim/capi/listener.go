@@ -1,0 +1,142 @@
+package main
+
+// Listeners deliver each accepted connection to Rust as one SOCK_SEQPACKET
+// message carrying the connection's fd (SCM_RIGHTS) and, in the same message,
+// its exact remote and local address. Address and fd can never be paired
+// wrongly, unlike a lookup by fd number after the fact.
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+
+	"tailscale.com/tsnet"
+)
+
+type listener struct {
+	node *node
+	ln   net.Listener
+	ctl  *net.UnixConn
+	once sync.Once
+}
+
+func (l *listener) close() {
+	l.once.Do(func() {
+		l.ln.Close()
+		l.ctl.Close()
+	})
+}
+
+func (n *node) listen(network, addr string, funnel, funnelOnly bool) (int64, int, error) {
+	if err := n.ensureStarted(); err != nil {
+		return -1, -1, err
+	}
+	var (
+		ln  net.Listener
+		err error
+	)
+	if funnel {
+		var opts []tsnet.FunnelOption
+		if funnelOnly {
+			opts = append(opts, tsnet.FunnelOnly())
+		}
+		ln, err = n.srv.ListenFunnel(network, addr, opts...)
+	} else {
+		ln, err = n.srv.Listen(network, addr)
+	}
+	if err != nil {
+		return -1, -1, fmt.Errorf("listen %s %s: %w", network, addr, err)
+	}
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_SEQPACKET|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		ln.Close()
+		return -1, -1, fmt.Errorf("listen: socketpair: %w", err)
+	}
+	f := os.NewFile(uintptr(fds[0]), "tsshim-listener")
+	fc, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		ln.Close()
+		syscall.Close(fds[1])
+		return -1, -1, fmt.Errorf("listen: control socket: %w", err)
+	}
+	l := &listener{node: n, ln: ln, ctl: fc.(*net.UnixConn)}
+	h := newHandle()
+	registryMu.Lock()
+	if nodes[n.handle] != n { // closed while we were setting up
+		registryMu.Unlock()
+		l.close()
+		syscall.Close(fds[1])
+		return -1, -1, errUnknownNode
+	}
+	listeners[h] = l
+	registryMu.Unlock()
+	go l.acceptLoop(h)
+	return h, fds[1], nil
+}
+
+func (l *listener) acceptLoop(h int64) {
+	defer func() {
+		if r := recover(); r != nil {
+			l.node.logf("tsshim: listener panic recovered: %v", r)
+		}
+		l.close()
+		registryMu.Lock()
+		delete(listeners, h)
+		registryMu.Unlock()
+	}()
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				l.node.logf("tsshim: accept: %v", err)
+			}
+			return
+		}
+		if err := l.deliver(c); err != nil {
+			// The Rust side stopped reading (listener dropped): stop.
+			return
+		}
+	}
+}
+
+// deliver sends c's fd and addresses as one message. It blocks (a parked
+// goroutine, not a thread) while Rust is not accepting: backpressure.
+func (l *listener) deliver(c net.Conn) error {
+	fd, err := handOff(c)
+	if err != nil {
+		c.Close()
+		l.node.logf("tsshim: accept hand-off: %v", err)
+		return nil // this connection is lost; the listener goes on
+	}
+	msg := []byte(c.RemoteAddr().String() + "\n" + c.LocalAddr().String())
+	_, _, err = l.ctl.WriteMsgUnix(msg, syscall.UnixRights(fd), nil)
+	// Our copy of the fd goes either way: on success the receiver holds its
+	// own; on failure closing it ends the pump, which closes c.
+	syscall.Close(fd)
+	return err
+}
+
+func closeListener(h int64) error {
+	registryMu.Lock()
+	l, ok := listeners[h]
+	delete(listeners, h)
+	registryMu.Unlock()
+	if !ok {
+		return errors.New("unknown or closed listener handle")
+	}
+	l.close()
+	return nil
+}
+
+func (n *node) logf(format string, args ...any) {
+	n.mu.Lock()
+	f := n.srv.UserLogf
+	n.mu.Unlock()
+	if f != nil {
+		f(format, args...)
+	}
+}
