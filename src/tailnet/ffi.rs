@@ -84,16 +84,12 @@ pub(crate) fn own_received_fd(fd: RawFd) -> OwnedFd {
 }
 
 /// Registers a non-blocking descriptor with tokio for readiness events.
-pub(crate) fn register_readable(
-    fd: OwnedFd,
-) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+pub(crate) fn register_readable(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
     // SAFETY: the AsyncFd takes ownership of the OwnedFd, so the descriptor
     // stays open and refers to the same socket until the AsyncFd (and its
     // registration) is dropped; OwnedFd::as_raw_fd always returns it.
-    unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
-    }
-    .map_err(|e| e.into())
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into())
 }
 
 pub(crate) fn set_netns_enabled(enabled: bool) {
@@ -186,7 +182,9 @@ pub(crate) fn node_cancel_up(node: i64) {
 
 pub(crate) fn node_close(node: i64) -> Result<(), Error> {
     // SAFETY: value argument and a valid out-pointer.
-    check("close", |err| i64::from(unsafe { sys::tsshim_node_close(node, err) }))?;
+    check("close", |err| {
+        i64::from(unsafe { sys::tsshim_node_close(node, err) })
+    })?;
     Ok(())
 }
 
@@ -202,10 +200,24 @@ pub(crate) fn listen(
     let mut ctl: c_int = -1;
     let h = check("listen", |err| match funnel {
         // SAFETY: a, n outlive the call; ctl and err are valid out-pointers.
-        None => unsafe { sys::tsshim_listen(node, n.as_ptr().cast_mut(), a.as_ptr().cast_mut(), &mut ctl, err) },
+        None => unsafe {
+            sys::tsshim_listen(
+                node,
+                n.as_ptr().cast_mut(),
+                a.as_ptr().cast_mut(),
+                &mut ctl,
+                err,
+            )
+        },
         // SAFETY: as above.
         Some(only) => unsafe {
-            sys::tsshim_listen_funnel(node, a.as_ptr().cast_mut(), c_int::from(only), &mut ctl, err)
+            sys::tsshim_listen_funnel(
+                node,
+                a.as_ptr().cast_mut(),
+                c_int::from(only),
+                &mut ctl,
+                err,
+            )
         },
     })?;
     if ctl < 0 {
@@ -294,7 +306,14 @@ pub(crate) fn cert_pair(
     let r = check("cert", |err| {
         // SAFETY: d outlives the call; out-pointers are valid.
         i64::from(unsafe {
-            sys::tsshim_cert_pair(node, d.as_ptr().cast_mut(), millis(timeout), &mut cert, &mut key, err)
+            sys::tsshim_cert_pair(
+                node,
+                d.as_ptr().cast_mut(),
+                millis(timeout),
+                &mut cert,
+                &mut key,
+                err,
+            )
         })
     });
     let (cert, key) = (take_string(cert), take_string(key));

@@ -25,4 +25,6 @@ pub use listener::Listener;
 pub use node::{CertPair, LogSink, Node, NodeConfig, global};
 pub use status::{SelfNode, Status};
 pub use stream::TailnetStream;
-pub use whois::{CapMap, PeerNode, Principal, StableNodeId, TAGGED_DEVICES, UserId, UserProfile, WhoIs};
+pub use whois::{
+    CapMap, PeerNode, Principal, StableNodeId, TAGGED_DEVICES, UserId, UserProfile, WhoIs,
+};

@@ -126,7 +126,9 @@ where
 {
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r,
-        Err(e) => Err(Error::Protocol(format!("blocking tailnet call failed: {e}"))),
+        Err(e) => Err(Error::Protocol(format!(
+            "blocking tailnet call failed: {e}"
+        ))),
     }
 }
 
@@ -150,10 +152,13 @@ impl Node {
             }),
         };
         // On any error below, dropping `node` closes the half-made handle.
-        let dir = config.state_dir.to_str().ok_or_else(|| Error::InvalidArgument {
-            what: "state dir",
-            reason: "is not valid UTF-8".into(),
-        })?;
+        let dir = config
+            .state_dir
+            .to_str()
+            .ok_or_else(|| Error::InvalidArgument {
+                what: "state dir",
+                reason: "is not valid UTF-8".into(),
+            })?;
         ffi::node_set(handle, ffi::Setting::Dir, dir)?;
         ffi::node_set(handle, ffi::Setting::Hostname, &config.hostname)?;
         if let Some(key) = &config.auth_key {
@@ -180,7 +185,9 @@ impl Node {
                     .spawn(move || {
                         for line in BufReader::new(std::fs::File::from(rd)).lines() {
                             match line {
-                                Ok(l) => tracing::debug!(target: "tailpass::tsnet", node = %host, "{l}"),
+                                Ok(l) => {
+                                    tracing::debug!(target: "tailpass::tsnet", node = %host, "{l}")
+                                }
                                 Err(_) => break,
                             }
                         }

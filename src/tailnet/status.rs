@@ -66,7 +66,11 @@ impl Status {
     /// The node's first IPv4 tailnet address, else its first address.
     pub fn ip(&self) -> Option<IpAddr> {
         let addrs = &self.self_node.as_ref()?.addresses;
-        addrs.iter().find(|a| a.is_ipv4()).or(addrs.first()).copied()
+        addrs
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or(addrs.first())
+            .copied()
     }
 }
 

@@ -24,7 +24,11 @@ pub struct TailnetStream {
 }
 
 impl TailnetStream {
-    pub(crate) fn from_fd(fd: OwnedFd, peer: SocketAddr, local: Option<SocketAddr>) -> Result<Self> {
+    pub(crate) fn from_fd(
+        fd: OwnedFd,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+    ) -> Result<Self> {
         let std = std::os::unix::net::UnixStream::from(fd);
         std.set_nonblocking(true)?;
         Ok(TailnetStream {

@@ -102,6 +102,7 @@ impl WhoIs {
             .ok_or_else(|| Error::Protocol("whois answer without a user profile".into()))?;
         let addresses = node
             .addresses
+            .unwrap_or_default()
             .iter()
             .map(|p| {
                 let ip = p.split('/').next().unwrap_or(p);
@@ -129,7 +130,14 @@ impl WhoIs {
                 addresses,
                 tags: node.tags.unwrap_or_default(),
             },
-            caps: raw.cap_map.unwrap_or_default(),
+            // A capability granted without values comes as null: keep the
+            // grant, with no values.
+            caps: raw
+                .cap_map
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.unwrap_or_default()))
+                .collect(),
         })
     }
 
@@ -164,7 +172,7 @@ struct RawWhoIs {
     #[serde(rename = "UserProfile")]
     user_profile: Option<RawUser>,
     #[serde(rename = "CapMap")]
-    cap_map: Option<CapMap>,
+    cap_map: Option<BTreeMap<String, Option<Vec<serde_json::Value>>>>,
 }
 
 #[derive(Deserialize)]
@@ -173,8 +181,8 @@ struct RawNode {
     stable_id: StableNodeId,
     #[serde(rename = "Name", default)]
     name: String,
-    #[serde(rename = "Addresses", default)]
-    addresses: Vec<String>,
+    #[serde(rename = "Addresses")]
+    addresses: Option<Vec<String>>,
     #[serde(rename = "Tags")]
     tags: Option<Vec<String>>,
     #[serde(rename = "Hostinfo")]
@@ -209,7 +217,7 @@ mod tests {
                  "Hostinfo": {"Hostname": "laptop", "OS": "linux"}},
         "UserProfile": {"ID": 7, "LoginName": "alice@example.com", "DisplayName": "Alice",
                         "ProfilePicURL": "https://example.com/a.png"},
-        "CapMap": {"example.com/cap/files": [{"path": "/srv"}, "ro"]}
+        "CapMap": {"example.com/cap/files": [{"path": "/srv"}, "ro"], "example.com/cap/bare": null}
     }"#;
 
     #[test]
@@ -222,9 +230,15 @@ mod tests {
         assert_eq!(w.node.stable_id.0, "TESTCTRL00000003");
         assert_eq!(w.node.addresses.len(), 2);
         assert!(!w.is_tagged());
-        assert_eq!(w.principal(), Principal::User { login: "alice@example.com" });
+        assert_eq!(
+            w.principal(),
+            Principal::User {
+                login: "alice@example.com"
+            }
+        );
         assert_eq!(w.cap_values("example.com/cap/files").len(), 2);
         assert!(w.cap_values("example.com/cap/none").is_empty());
+        assert!(w.caps.contains_key("example.com/cap/bare"));
     }
 
     #[test]

@@ -346,7 +346,7 @@ func (n *node) status(timeoutMS int64) (string, error) {
 	}
 	ctx, cancel := withTimeout(n.ctx, timeoutMS)
 	defer cancel()
-	st, err := lc.StatusWithoutPeers(ctx)
+	st, err := lc.Status(ctx)
 	if err != nil {
 		return "", fmt.Errorf("status: %w", err)
 	}

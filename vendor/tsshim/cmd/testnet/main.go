@@ -209,9 +209,19 @@ func (tg *tagger) apply(ctx context.Context) error {
 		if slices.Equal(n.Tags, want) {
 			continue
 		}
-		nn := n.Clone()
-		nn.Tags = slices.Clone(want)
-		tg.ctl.UpdateNode(nn)
+		// testcontrol has no atomic read-modify-write of a node: serveMap
+		// writes back a whole copy. Wait until the node polls (its disco key
+		// and DERP home are set), then copy and write back at once; if a
+		// racing map request undoes the tags, the next tick redoes them.
+		if n.DiscoKey.IsZero() || n.HomeDERP == 0 {
+			continue
+		}
+		cur := tg.ctl.Node(n.Key)
+		if cur == nil {
+			continue
+		}
+		cur.Tags = slices.Clone(want)
+		tg.ctl.UpdateNode(cur)
 		changed = true
 	}
 	tg.mu.Unlock()

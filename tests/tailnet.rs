@@ -1,0 +1,444 @@
+//! Tailnet core, end to end on the offline test tailnet (no mocks): nodes
+//! join tailscale's test control server, dial and accept through the Go
+//! shim, and identify each other with WhoIs.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::{TestNet, TestNetOptions};
+use tailpass::tailnet::{Error, Node, Principal};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Echo server: reads until the client half-closes, then answers
+/// "echo:<data>" and closes. Proves half-close in both directions.
+fn spawn_echo(ln: tailpass::tailnet::Listener) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _peer)) = ln.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                s.read_to_end(&mut buf).await.unwrap();
+                let mut reply = b"echo:".to_vec();
+                reply.extend_from_slice(&buf);
+                s.write_all(&reply).await.unwrap();
+                s.shutdown().await.unwrap();
+            });
+        }
+    })
+}
+
+async fn round_trip(node: &Node, addr: &str, payload: &[u8]) -> Vec<u8> {
+    let mut s = node
+        .dial(addr)
+        .await
+        .unwrap_or_else(|e| panic!("dial {addr}: {e}"));
+    s.write_all(payload).await.unwrap();
+    s.shutdown().await.unwrap(); // half-close: we can still read
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).await.unwrap();
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_dial_by_name_and_ip_both_ways_with_half_close() {
+    let net = TestNet::start();
+    let (a, b) = tokio::join!(net.node("alpha"), net.node("bravo"));
+
+    let sa = a.status().await.unwrap();
+    assert!(sa.is_running());
+    assert_eq!(sa.fqdn(), Some(net.fqdn("alpha").as_str()));
+    assert_eq!(sa.magic_dns_suffix, net.magic_dns);
+    let a_ip = sa.ip().unwrap();
+    let b_ip = b.status().await.unwrap().ip().unwrap();
+
+    let _ea = spawn_echo(a.listen(8080).await.unwrap());
+    let _eb = spawn_echo(b.listen(9090).await.unwrap());
+
+    // B → A by MagicDNS name and by IP; a payload big enough to need many
+    // buffers, checked byte for byte.
+    let big: Vec<u8> = (0..(1 << 20)).map(|i| (i % 251) as u8).collect();
+    for addr in [
+        format!("{}:8080", net.fqdn("alpha")),
+        format!("{a_ip}:8080"),
+    ] {
+        let got = round_trip(&b, &addr, &big).await;
+        assert_eq!(got.len(), big.len() + 5, "via {addr}");
+        assert!(
+            got.starts_with(b"echo:") && got[5..] == big[..],
+            "via {addr}"
+        );
+    }
+    // A → B, short name resolves too.
+    let got = round_trip(&a, &format!("{b_ip}:9090"), b"ping").await;
+    assert_eq!(got, b"echo:ping");
+    let got = round_trip(&a, &format!("{}:9090", net.fqdn("bravo")), b"").await;
+    assert_eq!(got, b"echo:");
+
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_reports_exact_peer_and_whois_names_it() {
+    let net = TestNet::start();
+    let (a, b) = tokio::join!(net.node("server"), net.node("client"));
+    let sb = b.status().await.unwrap();
+    let ln = a.listen(80).await.unwrap();
+
+    let dial = tokio::spawn({
+        let b = b.clone();
+        let addr = format!("{}:80", net.fqdn("server"));
+        async move {
+            let mut s = b.dial(&addr).await.unwrap();
+            s.write_all(b"hi").await.unwrap();
+            let mut r = [0u8; 2];
+            s.read_exact(&mut r).await.unwrap();
+            r
+        }
+    });
+    let (mut s, peer) = ln.accept().await.unwrap();
+    assert_eq!(peer, s.peer_addr());
+    assert_eq!(
+        Some(peer.ip()),
+        sb.ip(),
+        "accept must report the dialer's tailnet IP"
+    );
+    assert_ne!(peer.port(), 0);
+    let local = s
+        .local_addr()
+        .expect("local address delivered with the conn");
+    assert_eq!(local.port(), 80);
+
+    let who = a.whois(peer).await.unwrap();
+    let me = sb.self_node.as_ref().unwrap();
+    assert_eq!(who.node.stable_id, me.stable_id);
+    assert_eq!(who.node.name, net.fqdn("client"));
+    assert_eq!(who.node.host_name, "client");
+    assert_eq!(who.user.login_name, me.user_login);
+    assert!(who.user.login_name.contains('@'), "{:?}", who.user);
+    assert!(!who.user.display_name.is_empty());
+    assert!(who.node.addresses.contains(&peer.ip()));
+    assert!(!who.is_tagged());
+    assert_eq!(
+        who.principal(),
+        Principal::User {
+            login: &me.user_login
+        }
+    );
+
+    let mut r = [0u8; 2];
+    s.read_exact(&mut r).await.unwrap();
+    s.write_all(b"ok").await.unwrap();
+    assert_eq!(&dial.await.unwrap(), b"ok");
+
+    // WhoIs on an address that is not a peer is an error, not a wrong answer.
+    let err = a
+        .whois("100.64.99.99:1234".parse().unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Go { op: "whois", .. }), "{err}");
+}
+
+/// 3 client nodes × 100 concurrent connections: every accepted connection's
+/// WhoIs must name the node that really opened it (the client says who it
+/// is in its first line; the server checks that against WhoIs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whois_names_the_right_node_for_300_concurrent_connections() {
+    const PER_CLIENT: usize = 100;
+    let net = TestNet::start();
+    let (server, c1, c2, c3) = tokio::join!(
+        net.node("hub"),
+        net.node("client-one"),
+        net.node("client-two"),
+        net.node("client-three")
+    );
+    let ln = server.listen(7000).await.unwrap();
+    let target = format!("{}:7000", net.fqdn("hub"));
+
+    let checker = tokio::spawn({
+        let server = server.clone();
+        async move {
+            let mut tasks = Vec::new();
+            for _ in 0..3 * PER_CLIENT {
+                let (mut s, peer) = ln.accept().await.unwrap();
+                let server = server.clone();
+                tasks.push(tokio::spawn(async move {
+                    let who = server.whois(peer).await.unwrap();
+                    let mut claimed = String::new();
+                    s.read_to_string(&mut claimed).await.unwrap();
+                    s.write_all(who.node.host_name.as_bytes()).await.unwrap();
+                    s.shutdown().await.unwrap();
+                    (claimed, who.node.host_name, peer)
+                }));
+            }
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.unwrap());
+            }
+            out
+        }
+    });
+
+    let mut clients = Vec::new();
+    for node in [c1, c2, c3] {
+        for _ in 0..PER_CLIENT {
+            let node = node.clone();
+            let target = target.clone();
+            clients.push(tokio::spawn(async move {
+                let mut s = node.dial(&target).await.unwrap();
+                s.write_all(node.hostname().as_bytes()).await.unwrap();
+                s.shutdown().await.unwrap();
+                let mut seen = String::new();
+                s.read_to_string(&mut seen).await.unwrap();
+                assert_eq!(seen, node.hostname(), "server's WhoIs named the wrong node");
+            }));
+        }
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+    let results = checker.await.unwrap();
+    assert_eq!(results.len(), 3 * PER_CLIENT);
+    let mut peers = HashSet::new();
+    for (claimed, whois, peer) in &results {
+        assert_eq!(claimed, whois, "connection from {peer}");
+        assert!(peers.insert(*peer), "peer address {peer} reported twice");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_capability_grants_and_tags_appear_in_whois() {
+    let grant = serde_json::json!({
+        "tailpass.test/cap/files": [{"paths": ["/srv/a", "/srv/b"], "write": false}, "viewer"],
+    });
+    let net = TestNet::with_options(TestNetOptions {
+        app_caps: Some(grant.clone()),
+        tags: vec![("pinned".into(), vec!["tag:pinned".into()])],
+        ..Default::default()
+    });
+    let mut tagged_cfg = net.node_config("builder");
+    tagged_cfg.tags = vec!["tag:ci".into(), "tag:build".into()];
+    let (server, user, tagged, pinned) = tokio::join!(
+        net.node("gate"),
+        net.node("laptop"),
+        net.join(tagged_cfg),
+        net.node("pinned")
+    );
+    let ln = server.listen(443).await.unwrap();
+    let target = format!("{}:443", net.fqdn("gate"));
+
+    // Tags are applied by control after the node registers: ask until WhoIs
+    // shows them (bounded), the way a real netmap update arrives.
+    async fn whois_via(
+        server: &Node,
+        ln: &tailpass::tailnet::Listener,
+        client: &Node,
+        target: &str,
+    ) -> tailpass::tailnet::WhoIs {
+        let _c = client
+            .dial(target)
+            .await
+            .unwrap_or_else(|e| panic!("{} dial: {e}", client.hostname()));
+        let (_s, peer) = ln.accept().await.unwrap();
+        server.whois(peer).await.unwrap()
+    }
+
+    let who = whois_via(&server, &ln, &user, &target).await;
+    assert!(!who.is_tagged());
+    assert_eq!(
+        who.caps.get("tailpass.test/cap/files"),
+        grant["tailpass.test/cap/files"].as_array()
+    );
+    assert_eq!(
+        who.cap_values("tailpass.test/cap/files")[0]["paths"][1],
+        "/srv/b"
+    );
+    assert_eq!(who.cap_values("tailpass.test/cap/files")[1], "viewer");
+
+    for (client, want) in [
+        (&tagged, vec!["tag:ci", "tag:build"]),
+        (&pinned, vec!["tag:pinned"]),
+    ] {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let who = loop {
+            let who = whois_via(&server, &ln, client, &target).await;
+            if !who.node.tags.is_empty() || Instant::now() > deadline {
+                break who;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let mut got = who.node.tags.clone();
+        got.sort();
+        let mut want: Vec<String> = want.into_iter().map(String::from).collect();
+        want.sort();
+        assert_eq!(got, want, "tags of {}", client.hostname());
+        assert!(who.is_tagged());
+        assert!(matches!(who.principal(), Principal::Tagged { .. }));
+    }
+
+    // Tags changed at control while the node is up reach WhoIs too.
+    net.set_tags("laptop", &["tag:kiosk"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let who = whois_via(&server, &ln, &user, &target).await;
+        if who.node.tags == ["tag:kiosk"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "retag never reached WhoIs: {:?}",
+            who.node
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_before_start_twice_and_during_pending_accept() {
+    let net = TestNet::start();
+
+    // Close before start, then again.
+    let n = Node::new(net.node_config("never-started")).unwrap();
+    n.close().await.unwrap();
+    n.close().await.unwrap();
+    assert!(matches!(n.status().await, Err(Error::Closed)));
+    assert!(matches!(
+        n.up(Duration::from_secs(1)).await,
+        Err(Error::Closed)
+    ));
+
+    // Dropped without close, never started: closes itself quietly.
+    drop(Node::new(net.node_config("dropped")).unwrap());
+
+    // Close while an accept is pending: the accept ends with ListenerClosed.
+    let a = net.node("acceptor").await;
+    let ln = Arc::new(a.listen(5000).await.unwrap());
+    let pending = tokio::spawn({
+        let ln = ln.clone();
+        async move { ln.accept().await.map(|_| ()) }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    a.close().await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(10), pending)
+        .await
+        .expect("pending accept hung after close")
+        .unwrap();
+    assert!(matches!(r, Err(Error::ListenerClosed)), "{r:?}");
+    a.close().await.unwrap();
+    drop(ln);
+
+    // Drop a listener while its accept is pending (future aborted first).
+    let b = net.node("dropper").await;
+    let ln = Arc::new(b.listen(5001).await.unwrap());
+    let pending = tokio::spawn({
+        let ln = ln.clone();
+        async move { ln.accept().await.map(|_| ()) }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    pending.abort();
+    let _ = pending.await;
+    drop(ln);
+    // The port is free again: a new listener on it works end to end.
+    let c = net.node("caller").await;
+    let ln2 = b.listen(5001).await.unwrap();
+    let dial = tokio::spawn({
+        let addr = format!("{}:5001", net.fqdn("dropper"));
+        async move { c.dial(&addr).await.map(|_| ()) }
+    });
+    tokio::time::timeout(Duration::from_secs(20), ln2.accept())
+        .await
+        .expect("accept after re-listen")
+        .unwrap();
+    dial.await.unwrap().unwrap();
+
+    // Dropping the last handle of a running node leaves the tailnet.
+    drop(ln2);
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_fails_clearly_with_wrong_auth_key() {
+    let net = TestNet::with_options(TestNetOptions {
+        auth_key: Some("tskey-auth-right".into()),
+        ..Default::default()
+    });
+    let mut cfg = net.node_config("intruder");
+    cfg.auth_key = Some("tskey-auth-wrong".into());
+    let n = Node::new(cfg).unwrap();
+    let timeout = Duration::from_secs(20);
+    let t0 = Instant::now();
+    let err = n.up(timeout).await.unwrap_err();
+    let elapsed = t0.elapsed();
+    assert!(
+        elapsed < timeout + Duration::from_secs(5),
+        "took {elapsed:?}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains("invalid authkey"), "unclear error: {msg}");
+    assert!(
+        !msg.contains("tskey-auth-wrong"),
+        "error leaks the key: {msg}"
+    );
+
+    // The right key works on the same tailnet.
+    let mut cfg = net.node_config("member");
+    cfg.auth_key = Some("tskey-auth-right".into());
+    net.join(cfg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_fails_within_timeout_when_control_is_unreachable() {
+    support::init_process_for_tests();
+    let dir = tempfile::tempdir().unwrap();
+    // A port nothing listens on.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut cfg = tailpass::tailnet::NodeConfig::new("lost", dir.path().join("lost"));
+    cfg.control_url = Some(format!("http://127.0.0.1:{port}"));
+    cfg.ephemeral = true;
+    let n = Node::new(cfg).unwrap();
+    let timeout = Duration::from_secs(3);
+    let t0 = Instant::now();
+    let err = n.up(timeout).await.unwrap_err();
+    let elapsed = t0.elapsed();
+    assert!(
+        elapsed >= timeout - Duration::from_millis(100),
+        "gave up early: {elapsed:?}"
+    );
+    assert!(
+        elapsed < timeout + Duration::from_secs(3),
+        "overran its timeout: {elapsed:?}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("timed out") && msg.contains(&port.to_string()),
+        "unclear error: {msg}"
+    );
+
+    // close aborts a pending up promptly.
+    let n2 = Node::new({
+        let mut c = tailpass::tailnet::NodeConfig::new("lost2", dir.path().join("lost2"));
+        c.control_url = Some(format!("http://127.0.0.1:{port}"));
+        c
+    })
+    .unwrap();
+    let up = tokio::spawn({
+        let n2 = n2.clone();
+        async move { n2.up(Duration::from_secs(60)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t0 = Instant::now();
+    n2.close().await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(10), up)
+        .await
+        .expect("up hung after close");
+    assert!(r.unwrap().is_err());
+    assert!(t0.elapsed() < Duration::from_secs(10));
+}
