@@ -442,3 +442,37 @@ async fn up_fails_within_timeout_when_control_is_unreachable() {
     assert!(r.unwrap().is_err());
     assert!(t0.elapsed() < Duration::from_secs(10));
 }
+
+/// tsnet v1.94.1's Close deadlocks when it must reset more than 512 TCP
+/// endpoints (its netstack stops draining the outbound queue first). The
+/// shim bounds it with a watchdog: close must return, connections must end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_with_600_open_connections_returns_and_ends_them() {
+    let net = TestNet::start();
+    let (a, b) = tokio::join!(net.node("busy"), net.node("crowd"));
+    let ln = a.listen(6000).await.unwrap();
+    let target = format!("{}:6000", net.fqdn("busy"));
+    let mut client_ends = Vec::new();
+    let mut server_ends = Vec::new();
+    for _ in 0..600 {
+        client_ends.push(b.dial(&target).await.unwrap());
+        server_ends.push(ln.accept().await.unwrap().0);
+    }
+    let t0 = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(30), a.close())
+        .await
+        .expect("close hung with 600 open connections");
+    assert!(t0.elapsed() < Duration::from_secs(25));
+    if let Err(e) = &r {
+        assert!(e.to_string().contains("did not finish"), "{e}");
+    }
+    // Every server-side stream ends (EOF or error), none hangs.
+    for mut s in server_ends.into_iter().take(50) {
+        let mut buf = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("server end still open after close");
+        assert!(matches!(n, Ok(0) | Err(_)));
+    }
+    drop(client_ends);
+}

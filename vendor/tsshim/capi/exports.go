@@ -12,7 +12,6 @@ import "C"
 
 import (
 	"fmt"
-	"runtime/debug"
 	"strings"
 	"unsafe"
 
@@ -33,7 +32,7 @@ func init() {
 
 func main() {}
 
-// setErr stores msg in *errp as a malloc'd C string, if errp is not NULL.
+// setErr stores err in *errp as a malloc'd C string, if errp is not NULL.
 func setErr(errp **C.char, err error) {
 	if errp == nil || err == nil {
 		return
@@ -41,24 +40,16 @@ func setErr(errp **C.char, err error) {
 	*errp = C.CString(strings.ReplaceAll(err.Error(), "\x00", ""))
 }
 
-// guard recovers a panic into an error. Deferred first in every export.
-func guard(errp **C.char, ret *C.int) {
-	if r := recover(); r != nil {
-		setErr(errp, fmt.Errorf("internal error (recovered Go panic): %v\n%s", r, debug.Stack()))
-		if ret != nil {
-			*ret = -1
-		}
-	}
-}
-
-func result(errp **C.char, err error) C.int {
-	if err != nil {
+// call runs body under protect and reports the outcome the C way.
+func call(errp **C.char, body func() error) C.int {
+	if err := protect(body); err != nil {
 		setErr(errp, err)
 		return -1
 	}
 	return 0
 }
 
+// setStr stores s in *dst as a malloc'd C string, if dst is not NULL.
 func setStr(dst **C.char, s string) {
 	if dst != nil {
 		*dst = C.CString(s)
@@ -72,39 +63,43 @@ func tsshim_free(p unsafe.Pointer) {
 
 //export tsshim_set_netns_enabled
 func tsshim_set_netns_enabled(enabled C.int) {
-	defer func() { recover() }()
-	netns.SetEnabled(enabled != 0)
+	protect(func() error { netns.SetEnabled(enabled != 0); return nil })
 }
 
 //export tsshim_setenv
-func tsshim_setenv(name, value *C.char, errp **C.char) (ret C.int) {
-	defer guard(errp, &ret)
-	k := C.GoString(name)
-	if k == "" || strings.ContainsAny(k, "=\x00") {
-		return result(errp, fmt.Errorf("invalid environment variable name %q", k))
-	}
-	envknob.Setenv(k, C.GoString(value))
-	return 0
+func tsshim_setenv(name, value *C.char, errp **C.char) C.int {
+	return call(errp, func() error {
+		k := C.GoString(name)
+		if k == "" || strings.ContainsAny(k, "=\x00") {
+			return fmt.Errorf("invalid environment variable name %q", k)
+		}
+		envknob.Setenv(k, C.GoString(value))
+		return nil
+	})
 }
 
 //export tsshim_node_new
-func tsshim_node_new(errp **C.char) (ret C.int64_t) {
-	defer func() {
-		if r := recover(); r != nil {
-			setErr(errp, fmt.Errorf("internal error (recovered Go panic): %v", r))
-			ret = -1
-		}
-	}()
-	return C.int64_t(newNode())
+func tsshim_node_new(errp **C.char) C.int64_t {
+	h := int64(-1)
+	if call(errp, func() error { h = newNode(); return nil }) != 0 {
+		return -1
+	}
+	return C.int64_t(h)
 }
 
-func setter(h C.int64_t, errp **C.char, f func(s *tsnet.Server) error) (ret C.int) {
-	defer guard(errp, &ret)
-	n, err := lookupNode(int64(h))
-	if err != nil {
-		return result(errp, err)
-	}
-	return result(errp, n.configure(f))
+// onNode runs f with the node for handle h.
+func onNode(h C.int64_t, errp **C.char, f func(n *node) error) C.int {
+	return call(errp, func() error {
+		n, err := lookupNode(int64(h))
+		if err != nil {
+			return err
+		}
+		return f(n)
+	})
+}
+
+func setter(h C.int64_t, errp **C.char, f func(s *tsnet.Server) error) C.int {
+	return onNode(h, errp, func(n *node) error { return n.configure(f) })
 }
 
 //export tsshim_node_set_dir
@@ -150,62 +145,46 @@ func tsshim_node_set_tags(h C.int64_t, tags *C.char, errp **C.char) C.int {
 }
 
 //export tsshim_node_set_log_fd
-func tsshim_node_set_log_fd(h C.int64_t, fd C.int, errp **C.char) (ret C.int) {
-	defer guard(errp, &ret)
-	n, err := lookupNode(int64(h))
-	if err != nil {
-		return result(errp, err)
-	}
-	return result(errp, n.setLogFD(int(fd)))
+func tsshim_node_set_log_fd(h C.int64_t, fd C.int, errp **C.char) C.int {
+	return onNode(h, errp, func(n *node) error { return n.setLogFD(int(fd)) })
 }
 
 //export tsshim_node_up
-func tsshim_node_up(h C.int64_t, timeoutMS C.int64_t, statusJSON **C.char, errp **C.char) (ret C.int) {
-	defer guard(errp, &ret)
-	n, err := lookupNode(int64(h))
-	if err != nil {
-		return result(errp, err)
-	}
-	st, err := n.up(int64(timeoutMS))
-	if err != nil {
-		return result(errp, err)
-	}
-	setStr(statusJSON, st)
-	return 0
+func tsshim_node_up(h C.int64_t, timeoutMS C.int64_t, statusJSON **C.char, errp **C.char) C.int {
+	return onNode(h, errp, func(n *node) error {
+		st, err := n.up(int64(timeoutMS))
+		if err != nil {
+			return err
+		}
+		setStr(statusJSON, st)
+		return nil
+	})
 }
 
 //export tsshim_node_cancel_up
 func tsshim_node_cancel_up(h C.int64_t) {
-	defer func() { recover() }()
-	if n, err := lookupNode(int64(h)); err == nil {
-		n.cancelUp()
-	}
+	onNode(h, nil, func(n *node) error { n.cancelUp(); return nil })
 }
 
 //export tsshim_node_close
-func tsshim_node_close(h C.int64_t, errp **C.char) (ret C.int) {
-	defer guard(errp, &ret)
-	return result(errp, closeNode(int64(h)))
+func tsshim_node_close(h C.int64_t, errp **C.char) C.int {
+	return call(errp, func() error { return closeNode(int64(h)) })
 }
 
-func listenCommon(h C.int64_t, network, addr string, funnel, funnelOnly bool, ctlFD *C.int, errp **C.char) (ret C.int64_t) {
-	defer func() {
-		if r := recover(); r != nil {
-			setErr(errp, fmt.Errorf("internal error (recovered Go panic): %v", r))
-			ret = -1
+func listenCommon(h C.int64_t, network, addr string, funnel, funnelOnly bool, ctlFD *C.int, errp **C.char) C.int64_t {
+	lh := int64(-1)
+	rc := onNode(h, errp, func(n *node) error {
+		l, fd, err := n.listen(network, addr, funnel, funnelOnly)
+		if err != nil {
+			return err
 		}
-	}()
-	n, err := lookupNode(int64(h))
-	if err != nil {
-		setErr(errp, err)
+		*ctlFD = C.int(fd)
+		lh = l
+		return nil
+	})
+	if rc != 0 {
 		return -1
 	}
-	lh, fd, err := n.listen(network, addr, funnel, funnelOnly)
-	if err != nil {
-		setErr(errp, err)
-		return -1
-	}
-	*ctlFD = C.int(fd)
 	return C.int64_t(lh)
 }
 
@@ -220,69 +199,59 @@ func tsshim_listen_funnel(h C.int64_t, addr *C.char, funnelOnly C.int, ctlFD *C.
 }
 
 //export tsshim_listener_close
-func tsshim_listener_close(h C.int64_t, errp **C.char) (ret C.int) {
-	defer guard(errp, &ret)
-	return result(errp, closeListener(int64(h)))
+func tsshim_listener_close(h C.int64_t, errp **C.char) C.int {
+	return call(errp, func() error { return closeListener(int64(h)) })
 }
 
 //export tsshim_dial
-func tsshim_dial(h C.int64_t, network, addr *C.char, timeoutMS C.int64_t, fd *C.int, remote **C.char, errp **C.char) (ret C.int) {
-	defer guard(errp, &ret)
-	n, err := lookupNode(int64(h))
-	if err != nil {
-		return result(errp, err)
-	}
-	cfd, raddr, err := n.dial(C.GoString(network), C.GoString(addr), int64(timeoutMS))
-	if err != nil {
-		return result(errp, err)
-	}
-	*fd = C.int(cfd)
-	setStr(remote, raddr)
-	return 0
+func tsshim_dial(h C.int64_t, network, addr *C.char, timeoutMS C.int64_t, fd *C.int, remote **C.char, errp **C.char) C.int {
+	nw, a := C.GoString(network), C.GoString(addr)
+	return onNode(h, errp, func(n *node) error {
+		cfd, raddr, err := n.dial(nw, a, int64(timeoutMS))
+		if err != nil {
+			return err
+		}
+		*fd = C.int(cfd)
+		setStr(remote, raddr)
+		return nil
+	})
 }
 
 //export tsshim_whois
-func tsshim_whois(h C.int64_t, addr *C.char, timeoutMS C.int64_t, out **C.char, errp **C.char) (ret C.int) {
-	defer guard(errp, &ret)
-	n, err := lookupNode(int64(h))
-	if err != nil {
-		return result(errp, err)
-	}
-	j, err := n.whois(C.GoString(addr), int64(timeoutMS))
-	if err != nil {
-		return result(errp, err)
-	}
-	setStr(out, j)
-	return 0
+func tsshim_whois(h C.int64_t, addr *C.char, timeoutMS C.int64_t, out **C.char, errp **C.char) C.int {
+	a := C.GoString(addr)
+	return onNode(h, errp, func(n *node) error {
+		j, err := n.whois(a, int64(timeoutMS))
+		if err != nil {
+			return err
+		}
+		setStr(out, j)
+		return nil
+	})
 }
 
 //export tsshim_cert_pair
-func tsshim_cert_pair(h C.int64_t, domain *C.char, timeoutMS C.int64_t, certPEM, keyPEM **C.char, errp **C.char) (ret C.int) {
-	defer guard(errp, &ret)
-	n, err := lookupNode(int64(h))
-	if err != nil {
-		return result(errp, err)
-	}
-	c, k, err := n.certPair(C.GoString(domain), int64(timeoutMS))
-	if err != nil {
-		return result(errp, err)
-	}
-	setStr(certPEM, string(c))
-	setStr(keyPEM, string(k))
-	return 0
+func tsshim_cert_pair(h C.int64_t, domain *C.char, timeoutMS C.int64_t, certPEM, keyPEM **C.char, errp **C.char) C.int {
+	d := C.GoString(domain)
+	return onNode(h, errp, func(n *node) error {
+		c, k, err := n.certPair(d, int64(timeoutMS))
+		if err != nil {
+			return err
+		}
+		setStr(certPEM, string(c))
+		setStr(keyPEM, string(k))
+		return nil
+	})
 }
 
 //export tsshim_status
-func tsshim_status(h C.int64_t, timeoutMS C.int64_t, out **C.char, errp **C.char) (ret C.int) {
-	defer guard(errp, &ret)
-	n, err := lookupNode(int64(h))
-	if err != nil {
-		return result(errp, err)
-	}
-	j, err := n.status(int64(timeoutMS))
-	if err != nil {
-		return result(errp, err)
-	}
-	setStr(out, j)
-	return 0
+func tsshim_status(h C.int64_t, timeoutMS C.int64_t, out **C.char, errp **C.char) C.int {
+	return onNode(h, errp, func(n *node) error {
+		j, err := n.status(int64(timeoutMS))
+		if err != nil {
+			return err
+		}
+		setStr(out, j)
+		return nil
+	})
 }

@@ -106,7 +106,7 @@ func (l *listener) acceptLoop(h int64) {
 // deliver sends c's fd and addresses as one message. It blocks (a parked
 // goroutine, not a thread) while Rust is not accepting: backpressure.
 func (l *listener) deliver(c net.Conn) error {
-	fd, err := handOff(c)
+	fd, err := handOff(c, &l.node.conns)
 	if err != nil {
 		c.Close()
 		l.node.logf("tsshim: accept hand-off: %v", err)

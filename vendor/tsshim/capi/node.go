@@ -42,7 +42,14 @@ type node struct {
 	upSeq     int64
 
 	listeners map[int64]*listener
+	conns     connSet
 }
+
+// closeWatchdog bounds tsnet.Server.Close. In tailscale v1.94.1 Close can
+// block forever: netstack stops draining its 512-packet outbound queue
+// before gVisor sends a reset for every remaining TCP endpoint (open or in
+// TIME_WAIT), so more than 512 of them deadlock it.
+const closeWatchdog = 10 * time.Second
 
 var (
 	registryMu sync.Mutex
@@ -254,15 +261,29 @@ func closeNode(h int64) error {
 		ln.close()
 	}
 	n.mu.Lock()
-	defer n.mu.Unlock()
 	n.closed = true
+	started := n.started
+	logFile := n.logFile
+	n.logFile = nil
+	n.mu.Unlock()
+
+	// End our connections while the netstack still runs, so their FINs go
+	// out through the live queue instead of piling up as resets in Close.
+	n.conns.closeAll()
 	var err error
-	if n.started {
-		err = n.srv.Close()
+	if started {
+		done := make(chan error, 1)
+		go func() { done <- protect(n.srv.Close) }()
+		select {
+		case err = <-done:
+		case <-time.After(closeWatchdog):
+			err = fmt.Errorf("tsnet close did not finish within %v (tailscale's netstack "+
+				"stalls when it must reset more than 512 TCP endpoints at once); the handle "+
+				"is released, but the node may stay online and keep its memory until the process exits", closeWatchdog)
+		}
 	}
-	if n.logFile != nil {
-		n.logFile.Close()
-		n.logFile = nil
+	if logFile != nil {
+		logFile.Close()
 	}
 	return err
 }
@@ -280,7 +301,7 @@ func (n *node) dial(network, addr string, timeoutMS int64) (fd int, remote strin
 		}
 		return -1, "", fmt.Errorf("dial %s: %w", addr, err)
 	}
-	fd, err = handOff(c)
+	fd, err = handOff(c, &n.conns)
 	if err != nil {
 		c.Close()
 		return -1, "", err

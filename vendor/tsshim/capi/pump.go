@@ -16,11 +16,64 @@ import (
 	"syscall"
 )
 
+// connSet tracks a node's live connections so close can end them while the
+// node's netstack still runs (see closeNode).
+type connSet struct {
+	mu     sync.Mutex
+	m      map[net.Conn]struct{}
+	closed bool
+}
+
+func (s *connSet) add(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	if s.m == nil {
+		s.m = map[net.Conn]struct{}{}
+	}
+	s.m[c] = struct{}{}
+	return true
+}
+
+func (s *connSet) remove(c net.Conn) {
+	s.mu.Lock()
+	delete(s.m, c)
+	s.mu.Unlock()
+}
+
+func (s *connSet) len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.m)
+}
+
+// closeAll closes every tracked connection and refuses new ones.
+func (s *connSet) closeAll() {
+	s.mu.Lock()
+	s.closed = true
+	m := s.m
+	s.m = nil
+	s.mu.Unlock()
+	for c := range m {
+		c.Close()
+	}
+}
+
 // handOff returns the caller's end (close-on-exec) of a new socketpair whose
 // other end is pumped to and from c. Ownership of c passes to the pump.
-func handOff(c net.Conn) (int, error) {
+// With a non-nil set, c is tracked there until the pump ends.
+func handOff(c net.Conn, set *connSet) (int, error) {
+	if set != nil && !set.add(c) {
+		c.Close()
+		return -1, errors.New("node is closing")
+	}
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
+		if set != nil {
+			set.remove(c)
+		}
 		return -1, fmt.Errorf("socketpair: %w", err)
 	}
 	f := os.NewFile(uintptr(fds[0]), "tsshim-conn")
@@ -28,9 +81,12 @@ func handOff(c net.Conn) (int, error) {
 	f.Close()
 	if err != nil {
 		syscall.Close(fds[1])
+		if set != nil {
+			set.remove(c)
+		}
 		return -1, fmt.Errorf("socketpair conn: %w", err)
 	}
-	go pump(c, uc.(*net.UnixConn))
+	go pump(c, uc.(*net.UnixConn), set)
 	return fds[1], nil
 }
 
@@ -38,7 +94,7 @@ type closeWriter interface{ CloseWrite() error }
 
 // pump copies both ways. EOF in one direction becomes a half-close in the
 // other; an error in either direction tears the whole connection down.
-func pump(c net.Conn, uc *net.UnixConn) {
+func pump(c net.Conn, uc *net.UnixConn, set *connSet) {
 	var left atomic.Int32
 	left.Store(2)
 	var once sync.Once
@@ -46,6 +102,9 @@ func pump(c net.Conn, uc *net.UnixConn) {
 		once.Do(func() {
 			c.Close()
 			uc.Close()
+			if set != nil {
+				set.remove(c)
+			}
 		})
 	}
 	done := func(err error, dst net.Conn) {
@@ -62,8 +121,20 @@ func pump(c net.Conn, uc *net.UnixConn) {
 			teardown()
 		}
 	}
-	go func() { done(copyAdaptive(uc, c), uc) }()
+	go func() {
+		defer recoverTeardown(teardown)
+		done(copyAdaptive(uc, c), uc)
+	}()
+	defer recoverTeardown(teardown)
 	done(copyAdaptive(c, uc), c)
+}
+
+// recoverTeardown keeps a panic in a pump goroutine (there is no caller to
+// report it to) from killing the process; the connection is dropped.
+func recoverTeardown(teardown func()) {
+	if r := recover(); r != nil {
+		teardown()
+	}
 }
 
 const (

@@ -17,8 +17,8 @@ package main
 
 import (
 	"bufio"
-	"crypto/tls"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"flag"
 	"fmt"

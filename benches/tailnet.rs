@@ -1,0 +1,209 @@
+//! Tailnet benchmark: the Rust API over the Go shim against two pure-Go
+//! tsnet nodes (vendor/tsshim/cmd/gobench) on the same test tailnet, in the
+//! same run. Reports figures and Rust/Go ratios; asserts nothing about time.
+//!
+//!     cargo bench --bench tailnet            # defaults
+//!     TAILPASS_BENCH_MB=256 TAILPASS_BENCH_IDLE=1000 cargo bench --bench tailnet
+//!
+//! Measured:
+//! - throughput of one stream A→B (median of runs);
+//! - connection set-up rate (sequential dial + accept + 1 byte + close);
+//! - resident memory added by N open idle connections (both ends in-process).
+//!
+//! The test tailnet relays through its DERP server on 127.0.0.1 (no direct
+//! UDP, see tests/support), for both sides alike.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::process::Command;
+use std::time::Instant;
+
+use support::TestNet;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn rss_kib() -> i64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+struct Figures {
+    throughput_mb_s: f64,
+    runs: Vec<f64>,
+    setup_per_s: f64,
+    idle_kib_per_conn: f64,
+    idle_rss_kib: i64,
+}
+
+async fn rust_side(net: &TestNet, bytes: u64, runs: usize, dials: usize, idle: usize) -> Figures {
+    let (a, b) = tokio::join!(net.node("rs-a"), net.node("rs-b"));
+    let b_ip = b.status().await.unwrap().ip().unwrap();
+
+    // Throughput A→B: B counts and acknowledges.
+    let ln = b.listen(7001).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = ln.accept().await {
+            tokio::spawn(async move {
+                let n = tokio::io::copy(&mut s, &mut tokio::io::sink())
+                    .await
+                    .unwrap();
+                s.write_all(n.to_string().as_bytes()).await.unwrap();
+                s.shutdown().await.unwrap();
+            });
+        }
+    });
+    let buf = vec![0u8; 64 << 10];
+    let mut rates = Vec::new();
+    // Warm-up (DERP path, netstack buffers), not measured.
+    for _ in 0..3 {
+        let mut s = a.dial(&format!("{b_ip}:7001")).await.unwrap();
+        s.write_all(&buf).await.unwrap();
+        s.shutdown().await.unwrap();
+        s.read_to_string(&mut String::new()).await.unwrap();
+    }
+    for _ in 0..runs {
+        let mut s = a.dial(&format!("{b_ip}:7001")).await.unwrap();
+        let t0 = Instant::now();
+        let mut sent = 0u64;
+        while sent < bytes {
+            let n = (bytes - sent).min(buf.len() as u64) as usize;
+            s.write_all(&buf[..n]).await.unwrap();
+            sent += n as u64;
+        }
+        s.shutdown().await.unwrap();
+        let mut ack = String::new();
+        s.read_to_string(&mut ack).await.unwrap();
+        let el = t0.elapsed();
+        assert_eq!(ack, bytes.to_string(), "receiver count");
+        rates.push(bytes as f64 / el.as_secs_f64() / 1e6);
+    }
+    rates.sort_by(f64::total_cmp);
+
+    // Set-up rate.
+    let ln2 = b.listen(7002).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = ln2.accept().await {
+            let _ = s.write_all(&[1]).await;
+        }
+    });
+    let t0 = Instant::now();
+    for _ in 0..dials {
+        let mut s = a.dial(&format!("{b_ip}:7002")).await.unwrap();
+        let mut one = [0u8; 1];
+        s.read_exact(&mut one).await.unwrap();
+    }
+    let setup = dials as f64 / t0.elapsed().as_secs_f64();
+
+    // Memory with idle connections.
+    let ln3 = b.listen(7003).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let before = rss_kib();
+    let mut keep = Vec::with_capacity(2 * idle);
+    for _ in 0..idle {
+        let c = a.dial(&format!("{b_ip}:7003")).await.unwrap();
+        let (s, _) = ln3.accept().await.unwrap();
+        keep.push(c);
+        keep.push(s);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let after = rss_kib();
+    // Not closed: with this many TCP endpoints tsnet's Close stalls until
+    // the shim's watchdog gives up (see docs/tailnet.md); exit ends them.
+    std::mem::forget(keep);
+    Figures {
+        throughput_mb_s: rates[rates.len() / 2],
+        runs: rates,
+        setup_per_s: setup,
+        idle_kib_per_conn: (after - before) as f64 / idle as f64,
+        idle_rss_kib: after - before,
+    }
+}
+
+fn go_side(net: &TestNet, bytes: u64, runs: usize, dials: usize, idle: usize) -> Figures {
+    let bin = support::go_program("./cmd/gobench", "gobench");
+    let out = Command::new(bin)
+        .args(["-control-url", &net.control_url])
+        .args(["-bytes", &bytes.to_string(), "-runs", &runs.to_string()])
+        .args(["-dials", &dials.to_string(), "-idle", &idle.to_string()])
+        .output()
+        .expect("running gobench");
+    assert!(
+        out.status.success(),
+        "gobench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    Figures {
+        throughput_mb_s: v["throughput_mb_s"].as_f64().unwrap(),
+        runs: v["throughput_runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect(),
+        setup_per_s: v["setup_per_s"].as_f64().unwrap(),
+        idle_kib_per_conn: v["idle_kib_per_conn"].as_f64().unwrap(),
+        idle_rss_kib: v["idle_rss_kib"].as_i64().unwrap(),
+    }
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` passes nothing
+    // useful either: both just run the measurement.
+    let mb = env_num("TAILPASS_BENCH_MB", 64);
+    let runs = env_num("TAILPASS_BENCH_RUNS", 3) as usize;
+    let dials = env_num("TAILPASS_BENCH_DIALS", 300) as usize;
+    let idle = env_num("TAILPASS_BENCH_IDLE", 1000) as usize;
+    let bytes = mb << 20;
+
+    let net = TestNet::start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // Go baseline first, in its own process, then Rust in this one.
+    let go = go_side(&net, bytes, runs, dials, idle);
+    let rs = rt.block_on(rust_side(&net, bytes, runs, dials, idle));
+
+    println!("tailnet benchmark ({mb} MiB x {runs} runs, {dials} dials, {idle} idle conns)");
+    println!(
+        "{:<34} {:>14} {:>14} {:>8}",
+        "", "rust (tsshim)", "pure go tsnet", "ratio"
+    );
+    println!(
+        "{:<34} {:>14.1} {:>14.1} {:>8.2}",
+        "throughput A->B, MB/s (median)",
+        rs.throughput_mb_s,
+        go.throughput_mb_s,
+        rs.throughput_mb_s / go.throughput_mb_s
+    );
+    println!(
+        "{:<34} {:>14.1} {:>14.1} {:>8.2}",
+        "connection set-up, conns/s",
+        rs.setup_per_s,
+        go.setup_per_s,
+        rs.setup_per_s / go.setup_per_s
+    );
+    println!(
+        "{:<34} {:>14.1} {:>14.1} {:>8.2}",
+        "idle conn memory, KiB per conn",
+        rs.idle_kib_per_conn,
+        go.idle_kib_per_conn,
+        rs.idle_kib_per_conn / go.idle_kib_per_conn.max(0.001)
+    );
+    println!(
+        "runs MB/s: rust {:?} go {:?}; idle RSS added: rust {} KiB, go {} KiB",
+        rs.runs, go.runs, rs.idle_rss_kib, go.idle_rss_kib
+    );
+}

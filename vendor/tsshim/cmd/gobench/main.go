@@ -1,0 +1,231 @@
+// Command gobench is the pure-Go baseline for tailpass's tailnet benchmark:
+// two tsnet nodes in one process on the test tailnet (see cmd/testnet),
+// measured exactly like benches/tailnet.rs measures the Rust API:
+//
+//   - throughput of one stream A→B (-bytes per run, -runs runs, median);
+//   - connection set-up rate (-dials sequential dial+accept+close);
+//   - resident memory added by -idle open idle connections.
+//
+// It prints one JSON object on stdout.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"tailscale.com/envknob"
+	"tailscale.com/net/netns"
+	"tailscale.com/tsnet"
+	"tailscale.com/types/logger"
+)
+
+func main() {
+	var (
+		controlURL = flag.String("control-url", "", "test control server URL (required)")
+		nbytes     = flag.Int64("bytes", 64<<20, "bytes per throughput run")
+		runs       = flag.Int("runs", 3, "throughput runs (median reported)")
+		dials      = flag.Int("dials", 300, "sequential connections for the set-up rate")
+		idle       = flag.Int("idle", 1000, "idle connections for the memory figure")
+	)
+	flag.Parse()
+	if *controlURL == "" {
+		log.Fatal("gobench: -control-url is required")
+	}
+	// The same process-wide knobs the Rust side sets for the test tailnet.
+	netns.SetEnabled(false)
+	for k, v := range map[string]string{
+		"TS_DEBUG_ALWAYS_USE_DERP":      "true",
+		"TS_DISABLE_PORTMAPPER":         "1",
+		"TS_ASSUME_NETWORK_UP_FOR_TEST": "1",
+		"TS_NETCHECK_GENERATE_204_URL":  "http://127.0.0.1:9/generate_204",
+		"TS_NO_LOGS_NO_SUPPORT":         "true",
+	} {
+		envknob.Setenv(k, v)
+	}
+	dir, err := os.MkdirTemp("", "gobench")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	// The nodes are not closed: with over 512 TCP endpoints left (the idle
+	// connections, now in TIME_WAIT) tsnet v1.94.1's Close deadlocks; the
+	// process exit ends them.
+	a := up(ctx, dir, "go-a", *controlURL)
+	b := up(ctx, dir, "go-b", *controlURL)
+	st, err := b.Up(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	bAddr := st.TailscaleIPs[0].String()
+
+	// Throughput A→B: B listens and counts, A writes.
+	ln, err := b.Listen("tcp", ":7001")
+	if err != nil {
+		log.Fatal(err)
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				n, _ := io.Copy(io.Discard, c)
+				fmt.Fprintf(c, "%d", n)
+				c.Close()
+			}()
+		}
+	}()
+	var rates []float64
+	buf := make([]byte, 64<<10)
+	// Warm-up (DERP path, netstack buffers), not measured.
+	for i := 0; i < 3; i++ {
+		c, err := a.Dial(ctx, "tcp", bAddr+":7001")
+		if err != nil {
+			log.Fatal(err)
+		}
+		c.Write(buf)
+		c.(interface{ CloseWrite() error }).CloseWrite()
+		io.ReadAll(c)
+		c.Close()
+	}
+	for i := 0; i < *runs; i++ {
+		c, err := a.Dial(ctx, "tcp", bAddr+":7001")
+		if err != nil {
+			log.Fatal(err)
+		}
+		t0 := time.Now()
+		for sent := int64(0); sent < *nbytes; {
+			n := int64(len(buf))
+			if *nbytes-sent < n {
+				n = *nbytes - sent
+			}
+			if _, err := c.Write(buf[:n]); err != nil {
+				log.Fatal(err)
+			}
+			sent += n
+		}
+		c.(interface{ CloseWrite() error }).CloseWrite()
+		ack, _ := io.ReadAll(c)
+		el := time.Since(t0)
+		c.Close()
+		if got, _ := strconv.ParseInt(string(ack), 10, 64); got != *nbytes {
+			log.Fatalf("receiver counted %s bytes, want %d", ack, *nbytes)
+		}
+		rates = append(rates, float64(*nbytes)/el.Seconds()/1e6)
+	}
+	sort.Float64s(rates)
+
+	// Set-up rate: dial, accept, one byte back, close.
+	ln2, err := b.Listen("tcp", ":7002")
+	if err != nil {
+		log.Fatal(err)
+	}
+	go func() {
+		for {
+			c, err := ln2.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte{1})
+			c.Close()
+		}
+	}()
+	t0 := time.Now()
+	for i := 0; i < *dials; i++ {
+		c, err := a.Dial(ctx, "tcp", bAddr+":7002")
+		if err != nil {
+			log.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+			log.Fatal(err)
+		}
+		c.Close()
+	}
+	setup := float64(*dials) / time.Since(t0).Seconds()
+
+	// Memory: RSS before and after idle connections (both ends here).
+	ln3, err := b.Listen("tcp", ":7003")
+	if err != nil {
+		log.Fatal(err)
+	}
+	accepted := make(chan net.Conn, *idle)
+	go func() {
+		for {
+			c, err := ln3.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	runtime.GC()
+	time.Sleep(500 * time.Millisecond)
+	before := rssKiB()
+	var keep []net.Conn
+	for i := 0; i < *idle; i++ {
+		c, err := a.Dial(ctx, "tcp", bAddr+":7003")
+		if err != nil {
+			log.Fatal(err)
+		}
+		keep = append(keep, c, <-accepted)
+	}
+	runtime.GC()
+	time.Sleep(500 * time.Millisecond)
+	after := rssKiB()
+	_ = keep // held open until here
+
+	out, _ := json.Marshal(map[string]any{
+		"throughput_mb_s":   rates[len(rates)/2],
+		"throughput_runs":   rates,
+		"setup_per_s":       setup,
+		"idle_conns":        *idle,
+		"idle_rss_kib":      after - before,
+		"idle_kib_per_conn": float64(after-before) / float64(*idle),
+	})
+	fmt.Println(string(out))
+}
+
+func up(ctx context.Context, dir, host, controlURL string) *tsnet.Server {
+	s := &tsnet.Server{
+		Dir:        filepath.Join(dir, host),
+		Hostname:   host,
+		ControlURL: controlURL,
+		Ephemeral:  true,
+		Logf:       logger.Discard,
+		UserLogf:   logger.Discard,
+	}
+	if _, err := s.Up(ctx); err != nil {
+		log.Fatalf("%s up: %v", host, err)
+	}
+	return s
+}
+
+func rssKiB() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			n, _ := strconv.ParseInt(f[1], 10, 64)
+			return n
+		}
+	}
+	return 0
+}
