@@ -46,8 +46,10 @@ async fn round_trip(node: &Node, addr: &str, payload: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_dial_by_name_and_ip_both_ways_with_half_close() {
+    let _permit = support::light().await;
     let net = TestNet::start();
     let (a, b) = tokio::join!(net.node("alpha"), net.node("bravo"));
+    net.settle(&[&a, &b]).await;
 
     let sa = a.status().await.unwrap();
     assert!(sa.is_running());
@@ -85,8 +87,10 @@ async fn two_nodes_dial_by_name_and_ip_both_ways_with_half_close() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accept_reports_exact_peer_and_whois_names_it() {
+    let _permit = support::light().await;
     let net = TestNet::start();
     let (a, b) = tokio::join!(net.node("server"), net.node("client"));
+    net.settle(&[&a, &b]).await;
     let sb = b.status().await.unwrap();
     let ln = a.listen(80).await.unwrap();
 
@@ -149,6 +153,7 @@ async fn accept_reports_exact_peer_and_whois_names_it() {
 /// is in its first line; the server checks that against WhoIs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whois_names_the_right_node_for_300_concurrent_connections() {
+    let _permit = support::heavy().await;
     const PER_CLIENT: usize = 100;
     let net = TestNet::start();
     let (server, c1, c2, c3) = tokio::join!(
@@ -157,6 +162,7 @@ async fn whois_names_the_right_node_for_300_concurrent_connections() {
         net.node("client-two"),
         net.node("client-three")
     );
+    net.settle(&[&server, &c1, &c2, &c3]).await;
     let ln = server.listen(7000).await.unwrap();
     let target = format!("{}:7000", net.fqdn("hub"));
 
@@ -213,6 +219,7 @@ async fn whois_names_the_right_node_for_300_concurrent_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_capability_grants_and_tags_appear_in_whois() {
+    let _permit = support::light().await;
     let grant = serde_json::json!({
         "tailpass.test/cap/files": [{"paths": ["/srv/a", "/srv/b"], "write": false}, "viewer"],
     });
@@ -229,6 +236,7 @@ async fn app_capability_grants_and_tags_appear_in_whois() {
         net.join(tagged_cfg),
         net.node("pinned")
     );
+    net.settle(&[&server, &user, &tagged, &pinned]).await;
     let ln = server.listen(443).await.unwrap();
     let target = format!("{}:443", net.fqdn("gate"));
 
@@ -300,6 +308,7 @@ async fn app_capability_grants_and_tags_appear_in_whois() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_before_start_twice_and_during_pending_accept() {
+    let _permit = support::light().await;
     let net = TestNet::start();
 
     // Close before start, then again.
@@ -345,12 +354,13 @@ async fn close_before_start_twice_and_during_pending_accept() {
     drop(ln);
     // The port is free again: a new listener on it works end to end.
     let c = net.node("caller").await;
+    net.settle(&[&b, &c]).await;
     let ln2 = b.listen(5001).await.unwrap();
     let dial = tokio::spawn({
         let addr = format!("{}:5001", net.fqdn("dropper"));
         async move { c.dial(&addr).await.map(|_| ()) }
     });
-    tokio::time::timeout(Duration::from_secs(20), ln2.accept())
+    tokio::time::timeout(Duration::from_secs(60), ln2.accept())
         .await
         .expect("accept after re-listen")
         .unwrap();
@@ -363,6 +373,7 @@ async fn close_before_start_twice_and_during_pending_accept() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_fails_clearly_with_wrong_auth_key() {
+    let _permit = support::light().await;
     let net = TestNet::with_options(TestNetOptions {
         auth_key: Some("tskey-auth-right".into()),
         ..Default::default()
@@ -393,6 +404,7 @@ async fn up_fails_clearly_with_wrong_auth_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_fails_within_timeout_when_control_is_unreachable() {
+    let _permit = support::light().await;
     support::init_process_for_tests();
     let dir = tempfile::tempdir().unwrap();
     // A port nothing listens on.
@@ -448,8 +460,10 @@ async fn up_fails_within_timeout_when_control_is_unreachable() {
 /// shim bounds it with a watchdog: close must return, connections must end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_with_600_open_connections_returns_and_ends_them() {
+    let _permit = support::heavy().await;
     let net = TestNet::start();
     let (a, b) = tokio::join!(net.node("busy"), net.node("crowd"));
+    net.settle(&[&a, &b]).await;
     let ln = a.listen(6000).await.unwrap();
     let target = format!("{}:6000", net.fqdn("busy"));
     let mut client_ends = Vec::new();
@@ -475,4 +489,102 @@ async fn close_with_600_open_connections_returns_and_ends_them() {
         assert!(matches!(n, Ok(0) | Err(_)));
     }
     drop(client_ends);
+}
+
+#[test]
+fn public_types_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Node>();
+    check::<tailpass::tailnet::Listener>();
+    check::<tailpass::tailnet::TailnetStream>();
+    check::<tailpass::tailnet::WhoIs>();
+    check::<Error>();
+}
+
+/// Status reports the cert domains; cert_pair refuses other domains before
+/// asking anyone (and tests point tsnet's ACME client at a closed local port,
+/// so no test can ever reach Let's Encrypt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cert_pair_refuses_domains_the_node_cannot_hold() {
+    let _permit = support::light().await;
+    let net = TestNet::start();
+    let a = net.node("certless").await;
+    let st = a.status().await.unwrap();
+    assert_eq!(st.cert_domains, vec![net.fqdn("certless")]);
+
+    let err = a.cert_pair("other.example.com").await.unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("not one of this node's cert domains"), "{msg}");
+    assert!(msg.contains(&net.fqdn("certless")), "{msg}");
+    assert!(matches!(
+        a.cert_pair("bad\0name").await,
+        Err(Error::InvalidArgument { .. })
+    ));
+    // The node still works after the refusals.
+    assert!(a.status().await.unwrap().is_running());
+}
+
+/// A Funnel connection is delivered with the public client's address and
+/// marked as Funnel, never with the relay node's tailnet address (WhoIs on
+/// that would name the relay). The test control server grants every node
+/// the ingress capability, so node B plays the Funnel relay exactly as
+/// Tailscale's ingress nodes do: POST /v0/ingress to A's peerAPI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn funnel_connections_carry_the_public_source_not_the_relay() {
+    let _permit = support::light().await;
+    let net = TestNet::start();
+    let (a, relay) = tokio::join!(net.node("public"), net.node("relay"));
+    net.settle(&[&a, &relay]).await;
+    let funnel = a.listen_funnel(443, true).await.unwrap();
+
+    let st = relay.status().await.unwrap();
+    let peer_api = st
+        .peer("public")
+        .unwrap()
+        .peer_api
+        .iter()
+        .find_map(|u| u.strip_prefix("http://").filter(|h| !h.starts_with('[')))
+        .expect("an IPv4 peerAPI URL")
+        .to_string();
+    let mut c = relay.dial(&peer_api).await.unwrap();
+    let req = format!(
+        "POST /v0/ingress HTTP/1.1\r\nHost: {peer_api}\r\n\
+         Tailscale-Ingress-Src: 203.0.113.7:4567\r\n\
+         Tailscale-Ingress-Target: {}:443\r\nContent-Length: 0\r\n\r\n",
+        net.fqdn("public")
+    );
+    c.write_all(req.as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    c.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 101", "ingress refused");
+
+    let (s, peer) = tokio::time::timeout(Duration::from_secs(30), funnel.accept())
+        .await
+        .expect("funnel conn never arrived")
+        .unwrap();
+    assert_eq!(peer, "203.0.113.7:4567".parse().unwrap());
+    assert_eq!(s.origin(), tailpass::tailnet::Origin::Funnel);
+
+    // Funnel-only: a tailnet peer dialing port 443 is not let in there.
+    let direct = tokio::time::timeout(
+        Duration::from_secs(3),
+        relay.dial(&format!("{}:443", net.fqdn("public"))),
+    )
+    .await;
+    if let Ok(Ok(_conn)) = direct {
+        let got = tokio::time::timeout(Duration::from_secs(2), funnel.accept()).await;
+        assert!(
+            got.is_err(),
+            "tailnet connection reached a funnel-only listener"
+        );
+    }
+
+    // A plain tailnet listener marks its connections as tailnet.
+    let ln = a.listen(8000).await.unwrap();
+    let _c2 = relay
+        .dial(&format!("{}:8000", net.fqdn("public")))
+        .await
+        .unwrap();
+    let (s2, _) = ln.accept().await.unwrap();
+    assert_eq!(s2.origin(), tailpass::tailnet::Origin::Tailnet);
 }

@@ -11,7 +11,7 @@ use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 use tokio::io::unix::AsyncFd;
 
 use super::node::Node;
-use super::stream::TailnetStream;
+use super::stream::{Origin, TailnetStream};
 use super::{Error, Result, ffi};
 
 /// A tailnet listener. Dropping it stops listening.
@@ -33,7 +33,7 @@ impl fmt::Debug for Listener {
 
 /// One received hand-off message.
 enum Received {
-    Conn(OwnedFd, SocketAddr, Option<SocketAddr>),
+    Conn(OwnedFd, SocketAddr, Option<SocketAddr>, Origin),
     Eof,
 }
 
@@ -70,15 +70,17 @@ impl Listener {
     }
 
     /// Waits for the next connection. Returns the stream and the peer's
-    /// exact tailnet address, ready for [`Node::whois`].
+    /// exact address. For [`Origin::Tailnet`] streams that address is ready
+    /// for [`Node::whois`]; Funnel streams ([`TailnetStream::origin`]) carry
+    /// the public client's address and no tailnet identity.
     ///
     /// Cancel-safe: a dropped `accept` future loses no connection.
     pub async fn accept(&self) -> Result<(TailnetStream, SocketAddr)> {
         loop {
             let mut guard = self.ctl.readable().await?;
             match guard.try_io(|fd| recv_conn(fd.get_ref())) {
-                Ok(Ok(Ok(Received::Conn(fd, peer, local)))) => {
-                    let stream = TailnetStream::from_fd(fd, peer, local)?;
+                Ok(Ok(Ok(Received::Conn(fd, peer, local, origin)))) => {
+                    let stream = TailnetStream::from_fd(fd, peer, local, origin)?;
                     return Ok((stream, peer));
                 }
                 Ok(Ok(Ok(Received::Eof))) => return Err(Error::ListenerClosed),
@@ -145,7 +147,17 @@ fn recv_conn(fd: &OwnedFd) -> io::Result<Result<Received>> {
         Ok(t) => t,
         Err(_) => return Ok(Err(Error::Protocol("listener message is not UTF-8".into()))),
     };
-    let (remote, local) = text.split_once('\n').unwrap_or((text, ""));
+    let mut lines = text.split('\n');
+    let (remote, local) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
+    let origin = match lines.next() {
+        Some("tailnet") => Origin::Tailnet,
+        Some("funnel") => Origin::Funnel,
+        other => {
+            return Ok(Err(Error::Protocol(format!(
+                "listener message has bad origin {other:?}"
+            ))));
+        }
+    };
     let Ok(peer) = remote.parse::<SocketAddr>() else {
         return Ok(Err(Error::Protocol(format!(
             "listener message has bad peer address {remote:?}"
@@ -153,5 +165,5 @@ fn recv_conn(fd: &OwnedFd) -> io::Result<Result<Received>> {
     };
     let local = local.parse::<SocketAddr>().ok();
     let fd = fds.pop().expect("checked: exactly one descriptor");
-    Ok(Ok(Received::Conn(fd, peer, local)))
+    Ok(Ok(Received::Conn(fd, peer, local, origin)))
 }

@@ -23,8 +23,8 @@ mod whois;
 pub use error::{Error, Result};
 pub use listener::Listener;
 pub use node::{CertPair, LogSink, Node, NodeConfig, global};
-pub use status::{SelfNode, Status};
-pub use stream::TailnetStream;
+pub use status::{Peer, SelfNode, Status};
+pub use stream::{Origin, TailnetStream};
 pub use whois::{
     CapMap, PeerNode, Principal, StableNodeId, TAGGED_DEVICES, UserId, UserProfile, WhoIs,
 };

@@ -274,7 +274,7 @@ impl Node {
         let peer: SocketAddr = remote
             .parse()
             .map_err(|_| Error::Protocol(format!("dial: bad remote address {remote:?}")))?;
-        TailnetStream::from_fd(fd, peer, None)
+        TailnetStream::from_fd(fd, peer, None, super::stream::Origin::Tailnet)
     }
 
     /// Who is behind `peer`, as this node sees it.

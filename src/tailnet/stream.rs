@@ -15,12 +15,24 @@ use tokio::net::UnixStream;
 
 use super::Result;
 
+/// Where an accepted connection came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A tailnet peer: its address identifies it (WhoIs).
+    Tailnet,
+    /// The public internet through Funnel: the address is the client's
+    /// public address as the Funnel relay reported it. It carries no tailnet
+    /// identity and must never be asked to WhoIs.
+    Funnel,
+}
+
 /// A tailnet TCP connection.
 #[derive(Debug)]
 pub struct TailnetStream {
     inner: UnixStream,
     peer: SocketAddr,
     local: Option<SocketAddr>,
+    origin: Origin,
 }
 
 impl TailnetStream {
@@ -28,6 +40,7 @@ impl TailnetStream {
         fd: OwnedFd,
         peer: SocketAddr,
         local: Option<SocketAddr>,
+        origin: Origin,
     ) -> Result<Self> {
         let std = std::os::unix::net::UnixStream::from(fd);
         std.set_nonblocking(true)?;
@@ -35,10 +48,17 @@ impl TailnetStream {
             inner: UnixStream::from_std(std)?,
             peer,
             local,
+            origin,
         })
     }
 
-    /// The remote tailnet address.
+    /// Where the connection came from (dialed streams are `Tailnet`).
+    pub fn origin(&self) -> Origin {
+        self.origin
+    }
+
+    /// The remote address: a tailnet peer, or for [`Origin::Funnel`] the
+    /// public client.
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer
     }

@@ -20,6 +20,23 @@ use tailpass::tailnet::{LogSink, Node, NodeConfig, global};
 /// How long a test node may take to join.
 pub const UP_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Limits how many tailnet tests run at once in one test process: each
+/// brings its own control server and several nodes, and on a 2-core machine
+/// running them all at once starves timeouts. Heavy tests take all permits.
+pub static CAPACITY: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(PERMITS);
+/// Permits in [`CAPACITY`].
+pub const PERMITS: usize = 3;
+
+/// Takes one permit (a light test).
+pub async fn light() -> tokio::sync::SemaphorePermit<'static> {
+    CAPACITY.acquire().await.unwrap()
+}
+
+/// Takes every permit (a test that loads the machine).
+pub async fn heavy() -> tokio::sync::SemaphorePermit<'static> {
+    CAPACITY.acquire_many(PERMITS as u32).await.unwrap()
+}
+
 /// Options for the test control server.
 #[derive(Default, Clone)]
 pub struct TestNetOptions {
@@ -106,6 +123,11 @@ pub fn init_process_for_tests() {
                 "http://127.0.0.1:9/generate_204",
             ),
             ("TS_NO_LOGS_NO_SUPPORT", "true"),
+            // Certificate requests must never reach Let's Encrypt from a test.
+            (
+                "TS_DEBUG_ACME_DIRECTORY_URL",
+                "http://127.0.0.1:9/directory",
+            ),
         ] {
             global::set_env_knob(k, v).unwrap();
         }
@@ -183,6 +205,33 @@ impl TestNet {
             .await
             .unwrap_or_else(|e| panic!("node {name} did not come up: {e}"));
         node
+    }
+
+    /// Waits until every node has every other one in its netmap, so a dial
+    /// does not race the netmap update (its SYNs would be dropped and TCP's
+    /// back-off makes the connect slow).
+    pub async fn settle(&self, nodes: &[&Node]) {
+        let deadline = std::time::Instant::now() + UP_TIMEOUT;
+        for n in nodes {
+            loop {
+                let st = n.status().await.unwrap();
+                let missing: Vec<_> = nodes
+                    .iter()
+                    .filter(|o| o.hostname() != n.hostname())
+                    .filter(|o| st.peer(o.hostname()).is_none())
+                    .map(|o| o.hostname().to_string())
+                    .collect();
+                if missing.is_empty() {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{} never saw {missing:?}",
+                    n.hostname()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 
     /// The FQDN of a host on this tailnet.

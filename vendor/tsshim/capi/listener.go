@@ -6,6 +6,7 @@ package main
 // wrongly, unlike a lookup by fd number after the fact.
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -13,6 +14,7 @@ import (
 	"sync"
 	"syscall"
 
+	"tailscale.com/ipn"
 	"tailscale.com/tsnet"
 )
 
@@ -112,12 +114,29 @@ func (l *listener) deliver(c net.Conn) error {
 		l.node.logf("tsshim: accept hand-off: %v", err)
 		return nil // this connection is lost; the listener goes on
 	}
-	msg := []byte(c.RemoteAddr().String() + "\n" + c.LocalAddr().String())
+	remote, origin := connOrigin(c)
+	msg := []byte(remote + "\n" + c.LocalAddr().String() + "\n" + origin)
 	_, _, err = l.ctl.WriteMsgUnix(msg, syscall.UnixRights(fd), nil)
 	// Our copy of the fd goes either way: on success the receiver holds its
 	// own; on failure closing it ends the pump, which closes c.
 	syscall.Close(fd)
 	return err
+}
+
+// connOrigin returns the address of whoever really opened c and where it
+// came from. A Funnel connection's RemoteAddr is the Funnel relay node on the
+// tailnet, not the client: WhoIs on it would name the relay. Its public
+// source is FunnelConn.Src, and it is marked "funnel" so the caller never
+// treats it as a tailnet peer.
+func connOrigin(c net.Conn) (remote, origin string) {
+	inner := c
+	if tc, ok := c.(*tls.Conn); ok {
+		inner = tc.NetConn()
+	}
+	if fc, ok := inner.(*ipn.FunnelConn); ok {
+		return fc.Src.String(), "funnel"
+	}
+	return c.RemoteAddr().String(), "tailnet"
 }
 
 func closeListener(h int64) error {

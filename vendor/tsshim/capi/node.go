@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -383,12 +384,23 @@ type selfOut struct {
 	UserLogin string   `json:"user_login"`
 }
 
+type peerOut struct {
+	StableID  string   `json:"stable_id"`
+	HostName  string   `json:"host_name"`
+	DNSName   string   `json:"dns_name"`
+	Addresses []string `json:"addresses"`
+	Tags      []string `json:"tags"`
+	Online    bool     `json:"online"`
+	PeerAPI   []string `json:"peer_api"`
+}
+
 type statusOut struct {
-	BackendState   string   `json:"backend_state"`
-	Self           *selfOut `json:"self"`
-	MagicDNSSuffix string   `json:"magic_dns_suffix"`
-	CertDomains    []string `json:"cert_domains"`
-	Health         []string `json:"health"`
+	BackendState   string    `json:"backend_state"`
+	Self           *selfOut  `json:"self"`
+	Peers          []peerOut `json:"peers"`
+	MagicDNSSuffix string    `json:"magic_dns_suffix"`
+	CertDomains    []string  `json:"cert_domains"`
+	Health         []string  `json:"health"`
 }
 
 func marshalStatus(st *ipnstate.Status) (string, error) {
@@ -417,6 +429,26 @@ func marshalStatus(st *ipnstate.Status) (string, error) {
 		}
 		out.Self = so
 	}
+	out.Peers = []peerOut{}
+	for _, ps := range st.Peer {
+		po := peerOut{
+			StableID:  string(ps.ID),
+			HostName:  ps.HostName,
+			DNSName:   ps.DNSName,
+			Addresses: []string{},
+			Tags:      []string{},
+			Online:    ps.Online,
+			PeerAPI:   append([]string{}, ps.PeerAPIURL...),
+		}
+		for _, ip := range ps.TailscaleIPs {
+			po.Addresses = append(po.Addresses, ip.String())
+		}
+		if ps.Tags != nil {
+			po.Tags = append(po.Tags, ps.Tags.AsSlice()...)
+		}
+		out.Peers = append(out.Peers, po)
+	}
+	sort.Slice(out.Peers, func(i, j int) bool { return out.Peers[i].DNSName < out.Peers[j].DNSName })
 	b, err := json.Marshal(out)
 	return string(b), err
 }

@@ -68,9 +68,11 @@ int tsshim_node_close(int64_t node, char **err);
 /* Listens on the tailnet (network "tcp", "tcp4" or "tcp6"; addr ":port").
  * Returns a listener handle and, in *ctl_fd, a SOCK_SEQPACKET socket. Each
  * accepted connection arrives on ctl_fd as ONE message whose payload is
- * "<remote ip:port>\n<local ip:port>" and whose SCM_RIGHTS ancillary data
- * carries exactly one stream socket fd for the connection's bytes. When the
- * listener ends, ctl_fd reads end of stream. */
+ * "<remote ip:port>\n<local ip:port>\n<origin>" and whose SCM_RIGHTS data
+ * carries exactly one stream socket fd for the connection's bytes. origin is
+ * "tailnet" (remote is a tailnet peer, fit for tsshim_whois) or "funnel"
+ * (remote is the public client's address as the Funnel relay reported it;
+ * never a tailnet identity). When the listener ends, ctl_fd reads EOF. */
 int64_t tsshim_listen(int64_t node, char *network, char *addr,
                       int *ctl_fd, char **err);
 /* Like tsshim_listen, for public Funnel traffic on addr (":443", ":8443" or
@@ -99,7 +101,8 @@ int tsshim_cert_pair(int64_t node, char *domain, int64_t timeout_ms,
 
 /* The node's status as JSON:
  * {"backend_state","self":{"stable_id","host_name","dns_name","addresses",
- *  "tags","user_login"},"magic_dns_suffix","cert_domains","health"} */
+ *  "tags","user_login"},"peers":[{"stable_id","host_name","dns_name",
+ *  "addresses","tags","online"}],"magic_dns_suffix","cert_domains","health"} */
 int tsshim_status(int64_t node, int64_t timeout_ms, char **json, char **err);
 
 #endif /* TSSHIM_H */

@@ -123,7 +123,7 @@ func main() {
 		if line == "" {
 			continue
 		}
-		out, _ := json.Marshal(tg.command(ctx, line))
+		out, _ := json.Marshal(tg.command(line))
 		fmt.Println(string(out))
 	}
 }
@@ -134,7 +134,7 @@ type command struct {
 	Tags []string `json:"tags"`
 }
 
-func (tg *tagger) command(ctx context.Context, line string) map[string]any {
+func (tg *tagger) command(line string) map[string]any {
 	var c command
 	if err := json.Unmarshal([]byte(line), &c); err != nil {
 		return map[string]any{"ok": false, "error": "bad command: " + err.Error()}
@@ -147,11 +147,7 @@ func (tg *tagger) command(ctx context.Context, line string) map[string]any {
 		tg.mu.Lock()
 		tg.static[c.Host] = c.Tags
 		tg.mu.Unlock()
-		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		if err := tg.apply(cctx); err != nil {
-			return map[string]any{"ok": false, "error": err.Error()}
-		}
+		tg.apply()
 		return map[string]any{"ok": true}
 	case "nodes":
 		var nodes []map[string]any
@@ -184,14 +180,12 @@ func (tg *tagger) loop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			actx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			tg.apply(actx)
-			cancel()
+			tg.apply()
 		}
 	}
 }
 
-func (tg *tagger) apply(ctx context.Context) error {
+func (tg *tagger) apply() {
 	tg.mu.Lock()
 	changed := false
 	nodes := tg.ctl.AllNodes()
@@ -226,22 +220,13 @@ func (tg *tagger) apply(ctx context.Context) error {
 	}
 	tg.mu.Unlock()
 	if !changed {
-		return nil
+		return
 	}
-	// Push to every node at once. Nodes that have left never poll again;
-	// their push times out and is not an error.
-	var wg sync.WaitGroup
-	for _, n := range nodes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-			defer cancel()
-			tg.ctl.ForceNetmapUpdate(pctx, n.Key)
-		}()
-	}
-	wg.Wait()
-	return nil
+	// Have control send every node a fresh netmap through its normal update
+	// path. Masquerades are unused here; setting none is a no-op that makes
+	// testcontrol mark every node changed. (ForceNetmapUpdate injects a
+	// hand-built map response instead, which left retagged nodes unreachable.)
+	tg.ctl.SetMasqueradeAddresses(nil)
 }
 
 // runDERPAndSTUN is tailscale's integration.RunDERPAndSTUN, except that STUN
