@@ -30,6 +30,8 @@ fn env_num(name: &str, default: u64) -> u64 {
 }
 
 fn rss_kib() -> i64 {
+    tailpass::tailnet::global::release_memory();
+    std::thread::sleep(std::time::Duration::from_millis(300));
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     s.lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))

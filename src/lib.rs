@@ -1,11 +1,23 @@
 //! tailpass: passkey single sign-on in front of private web services on a
 //! Tailscale network, in one binary.
 //!
-//! Map of the crate (one concern per module):
+//! Map of the crate (one concern per module, in request order):
 //!
 //! - [`tailnet`]: joins the tailnet through an embedded tsnet (Go c-archive
 //!   over FFI), accepts and dials connections, identifies peers with WhoIs.
+//! - [`config`]: the TOML file, validated with every error naming its field.
+//! - [`tls`]: certificate sources (the node's ts.net cert, PEM files, a local
+//!   CA) behind one hot-swappable rustls resolver.
+//! - [`identity`]: who is calling, fixed per connection (WhoIs, Funnel, loopback).
+//! - [`http`]: path normalization, header hygiene, error responses.
+//! - [`policy`]: route access decisions with reasons.
+//! - [`proxy`]: forwarding to upstreams (streaming, websockets, SSE).
+//! - [`server`]: listeners and the wiring of all of the above.
 //!
 //! Design notes and threat model of the tailnet layer: `docs/tailnet.md`.
 
+pub mod config;
+pub mod http;
+pub mod identity;
+pub mod policy;
 pub mod tailnet;

@@ -92,6 +92,11 @@ pub(crate) fn register_readable(fd: OwnedFd) -> std::io::Result<tokio::io::unix:
         .map_err(|e| e.into())
 }
 
+pub(crate) fn release_memory() {
+    // SAFETY: no arguments; the shim recovers any panic.
+    unsafe { sys::tsshim_release_memory() }
+}
+
 pub(crate) fn set_netns_enabled(enabled: bool) {
     // SAFETY: plain value argument; the shim recovers any panic.
     unsafe { sys::tsshim_set_netns_enabled(c_int::from(enabled)) }

@@ -349,6 +349,12 @@ pub mod global {
         ffi::set_netns_enabled(enabled)
     }
 
+    /// Runs the embedded Go runtime's garbage collector and returns freed
+    /// memory to the operating system.
+    pub fn release_memory() {
+        ffi::release_memory()
+    }
+
     /// Sets a tailscale environment knob (`TS_*`) for this process, also
     /// updating the value tailscale read at start-up. Knobs are read without
     /// locks, so set them before the first node starts.

@@ -12,6 +12,7 @@ import "C"
 
 import (
 	"fmt"
+	"runtime/debug"
 	"strings"
 	"unsafe"
 
@@ -64,6 +65,11 @@ func tsshim_free(p unsafe.Pointer) {
 //export tsshim_set_netns_enabled
 func tsshim_set_netns_enabled(enabled C.int) {
 	protect(func() error { netns.SetEnabled(enabled != 0); return nil })
+}
+
+//export tsshim_release_memory
+func tsshim_release_memory() {
+	protect(func() error { debug.FreeOSMemory(); return nil })
 }
 
 //export tsshim_setenv

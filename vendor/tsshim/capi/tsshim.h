@@ -33,6 +33,10 @@ void tsshim_free(void *p);
  * the loopback-only test tailnet. Enabled by default. */
 void tsshim_set_netns_enabled(int enabled);
 
+/* Process-wide: runs Go's garbage collector and returns freed memory to
+ * the operating system (debug.FreeOSMemory). */
+void tsshim_release_memory(void);
+
 /* Process-wide: sets a tailscale environment knob (TS_*) and updates the
  * value tailscale already read at start-up. Call before creating nodes;
  * knobs are read without locks by running nodes. */

@@ -1,0 +1,600 @@
+//! The configuration file: TOML → raw serde structs → [`validate`] collecting
+//! every problem with the field it concerns → an immutable [`Config`].
+//!
+//! Nothing here touches the network. Secrets are loaded (from env or file)
+//! but never printed: [`Secret`] redacts itself.
+
+mod secret;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use secret::{Secret, SecretRef};
+
+use crate::http::path::normalize_prefix;
+
+/// All problems found in a config file, each naming its field.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    /// The file, if it came from one.
+    pub file: Option<PathBuf>,
+    /// One message per problem: `field: what is wrong`.
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.file {
+            Some(p) => writeln!(f, "invalid config {}:", p.display())?,
+            None => writeln!(f, "invalid config:")?,
+        }
+        for p in &self.problems {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+// ---- raw file model -------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    tailnet: RawTailnet,
+    #[serde(default)]
+    node: Vec<RawNode>,
+    #[serde(default)]
+    route: Vec<RawRoute>,
+    loopback: Option<RawLoopback>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTailnet {
+    control_url: Option<String>,
+    domain: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    hostname: String,
+    state_dir: PathBuf,
+    auth_key: Option<SecretRef>,
+    control_url: Option<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    ephemeral: bool,
+    #[serde(default = "default_https_port")]
+    https_port: u16,
+    #[serde(default = "yes")]
+    http_redirect: bool,
+    #[serde(default)]
+    funnel: bool,
+    cert: Option<RawCert>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawCert {
+    Named(String),
+    Files {
+        cert_file: PathBuf,
+        key_file: PathBuf,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLoopback {
+    listen: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    path: String,
+    upstream: String,
+    node: Option<String>,
+    host: Option<String>,
+    #[serde(default)]
+    strip_prefix: bool,
+    access: Option<String>,
+    #[serde(default)]
+    allow_users: Vec<String>,
+    #[serde(default)]
+    allow_tags: Vec<String>,
+    #[serde(default)]
+    allow_capabilities: Vec<String>,
+    #[serde(default)]
+    loopback: bool,
+    connect_timeout: Option<String>,
+    response_timeout: Option<String>,
+    #[serde(default)]
+    identity_headers: BTreeMap<String, String>,
+}
+
+fn default_https_port() -> u16 {
+    443
+}
+fn yes() -> bool {
+    true
+}
+
+// ---- validated model ------------------------------------------------------
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The tailnet's domain (`mist-walleye.ts.net`), if given; used to print URLs.
+    pub tailnet_domain: Option<String>,
+    /// Nodes to join, in file order.
+    pub nodes: Vec<NodeSpec>,
+    /// Routes, in file order.
+    pub routes: Vec<Route>,
+    /// Optional plain-HTTP listener on loopback.
+    pub loopback: Option<SocketAddr>,
+}
+
+/// One tailnet node tailpass runs.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    /// Host name on the tailnet.
+    pub hostname: String,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Auth key for the first registration.
+    pub auth_key: Option<Secret>,
+    /// Coordination server URL (`None`: Tailscale's).
+    pub control_url: Option<String>,
+    /// Tags to advertise.
+    pub tags: Vec<String>,
+    /// Ephemeral node.
+    pub ephemeral: bool,
+    /// HTTPS port on the tailnet.
+    pub https_port: u16,
+    /// Serve a redirect to HTTPS on port 80.
+    pub http_redirect: bool,
+    /// Serve public routes over Funnel on 443.
+    pub funnel: bool,
+    /// Where the TLS certificate comes from.
+    pub cert: CertSource,
+}
+
+/// Where a node's certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertSource {
+    /// The node's own `*.ts.net` certificate, fetched through the node.
+    Tailnet,
+    /// A certificate generated at start-up by a local CA kept in the state dir.
+    LocalCa,
+    /// PEM files (re-read when they change).
+    Files {
+        /// Certificate chain.
+        cert_file: PathBuf,
+        /// Private key.
+        key_file: PathBuf,
+    },
+}
+
+/// Who may use a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, including Funnel (public internet) and loopback.
+    Public,
+    /// Tailnet peers; if any list is non-empty, the peer must match one
+    /// entry of any list (a user login, a node tag or an app capability).
+    Tailnet {
+        /// Allowed user logins.
+        users: Vec<String>,
+        /// Allowed node tags.
+        tags: Vec<String>,
+        /// Allowed app capabilities (the peer must be granted one).
+        capabilities: Vec<String>,
+    },
+}
+
+/// Header names used to pass the verified identity upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityHeaders {
+    /// User login.
+    pub login: String,
+    /// User display name.
+    pub name: String,
+    /// Profile picture URL.
+    pub profile_pic: String,
+    /// Node MagicDNS name.
+    pub node: String,
+    /// Node tags, comma-separated.
+    pub tags: String,
+}
+
+impl Default for IdentityHeaders {
+    fn default() -> Self {
+        IdentityHeaders {
+            login: "Tailscale-User-Login".into(),
+            name: "Tailscale-User-Name".into(),
+            profile_pic: "Tailscale-User-Profile-Pic".into(),
+            node: "Tailscale-Node-Name".into(),
+            tags: "Tailscale-Node-Tags".into(),
+        }
+    }
+}
+
+impl IdentityHeaders {
+    /// All the names, for stripping client-sent copies.
+    pub fn all(&self) -> [&str; 5] {
+        [
+            &self.login,
+            &self.name,
+            &self.profile_pic,
+            &self.node,
+            &self.tags,
+        ]
+    }
+}
+
+/// One route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Index in the file (`route[i]`), for messages and logs.
+    pub index: usize,
+    /// Normalized path prefix (`/ttyd`, or `/` for everything).
+    pub path: String,
+    /// Node host name it belongs to (`None`: every node).
+    pub node: Option<String>,
+    /// Host header it matches (`None`: any).
+    pub host: Option<String>,
+    /// Upstream base URL (`http://127.0.0.1:7681`, may carry a path).
+    pub upstream: http::Uri,
+    /// Remove the route's prefix before forwarding.
+    pub strip_prefix: bool,
+    /// Who may use it.
+    pub access: Access,
+    /// Reachable through the loopback listener (protected routes only when set).
+    pub loopback: bool,
+    /// Upstream connect timeout.
+    pub connect_timeout: Duration,
+    /// Timeout until the upstream's response headers.
+    pub response_timeout: Duration,
+    /// Identity header names.
+    pub identity_headers: IdentityHeaders,
+}
+
+impl Route {
+    /// A short name for logs: `route[0] /ttyd`.
+    pub fn name(&self) -> String {
+        format!("route[{}] {}", self.index, self.path)
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file, loading secrets from the process
+    /// environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: Some(path.to_path_buf()),
+            problems: vec![format!("cannot read: {e}")],
+        })?;
+        Self::parse(&text, &|k| std::env::var(k).ok()).map_err(|mut e| {
+            e.file = Some(path.to_path_buf());
+            e
+        })
+    }
+
+    /// Parses and validates config text; `env` looks up environment variables.
+    pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+            file: None,
+            problems: vec![toml_problem(&e)],
+        })?;
+        validate(raw, env)
+    }
+
+    /// The MagicDNS name of a node, if the tailnet domain is known.
+    pub fn node_fqdn(&self, node: &NodeSpec) -> String {
+        match &self.tailnet_domain {
+            Some(d) => format!("{}.{d}", node.hostname),
+            None => format!("{}.<your-tailnet>.ts.net", node.hostname),
+        }
+    }
+}
+
+fn toml_problem(e: &toml::de::Error) -> String {
+    // toml's message names the key ("unknown field `x`, expected one of …")
+    // and the span gives the line.
+    let msg = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => format!("{msg} (at byte {})", span.start),
+        None => msg,
+    }
+}
+
+fn parse_duration(field: &str, v: &Option<String>, default: Duration, p: &mut Vec<String>) -> Duration {
+    match v {
+        None => default,
+        Some(s) => match humantime::parse_duration(s) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                p.push(format!("{field}: must be more than zero"));
+                default
+            }
+            Err(e) => {
+                p.push(format!("{field}: {s:?} is not a duration like \"5s\" ({e})"));
+                default
+            }
+        },
+    }
+}
+
+fn valid_hostname(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 63
+        && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && !h.starts_with('-')
+        && !h.ends_with('-')
+}
+
+fn valid_tag(t: &str) -> bool {
+    t.strip_prefix("tag:")
+        .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+}
+
+fn valid_header_name(h: &str) -> bool {
+    http::HeaderName::from_bytes(h.as_bytes()).is_ok()
+}
+
+fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    let mut p: Vec<String> = Vec::new();
+
+    if let Some(u) = &raw.tailnet.control_url {
+        check_url("tailnet.control_url", u, &mut p);
+    }
+    if raw.node.is_empty() {
+        p.push("node: at least one [[node]] is required".into());
+    }
+    let mut nodes = Vec::new();
+    let mut hostnames = HashSet::new();
+    let mut state_dirs = HashSet::new();
+    for (i, n) in raw.node.into_iter().enumerate() {
+        let f = |k: &str| format!("node[{i}].{k}");
+        if !valid_hostname(&n.hostname) {
+            p.push(format!(
+                "{}: {:?} is not a valid host name (letters, digits, '-', at most 63)",
+                f("hostname"),
+                n.hostname
+            ));
+        } else if !hostnames.insert(n.hostname.to_ascii_lowercase()) {
+            p.push(format!("{}: {:?} is used by two nodes", f("hostname"), n.hostname));
+        }
+        if n.state_dir.as_os_str().is_empty() {
+            p.push(format!("{}: must not be empty", f("state_dir")));
+        } else if !state_dirs.insert(n.state_dir.clone()) {
+            p.push(format!(
+                "{}: {} is used by two nodes (each needs its own)",
+                f("state_dir"),
+                n.state_dir.display()
+            ));
+        }
+        let auth_key = match &n.auth_key {
+            Some(r) => match r.load(env) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    p.push(format!("{}: {e}", f("auth_key")));
+                    None
+                }
+            },
+            None => None,
+        };
+        let control_url = n.control_url.or_else(|| raw.tailnet.control_url.clone());
+        if let Some(u) = &control_url {
+            check_url(&f("control_url"), u, &mut p);
+        }
+        for t in &n.tags {
+            if !valid_tag(t) {
+                p.push(format!("{}: {t:?} is not a tag like \"tag:web\"", f("tags")));
+            }
+        }
+        if n.https_port == 0 {
+            p.push(format!("{}: must not be 0", f("https_port")));
+        }
+        let cert = match n.cert {
+            None => CertSource::Tailnet,
+            Some(RawCert::Named(s)) if s == "tailnet" => CertSource::Tailnet,
+            Some(RawCert::Named(s)) if s == "local-ca" => CertSource::LocalCa,
+            Some(RawCert::Named(s)) => {
+                p.push(format!(
+                    "{}: {s:?} is not \"tailnet\", \"local-ca\" or {{ cert_file, key_file }}",
+                    f("cert")
+                ));
+                CertSource::Tailnet
+            }
+            Some(RawCert::Files {
+                cert_file,
+                key_file,
+            }) => {
+                for (k, path) in [("cert.cert_file", &cert_file), ("cert.key_file", &key_file)] {
+                    if !path.is_file() {
+                        p.push(format!("{}: {} does not exist", f(k), path.display()));
+                    }
+                }
+                CertSource::Files {
+                    cert_file,
+                    key_file,
+                }
+            }
+        };
+        nodes.push(NodeSpec {
+            hostname: n.hostname,
+            state_dir: n.state_dir,
+            auth_key,
+            control_url,
+            tags: n.tags,
+            ephemeral: n.ephemeral,
+            https_port: n.https_port,
+            http_redirect: n.http_redirect,
+            funnel: n.funnel,
+            cert,
+        });
+    }
+
+    let loopback = raw.loopback.and_then(|l| match l.listen.parse::<SocketAddr>() {
+        Ok(a) if a.ip().is_loopback() => Some(a),
+        Ok(a) => {
+            p.push(format!(
+                "loopback.listen: {a} is not a loopback address (127.0.0.1 or ::1)"
+            ));
+            None
+        }
+        Err(_) => {
+            p.push(format!(
+                "loopback.listen: {:?} is not an address like \"127.0.0.1:8080\"",
+                l.listen
+            ));
+            None
+        }
+    });
+
+    let mut routes = Vec::new();
+    let mut seen: HashSet<(Option<String>, Option<String>, String)> = HashSet::new();
+    for (i, r) in raw.route.into_iter().enumerate() {
+        let f = |k: &str| format!("route[{i}].{k}");
+        let path = match normalize_prefix(&r.path) {
+            Ok(pth) => pth,
+            Err(e) => {
+                p.push(format!("{}: {e}", f("path")));
+                continue;
+            }
+        };
+        if let Some(n) = &r.node
+            && !nodes.iter().any(|x| &x.hostname == n)
+        {
+            p.push(format!("{}: no [[node]] has hostname {n:?}", f("node")));
+        }
+        let host = r.host.map(|h| h.to_ascii_lowercase());
+        if !seen.insert((r.node.clone(), host.clone(), path.clone())) {
+            p.push(format!(
+                "{}: another route already has path {path:?} on the same node and host",
+                f("path")
+            ));
+        }
+        let upstream = match r.upstream.parse::<http::Uri>() {
+            Ok(u)
+                if matches!(u.scheme_str(), Some("http"))
+                    && u.authority().is_some()
+                    && u.query().is_none() =>
+            {
+                u
+            }
+            Ok(u) if matches!(u.scheme_str(), Some("https")) => {
+                p.push(format!(
+                    "{}: {u} uses https; upstreams are local services, give an http:// URL",
+                    f("upstream")
+                ));
+                continue;
+            }
+            _ => {
+                p.push(format!(
+                    "{}: {:?} is not a URL like \"http://127.0.0.1:7681\"",
+                    f("upstream"),
+                    r.upstream
+                ));
+                continue;
+            }
+        };
+        let access = match r.access.as_deref() {
+            Some("public") => {
+                if !r.allow_users.is_empty() || !r.allow_tags.is_empty() || !r.allow_capabilities.is_empty() {
+                    p.push(format!(
+                        "{}: a public route cannot have allow_users, allow_tags or allow_capabilities",
+                        f("access")
+                    ));
+                }
+                Access::Public
+            }
+            Some("tailnet") | None => {
+                for t in &r.allow_tags {
+                    if !valid_tag(t) {
+                        p.push(format!("{}: {t:?} is not a tag like \"tag:web\"", f("allow_tags")));
+                    }
+                }
+                Access::Tailnet {
+                    users: r.allow_users,
+                    tags: r.allow_tags,
+                    capabilities: r.allow_capabilities,
+                }
+            }
+            Some(other) => {
+                p.push(format!(
+                    "{}: {other:?} is not \"public\" or \"tailnet\"",
+                    f("access")
+                ));
+                continue;
+            }
+        };
+        let mut identity_headers = IdentityHeaders::default();
+        for (k, v) in r.identity_headers {
+            if !valid_header_name(&v) {
+                p.push(format!("{}: {v:?} is not a valid header name", f(&format!("identity_headers.{k}"))));
+                continue;
+            }
+            match k.as_str() {
+                "login" => identity_headers.login = v,
+                "name" => identity_headers.name = v,
+                "profile_pic" => identity_headers.profile_pic = v,
+                "node" => identity_headers.node = v,
+                "tags" => identity_headers.tags = v,
+                _ => p.push(format!(
+                    "{}: unknown key (login, name, profile_pic, node, tags)",
+                    f(&format!("identity_headers.{k}"))
+                )),
+            }
+        }
+        let connect_timeout = parse_duration(&f("connect_timeout"), &r.connect_timeout, Duration::from_secs(5), &mut p);
+        let response_timeout =
+            parse_duration(&f("response_timeout"), &r.response_timeout, Duration::from_secs(60), &mut p);
+        routes.push(Route {
+            index: i,
+            path,
+            node: r.node,
+            host,
+            upstream,
+            strip_prefix: r.strip_prefix,
+            access,
+            loopback: r.loopback,
+            connect_timeout,
+            response_timeout,
+            identity_headers,
+        });
+    }
+
+    if !p.is_empty() {
+        return Err(ConfigError {
+            file: None,
+            problems: p,
+        });
+    }
+    Ok(Config {
+        tailnet_domain: raw.tailnet.domain,
+        nodes,
+        routes,
+        loopback,
+    })
+}
+
+fn check_url(field: &str, u: &str, p: &mut Vec<String>) {
+    match u.parse::<http::Uri>() {
+        Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some() => {}
+        _ => p.push(format!("{field}: {u:?} is not an http(s) URL")),
+    }
+}
+
+#[cfg(test)]
+mod tests;
