@@ -16,8 +16,12 @@
 //!
 //! Design notes and threat model of the tailnet layer: `docs/tailnet.md`.
 
+pub mod cli;
 pub mod config;
 pub mod http;
 pub mod identity;
 pub mod policy;
+pub mod proxy;
+pub mod server;
 pub mod tailnet;
+pub mod tls;

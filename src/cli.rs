@@ -1,0 +1,198 @@
+//! The command line: parse arguments, load config, hand over to the server.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{Access, CertSource, Config};
+use crate::server::{Gateway, Options};
+
+/// Passkey single sign-on for private services on a Tailscale network.
+#[derive(Parser, Debug)]
+#[command(name = "tailpass", version, about)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Join the tailnet and serve.
+    Run {
+        /// Config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate the config without joining; print what it will serve.
+    Check {
+        /// Config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+/// Exit code for an invalid config (EX_USAGE would be 64; EX_CONFIG is 78,
+/// but 64 is what most tooling expects from "bad invocation or config").
+pub const EXIT_CONFIG: u8 = 64;
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TAILPASS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+/// Runs the CLI; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    match cli.command {
+        Command::Check { config } => match Config::load(&config) {
+            Ok(c) => {
+                print!("{}", describe(&c));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprint!("{e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Run { config } => {
+            let c = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprint!("{e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("tailpass: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            rt.block_on(run(c))
+        }
+    }
+}
+
+async fn run(config: Config) -> ExitCode {
+    let gw = match Gateway::start(config, Options::default()).await {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::error!(error = %e, "start-up failed");
+            return ExitCode::FAILURE;
+        }
+    };
+    for n in &gw.nodes {
+        tracing::info!(node = %n.hostname, url = %format!("https://{}/", n.fqdn), "serving");
+    }
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    gw.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+/// What `check` prints: nodes with their URLs, routes with their access.
+/// Never includes secret values.
+pub fn describe(c: &Config) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(o, "config OK");
+    for n in &c.nodes {
+        let fqdn = c.node_fqdn(n);
+        let port = if n.https_port == 443 { String::new() } else { format!(":{}", n.https_port) };
+        let _ = writeln!(o, "\nnode {}", n.hostname);
+        let _ = writeln!(o, "  url:        https://{fqdn}{port}/");
+        let _ = writeln!(o, "  state dir:  {}", n.state_dir.display());
+        let _ = writeln!(
+            o,
+            "  auth key:   {}",
+            if n.auth_key.is_some() { "set (hidden)" } else { "none (node must already be registered)" }
+        );
+        let cert = match &n.cert {
+            CertSource::Tailnet => "the node's own ts.net certificate".to_string(),
+            CertSource::LocalCa => "local CA (clients must trust <state dir>/local-ca/ca.pem)".to_string(),
+            CertSource::Files { cert_file, .. } => format!("PEM file {}", cert_file.display()),
+        };
+        let _ = writeln!(o, "  cert:       {cert}");
+        if n.http_redirect {
+            let _ = writeln!(o, "  http:       http://{fqdn}/ redirects to https");
+        }
+        let public = c
+            .routes
+            .iter()
+            .filter(|r| r.node.as_deref().is_none_or(|x| x == n.hostname) && r.access == Access::Public)
+            .count();
+        if n.funnel {
+            let _ = writeln!(o, "  funnel:     https://{fqdn}/ on the internet ({public} public routes)");
+            if public == 0 {
+                let _ = writeln!(o, "  warning:    funnel is on but no route is public: Funnel will answer 404 only");
+            }
+        }
+    }
+    let _ = writeln!(o, "\nroutes");
+    for r in &c.routes {
+        let access = match &r.access {
+            Access::Public => "public (tailnet, Funnel, loopback)".to_string(),
+            Access::Tailnet { users, tags, capabilities } if users.is_empty() && tags.is_empty() && capabilities.is_empty() => {
+                "any tailnet peer".to_string()
+            }
+            Access::Tailnet { users, tags, capabilities } => {
+                let mut v = Vec::new();
+                if !users.is_empty() {
+                    v.push(format!("users {}", users.join(", ")));
+                }
+                if !tags.is_empty() {
+                    v.push(format!("tags {}", tags.join(", ")));
+                }
+                if !capabilities.is_empty() {
+                    v.push(format!("capabilities {}", capabilities.join(", ")));
+                }
+                format!("tailnet peers with {}", v.join(" or "))
+            }
+        };
+        let _ = writeln!(
+            o,
+            "  {:<12} {} -> {}{}  [{}{}]",
+            r.path,
+            r.host.as_deref().unwrap_or("*"),
+            r.upstream,
+            if r.strip_prefix { " (prefix stripped)" } else { "" },
+            access,
+            if r.loopback { ", also loopback" } else { "" }
+        );
+    }
+    if let Some(l) = c.loopback {
+        let _ = writeln!(o, "\nloopback listener: http://{l}/ (public routes and routes with loopback = true)");
+    }
+    o
+}

@@ -1,0 +1,6 @@
+//! The `tailpass` binary: parses the command line and hands over to the
+//! library (`tailpass::cli`).
+
+fn main() -> std::process::ExitCode {
+    tailpass::cli::main()
+}

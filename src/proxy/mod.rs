@@ -1,0 +1,175 @@
+//! Forwarding to upstreams: streamed bodies both ways (SSE included),
+//! websocket upgrades, header hygiene, timeouts, and 502/504 when the
+//! upstream fails. Identity headers are added only from the verified
+//! [`PeerIdentity`]; client-sent copies never pass.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::config::Route;
+use crate::http::headers;
+use crate::http::path::upstream_path;
+use crate::http::response::{Body, error, wants_html};
+use crate::identity::PeerIdentity;
+
+/// An HTTP client for one route's upstream.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    client: Client<HttpConnector, Incoming>,
+    response_timeout: Duration,
+}
+
+impl Upstream {
+    /// A client with the route's timeouts.
+    pub fn new(route: &Route) -> Self {
+        let mut conn = HttpConnector::new();
+        conn.set_connect_timeout(Some(route.connect_timeout));
+        conn.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(conn);
+        Upstream {
+            client,
+            response_timeout: route.response_timeout,
+        }
+    }
+}
+
+/// What the proxy needs to know about the incoming request's connection.
+#[derive(Debug, Clone)]
+pub struct Forwarding<'a> {
+    /// The caller.
+    pub who: &'a PeerIdentity,
+    /// The normalized path the route matched.
+    pub path: &'a str,
+    /// `https` or `http`, as the client sees it.
+    pub scheme: &'static str,
+}
+
+/// Forwards `req` to the route's upstream and returns its response, or an
+/// error page if the upstream cannot be reached in time.
+pub async fn forward(
+    up: &Upstream,
+    route: &Route,
+    mut req: Request<Incoming>,
+    fwd: Forwarding<'_>,
+) -> Response<Body> {
+    let html = wants_html(req.headers());
+    let upgrade = headers::wants_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+    let original_host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()));
+    let base = route.upstream.path();
+    let mut pq = upstream_path(base, &route.path, fwd.path, route.strip_prefix);
+    if let Some(q) = req.uri().query() {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    let uri = match Uri::builder()
+        .scheme("http")
+        .authority(route.upstream.authority().map(|a| a.as_str()).unwrap_or("127.0.0.1"))
+        .path_and_query(pq)
+        .build()
+    {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::warn!(route = %route.name(), error = %e, "cannot build upstream URI");
+            return error(StatusCode::BAD_REQUEST, "Bad request", "the request path cannot be forwarded", html);
+        }
+    };
+    *req.uri_mut() = uri;
+    *req.version_mut() = http::Version::HTTP_11;
+
+    let h = req.headers_mut();
+    let stripped = headers::strip_client_identity(h, &route.identity_headers.all());
+    if !stripped.is_empty() {
+        tracing::info!(route = %route.name(), peer = %fwd.who, headers = ?stripped, "removed client-sent identity headers");
+    }
+    headers::remove_hop_by_hop(h, upgrade);
+    h.remove(header::HOST); // hyper sets it from the URI
+    set_forwarded(h, fwd.who.addr(), fwd.scheme, original_host.as_deref());
+    if let Some(w) = fwd.who.whois() {
+        let n = &route.identity_headers;
+        if !w.is_tagged() {
+            headers::set_text(h, &n.login, &w.user.login_name);
+            headers::set_text(h, &n.name, &w.user.display_name);
+            if let Some(pic) = &w.user.profile_pic_url {
+                headers::set_text(h, &n.profile_pic, pic);
+            }
+        }
+        headers::set_text(h, &n.node, &w.node.name);
+        if !w.node.tags.is_empty() {
+            headers::set_text(h, &n.tags, &w.node.tags.join(","));
+        }
+    }
+
+    let resp = match tokio::time::timeout(up.response_timeout, up.client.request(req)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::warn!(route = %route.name(), upstream = %route.upstream, error = %e, "upstream request failed");
+            return error(
+                StatusCode::BAD_GATEWAY,
+                "Bad gateway",
+                "the service behind this address is not answering",
+                html,
+            );
+        }
+        Err(_) => {
+            tracing::warn!(route = %route.name(), upstream = %route.upstream, timeout = ?up.response_timeout, "upstream timed out");
+            return error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "Gateway timeout",
+                "the service behind this address took too long to answer",
+                html,
+            );
+        }
+    };
+
+    if let Some(client_upgrade) = client_upgrade
+        && resp.status() == StatusCode::SWITCHING_PROTOCOLS
+    {
+        let (mut parts, body) = resp.into_parts();
+        let upstream_resp = Response::from_parts(parts.clone(), body);
+        let route_name = route.name();
+        tokio::spawn(async move {
+            let (c, u) = match tokio::join!(client_upgrade, hyper::upgrade::on(upstream_resp)) {
+                (Ok(c), Ok(u)) => (c, u),
+                (c, u) => {
+                    tracing::debug!(route = %route_name, client = ?c.err(), upstream = ?u.err(), "upgrade failed");
+                    return;
+                }
+            };
+            let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+            let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+        });
+        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        return Response::from_parts(parts, http_body_util::Empty::new().map_err(|n| match n {}).boxed());
+    }
+
+    let (mut parts, body) = resp.into_parts();
+    headers::remove_hop_by_hop(&mut parts.headers, false);
+    Response::from_parts(parts, body.boxed())
+}
+
+fn set_forwarded(h: &mut http::HeaderMap, peer: SocketAddr, scheme: &'static str, host: Option<&str>) {
+    if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
+        h.insert("x-forwarded-for", v);
+    }
+    h.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
+    if let Some(v) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        h.insert("x-forwarded-host", v);
+    }
+}

@@ -1,0 +1,557 @@
+//! Listeners and wiring: joins every configured node, serves tailnet HTTPS
+//! (plus the :80 redirect), public routes over Funnel and the optional
+//! loopback listener; identifies each connection once; routes, decides and
+//! proxies each request; writes one access-log line per request.
+//!
+//! Order of the layers, per request:
+//! 1. identity of the connection (WhoIs on the accepting node, or Funnel,
+//!    or loopback) — fixed before the first byte of HTTP is read;
+//! 2. path normalization (400 if ambiguous);
+//! 3. route match (longest prefix; node and host filters);
+//! 4. policy decision (403 with the reason, or 404 to hide);
+//! 5. proxy (header hygiene, identity headers, upstream);
+//! 6. access log when the response body ends.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::{CertSource, Config, NodeSpec, Route};
+use crate::http::path;
+use crate::http::response::{self, Body, error, wants_html};
+use crate::identity::PeerIdentity;
+use crate::policy::{self, Decision};
+use crate::proxy::{self, Forwarding, Upstream};
+use crate::tailnet::{LogSink, Node, NodeConfig, Origin};
+use crate::tls;
+
+/// Start-up errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A node failed to join or listen.
+    #[error("node {node}: {source}")]
+    Tailnet {
+        /// Node host name.
+        node: String,
+        /// Cause.
+        source: crate::tailnet::Error,
+    },
+    /// A certificate could not be obtained.
+    #[error("node {node}: certificate: {source}")]
+    Tls {
+        /// Node host name.
+        node: String,
+        /// Cause.
+        source: tls::TlsError,
+    },
+    /// The loopback listener could not bind.
+    #[error("loopback listener {addr}: {source}")]
+    Loopback {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// Options that are not in the config file.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How long a node may take to join.
+    pub up_timeout: Duration,
+    /// Validity of local-CA leaf certificates.
+    pub local_ca_validity: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            up_timeout: Duration::from_secs(120),
+            local_ca_validity: Duration::from_secs(30 * 86400),
+        }
+    }
+}
+
+/// A running node of the gateway.
+#[derive(Debug, Clone)]
+pub struct RunningNode {
+    /// Host name.
+    pub hostname: String,
+    /// MagicDNS name (without trailing dot).
+    pub fqdn: String,
+    /// The node.
+    pub node: Node,
+    /// Its certificate resolver.
+    pub certs: tls::Resolver,
+}
+
+/// The running gateway.
+pub struct Gateway {
+    /// Nodes, in config order.
+    pub nodes: Vec<RunningNode>,
+    /// The loopback listener's address, if any.
+    pub loopback: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+struct Shared {
+    routes: Vec<(Route, Upstream)>,
+}
+
+/// Per-connection facts every request on it shares.
+#[derive(Clone)]
+struct Conn {
+    who: Arc<PeerIdentity>,
+    node: Option<String>,
+    scheme: &'static str,
+    shared: Arc<Shared>,
+}
+
+impl Gateway {
+    /// Joins the nodes, obtains certificates and starts every listener.
+    pub async fn start(config: Config, opts: Options) -> Result<Gateway, StartError> {
+        let shared = Arc::new(Shared {
+            routes: config
+                .routes
+                .iter()
+                .map(|r| (r.clone(), Upstream::new(r)))
+                .collect(),
+        });
+        let (shutdown, stop) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let mut nodes = Vec::new();
+        for spec in &config.nodes {
+            let rn = start_node(spec, &opts, &shared, &stop, &mut tasks).await?;
+            nodes.push(rn);
+        }
+        let loopback = match config.loopback {
+            Some(addr) => {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Loopback { addr, source })?;
+                let bound = l.local_addr().map_err(|source| StartError::Loopback { addr, source })?;
+                tracing::info!(addr = %bound, "loopback listener");
+                tasks.spawn(loopback_loop(l, shared.clone(), stop.clone()));
+                Some(bound)
+            }
+            None => None,
+        };
+        Ok(Gateway {
+            nodes,
+            loopback,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Stops accepting, then closes the nodes.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        for n in &self.nodes {
+            if let Err(e) = n.node.close().await {
+                tracing::warn!(node = %n.hostname, error = %e, "closing node");
+            }
+        }
+    }
+}
+
+async fn start_node(
+    spec: &NodeSpec,
+    opts: &Options,
+    shared: &Arc<Shared>,
+    stop: &watch::Receiver<bool>,
+    tasks: &mut JoinSet<()>,
+) -> Result<RunningNode, StartError> {
+    let name = spec.hostname.clone();
+    let te = |source| StartError::Tailnet {
+        node: name.clone(),
+        source,
+    };
+    let mut nc = NodeConfig::new(&spec.hostname, &spec.state_dir);
+    nc.auth_key = spec.auth_key.as_ref().map(|s| s.expose().to_string());
+    nc.control_url = spec.control_url.clone();
+    nc.ephemeral = spec.ephemeral;
+    nc.tags = spec.tags.clone();
+    nc.logs = LogSink::Tracing;
+    let node = Node::new(nc).map_err(te)?;
+    let status = node.up(opts.up_timeout).await.map_err(te)?;
+    let fqdn = status
+        .fqdn()
+        .map(str::to_string)
+        .unwrap_or_else(|| spec.hostname.clone());
+    tracing::info!(node = %name, fqdn = %fqdn, ip = ?status.ip(), "joined the tailnet");
+
+    let source = match &spec.cert {
+        CertSource::Tailnet => tls::Source::Tailnet {
+            node: node.clone(),
+            domain: fqdn.clone(),
+        },
+        CertSource::LocalCa => {
+            let ca = tls::LocalCa::open_or_create(&spec.state_dir.join("local-ca")).map_err(|source| {
+                StartError::Tls {
+                    node: name.clone(),
+                    source,
+                }
+            })?;
+            tls::Source::LocalCa {
+                ca: Arc::new(ca),
+                names: vec![fqdn.clone(), spec.hostname.clone()],
+                validity: opts.local_ca_validity,
+            }
+        }
+        CertSource::Files { cert_file, key_file } => tls::Source::Files {
+            cert_file: cert_file.clone(),
+            key_file: key_file.clone(),
+        },
+    };
+    let (certs, renew) = tls::manage(source).await.map_err(|source| StartError::Tls {
+        node: name.clone(),
+        source,
+    })?;
+    tasks.spawn(async move {
+        let _ = renew.await;
+    });
+
+    let https = node.listen(spec.https_port).await.map_err(te)?;
+    tasks.spawn(tailnet_https_loop(
+        https,
+        certs.clone(),
+        shared.clone(),
+        stop.clone(),
+    ));
+    if spec.http_redirect {
+        let l80 = node.listen(80).await.map_err(te)?;
+        tasks.spawn(redirect_loop(l80, spec.https_port, stop.clone()));
+    }
+    if spec.funnel {
+        let f = node.listen_funnel(443, true).await.map_err(te)?;
+        tasks.spawn(funnel_loop(f, shared.clone(), stop.clone()));
+    }
+    Ok(RunningNode {
+        hostname: spec.hostname.clone(),
+        fqdn,
+        node,
+        certs,
+    })
+}
+
+async fn tailnet_https_loop(
+    ln: crate::tailnet::Listener,
+    certs: tls::Resolver,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(certs.server_config());
+    let node = ln.node().clone();
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = ln.accept() => match r {
+                Ok(x) => x,
+                Err(e) => { tracing::info!(node = node.hostname(), error = %e, "https listener ended"); return; }
+            },
+            _ = stop.changed() => return,
+        };
+        let acceptor = acceptor.clone();
+        let node = node.clone();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            // Identity first, once per connection, on the accepting node.
+            let who = match stream.origin() {
+                Origin::Tailnet => match node.whois(peer).await {
+                    Ok(w) => PeerIdentity::Tailnet {
+                        addr: peer,
+                        whois: Arc::new(w),
+                    },
+                    Err(e) => {
+                        tracing::warn!(node = node.hostname(), %peer, error = %e, "whois failed; dropping connection");
+                        return;
+                    }
+                },
+                Origin::Funnel => PeerIdentity::Funnel { addr: peer },
+            };
+            let tls = match acceptor.accept(stream).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::debug!(node = node.hostname(), %peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            serve(
+                tls,
+                Conn {
+                    who: Arc::new(who),
+                    node: Some(node.hostname().to_string()),
+                    scheme: "https",
+                    shared,
+                },
+            )
+            .await;
+        });
+    }
+}
+
+async fn funnel_loop(ln: crate::tailnet::Listener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let node = ln.node().hostname().to_string();
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = ln.accept() => match r { Ok(x) => x, Err(_) => return },
+            _ = stop.changed() => return,
+        };
+        // Funnel-only listener: never a tailnet identity, whatever it says.
+        let conn = Conn {
+            who: Arc::new(PeerIdentity::Funnel { addr: peer }),
+            node: Some(node.clone()),
+            scheme: "https",
+            shared: shared.clone(),
+        };
+        tokio::spawn(serve(stream, conn));
+    }
+}
+
+async fn loopback_loop(l: tokio::net::TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let (s, peer) = tokio::select! {
+            r = l.accept() => match r {
+                Ok(x) => x,
+                Err(e) => { tracing::warn!(error = %e, "loopback accept"); tokio::time::sleep(Duration::from_millis(100)).await; continue; }
+            },
+            _ = stop.changed() => return,
+        };
+        let conn = Conn {
+            who: Arc::new(PeerIdentity::Loopback { addr: peer }),
+            node: None,
+            scheme: "http",
+            shared: shared.clone(),
+        };
+        tokio::spawn(serve(s, conn));
+    }
+}
+
+async fn redirect_loop(ln: crate::tailnet::Listener, https_port: u16, mut stop: watch::Receiver<bool>) {
+    loop {
+        let (s, _) = tokio::select! {
+            r = ln.accept() => match r { Ok(x) => x, Err(_) => return },
+            _ = stop.changed() => return,
+        };
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| async move {
+                let host = req
+                    .headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(|h| h.split(':').next().unwrap_or(h).to_string())
+                    .unwrap_or_default();
+                let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+                let port = if https_port == 443 { String::new() } else { format!(":{https_port}") };
+                let resp = if host.is_empty() || host.contains(['/', '\\', '@']) {
+                    error(StatusCode::BAD_REQUEST, "Bad request", "missing Host header", false)
+                } else {
+                    response::redirect(StatusCode::PERMANENT_REDIRECT, &format!("https://{host}{port}{pq}"))
+                };
+                Ok::<_, std::convert::Infallible>(resp)
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(s), svc)
+                .await;
+        });
+    }
+}
+
+async fn serve<S>(io: S, conn: Conn)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let conn = conn.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(req, &conn).await) }
+    });
+    if let Err(e) = auto::Builder::new(TokioExecutor::new())
+        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+        .await
+    {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+fn host_of(req: &Request<Incoming>) -> Option<String> {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .map(|h| {
+            let h = h.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok()).map_or(h.as_str(), |(h, _)| h);
+            h.trim_end_matches('.').to_ascii_lowercase()
+        })
+}
+
+fn find_route<'a>(shared: &'a Shared, node: Option<&str>, host: Option<&str>, p: &str) -> Option<&'a (Route, Upstream)> {
+    shared
+        .routes
+        .iter()
+        .filter(|(r, _)| match (&r.node, node) {
+            (Some(rn), Some(n)) => rn == n,
+            _ => true,
+        })
+        .filter(|(r, _)| r.host.as_deref().is_none_or(|h| Some(h) == host))
+        .filter(|(r, _)| path::under(&r.path, p))
+        .max_by_key(|(r, _)| (r.path.len(), r.host.is_some()))
+}
+
+async fn handle(req: Request<Incoming>, conn: &Conn) -> Response<Body> {
+    let t0 = Instant::now();
+    let method = req.method().clone();
+    let html = wants_html(req.headers());
+    let raw_path = req.uri().path().to_string();
+    let log = |route: &str, decision: &str, why: &str, resp: Response<Body>| {
+        logged(resp, AccessLog {
+            node: conn.node.clone(),
+            who: conn.who.clone(),
+            method: method.to_string(),
+            path: raw_path.clone(),
+            route: route.to_string(),
+            decision: decision.to_string(),
+            reason: why.to_string(),
+            start: t0,
+        })
+    };
+    let p = match path::normalize(&raw_path) {
+        Ok(p) => p,
+        Err(e) => {
+            return log("-", "reject", &e.to_string(), error(StatusCode::BAD_REQUEST, "Bad request", &e.to_string(), html));
+        }
+    };
+    let host = host_of(&req);
+    let Some((route, up)) = find_route(&conn.shared, conn.node.as_deref(), host.as_deref(), &p) else {
+        return log("-", "no-route", "", error(StatusCode::NOT_FOUND, "Not found", "there is nothing here", html));
+    };
+    match policy::evaluate(route, &conn.who) {
+        Decision::Hide(why) => log(
+            &route.name(),
+            "hide",
+            &why,
+            error(StatusCode::NOT_FOUND, "Not found", "there is nothing here", html),
+        ),
+        Decision::Deny(why) => log(
+            &route.name(),
+            "deny",
+            &why,
+            error(StatusCode::FORBIDDEN, "Forbidden", &why, html),
+        ),
+        Decision::Allow(why) => {
+            let fwd = Forwarding {
+                who: &conn.who,
+                path: &p,
+                scheme: conn.scheme,
+            };
+            let resp = proxy::forward(up, route, req, fwd).await;
+            log(&route.name(), "allow", &why, resp)
+        }
+    }
+}
+
+struct AccessLog {
+    node: Option<String>,
+    who: Arc<PeerIdentity>,
+    method: String,
+    path: String,
+    route: String,
+    decision: String,
+    reason: String,
+    start: Instant,
+}
+
+/// Wraps a response body to count its bytes; the access-log line is written
+/// when the body ends or is dropped (a client that goes away is logged too).
+struct LoggedBody {
+    inner: Body,
+    bytes: u64,
+    status: u16,
+    log: Option<AccessLog>,
+}
+
+fn logged(resp: Response<Body>, log: AccessLog) -> Response<Body> {
+    let status = resp.status().as_u16();
+    resp.map(|inner| {
+        http_body_util::BodyExt::boxed(LoggedBody {
+            inner,
+            bytes: 0,
+            status,
+            log: Some(log),
+        })
+    })
+}
+
+impl LoggedBody {
+    fn finish(&mut self) {
+        if let Some(l) = self.log.take() {
+            tracing::info!(
+                target: "tailpass::access",
+                node = l.node.as_deref().unwrap_or("loopback"),
+                peer = %l.who,
+                peer_addr = %l.who.addr(),
+                method = %l.method,
+                path = %l.path,
+                route = %l.route,
+                decision = %l.decision,
+                reason = %l.reason,
+                status = self.status,
+                bytes = self.bytes,
+                duration_ms = l.start.elapsed().as_millis() as u64,
+                "request"
+            );
+        }
+    }
+}
+
+impl hyper::body::Body for LoggedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    self.bytes += d.len() as u64;
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.finish(),
+            Poll::Pending => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
