@@ -53,7 +53,9 @@ pub const EXIT_CONFIG: u8 = 64;
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TAILPASS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => b.init(),
         LogFormat::Json => b.json().init(),
@@ -129,18 +131,28 @@ pub fn describe(c: &Config) -> String {
     let _ = writeln!(o, "config OK");
     for n in &c.nodes {
         let fqdn = c.node_fqdn(n);
-        let port = if n.https_port == 443 { String::new() } else { format!(":{}", n.https_port) };
+        let port = if n.https_port == 443 {
+            String::new()
+        } else {
+            format!(":{}", n.https_port)
+        };
         let _ = writeln!(o, "\nnode {}", n.hostname);
         let _ = writeln!(o, "  url:        https://{fqdn}{port}/");
         let _ = writeln!(o, "  state dir:  {}", n.state_dir.display());
         let _ = writeln!(
             o,
             "  auth key:   {}",
-            if n.auth_key.is_some() { "set (hidden)" } else { "none (node must already be registered)" }
+            if n.auth_key.is_some() {
+                "set (hidden)"
+            } else {
+                "none (node must already be registered)"
+            }
         );
         let cert = match &n.cert {
             CertSource::Tailnet => "the node's own ts.net certificate".to_string(),
-            CertSource::LocalCa => "local CA (clients must trust <state dir>/local-ca/ca.pem)".to_string(),
+            CertSource::LocalCa => {
+                "local CA (clients must trust <state dir>/local-ca/ca.pem)".to_string()
+            }
             CertSource::Files { cert_file, .. } => format!("PEM file {}", cert_file.display()),
         };
         let _ = writeln!(o, "  cert:       {cert}");
@@ -150,12 +162,20 @@ pub fn describe(c: &Config) -> String {
         let public = c
             .routes
             .iter()
-            .filter(|r| r.node.as_deref().is_none_or(|x| x == n.hostname) && r.access == Access::Public)
+            .filter(|r| {
+                r.node.as_deref().is_none_or(|x| x == n.hostname) && r.access == Access::Public
+            })
             .count();
         if n.funnel {
-            let _ = writeln!(o, "  funnel:     https://{fqdn}/ on the internet ({public} public routes)");
+            let _ = writeln!(
+                o,
+                "  funnel:     https://{fqdn}/ on the internet ({public} public routes)"
+            );
             if public == 0 {
-                let _ = writeln!(o, "  warning:    funnel is on but no route is public: Funnel will answer 404 only");
+                let _ = writeln!(
+                    o,
+                    "  warning:    funnel is on but no route is public: Funnel will answer 404 only"
+                );
             }
         }
     }
@@ -163,10 +183,18 @@ pub fn describe(c: &Config) -> String {
     for r in &c.routes {
         let access = match &r.access {
             Access::Public => "public (tailnet, Funnel, loopback)".to_string(),
-            Access::Tailnet { users, tags, capabilities } if users.is_empty() && tags.is_empty() && capabilities.is_empty() => {
+            Access::Tailnet {
+                users,
+                tags,
+                capabilities,
+            } if users.is_empty() && tags.is_empty() && capabilities.is_empty() => {
                 "any tailnet peer".to_string()
             }
-            Access::Tailnet { users, tags, capabilities } => {
+            Access::Tailnet {
+                users,
+                tags,
+                capabilities,
+            } => {
                 let mut v = Vec::new();
                 if !users.is_empty() {
                     v.push(format!("users {}", users.join(", ")));
@@ -186,13 +214,20 @@ pub fn describe(c: &Config) -> String {
             r.path,
             r.host.as_deref().unwrap_or("*"),
             r.upstream,
-            if r.strip_prefix { " (prefix stripped)" } else { "" },
+            if r.strip_prefix {
+                " (prefix stripped)"
+            } else {
+                ""
+            },
             access,
             if r.loopback { ", also loopback" } else { "" }
         );
     }
     if let Some(l) = c.loopback {
-        let _ = writeln!(o, "\nloopback listener: http://{l}/ (public routes and routes with loopback = true)");
+        let _ = writeln!(
+            o,
+            "\nloopback listener: http://{l}/ (public routes and routes with loopback = true)"
+        );
     }
     o
 }

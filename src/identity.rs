@@ -52,7 +52,12 @@ impl fmt::Display for PeerIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PeerIdentity::Tailnet { whois, .. } if whois.is_tagged() => {
-                write!(f, "node {} (tags {})", whois.node.name, whois.node.tags.join(","))
+                write!(
+                    f,
+                    "node {} (tags {})",
+                    whois.node.name,
+                    whois.node.tags.join(",")
+                )
             }
             PeerIdentity::Tailnet { whois, .. } => {
                 write!(f, "{} on {}", whois.user.login_name, whois.node.name)

@@ -143,7 +143,9 @@ impl Gateway {
                 let l = tokio::net::TcpListener::bind(addr)
                     .await
                     .map_err(|source| StartError::Loopback { addr, source })?;
-                let bound = l.local_addr().map_err(|source| StartError::Loopback { addr, source })?;
+                let bound = l
+                    .local_addr()
+                    .map_err(|source| StartError::Loopback { addr, source })?;
                 tracing::info!(addr = %bound, "loopback listener");
                 tasks.spawn(loopback_loop(l, shared.clone(), stop.clone()));
                 Some(bound)
@@ -203,27 +205,32 @@ async fn start_node(
             domain: fqdn.clone(),
         },
         CertSource::LocalCa => {
-            let ca = tls::LocalCa::open_or_create(&spec.state_dir.join("local-ca")).map_err(|source| {
-                StartError::Tls {
+            let ca = tls::LocalCa::open_or_create(&spec.state_dir.join("local-ca")).map_err(
+                |source| StartError::Tls {
                     node: name.clone(),
                     source,
-                }
-            })?;
+                },
+            )?;
             tls::Source::LocalCa {
                 ca: Arc::new(ca),
                 names: vec![fqdn.clone(), spec.hostname.clone()],
                 validity: opts.local_ca_validity,
             }
         }
-        CertSource::Files { cert_file, key_file } => tls::Source::Files {
+        CertSource::Files {
+            cert_file,
+            key_file,
+        } => tls::Source::Files {
             cert_file: cert_file.clone(),
             key_file: key_file.clone(),
         },
     };
-    let (certs, renew) = tls::manage(source).await.map_err(|source| StartError::Tls {
-        node: name.clone(),
-        source,
-    })?;
+    let (certs, renew) = tls::manage(source)
+        .await
+        .map_err(|source| StartError::Tls {
+            node: name.clone(),
+            source,
+        })?;
     tasks.spawn(async move {
         let _ = renew.await;
     });
@@ -306,7 +313,11 @@ async fn tailnet_https_loop(
     }
 }
 
-async fn funnel_loop(ln: crate::tailnet::Listener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+async fn funnel_loop(
+    ln: crate::tailnet::Listener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
     let node = ln.node().hostname().to_string();
     loop {
         let (stream, peer) = tokio::select! {
@@ -324,7 +335,11 @@ async fn funnel_loop(ln: crate::tailnet::Listener, shared: Arc<Shared>, mut stop
     }
 }
 
-async fn loopback_loop(l: tokio::net::TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+async fn loopback_loop(
+    l: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let (s, peer) = tokio::select! {
             r = l.accept() => match r {
@@ -343,7 +358,11 @@ async fn loopback_loop(l: tokio::net::TcpListener, shared: Arc<Shared>, mut stop
     }
 }
 
-async fn redirect_loop(ln: crate::tailnet::Listener, https_port: u16, mut stop: watch::Receiver<bool>) {
+async fn redirect_loop(
+    ln: crate::tailnet::Listener,
+    https_port: u16,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let (s, _) = tokio::select! {
             r = ln.accept() => match r { Ok(x) => x, Err(_) => return },
@@ -357,12 +376,28 @@ async fn redirect_loop(ln: crate::tailnet::Listener, https_port: u16, mut stop: 
                     .and_then(|h| h.to_str().ok())
                     .map(|h| h.split(':').next().unwrap_or(h).to_string())
                     .unwrap_or_default();
-                let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-                let port = if https_port == 443 { String::new() } else { format!(":{https_port}") };
-                let resp = if host.is_empty() || host.contains(['/', '\\', '@']) {
-                    error(StatusCode::BAD_REQUEST, "Bad request", "missing Host header", false)
+                let pq = req
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/");
+                let port = if https_port == 443 {
+                    String::new()
                 } else {
-                    response::redirect(StatusCode::PERMANENT_REDIRECT, &format!("https://{host}{port}{pq}"))
+                    format!(":{https_port}")
+                };
+                let resp = if host.is_empty() || host.contains(['/', '\\', '@']) {
+                    error(
+                        StatusCode::BAD_REQUEST,
+                        "Bad request",
+                        "missing Host header",
+                        false,
+                    )
+                } else {
+                    response::redirect(
+                        StatusCode::PERMANENT_REDIRECT,
+                        &format!("https://{host}{port}{pq}"),
+                    )
                 };
                 Ok::<_, std::convert::Infallible>(resp)
             });
@@ -396,12 +431,20 @@ fn host_of(req: &Request<Incoming>) -> Option<String> {
         .map(str::to_string)
         .or_else(|| req.uri().authority().map(|a| a.to_string()))
         .map(|h| {
-            let h = h.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok()).map_or(h.as_str(), |(h, _)| h);
+            let h = h
+                .rsplit_once(':')
+                .filter(|(_, p)| p.parse::<u16>().is_ok())
+                .map_or(h.as_str(), |(h, _)| h);
             h.trim_end_matches('.').to_ascii_lowercase()
         })
 }
 
-fn find_route<'a>(shared: &'a Shared, node: Option<&str>, host: Option<&str>, p: &str) -> Option<&'a (Route, Upstream)> {
+fn find_route<'a>(
+    shared: &'a Shared,
+    node: Option<&str>,
+    host: Option<&str>,
+    p: &str,
+) -> Option<&'a (Route, Upstream)> {
     shared
         .routes
         .iter()
@@ -420,33 +463,57 @@ async fn handle(req: Request<Incoming>, conn: &Conn) -> Response<Body> {
     let html = wants_html(req.headers());
     let raw_path = req.uri().path().to_string();
     let log = |route: &str, decision: &str, why: &str, resp: Response<Body>| {
-        logged(resp, AccessLog {
-            node: conn.node.clone(),
-            who: conn.who.clone(),
-            method: method.to_string(),
-            path: raw_path.clone(),
-            route: route.to_string(),
-            decision: decision.to_string(),
-            reason: why.to_string(),
-            start: t0,
-        })
+        logged(
+            resp,
+            AccessLog {
+                node: conn.node.clone(),
+                who: conn.who.clone(),
+                method: method.to_string(),
+                path: raw_path.clone(),
+                route: route.to_string(),
+                decision: decision.to_string(),
+                reason: why.to_string(),
+                start: t0,
+            },
+        )
     };
     let p = match path::normalize(&raw_path) {
         Ok(p) => p,
         Err(e) => {
-            return log("-", "reject", &e.to_string(), error(StatusCode::BAD_REQUEST, "Bad request", &e.to_string(), html));
+            return log(
+                "-",
+                "reject",
+                &e.to_string(),
+                error(StatusCode::BAD_REQUEST, "Bad request", &e.to_string(), html),
+            );
         }
     };
     let host = host_of(&req);
-    let Some((route, up)) = find_route(&conn.shared, conn.node.as_deref(), host.as_deref(), &p) else {
-        return log("-", "no-route", "", error(StatusCode::NOT_FOUND, "Not found", "there is nothing here", html));
+    let Some((route, up)) = find_route(&conn.shared, conn.node.as_deref(), host.as_deref(), &p)
+    else {
+        return log(
+            "-",
+            "no-route",
+            "",
+            error(
+                StatusCode::NOT_FOUND,
+                "Not found",
+                "there is nothing here",
+                html,
+            ),
+        );
     };
     match policy::evaluate(route, &conn.who) {
         Decision::Hide(why) => log(
             &route.name(),
             "hide",
             &why,
-            error(StatusCode::NOT_FOUND, "Not found", "there is nothing here", html),
+            error(
+                StatusCode::NOT_FOUND,
+                "Not found",
+                "there is nothing here",
+                html,
+            ),
         ),
         Decision::Deny(why) => log(
             &route.name(),

@@ -77,10 +77,13 @@ impl fmt::Debug for LoadedCert {
 impl LoadedCert {
     /// Parses a PEM chain and key.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, TlsError> {
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .map_err(|e| TlsError::Pem(e.to_string()))?;
-        let leaf = chain.first().ok_or_else(|| TlsError::Pem("no certificate found".into()))?;
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| TlsError::Pem(e.to_string()))?;
+        let leaf = chain
+            .first()
+            .ok_or_else(|| TlsError::Pem("no certificate found".into()))?;
         let (_, x509) = x509_parser::parse_x509_certificate(leaf)
             .map_err(|e| TlsError::Pem(format!("leaf certificate: {e}")))?;
         let ts = |t: x509_parser::time::ASN1Time| {
@@ -96,7 +99,8 @@ impl LoadedCert {
             .load_private_key(key)
             .map_err(|e| TlsError::Key(e.to_string()))?;
         let ck = CertifiedKey::new(chain, signing);
-        ck.keys_match().map_err(|e| TlsError::Key(format!("does not match the certificate: {e}")))?;
+        ck.keys_match()
+            .map_err(|e| TlsError::Key(format!("does not match the certificate: {e}")))?;
         Ok(LoadedCert {
             key: Arc::new(ck),
             not_after,
@@ -107,7 +111,10 @@ impl LoadedCert {
 
     /// When to renew: two thirds into the validity period.
     pub fn renew_at(&self) -> SystemTime {
-        let life = self.not_after.duration_since(self.not_before).unwrap_or_default();
+        let life = self
+            .not_after
+            .duration_since(self.not_before)
+            .unwrap_or_default();
         self.not_before + life * 2 / 3
     }
 }
@@ -120,7 +127,9 @@ pub struct Resolver {
 
 impl fmt::Debug for Resolver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Resolver").field("current", &self.current.load()).finish()
+        f.debug_struct("Resolver")
+            .field("current", &self.current.load())
+            .finish()
     }
 }
 
@@ -193,7 +202,10 @@ impl LocalCa {
             .distinguished_name
             .push(rcgen::DnType::CommonName, "tailpass local CA");
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
-        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
         let now = time_now();
         params.not_before = now - rcgen_duration(Duration::from_secs(3600));
         params.not_after = now + rcgen_duration(Duration::from_secs(10 * 365 * 86400));
@@ -211,18 +223,26 @@ impl LocalCa {
     }
 
     /// Issues a leaf certificate for `names`, valid for `validity`.
-    pub fn issue(&self, names: &[String], validity: Duration) -> Result<(String, String), TlsError> {
+    pub fn issue(
+        &self,
+        names: &[String],
+        validity: Duration,
+    ) -> Result<(String, String), TlsError> {
         let key = rcgen::KeyPair::generate().map_err(gen_err)?;
         let mut params = rcgen::CertificateParams::new(names.to_vec()).map_err(gen_err)?;
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, names.first().cloned().unwrap_or_default());
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            names.first().cloned().unwrap_or_default(),
+        );
         let now = time_now();
         params.not_before = now - rcgen_duration(Duration::from_secs(1));
         params.not_after = now + rcgen_duration(validity);
         params.serial_number = Some(rcgen::SerialNumber::from_slice(&rand_serial()));
         let cert = params.signed_by(&key, &self.issuer).map_err(gen_err)?;
-        Ok((format!("{}{}", cert.pem(), self.ca_pem), key.serialize_pem()))
+        Ok((
+            format!("{}{}", cert.pem(), self.ca_pem),
+            key.serialize_pem(),
+        ))
     }
 }
 
@@ -309,11 +329,18 @@ impl Source {
                 let pair = node.cert_pair(domain).await?;
                 LoadedCert::from_pem(&pair.cert_pem, &pair.key_pem)
             }
-            Source::LocalCa { ca, names, validity } => {
+            Source::LocalCa {
+                ca,
+                names,
+                validity,
+            } => {
                 let (c, k) = ca.issue(names, *validity)?;
                 LoadedCert::from_pem(&c, &k)
             }
-            Source::Files { cert_file, key_file } => {
+            Source::Files {
+                cert_file,
+                key_file,
+            } => {
                 let read = |p: &PathBuf| {
                     std::fs::read_to_string(p).map_err(|source| TlsError::Io {
                         path: p.clone(),
@@ -379,16 +406,24 @@ mod tests {
     fn local_ca_persists_and_issues_matching_pairs() {
         let dir = tempfile::tempdir().unwrap();
         let ca = LocalCa::open_or_create(dir.path()).unwrap();
-        let (c, k) = ca.issue(&["gw.tail-test.ts.net".into()], Duration::from_secs(60)).unwrap();
+        let (c, k) = ca
+            .issue(&["gw.tail-test.ts.net".into()], Duration::from_secs(60))
+            .unwrap();
         let cert = LoadedCert::from_pem(&c, &k).unwrap();
         let life = cert.not_after.duration_since(cert.not_before).unwrap();
-        assert!(life >= Duration::from_secs(60) && life < Duration::from_secs(62), "{life:?}");
+        assert!(
+            life >= Duration::from_secs(60) && life < Duration::from_secs(62),
+            "{life:?}"
+        );
         let again = LocalCa::open_or_create(dir.path()).unwrap();
         assert_eq!(again.ca_pem(), ca.ca_pem());
         let (c2, k2) = again.issue(&["x".into()], Duration::from_secs(60)).unwrap();
         assert_ne!(LoadedCert::from_pem(&c2, &k2).unwrap().serial, cert.serial);
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join("ca-key.pem")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("ca-key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o077, 0, "CA key readable by others");
         // A key that does not match is refused.
         assert!(LoadedCert::from_pem(&c, &k2).is_err());

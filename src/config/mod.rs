@@ -317,7 +317,12 @@ fn toml_problem(e: &toml::de::Error) -> String {
     }
 }
 
-fn parse_duration(field: &str, v: &Option<String>, default: Duration, p: &mut Vec<String>) -> Duration {
+fn parse_duration(
+    field: &str,
+    v: &Option<String>,
+    default: Duration,
+    p: &mut Vec<String>,
+) -> Duration {
     match v {
         None => default,
         Some(s) => match humantime::parse_duration(s) {
@@ -327,7 +332,9 @@ fn parse_duration(field: &str, v: &Option<String>, default: Duration, p: &mut Ve
                 default
             }
             Err(e) => {
-                p.push(format!("{field}: {s:?} is not a duration like \"5s\" ({e})"));
+                p.push(format!(
+                    "{field}: {s:?} is not a duration like \"5s\" ({e})"
+                ));
                 default
             }
         },
@@ -372,7 +379,11 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
                 n.hostname
             ));
         } else if !hostnames.insert(n.hostname.to_ascii_lowercase()) {
-            p.push(format!("{}: {:?} is used by two nodes", f("hostname"), n.hostname));
+            p.push(format!(
+                "{}: {:?} is used by two nodes",
+                f("hostname"),
+                n.hostname
+            ));
         }
         if n.state_dir.as_os_str().is_empty() {
             p.push(format!("{}: must not be empty", f("state_dir")));
@@ -399,7 +410,10 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
         }
         for t in &n.tags {
             if !valid_tag(t) {
-                p.push(format!("{}: {t:?} is not a tag like \"tag:web\"", f("tags")));
+                p.push(format!(
+                    "{}: {t:?} is not a tag like \"tag:web\"",
+                    f("tags")
+                ));
             }
         }
         if n.https_port == 0 {
@@ -445,22 +459,24 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
         });
     }
 
-    let loopback = raw.loopback.and_then(|l| match l.listen.parse::<SocketAddr>() {
-        Ok(a) if a.ip().is_loopback() => Some(a),
-        Ok(a) => {
-            p.push(format!(
-                "loopback.listen: {a} is not a loopback address (127.0.0.1 or ::1)"
-            ));
-            None
-        }
-        Err(_) => {
-            p.push(format!(
-                "loopback.listen: {:?} is not an address like \"127.0.0.1:8080\"",
-                l.listen
-            ));
-            None
-        }
-    });
+    let loopback = raw
+        .loopback
+        .and_then(|l| match l.listen.parse::<SocketAddr>() {
+            Ok(a) if a.ip().is_loopback() => Some(a),
+            Ok(a) => {
+                p.push(format!(
+                    "loopback.listen: {a} is not a loopback address (127.0.0.1 or ::1)"
+                ));
+                None
+            }
+            Err(_) => {
+                p.push(format!(
+                    "loopback.listen: {:?} is not an address like \"127.0.0.1:8080\"",
+                    l.listen
+                ));
+                None
+            }
+        });
 
     let mut routes = Vec::new();
     let mut seen: HashSet<(Option<String>, Option<String>, String)> = HashSet::new();
@@ -511,7 +527,10 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
         };
         let access = match r.access.as_deref() {
             Some("public") => {
-                if !r.allow_users.is_empty() || !r.allow_tags.is_empty() || !r.allow_capabilities.is_empty() {
+                if !r.allow_users.is_empty()
+                    || !r.allow_tags.is_empty()
+                    || !r.allow_capabilities.is_empty()
+                {
                     p.push(format!(
                         "{}: a public route cannot have allow_users, allow_tags or allow_capabilities",
                         f("access")
@@ -522,7 +541,10 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
             Some("tailnet") | None => {
                 for t in &r.allow_tags {
                     if !valid_tag(t) {
-                        p.push(format!("{}: {t:?} is not a tag like \"tag:web\"", f("allow_tags")));
+                        p.push(format!(
+                            "{}: {t:?} is not a tag like \"tag:web\"",
+                            f("allow_tags")
+                        ));
                     }
                 }
                 Access::Tailnet {
@@ -542,7 +564,10 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
         let mut identity_headers = IdentityHeaders::default();
         for (k, v) in r.identity_headers {
             if !valid_header_name(&v) {
-                p.push(format!("{}: {v:?} is not a valid header name", f(&format!("identity_headers.{k}"))));
+                p.push(format!(
+                    "{}: {v:?} is not a valid header name",
+                    f(&format!("identity_headers.{k}"))
+                ));
                 continue;
             }
             match k.as_str() {
@@ -557,9 +582,18 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
                 )),
             }
         }
-        let connect_timeout = parse_duration(&f("connect_timeout"), &r.connect_timeout, Duration::from_secs(5), &mut p);
-        let response_timeout =
-            parse_duration(&f("response_timeout"), &r.response_timeout, Duration::from_secs(60), &mut p);
+        let connect_timeout = parse_duration(
+            &f("connect_timeout"),
+            &r.connect_timeout,
+            Duration::from_secs(5),
+            &mut p,
+        );
+        let response_timeout = parse_duration(
+            &f("response_timeout"),
+            &r.response_timeout,
+            Duration::from_secs(60),
+            &mut p,
+        );
         routes.push(Route {
             index: i,
             path,
@@ -591,7 +625,8 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
 
 fn check_url(field: &str, u: &str, p: &mut Vec<String>) {
     match u.parse::<http::Uri>() {
-        Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some() => {}
+        Ok(uri)
+            if matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some() => {}
         _ => p.push(format!("{field}: {u:?} is not an http(s) URL")),
     }
 }

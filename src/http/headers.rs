@@ -22,7 +22,12 @@ fn is_spoofable(name: &HeaderName) -> bool {
 pub fn strip_client_identity(headers: &mut HeaderMap, identity_names: &[&str]) -> Vec<String> {
     let mut doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|k| is_spoofable(k) || identity_names.iter().any(|n| k.as_str().eq_ignore_ascii_case(n)))
+        .filter(|k| {
+            is_spoofable(k)
+                || identity_names
+                    .iter()
+                    .any(|n| k.as_str().eq_ignore_ascii_case(n))
+        })
         .cloned()
         .collect();
     doomed.dedup();
@@ -76,7 +81,10 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
 }
 
 /// Sets a header from a string, dropping characters a header value cannot
@@ -85,7 +93,10 @@ pub fn set_text(headers: &mut HeaderMap, name: &str, value: &str) {
     let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
         return;
     };
-    let clean: String = value.chars().filter(|c| *c == '\t' || (!c.is_control())).collect();
+    let clean: String = value
+        .chars()
+        .filter(|c| *c == '\t' || (!c.is_control()))
+        .collect();
     // Non-ASCII (a display name "Zoë") is percent-encoded as UTF-8, so the
     // header stays ASCII; '%' is encoded too, so decoding is exact.
     let enc = if clean.is_ascii() {
@@ -117,7 +128,10 @@ mod tests {
             ("X-Real-IP", "1.2.3.4"),
             ("Accept", "text/html"),
         ] {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         h.append("tailscale-user-login", "second@x".parse().unwrap());
         let removed = strip_client_identity(&mut h, &["x-remote-user", "Tailscale-User-Login"]);

@@ -108,8 +108,16 @@ pub fn normalize(raw: &str) -> Result<String, PathError> {
 /// (apart from one trailing slash, which is dropped).
 pub fn normalize_prefix(raw: &str) -> Result<String, PathError> {
     let n = normalize(raw)?;
-    let n = if n.len() > 1 { n.trim_end_matches('/').to_string() } else { n };
-    let want = if raw.len() > 1 { raw.trim_end_matches('/') } else { raw };
+    let n = if n.len() > 1 {
+        n.trim_end_matches('/').to_string()
+    } else {
+        n
+    };
+    let want = if raw.len() > 1 {
+        raw.trim_end_matches('/')
+    } else {
+        raw
+    };
     if n != want {
         return Err(PathError::NotCanonical(raw.into(), n));
     }
@@ -173,7 +181,9 @@ mod tests {
 
     #[test]
     fn refuses_ambiguous_paths() {
-        for raw in ["/a%2fb", "/a%2Fb", "/a%5cb", "/a\\b", "/a%00", "/a%", "/a%g1", "/a%2"] {
+        for raw in [
+            "/a%2fb", "/a%2Fb", "/a%5cb", "/a\\b", "/a%00", "/a%", "/a%g1", "/a%2",
+        ] {
             assert!(normalize(raw).is_err(), "{raw} accepted");
         }
         assert_eq!(normalize("a"), Err(PathError::NotAbsolute));

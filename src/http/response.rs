@@ -43,7 +43,10 @@ pub fn error(status: StatusCode, title: &str, detail: &str, html: bool) -> Respo
             ),
         )
     } else {
-        ("text/plain; charset=utf-8", format!("{} {title}: {detail}\n", status.as_u16()))
+        (
+            "text/plain; charset=utf-8",
+            format!("{} {title}: {detail}\n", status.as_u16()),
+        )
     };
     Response::builder()
         .status(status)
@@ -59,5 +62,12 @@ pub fn redirect(status: StatusCode, location: &str) -> Response<Body> {
         .status(status)
         .header(header::LOCATION, location)
         .body(full(Bytes::new()))
-        .unwrap_or_else(|_| error(StatusCode::BAD_REQUEST, "Bad request", "invalid redirect target", false))
+        .unwrap_or_else(|_| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "Bad request",
+                "invalid redirect target",
+                false,
+            )
+        })
 }

@@ -54,7 +54,9 @@ pub fn evaluate(route: &Route, who: &PeerIdentity) -> Decision {
     }
     // A tagged node acts for its tags only, never for the user who made it.
     if !whois.is_tagged()
-        && let Some(u) = users.iter().find(|u| u.eq_ignore_ascii_case(&whois.user.login_name))
+        && let Some(u) = users
+            .iter()
+            .find(|u| u.eq_ignore_ascii_case(&whois.user.login_name))
     {
         return Decision::Allow(format!("user {u}"));
     }

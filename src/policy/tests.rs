@@ -50,7 +50,12 @@ fn decision_table() {
     let deny = |d: Decision| matches!(d, Deny(_));
     let hide = |d: Decision| matches!(d, Hide(_));
     for (r, who, ok, name) in [
-        (&public, &funnel, allow as fn(Decision) -> bool, "public/funnel"),
+        (
+            &public,
+            &funnel,
+            allow as fn(Decision) -> bool,
+            "public/funnel",
+        ),
         (&public, &local, allow, "public/loopback"),
         (&public, &bob, allow, "public/tailnet"),
         (&open, &bob, allow, "open/bob"),

@@ -80,14 +80,25 @@ pub async fn forward(
     }
     let uri = match Uri::builder()
         .scheme("http")
-        .authority(route.upstream.authority().map(|a| a.as_str()).unwrap_or("127.0.0.1"))
+        .authority(
+            route
+                .upstream
+                .authority()
+                .map(|a| a.as_str())
+                .unwrap_or("127.0.0.1"),
+        )
         .path_and_query(pq)
         .build()
     {
         Ok(u) => u,
         Err(e) => {
             tracing::warn!(route = %route.name(), error = %e, "cannot build upstream URI");
-            return error(StatusCode::BAD_REQUEST, "Bad request", "the request path cannot be forwarded", html);
+            return error(
+                StatusCode::BAD_REQUEST,
+                "Bad request",
+                "the request path cannot be forwarded",
+                html,
+            );
         }
     };
     *req.uri_mut() = uri;
@@ -155,8 +166,13 @@ pub async fn forward(
             let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
             let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
         });
-        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        return Response::from_parts(parts, http_body_util::Empty::new().map_err(|n| match n {}).boxed());
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        return Response::from_parts(
+            parts,
+            http_body_util::Empty::new().map_err(|n| match n {}).boxed(),
+        );
     }
 
     let (mut parts, body) = resp.into_parts();
@@ -164,7 +180,12 @@ pub async fn forward(
     Response::from_parts(parts, body.boxed())
 }
 
-fn set_forwarded(h: &mut http::HeaderMap, peer: SocketAddr, scheme: &'static str, host: Option<&str>) {
+fn set_forwarded(
+    h: &mut http::HeaderMap,
+    peer: SocketAddr,
+    scheme: &'static str,
+    host: Option<&str>,
+) {
     if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
         h.insert("x-forwarded-for", v);
     }

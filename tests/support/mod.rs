@@ -15,6 +15,9 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+pub mod client;
+pub mod upstream;
+
 use tailpass::tailnet::{LogSink, Node, NodeConfig, global};
 
 /// How long a test node may take to join.

@@ -1,0 +1,118 @@
+//! A real HTTPS client that reaches the gateway over the test tailnet from a
+//! client node, trusting the gateway's local CA.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tailpass::tailnet::Node;
+use tokio_rustls::client::TlsStream;
+
+/// TLS client config trusting `ca_pem`, offering the given ALPN protocols.
+pub fn tls_config(ca_pem: &str, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(c)
+}
+
+/// Opens a TLS connection from `node` to `host:port` over the tailnet.
+pub async fn connect(
+    node: &Node,
+    host: &str,
+    port: u16,
+    ca_pem: &str,
+    alpn: &[&[u8]],
+) -> TlsStream<tailpass::tailnet::TailnetStream> {
+    let s = node.dial(&format!("{host}:{port}")).await.unwrap();
+    let name = ServerName::try_from(host.to_string()).unwrap();
+    tokio_rustls::TlsConnector::from(tls_config(ca_pem, alpn))
+        .connect(name, s)
+        .await
+        .unwrap()
+}
+
+/// A keep-alive HTTP/1.1 connection to the gateway.
+pub struct H1 {
+    /// Request sender.
+    pub send: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    /// Serial of the certificate the server presented.
+    pub serial: String,
+}
+
+/// The leaf certificate serial a TLS stream saw, hex.
+pub fn peer_serial(tls: &TlsStream<tailpass::tailnet::TailnetStream>) -> String {
+    let certs = tls.get_ref().1.peer_certificates().unwrap();
+    let (_, x) = x509_parser::parse_x509_certificate(&certs[0]).unwrap();
+    x.raw_serial_as_string()
+}
+
+impl H1 {
+    /// Connects from `node` to `host` (port 443).
+    pub async fn connect(node: &Node, host: &str, ca_pem: &str) -> H1 {
+        let tls = connect(node, host, 443, ca_pem, &[b"http/1.1"]).await;
+        let serial = peer_serial(&tls);
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        H1 { send, serial }
+    }
+
+    /// Sends a request and collects the response body.
+    pub async fn request(&mut self, req: Request<Full<Bytes>>) -> Response<Bytes> {
+        self.send.ready().await.unwrap();
+        let resp = self.send.send_request(req).await.unwrap();
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        Response::from_parts(parts, body)
+    }
+
+    /// GET `path` with extra headers.
+    pub async fn get(
+        &mut self,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Response<Bytes> {
+        let mut b = Request::get(path).header("host", host);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        self.request(b.body(Full::new(Bytes::new())).unwrap()).await
+    }
+}
+
+/// The JSON the echo upstream answered.
+pub fn echoed(resp: &Response<Bytes>) -> serde_json::Value {
+    assert_eq!(
+        resp.status(),
+        200,
+        "body: {}",
+        String::from_utf8_lossy(resp.body())
+    );
+    serde_json::from_slice(resp.body()).unwrap()
+}
+
+/// One header the echo upstream received (`None` if absent).
+pub fn echoed_header(j: &serde_json::Value, name: &str) -> Option<Vec<String>> {
+    j["headers"][name.to_ascii_lowercase()]
+        .as_array()
+        .map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect())
+}
