@@ -425,6 +425,22 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o077, 0, "CA key readable by others");
+        // PEM files as a source.
+        let cf = dir.path().join("leaf.pem");
+        let kf = dir.path().join("leaf-key.pem");
+        std::fs::write(&cf, &c).unwrap();
+        std::fs::write(&kf, &k).unwrap();
+        let src = Source::Files {
+            cert_file: cf.clone(),
+            key_file: kf.clone(),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        assert_eq!(rt.block_on(src.fetch()).unwrap().serial, cert.serial);
+        std::fs::write(&kf, &k2).unwrap();
+        assert!(rt.block_on(src.fetch()).is_err(), "mismatched key file accepted");
+        std::fs::remove_file(&cf).unwrap();
+        let e = rt.block_on(src.fetch()).unwrap_err().to_string();
+        assert!(e.contains("leaf.pem"), "{e}");
         // A key that does not match is refused.
         assert!(LoadedCert::from_pem(&c, &k2).is_err());
         assert!(LoadedCert::from_pem("junk", &k).is_err());

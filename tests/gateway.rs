@@ -87,6 +87,11 @@ path = "/ws"
 upstream = "http://{ws}"
 
 [[route]]
+path = "/slow"
+upstream = "http://{echo}"
+response_timeout = "1s"
+
+[[route]]
 path = "/down"
 upstream = "http://{dead}"
 connect_timeout = "2s"
@@ -224,6 +229,8 @@ async fn identity_headers_policies_and_header_hygiene() {
     let r = a.get(&s.host, "/down", &[]).await;
     assert_eq!(r.status(), 502);
     assert!(String::from_utf8_lossy(r.body()).starts_with("502 Bad gateway"));
+    // Upstream too slow: 504 after the route's response timeout.
+    assert_eq!(a.get(&s.host, "/slow", &[]).await.status(), 504);
 
     s.gw.shutdown().await;
     drop(s.net);

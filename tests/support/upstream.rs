@@ -38,6 +38,9 @@ pub async fn start_echo() -> SocketAddr {
 type EchoBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 async fn echo(req: Request<Incoming>) -> Result<Response<EchoBody>, Infallible> {
+    if req.uri().path().ends_with("/slow") {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
     if req.uri().path().ends_with("/sse") {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
         tokio::spawn(async move {
