@@ -434,10 +434,16 @@ mod tests {
             cert_file: cf.clone(),
             key_file: kf.clone(),
         };
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         assert_eq!(rt.block_on(src.fetch()).unwrap().serial, cert.serial);
         std::fs::write(&kf, &k2).unwrap();
-        assert!(rt.block_on(src.fetch()).is_err(), "mismatched key file accepted");
+        assert!(
+            rt.block_on(src.fetch()).is_err(),
+            "mismatched key file accepted"
+        );
         std::fs::remove_file(&cf).unwrap();
         let e = rt.block_on(src.fetch()).unwrap_err().to_string();
         assert!(e.contains("leaf.pem"), "{e}");
