@@ -22,6 +22,11 @@ pub enum PeerIdentity {
         /// The client's public address as the Funnel relay reported it.
         addr: SocketAddr,
     },
+    /// The public internet on the public (custom domain) listener.
+    Internet {
+        /// The client's address.
+        addr: SocketAddr,
+    },
     /// A local client on the loopback listener (no tailnet identity).
     Loopback {
         /// The local address.
@@ -43,6 +48,7 @@ impl PeerIdentity {
         match self {
             PeerIdentity::Tailnet { addr, .. }
             | PeerIdentity::Funnel { addr }
+            | PeerIdentity::Internet { addr }
             | PeerIdentity::Loopback { addr } => *addr,
         }
     }
@@ -63,6 +69,7 @@ impl fmt::Display for PeerIdentity {
                 write!(f, "{} on {}", whois.user.login_name, whois.node.name)
             }
             PeerIdentity::Funnel { addr } => write!(f, "public client {addr} (Funnel)"),
+            PeerIdentity::Internet { addr } => write!(f, "public client {addr}"),
             PeerIdentity::Loopback { addr } => write!(f, "local client {addr}"),
         }
     }

@@ -22,6 +22,7 @@ pub mod http;
 pub mod identity;
 pub mod policy;
 pub mod proxy;
+pub mod public;
 pub mod server;
 pub mod tailnet;
 pub mod tls;

@@ -57,6 +57,9 @@ pub enum StartError {
         /// Cause.
         source: tls::TlsError,
     },
+    /// The public listener could not start.
+    #[error("public listener: {0}")]
+    Public(String),
     /// The loopback listener could not bind.
     #[error("loopback listener {addr}: {source}")]
     Loopback {
@@ -104,6 +107,8 @@ pub struct Gateway {
     pub nodes: Vec<RunningNode>,
     /// The loopback listener's address, if any.
     pub loopback: Option<SocketAddr>,
+    /// The public listener's address, if any.
+    pub public: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -152,9 +157,17 @@ impl Gateway {
             }
             None => None,
         };
+        let public = match &config.public {
+            Some(pl) => Some(
+                crate::public::start(pl, shared_handler(shared.clone()), stop.clone(), &mut tasks)
+                    .await?,
+            ),
+            None => None,
+        };
         Ok(Gateway {
             nodes,
             loopback,
+            public,
             shutdown,
             tasks,
         })
@@ -406,6 +419,33 @@ async fn redirect_loop(
                 .await;
         });
     }
+}
+
+/// What the public listener needs from the server: a way to serve one
+/// accepted, TLS-terminated connection from a public client.
+pub(crate) type PublicHandler = Arc<
+    dyn Fn(
+            Pin<Box<dyn AsyncReadWrite>>,
+            SocketAddr,
+        ) -> Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// A boxed bidirectional stream.
+pub(crate) trait AsyncReadWrite: AsyncRead + AsyncWrite + Send {}
+impl<T: AsyncRead + AsyncWrite + Send> AsyncReadWrite for T {}
+
+fn shared_handler(shared: Arc<Shared>) -> PublicHandler {
+    Arc::new(move |io, peer| {
+        let conn = Conn {
+            who: Arc::new(PeerIdentity::Internet { addr: peer }),
+            node: None,
+            scheme: "https",
+            shared: shared.clone(),
+        };
+        Box::pin(serve(io, conn))
+    })
 }
 
 async fn serve<S>(io: S, conn: Conn)

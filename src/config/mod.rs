@@ -52,6 +52,20 @@ struct RawConfig {
     #[serde(default)]
     route: Vec<RawRoute>,
     loopback: Option<RawLoopback>,
+    public: Option<RawPublic>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPublic {
+    listen: String,
+    domains: Vec<String>,
+    cert: Option<RawCert>,
+    acme_directory: Option<String>,
+    #[serde(default)]
+    acme_contact: Vec<String>,
+    acme_cache_dir: Option<PathBuf>,
+    acme_ca_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -141,6 +155,46 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Optional plain-HTTP listener on loopback.
     pub loopback: Option<SocketAddr>,
+    /// Optional public HTTPS listener for custom domains (public routes only).
+    pub public: Option<PublicListener>,
+}
+
+/// Let's Encrypt's production ACME directory.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// A public HTTPS listener on a normal network interface, for custom
+/// domains; it serves public routes only.
+#[derive(Debug, Clone)]
+pub struct PublicListener {
+    /// Address to bind.
+    pub listen: SocketAddr,
+    /// Domains served (and put on the certificate).
+    pub domains: Vec<String>,
+    /// Certificate source.
+    pub cert: PublicCert,
+}
+
+/// Where the public listener's certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublicCert {
+    /// ACME (TLS-ALPN-01 challenge on the listener itself).
+    Acme {
+        /// Directory URL.
+        directory: String,
+        /// Contact URLs (`mailto:…`).
+        contact: Vec<String>,
+        /// Where account and certificates are cached.
+        cache_dir: PathBuf,
+        /// Extra CA (PEM) trusted for the ACME API, for private ACME servers.
+        ca_file: Option<PathBuf>,
+    },
+    /// PEM files.
+    Files {
+        /// Certificate chain.
+        cert_file: PathBuf,
+        /// Key.
+        key_file: PathBuf,
+    },
 }
 
 /// One tailnet node tailpass runs.
@@ -478,6 +532,8 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
             }
         });
 
+    let public = raw.public.and_then(|pl| validate_public(pl, &mut p));
+
     let mut routes = Vec::new();
     let mut seen: HashSet<(Option<String>, Option<String>, String)> = HashSet::new();
     for (i, r) in raw.route.into_iter().enumerate() {
@@ -620,6 +676,102 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
         nodes,
         routes,
         loopback,
+        public,
+    })
+}
+
+fn validate_public(pl: RawPublic, p: &mut Vec<String>) -> Option<PublicListener> {
+    let listen = match pl.listen.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            p.push(format!(
+                "public.listen: {:?} is not an address like \"0.0.0.0:443\"",
+                pl.listen
+            ));
+            None
+        }
+    };
+    if pl.domains.is_empty() {
+        p.push("public.domains: at least one domain is required".into());
+    }
+    for d in &pl.domains {
+        let ok = !d.is_empty()
+            && d.len() <= 253
+            && d.split('.').all(valid_hostname)
+            && d.contains('.');
+        if !ok {
+            p.push(format!("public.domains: {d:?} is not a domain name"));
+        }
+    }
+    let cert = match pl.cert {
+        None => None,
+        Some(RawCert::Named(s)) if s == "acme" => None,
+        Some(RawCert::Named(s)) => {
+            p.push(format!(
+                "public.cert: {s:?} is not \"acme\" or {{ cert_file, key_file }}"
+            ));
+            return None;
+        }
+        Some(RawCert::Files {
+            cert_file,
+            key_file,
+        }) => {
+            for (k, path) in [
+                ("public.cert.cert_file", &cert_file),
+                ("public.cert.key_file", &key_file),
+            ] {
+                if !path.is_file() {
+                    p.push(format!("{k}: {} does not exist", path.display()));
+                }
+            }
+            Some(PublicCert::Files {
+                cert_file,
+                key_file,
+            })
+        }
+    };
+    let cert = match cert {
+        Some(c) => c,
+        None => {
+            let directory = pl
+                .acme_directory
+                .unwrap_or_else(|| LETS_ENCRYPT.to_string());
+            check_url("public.acme_directory", &directory, p);
+            for c in &pl.acme_contact {
+                if !c.starts_with("mailto:") {
+                    p.push(format!(
+                        "public.acme_contact: {c:?} must look like \"mailto:you@example.com\""
+                    ));
+                }
+            }
+            if let Some(f) = &pl.acme_ca_file
+                && !f.is_file()
+            {
+                p.push(format!(
+                    "public.acme_ca_file: {} does not exist",
+                    f.display()
+                ));
+            }
+            let Some(cache_dir) = pl.acme_cache_dir else {
+                p.push("public.acme_cache_dir: required with ACME (account and certificates are kept there)".into());
+                return None;
+            };
+            PublicCert::Acme {
+                directory,
+                contact: pl.acme_contact,
+                cache_dir,
+                ca_file: pl.acme_ca_file,
+            }
+        }
+    };
+    Some(PublicListener {
+        listen: listen?,
+        domains: pl
+            .domains
+            .into_iter()
+            .map(|d| d.to_ascii_lowercase())
+            .collect(),
+        cert,
     })
 }
 

@@ -159,3 +159,34 @@ fn needs_a_node_and_never_echoes_secrets() {
     assert!(!err.to_string().contains("secret-value"));
     assert!(err.to_string().contains("node[0].control_url"));
 }
+
+#[test]
+fn public_listener_settings() {
+    let base = "[[node]]\nhostname = \"a\"\nstate_dir = \"/a\"\n";
+    let c = Config::parse(
+        &format!("{base}[public]\nlisten = \"0.0.0.0:443\"\ndomains = [\"Blog.Example.com\"]\nacme_cache_dir = \"/var/lib/tailpass/acme\"\n"),
+        &env,
+    )
+    .unwrap();
+    let p = c.public.unwrap();
+    assert_eq!(p.domains, ["blog.example.com"]);
+    match p.cert {
+        PublicCert::Acme { directory, .. } => assert_eq!(directory, LETS_ENCRYPT),
+        other => panic!("{other:?}"),
+    }
+    let p = problems(&format!(
+        "{base}[public]\nlisten = \"443\"\ndomains = [\"no_dots\"]\nacme_contact = [\"me@x\"]\nacme_ca_file = \"/nope\"\n"
+    ));
+    for w in [
+        "public.listen",
+        "public.domains",
+        "public.acme_contact",
+        "public.acme_ca_file",
+        "public.acme_cache_dir",
+    ] {
+        assert!(
+            p.iter().any(|x| x.starts_with(w)),
+            "missing {w:?} in {p:#?}"
+        );
+    }
+}

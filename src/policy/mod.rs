@@ -41,6 +41,9 @@ pub fn evaluate(route: &Route, who: &PeerIdentity) -> Decision {
         PeerIdentity::Funnel { .. } => {
             return Decision::Hide("tailnet route asked through Funnel".into());
         }
+        PeerIdentity::Internet { .. } => {
+            return Decision::Hide("tailnet route asked on the public listener".into());
+        }
         PeerIdentity::Loopback { .. } if route.loopback => {
             return Decision::Allow("loopback allowed by the route".into());
         }

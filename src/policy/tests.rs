@@ -31,6 +31,9 @@ fn decision_table() {
     let local = PeerIdentity::Loopback {
         addr: "127.0.0.1:5".parse().unwrap(),
     };
+    let internet = PeerIdentity::Internet {
+        addr: "198.51.100.7:5".parse().unwrap(),
+    };
     let alice = peer("alice@example.com", &[], &[]);
     let bob = peer("bob@example.com", &[], &[]);
     let ci = peer("tagged-devices", &["tag:ci"], &[]);
@@ -60,6 +63,8 @@ fn decision_table() {
         (&public, &bob, allow, "public/tailnet"),
         (&open, &bob, allow, "open/bob"),
         (&open, &funnel, hide, "open/funnel"),
+        (&open, &internet, hide, "open/internet"),
+        (&public, &internet, allow, "public/internet"),
         (&open, &local, hide, "open/loopback"),
         (&local_ok, &local, allow, "loopback route/loopback"),
         (&users, &alice, allow, "users/alice (case-insensitive)"),

@@ -1,0 +1,156 @@
+//! The public listener: HTTPS for custom domains on a normal interface,
+//! public routes only. Certificates come from ACME (TLS-ALPN-01, answered on
+//! this same listener, via rustls-acme) or from PEM files.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use rustls_pki_types::pem::PemObject;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::{PublicCert, PublicListener};
+use crate::server::{PublicHandler, StartError};
+use crate::tls;
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn server_config(
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+) -> Arc<rustls::ServerConfig> {
+    let mut c = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(c)
+}
+
+fn acme_client_config(ca_file: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, String> {
+    let pem = std::fs::read(ca_file).map_err(|e| format!("{}: {e}", ca_file.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+        let c = c.map_err(|e| format!("{}: {e}", ca_file.display()))?;
+        roots
+            .add(c)
+            .map_err(|e| format!("{}: {e}", ca_file.display()))?;
+    }
+    let c = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(c))
+}
+
+/// Binds the listener, sets up its certificate and starts accepting.
+pub(crate) async fn start(
+    pl: &PublicListener,
+    handler: PublicHandler,
+    mut stop: watch::Receiver<bool>,
+    tasks: &mut JoinSet<()>,
+) -> Result<SocketAddr, StartError> {
+    let err = |e: String| StartError::Public(e);
+    let (main_cfg, challenge_cfg) = match &pl.cert {
+        PublicCert::Files {
+            cert_file,
+            key_file,
+        } => {
+            let (resolver, renew) = tls::manage(tls::Source::Files {
+                cert_file: cert_file.clone(),
+                key_file: key_file.clone(),
+            })
+            .await
+            .map_err(|e| err(e.to_string()))?;
+            tasks.spawn(async move {
+                let _ = renew.await;
+            });
+            (server_config(Arc::new(resolver)), None)
+        }
+        PublicCert::Acme {
+            directory,
+            contact,
+            cache_dir,
+            ca_file,
+        } => {
+            let cfg = match ca_file {
+                Some(f) => rustls_acme::AcmeConfig::new_with_client_config(
+                    &pl.domains,
+                    acme_client_config(f).map_err(err)?,
+                ),
+                None => rustls_acme::AcmeConfig::new_with_provider(&pl.domains, provider()),
+            };
+            let mut state = cfg
+                .contact(contact)
+                .cache(rustls_acme::caches::DirCache::new(cache_dir.clone()))
+                .directory(directory)
+                .state();
+            let resolver = state.resolver();
+            let challenge = state.challenge_rustls_config_with_provider(provider());
+            let domains = pl.domains.clone();
+            // The ACME state machine runs as long as it is polled.
+            tasks.spawn(async move {
+                while let Some(ev) = state.next().await {
+                    match ev {
+                        Ok(ok) => tracing::info!(domains = ?domains, event = ?ok, "acme"),
+                        Err(e) => tracing::warn!(domains = ?domains, error = %e, "acme"),
+                    }
+                }
+            });
+            (server_config(resolver), Some(challenge))
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(pl.listen)
+        .await
+        .map_err(|e| err(format!("{}: {e}", pl.listen)))?;
+    let addr = listener.local_addr().map_err(|e| err(e.to_string()))?;
+    tracing::info!(%addr, domains = ?pl.domains, "public listener");
+    tasks.spawn(async move {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => { tracing::warn!(error = %e, "public accept"); continue; }
+                },
+                _ = stop.changed() => return,
+            };
+            let (main_cfg, challenge_cfg, handler) =
+                (main_cfg.clone(), challenge_cfg.clone(), handler.clone());
+            tokio::spawn(async move {
+                let start = match tokio_rustls::LazyConfigAcceptor::new(
+                    rustls::server::Acceptor::default(),
+                    tcp,
+                )
+                .await
+                {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "public TLS hello");
+                        return;
+                    }
+                };
+                let is_challenge = start
+                    .client_hello()
+                    .alpn()
+                    .is_some_and(|mut a| a.any(|p| p == rustls_acme::acme::ACME_TLS_ALPN_NAME));
+                if is_challenge {
+                    if let Some(cc) = challenge_cfg {
+                        // The ACME server validating us: answering the
+                        // handshake is the whole exchange.
+                        let _ = start.into_stream(cc).await;
+                    }
+                    return;
+                }
+                match start.into_stream(main_cfg).await {
+                    Ok(tls) => handler(Box::pin(tls), peer).await,
+                    Err(e) => tracing::debug!(%peer, error = %e, "public TLS handshake"),
+                }
+            });
+        }
+    });
+    Ok(addr)
+}

@@ -1,0 +1,255 @@
+//! The public listener gets its certificate from a real ACME server: Pebble,
+//! Let's Encrypt's test ACME server (built with `go install`, pinned), with
+//! its companion DNS server answering 127.0.0.1 for every name. Pebble
+//! validates us with TLS-ALPN-01 on the public listener itself.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use rustls_pki_types::ServerName;
+use support::TestNet;
+use tailpass::config::Config;
+use tailpass::server::{Gateway, Options};
+use tailpass::tls::LocalCa;
+
+const PEBBLE: &str = "github.com/letsencrypt/pebble/v2/cmd/pebble@v2.10.3";
+const CHALLTESTSRV: &str = "github.com/letsencrypt/pebble/v2/cmd/pebble-challtestsrv@v2.10.3";
+
+fn go_install(pkg: &str, name: &str) -> std::path::PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pebble-bin");
+    let status = Command::new(std::env::var("GO").unwrap_or_else(|_| "go".into()))
+        .env("GOBIN", &dir)
+        .env("GOFLAGS", "-trimpath")
+        .args(["install", pkg])
+        .status()
+        .expect("go install (is Go installed?)");
+    assert!(status.success(), "go install {pkg}");
+    dir.join(name)
+}
+
+/// `TAILPASS_TEST_ACME_LOGS=1` shows Pebble's and tailpass's logs.
+fn verbose() -> bool {
+    std::env::var_os("TAILPASS_TEST_ACME_LOGS").is_some()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_listener_gets_a_certificate_from_pebble_and_serves_public_routes_only() {
+    if verbose() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("info,rustls_acme=debug")
+            .try_init();
+    }
+    let pebble = go_install(PEBBLE, "pebble");
+    let chall = go_install(CHALLTESTSRV, "pebble-challtestsrv");
+    let dir = tempfile::tempdir().unwrap();
+
+    // Pebble's own API certificate, from a local CA the ACME client trusts.
+    let ca = LocalCa::open_or_create(&dir.path().join("api-ca")).unwrap();
+    let (c, k) = ca
+        .issue(&["localhost".into()], Duration::from_secs(3600))
+        .unwrap();
+    std::fs::write(dir.path().join("api.pem"), c).unwrap();
+    std::fs::write(dir.path().join("api-key.pem"), k).unwrap();
+
+    let (dns, mgmt_chall, api, mgmt, tls_port) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let _chall = Kill(
+        Command::new(chall)
+            .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
+            .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
+            .args(["-http01", "", "-https01", "", "-tlsalpn01", "", "-doh", ""])
+            .args(["-management", &format!("127.0.0.1:{mgmt_chall}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let cfg = serde_json::json!({"pebble": {
+        "listenAddress": format!("127.0.0.1:{api}"),
+        "managementListenAddress": format!("127.0.0.1:{mgmt}"),
+        "certificate": dir.path().join("api.pem"),
+        "privateKey": dir.path().join("api-key.pem"),
+        "httpPort": free_port(),
+        "tlsPort": tls_port,
+        "ocspResponderURL": "",
+        "externalAccountBindingRequired": false,
+    }});
+    std::fs::write(dir.path().join("pebble.json"), cfg.to_string()).unwrap();
+    let _pebble = Kill(
+        Command::new(pebble)
+            .arg("-config")
+            .arg(dir.path().join("pebble.json"))
+            .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", "0")
+            .stdout(if verbose() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .stderr(if verbose() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(mgmt_chall);
+    wait_port(api);
+    wait_port(mgmt);
+
+    let net = TestNet::start();
+    let echo = support::upstream::start_echo().await;
+    let toml = format!(
+        r#"
+[[node]]
+hostname = "gw"
+state_dir = "{state}"
+control_url = "{control}"
+ephemeral = true
+cert = "local-ca"
+
+[public]
+listen = "127.0.0.1:{tls_port}"
+domains = ["blog.tailpass.test"]
+acme_directory = "https://localhost:{api}/dir"
+acme_contact = ["mailto:ops@tailpass.test"]
+acme_cache_dir = "{cache}"
+acme_ca_file = "{ca_file}"
+
+[[route]]
+path = "/"
+upstream = "http://{echo}"
+access = "public"
+
+[[route]]
+path = "/admin"
+upstream = "http://{echo}"
+"#,
+        state = dir.path().join("gw").display(),
+        control = net.control_url,
+        cache = dir.path().join("acme").display(),
+        ca_file = dir.path().join("api-ca/ca.pem").display(),
+    );
+    let gw = Gateway::start(Config::parse(&toml, &|_| None).unwrap(), Options::default())
+        .await
+        .unwrap();
+    assert_eq!(gw.public.unwrap().port(), tls_port);
+
+    // Pebble's issuing root, from its management API.
+    let api_ca = std::fs::read_to_string(dir.path().join("api-ca/ca.pem")).unwrap();
+    let roots_pem = {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", mgmt))
+            .await
+            .unwrap();
+        let tls =
+            tokio_rustls::TlsConnector::from(support::client::tls_config(&api_ca, &[b"http/1.1"]))
+                .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                .await
+                .unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let r = send
+            .send_request(
+                http::Request::get("/roots/0")
+                    .header("host", "localhost")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    };
+
+    // Until the order completes, handshakes fail; then the issued chain
+    // verifies against Pebble's root for our domain.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let tls = loop {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", tls_port))
+            .await
+            .unwrap();
+        match tokio_rustls::TlsConnector::from(support::client::tls_config(
+            &roots_pem,
+            &[b"http/1.1"],
+        ))
+        .connect(ServerName::try_from("blog.tailpass.test").unwrap(), tcp)
+        .await
+        {
+            Ok(t) => break t,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no ACME certificate in time: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut get = async |p: &str| {
+        send.ready().await.unwrap();
+        let r = send
+            .send_request(
+                http::Request::get(p)
+                    .header("host", "blog.tailpass.test")
+                    .header("Tailscale-User-Login", "root@evil")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let st = r.status();
+        (st, r.into_body().collect().await.unwrap().to_bytes())
+    };
+    let (st, body) = get("/post/1").await;
+    assert_eq!(st, 200);
+    let j: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(j["headers"]["tailscale-user-login"].is_null(), "{j}");
+    assert_eq!(j["headers"]["x-forwarded-proto"][0], "https");
+    // A tailnet route does not exist on the public listener.
+    assert_eq!(get("/admin").await.0, 404);
+    // The certificate was cached for the next start.
+    assert!(std::fs::read_dir(dir.path().join("acme")).unwrap().count() > 0);
+    gw.shutdown().await;
+}
