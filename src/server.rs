@@ -260,7 +260,27 @@ async fn start_node(
         tasks.spawn(redirect_loop(l80, spec.https_port, stop.clone()));
     }
     if spec.funnel {
-        let f = node.listen_funnel(443, true).await.map_err(te)?;
+        let f = Arc::new(node.listen_funnel(443, true).await.map_err(te)?);
+        // Funnel TLS is terminated in the shim; it presents the same
+        // certificate as the tailnet listener, pushed again on renewal.
+        let (fl, c) = (f.clone(), certs.clone());
+        let mut changes = c.subscribe();
+        let push = move || {
+            if let Some(cur) = c.current() {
+                let (cert, key) = cur.pem();
+                if let Err(e) = fl.set_cert(cert, key) {
+                    tracing::warn!(error = %e, "setting the Funnel certificate");
+                }
+            }
+        };
+        push();
+        let host = spec.hostname.clone();
+        tasks.spawn(async move {
+            while changes.changed().await.is_ok() {
+                tracing::info!(node = %host, "Funnel certificate renewed");
+                push();
+            }
+        });
         tasks.spawn(funnel_loop(f, shared.clone(), stop.clone()));
     }
     Ok(RunningNode {
@@ -327,7 +347,7 @@ async fn tailnet_https_loop(
 }
 
 async fn funnel_loop(
-    ln: crate::tailnet::Listener,
+    ln: Arc<crate::tailnet::Listener>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {

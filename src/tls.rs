@@ -57,6 +57,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 #[derive(Clone)]
 pub struct LoadedCert {
     key: Arc<CertifiedKey>,
+    pem: Arc<(String, String)>,
     /// End of validity of the leaf.
     pub not_after: SystemTime,
     /// Start of validity of the leaf.
@@ -103,10 +104,17 @@ impl LoadedCert {
             .map_err(|e| TlsError::Key(format!("does not match the certificate: {e}")))?;
         Ok(LoadedCert {
             key: Arc::new(ck),
+            pem: Arc::new((cert_pem.to_string(), key_pem.to_string())),
             not_after,
             not_before,
             serial,
         })
+    }
+
+    /// The certificate chain and key as PEM (for listeners whose TLS is
+    /// terminated elsewhere, i.e. Funnel in the Go shim).
+    pub fn pem(&self) -> (&str, &str) {
+        (&self.pem.0, &self.pem.1)
     }
 
     /// When to renew: two thirds into the validity period.
@@ -120,9 +128,19 @@ impl LoadedCert {
 }
 
 /// The rustls certificate resolver for one node; cheap to clone.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Resolver {
     current: Arc<ArcSwapOption<LoadedCert>>,
+    changed: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Default for Resolver {
+    fn default() -> Self {
+        Resolver {
+            current: Arc::default(),
+            changed: Arc::new(tokio::sync::watch::channel(0).0),
+        }
+    }
 }
 
 impl fmt::Debug for Resolver {
@@ -143,6 +161,12 @@ impl Resolver {
     /// Installs a certificate for new handshakes.
     pub fn set(&self, cert: LoadedCert) {
         self.current.store(Some(Arc::new(cert)));
+        self.changed.send_modify(|g| *g += 1);
+    }
+
+    /// Notified after every [`Resolver::set`].
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     /// The certificate currently served.

@@ -30,6 +30,15 @@ struct Setup {
 /// A gateway node "gw" with routes over the echo, websocket and dead
 /// upstreams; clients alice, bob (users) and ci (tagged tag:ci).
 async fn setup(extra_toml: &str, opts: Options) -> Setup {
+    setup_with(&[], extra_toml, opts).await
+}
+
+async fn setup_with(extra_nodes: &[&str], extra_toml: &str, opts: Options) -> Setup {
+    let extra_node = if extra_nodes.contains(&"funnel") {
+        "funnel = true"
+    } else {
+        ""
+    };
     let net = TestNet::with_options(TestNetOptions {
         app_caps: Some(serde_json::json!({"tailpass.test/cap/files": [{"ro": true}]})),
         ..Default::default()
@@ -50,6 +59,7 @@ state_dir = "{state}"
 control_url = "{control}"
 ephemeral = true
 cert = "local-ca"
+{extra_node}
 
 [[route]]
 path = "/"
@@ -485,4 +495,54 @@ allow_users = ["alice@example.com"]
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("tailpass "));
+}
+
+/// Funnel end to end: a public client's connection arrives through a Funnel
+/// relay (emulated exactly like Tailscale's ingress nodes, see support),
+/// TLS with the node's certificate, and only public routes answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn funnel_serves_public_routes_only() {
+    let _permit = support::heavy().await;
+    let s = setup_with(&["funnel"], "", Options::default()).await;
+    let get = async |path: &str| {
+        let raw = support::funnel_dial(&s.net, &s.bob, "gw", "203.0.113.7:4567").await;
+        let tls =
+            tokio_rustls::TlsConnector::from(support::client::tls_config(&s.ca, &[b"http/1.1"]))
+                .connect(
+                    rustls_pki_types::ServerName::try_from(s.host.clone()).unwrap(),
+                    raw,
+                )
+                .await
+                .unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let r = send
+            .send_request(
+                http::Request::get(path)
+                    .header("host", &s.host)
+                    .header("Tailscale-User-Login", "root@evil")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let st = r.status();
+        (st, r.into_body().collect().await.unwrap().to_bytes())
+    };
+    let (st, body) = get("/blog/post").await;
+    assert_eq!(st, 200);
+    let j: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        echoed_header(&j, "x-forwarded-for").unwrap(),
+        ["203.0.113.7"],
+        "the public client, not the relay"
+    );
+    assert!(echoed_header(&j, "tailscale-user-login").is_none(), "{j}");
+    // Tailnet routes do not exist through Funnel, whatever the relay node is allowed.
+    assert_eq!(get("/echo").await.0, 404);
+    assert_eq!(get("/admin").await.0, 404);
+    s.gw.shutdown().await;
 }

@@ -537,26 +537,7 @@ async fn funnel_connections_carry_the_public_source_not_the_relay() {
     net.settle(&[&a, &relay]).await;
     let funnel = a.listen_funnel(443, true).await.unwrap();
 
-    let st = relay.status().await.unwrap();
-    let peer_api = st
-        .peer("public")
-        .unwrap()
-        .peer_api
-        .iter()
-        .find_map(|u| u.strip_prefix("http://").filter(|h| !h.starts_with('[')))
-        .expect("an IPv4 peerAPI URL")
-        .to_string();
-    let mut c = relay.dial(&peer_api).await.unwrap();
-    let req = format!(
-        "POST /v0/ingress HTTP/1.1\r\nHost: {peer_api}\r\n\
-         Tailscale-Ingress-Src: 203.0.113.7:4567\r\n\
-         Tailscale-Ingress-Target: {}:443\r\nContent-Length: 0\r\n\r\n",
-        net.fqdn("public")
-    );
-    c.write_all(req.as_bytes()).await.unwrap();
-    let mut head = [0u8; 12];
-    c.read_exact(&mut head).await.unwrap();
-    assert_eq!(&head, b"HTTP/1.1 101", "ingress refused");
+    let _c = support::funnel_dial(&net, &relay, "public", "203.0.113.7:4567").await;
 
     let (s, peer) = tokio::time::timeout(Duration::from_secs(30), funnel.accept())
         .await

@@ -695,10 +695,8 @@ fn validate_public(pl: RawPublic, p: &mut Vec<String>) -> Option<PublicListener>
         p.push("public.domains: at least one domain is required".into());
     }
     for d in &pl.domains {
-        let ok = !d.is_empty()
-            && d.len() <= 253
-            && d.split('.').all(valid_hostname)
-            && d.contains('.');
+        let ok =
+            !d.is_empty() && d.len() <= 253 && d.split('.').all(valid_hostname) && d.contains('.');
         if !ok {
             p.push(format!("public.domains: {d:?} is not a domain name"));
         }

@@ -232,6 +232,23 @@ pub(crate) fn listen(
     Ok((h, unsafe { own_fd(ctl) }))
 }
 
+pub(crate) fn listener_set_cert(listener: i64, cert_pem: &str, key_pem: &str) -> Result<(), Error> {
+    let c = cstring("certificate PEM", cert_pem)?;
+    let k = cstring("key PEM", key_pem)?;
+    check("set listener certificate", |err| {
+        // SAFETY: c and k outlive the call; the shim copies what it keeps.
+        i64::from(unsafe {
+            sys::tsshim_listener_set_cert(
+                listener,
+                c.as_ptr().cast_mut(),
+                k.as_ptr().cast_mut(),
+                err,
+            )
+        })
+    })?;
+    Ok(())
+}
+
 pub(crate) fn listener_close(listener: i64) -> Result<(), Error> {
     check("close listener", |err| {
         // SAFETY: value argument and a valid out-pointer.

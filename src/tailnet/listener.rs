@@ -64,6 +64,12 @@ impl Listener {
         &self.node
     }
 
+    /// Sets the certificate (PEM chain and key) a Funnel listener presents;
+    /// call again to renew. Funnel handshakes fail until one is set.
+    pub fn set_cert(&self, cert_pem: &str, key_pem: &str) -> Result<()> {
+        ffi::listener_set_cert(self.handle, cert_pem, key_pem)
+    }
+
     /// The address listened on (`:443`).
     pub fn addr(&self) -> &str {
         &self.addr

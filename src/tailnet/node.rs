@@ -241,8 +241,9 @@ impl Node {
         self.listen_on("tcp", format!(":{port}"), None).await
     }
 
-    /// Listens for public Funnel connections on `port` (443, 8443 or 10000),
-    /// TLS terminated by tsnet. With `funnel_only`, tailnet peers are not
+    /// Listens for public Funnel connections on `port` (443, 8443 or 10000).
+    /// TLS is terminated in the shim with the certificate given to
+    /// [`Listener::set_cert`]. With `funnel_only`, tailnet peers are not
     /// accepted on this listener.
     pub async fn listen_funnel(&self, port: u16, funnel_only: bool) -> Result<Listener> {
         self.listen_on("tcp", format!(":{port}"), Some(funnel_only))

@@ -271,3 +271,48 @@ impl StderrFd for std::io::Stderr {
         self.as_fd().try_clone_to_owned().unwrap()
     }
 }
+
+/// Opens a Funnel connection to `target` (a node's host name) the way
+/// Tailscale's ingress nodes do: `relay` (any node; the test control server
+/// grants all of them the ingress capability) POSTs /v0/ingress to the
+/// target's peerAPI, naming the public source address and target. The
+/// returned stream then carries the public client's bytes.
+pub async fn funnel_dial(
+    net: &TestNet,
+    relay: &Node,
+    target: &str,
+    public_src: &str,
+) -> tailpass::tailnet::TailnetStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let st = relay.status().await.unwrap();
+    let peer_api = st
+        .peer(target)
+        .unwrap_or_else(|| panic!("{} does not see {target}", relay.hostname()))
+        .peer_api
+        .iter()
+        .find_map(|u| u.strip_prefix("http://").filter(|h| !h.starts_with('[')))
+        .expect("an IPv4 peerAPI URL")
+        .to_string();
+    let mut c = relay.dial(&peer_api).await.unwrap();
+    let req = format!(
+        "POST /v0/ingress HTTP/1.1\r\nHost: {peer_api}\r\n\
+         Tailscale-Ingress-Src: {public_src}\r\n\
+         Tailscale-Ingress-Target: {}:443\r\nContent-Length: 0\r\n\r\n",
+        net.fqdn(target)
+    );
+    c.write_all(req.as_bytes()).await.unwrap();
+    // Read the response head byte by byte: what follows belongs to the
+    // tunnelled connection.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        c.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "ingress refused: {}",
+        String::from_utf8_lossy(&head)
+    );
+    c
+}

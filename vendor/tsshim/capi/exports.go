@@ -204,6 +204,12 @@ func tsshim_listen_funnel(h C.int64_t, addr *C.char, funnelOnly C.int, ctlFD *C.
 	return listenCommon(h, "tcp", C.GoString(addr), true, funnelOnly != 0, ctlFD, errp)
 }
 
+//export tsshim_listener_set_cert
+func tsshim_listener_set_cert(h C.int64_t, certPEM, keyPEM *C.char, errp **C.char) C.int {
+	c, k := C.GoString(certPEM), C.GoString(keyPEM)
+	return call(errp, func() error { return setListenerCert(int64(h), []byte(c), []byte(k)) })
+}
+
 //export tsshim_listener_close
 func tsshim_listener_close(h C.int64_t, errp **C.char) C.int {
 	return call(errp, func() error { return closeListener(int64(h)) })

@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"tailscale.com/ipn"
@@ -23,6 +24,16 @@ type listener struct {
 	ln   net.Listener
 	ctl  *net.UnixConn
 	once sync.Once
+	// cert is what Funnel listeners present; set (and renewed) by the
+	// caller, so Funnel serves the same certificate source as the tailnet.
+	cert atomic.Pointer[tls.Certificate]
+}
+
+func (l *listener) getCert(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	if c := l.cert.Load(); c != nil {
+		return c, nil
+	}
+	return nil, errors.New("tsshim: no certificate set for this Funnel listener yet")
 }
 
 func (l *listener) close() {
@@ -40,8 +51,13 @@ func (n *node) listen(network, addr string, funnel, funnelOnly bool) (int64, int
 		ln  net.Listener
 		err error
 	)
+	l := &listener{node: n}
 	if funnel {
-		var opts []tsnet.FunnelOption
+		opts := []tsnet.FunnelOption{tsnet.FunnelTLSConfig(&tls.Config{
+			GetCertificate: l.getCert,
+			NextProtos:     []string{"h2", "http/1.1"},
+			MinVersion:     tls.VersionTLS12,
+		})}
 		if funnelOnly {
 			opts = append(opts, tsnet.FunnelOnly())
 		}
@@ -65,7 +81,7 @@ func (n *node) listen(network, addr string, funnel, funnelOnly bool) (int64, int
 		syscall.Close(fds[1])
 		return -1, -1, fmt.Errorf("listen: control socket: %w", err)
 	}
-	l := &listener{node: n, ln: ln, ctl: fc.(*net.UnixConn)}
+	l.ln, l.ctl = ln, fc.(*net.UnixConn)
 	h := newHandle()
 	registryMu.Lock()
 	if nodes[n.handle] != n { // closed while we were setting up
@@ -137,6 +153,21 @@ func connOrigin(c net.Conn) (remote, origin string) {
 		return fc.Src.String(), "funnel"
 	}
 	return c.RemoteAddr().String(), "tailnet"
+}
+
+func setListenerCert(h int64, certPEM, keyPEM []byte) error {
+	registryMu.Lock()
+	l, ok := listeners[h]
+	registryMu.Unlock()
+	if !ok {
+		return errors.New("unknown or closed listener handle")
+	}
+	c, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return fmt.Errorf("listener certificate: %w", err)
+	}
+	l.cert.Store(&c)
+	return nil
 }
 
 func closeListener(h int64) error {

@@ -80,10 +80,16 @@ int tsshim_node_close(int64_t node, char **err);
 int64_t tsshim_listen(int64_t node, char *network, char *addr,
                       int *ctl_fd, char **err);
 /* Like tsshim_listen, for public Funnel traffic on addr (":443", ":8443" or
- * ":10000"), TLS terminated by tsnet with the node's certificate.
- * funnel_only != 0 accepts only Funnel traffic, not tailnet traffic. */
+ * ":10000"), TLS terminated in the shim with the certificate given by
+ * tsshim_listener_set_cert (ALPN h2, http/1.1); until one is set,
+ * handshakes fail. funnel_only != 0 accepts only Funnel traffic. */
 int64_t tsshim_listen_funnel(int64_t node, char *addr, int funnel_only,
                              int *ctl_fd, char **err);
+/* Sets (or replaces, for renewal) the certificate chain and key (PEM) a
+ * Funnel listener presents. New handshakes use it at once. */
+int tsshim_listener_set_cert(int64_t listener, char *cert_pem, char *key_pem,
+                             char **err);
+
 /* Stops a listener. Its ctl_fd then reads end of stream. */
 int tsshim_listener_close(int64_t listener, char **err);
 
