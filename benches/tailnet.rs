@@ -49,6 +49,7 @@ struct Figures {
 
 async fn rust_side(net: &TestNet, bytes: u64, runs: usize, dials: usize, idle: usize) -> Figures {
     let (a, b) = tokio::join!(net.node("rs-a"), net.node("rs-b"));
+    net.settle(&[&a, &b]).await;
     let b_ip = b.status().await.unwrap().ip().unwrap();
 
     // Throughput A→B: B counts and acknowledges.

@@ -682,3 +682,84 @@ impl Drop for LoggedBody {
         self.finish();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buf {
+        type Writer = Buf;
+        fn make_writer(&'a self) -> Buf {
+            self.clone()
+        }
+    }
+
+    #[test]
+    fn access_log_line_names_peer_route_decision_status_bytes_and_duration() {
+        let buf = Buf::default();
+        let sub = tracing_subscriber::fmt()
+            .json()
+            .with_writer(buf.clone())
+            .finish();
+        let body_len = tracing::subscriber::with_default(sub, || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let resp = logged(
+                    error(
+                        StatusCode::FORBIDDEN,
+                        "Forbidden",
+                        "requires user a@b",
+                        false,
+                    ),
+                    AccessLog {
+                        node: Some("gw".into()),
+                        who: Arc::new(PeerIdentity::Funnel {
+                            addr: "203.0.113.7:4567".parse().unwrap(),
+                        }),
+                        method: "GET".into(),
+                        path: "/admin".into(),
+                        route: "route[2] /admin".into(),
+                        decision: "deny".into(),
+                        reason: "requires user a@b".into(),
+                        start: Instant::now(),
+                    },
+                );
+                resp.into_body().collect().await.unwrap().to_bytes().len()
+            })
+        });
+        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = out
+            .lines()
+            .filter(|l| l.contains("tailpass::access"))
+            .collect();
+        assert_eq!(lines.len(), 1, "exactly one line per request: {out}");
+        let j: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        let f = &j["fields"];
+        assert_eq!(f["status"], 403);
+        assert_eq!(f["bytes"], body_len as u64);
+        assert_eq!(f["route"], "route[2] /admin");
+        assert_eq!(f["decision"], "deny");
+        assert_eq!(f["node"], "gw");
+        assert_eq!(f["peer"], "public client 203.0.113.7:4567 (Funnel)");
+        assert!(f["duration_ms"].is_u64());
+    }
+}

@@ -104,7 +104,11 @@ pub async fn start_ws_echo() -> SocketAddr {
         loop {
             let Ok((s, _)) = l.accept().await else { return };
             tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+                let cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                    .read_buffer_size(4096)
+                    .write_buffer_size(0);
+                let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(s, Some(cfg)).await
+                else {
                     return;
                 };
                 while let Some(Ok(m)) = ws.next().await {
