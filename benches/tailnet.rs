@@ -101,7 +101,7 @@ async fn rust_side(net: &TestNet, bytes: u64, runs: usize, dials: usize, idle: u
         }
     });
     // A dial that fails is counted and reported, not hidden: see the
-    // "failed dials" line (an open question, noted in docs/tailnet.md).
+    // "failed dials" line (see TIME_WAIT in docs/tailnet.md).
     let t0 = Instant::now();
     let mut failed = 0;
     for _ in 0..dials {

@@ -457,7 +457,8 @@ async fn up_fails_within_timeout_when_control_is_unreachable() {
 
 /// tsnet v1.94.1's Close deadlocks when it must reset more than 512 TCP
 /// endpoints (its netstack stops draining the outbound queue first). The
-/// shim bounds it with a watchdog: close must return, connections must end.
+/// shim closes its connections first and lets them drain (short TIME_WAIT),
+/// so close succeeds; a watchdog remains as the last resort.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_with_600_open_connections_returns_and_ends_them() {
     let _permit = support::heavy().await;
@@ -472,14 +473,23 @@ async fn close_with_600_open_connections_returns_and_ends_them() {
         client_ends.push(b.dial(&target).await.unwrap());
         server_ends.push(ln.accept().await.unwrap().0);
     }
+    // The peers behave like browsers: when the server closes, they close
+    // too. (A peer that never closes its side keeps the endpoint in
+    // FIN_WAIT2; then the watchdog is what bounds close.)
+    for mut c in client_ends.drain(..) {
+        tokio::spawn(async move {
+            let mut sink = Vec::new();
+            let _ = c.read_to_end(&mut sink).await;
+        });
+    }
     let t0 = Instant::now();
     let r = tokio::time::timeout(Duration::from_secs(30), a.close())
         .await
         .expect("close hung with 600 open connections");
     assert!(t0.elapsed() < Duration::from_secs(25));
-    if let Err(e) = &r {
-        assert!(e.to_string().contains("did not finish"), "{e}");
-    }
+    // The shim ends its connections and lets them drain before tsnet's
+    // Close, so Close finishes cleanly instead of hitting the watchdog.
+    r.unwrap();
     // Every server-side stream ends (EOF or error), none hangs.
     for mut s in server_ends.into_iter().take(50) {
         let mut buf = [0u8; 1];

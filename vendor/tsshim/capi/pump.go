@@ -49,8 +49,9 @@ func (s *connSet) len() int {
 	return len(s.m)
 }
 
-// closeAll closes every tracked connection and refuses new ones.
-func (s *connSet) closeAll() {
+// closeAll closes every tracked connection, refuses new ones and returns
+// how many it closed.
+func (s *connSet) closeAll() int {
 	s.mu.Lock()
 	s.closed = true
 	m := s.m
@@ -59,6 +60,7 @@ func (s *connSet) closeAll() {
 	for c := range m {
 		c.Close()
 	}
+	return len(m)
 }
 
 // handOff returns the caller's end (close-on-exec) of a new socketpair whose
