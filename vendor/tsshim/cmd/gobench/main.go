@@ -25,10 +25,13 @@ import (
 	"strings"
 	"time"
 
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"tailscale.com/envknob"
 	"tailscale.com/net/netns"
 	"tailscale.com/tsnet"
 	"tailscale.com/types/logger"
+	"tailscale.com/wgengine/netstack"
 )
 
 func main() {
@@ -212,6 +215,14 @@ func up(ctx context.Context, dir, host, controlURL string) *tsnet.Server {
 	}
 	if _, err := s.Up(ctx); err != nil {
 		log.Fatalf("%s up: %v", host, err)
+	}
+	// The same 2 s TCP TIME_WAIT the shim sets (capi/node.go, timeWait), so
+	// the baseline differs from the Rust side only by the shim itself.
+	if ns, ok := s.Sys().Netstack.GetOK(); ok {
+		opt := tcpip.TCPTimeWaitTimeoutOption(2 * time.Second)
+		if err := ns.(*netstack.Impl).SetTransportProtocolOption(tcp.ProtocolNumber, &opt); err != nil {
+			log.Fatal(err)
+		}
 	}
 	return s
 }
