@@ -257,7 +257,12 @@ async fn start_node(
     ));
     if spec.http_redirect {
         let l80 = node.listen(80).await.map_err(te)?;
-        tasks.spawn(redirect_loop(l80, spec.https_port, stop.clone()));
+        tasks.spawn(redirect_loop(
+            l80,
+            fqdn.clone(),
+            spec.https_port,
+            stop.clone(),
+        ));
     }
     if spec.funnel {
         let f = Arc::new(node.listen_funnel(443, true).await.map_err(te)?);
@@ -391,48 +396,41 @@ async fn loopback_loop(
     }
 }
 
+/// Port 80: redirect to HTTPS on the node's own name. The client's Host
+/// header is not used for the target, so this never redirects elsewhere.
 async fn redirect_loop(
     ln: crate::tailnet::Listener,
+    fqdn: String,
     https_port: u16,
     mut stop: watch::Receiver<bool>,
 ) {
+    let port = if https_port == 443 {
+        String::new()
+    } else {
+        format!(":{https_port}")
+    };
+    let base: Arc<str> = format!("https://{fqdn}{port}").into();
     loop {
         let (s, _) = tokio::select! {
             r = ln.accept() => match r { Ok(x) => x, Err(_) => return },
             _ = stop.changed() => return,
         };
+        let base = base.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<Incoming>| async move {
-                let host = req
-                    .headers()
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(|h| h.split(':').next().unwrap_or(h).to_string())
-                    .unwrap_or_default();
-                let pq = req
-                    .uri()
-                    .path_and_query()
-                    .map(|p| p.as_str())
-                    .unwrap_or("/");
-                let port = if https_port == 443 {
-                    String::new()
-                } else {
-                    format!(":{https_port}")
-                };
-                let resp = if host.is_empty() || host.contains(['/', '\\', '@']) {
-                    error(
-                        StatusCode::BAD_REQUEST,
-                        "Bad request",
-                        "missing Host header",
-                        false,
-                    )
-                } else {
-                    response::redirect(
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let base = base.clone();
+                async move {
+                    let pq = req
+                        .uri()
+                        .path_and_query()
+                        .map(|p| p.as_str())
+                        .unwrap_or("/");
+                    let pq = if pq.starts_with('/') { pq } else { "/" };
+                    Ok::<_, std::convert::Infallible>(response::redirect(
                         StatusCode::PERMANENT_REDIRECT,
-                        &format!("https://{host}{port}{pq}"),
-                    )
-                };
-                Ok::<_, std::convert::Infallible>(resp)
+                        &format!("{base}{pq}"),
+                    ))
+                }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(s), svc)
