@@ -23,28 +23,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use support::TestNet;
+use support::{TestNet, env_num, rss_kib};
 use tailpass::config::Config;
 use tailpass::server::{Gateway, Options};
 use tailpass::tailnet::Node;
 use tokio::io::{AsyncRead, AsyncWrite};
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn rss_kib() -> i64 {
-    tailpass::tailnet::global::release_memory();
-    std::thread::sleep(Duration::from_millis(300));
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
 
 #[derive(Debug, Clone, Copy)]
 struct Figures {

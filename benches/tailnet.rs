@@ -19,25 +19,8 @@ mod support;
 use std::process::Command;
 use std::time::Instant;
 
-use support::TestNet;
+use support::{TestNet, env_num, rss_kib};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn rss_kib() -> i64 {
-    tailpass::tailnet::global::release_memory();
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
 
 struct Figures {
     throughput_mb_s: f64,

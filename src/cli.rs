@@ -183,30 +183,10 @@ pub fn describe(c: &Config) -> String {
     for r in &c.routes {
         let access = match &r.access {
             Access::Public => "public (tailnet, Funnel, loopback)".to_string(),
-            Access::Tailnet {
-                users,
-                tags,
-                capabilities,
-            } if users.is_empty() && tags.is_empty() && capabilities.is_empty() => {
-                "any tailnet peer".to_string()
-            }
-            Access::Tailnet {
-                users,
-                tags,
-                capabilities,
-            } => {
-                let mut v = Vec::new();
-                if !users.is_empty() {
-                    v.push(format!("users {}", users.join(", ")));
-                }
-                if !tags.is_empty() {
-                    v.push(format!("tags {}", tags.join(", ")));
-                }
-                if !capabilities.is_empty() {
-                    v.push(format!("capabilities {}", capabilities.join(", ")));
-                }
-                format!("tailnet peers with {}", v.join(" or "))
-            }
+            tailnet => match tailnet.requirement() {
+                Some(need) => format!("tailnet peers with {need}"),
+                None => "any tailnet peer".to_string(),
+            },
         };
         let _ = writeln!(
             o,

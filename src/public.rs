@@ -12,23 +12,7 @@ use tokio::task::JoinSet;
 
 use crate::config::{PublicCert, PublicListener};
 use crate::server::{PublicHandler, StartError};
-use crate::tls;
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-fn server_config(
-    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
-) -> Arc<rustls::ServerConfig> {
-    let mut c = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
-    c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Arc::new(c)
-}
+use crate::tls::{self, provider, server_config};
 
 fn acme_client_config(ca_file: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, String> {
     let pem = std::fs::read(ca_file).map_err(|e| format!("{}: {e}", ca_file.display()))?;

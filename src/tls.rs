@@ -49,8 +49,20 @@ pub enum TlsError {
     Tailnet(#[from] crate::tailnet::Error),
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+/// The crypto provider every TLS config of tailpass uses (ring).
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A rustls server config (HTTP/2 and HTTP/1.1 by ALPN) over any resolver.
+pub fn server_config(resolver: Arc<dyn ResolvesServerCert>) -> Arc<rustls::ServerConfig> {
+    let mut c = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(c)
 }
 
 /// A parsed certificate with its expiry.
@@ -176,13 +188,7 @@ impl Resolver {
 
     /// A rustls server config (HTTP/2 and HTTP/1.1 by ALPN) using this resolver.
     pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
-        let mut c = rustls::ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default protocol versions")
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::new(self.clone()));
-        c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Arc::new(c)
+        server_config(Arc::new(self.clone()))
     }
 }
 
@@ -280,7 +286,7 @@ fn rcgen_duration(d: Duration) -> time::Duration {
 
 fn rand_serial() -> [u8; 16] {
     let mut b = [0u8; 16];
-    rustls::crypto::ring::default_provider()
+    provider()
         .secure_random
         .fill(&mut b)
         .expect("system randomness");

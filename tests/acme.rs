@@ -9,10 +9,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use rustls_pki_types::ServerName;
 use support::TestNet;
+use support::client::H1;
 use tailpass::config::Config;
 use tailpass::server::{Gateway, Options};
 use tailpass::tls::LocalCa;
@@ -177,26 +176,9 @@ upstream = "http://{echo}"
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", mgmt))
             .await
             .unwrap();
-        let tls =
-            tokio_rustls::TlsConnector::from(support::client::tls_config(&api_ca, &[b"http/1.1"]))
-                .connect(ServerName::try_from("localhost").unwrap(), tcp)
-                .await
-                .unwrap();
-        let (mut send, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        let r = send
-            .send_request(
-                http::Request::get("/roots/0")
-                    .header("host", "localhost")
-                    .body(Full::new(Bytes::new()))
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+        let tls = support::client::tls_over(tcp, "localhost", &api_ca, &[b"http/1.1"]).await;
+        let r = H1::over(tls).await.get("localhost", "/roots/0", &[]).await;
+        String::from_utf8(r.into_body().to_vec()).unwrap()
     };
 
     // Until the order completes, handshakes fail; then the issued chain
@@ -223,24 +205,16 @@ upstream = "http://{echo}"
             }
         }
     };
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut h = H1::over(tls).await;
     let mut get = async |p: &str| {
-        send.ready().await.unwrap();
-        let r = send
-            .send_request(
-                http::Request::get(p)
-                    .header("host", "blog.tailpass.test")
-                    .header("Tailscale-User-Login", "root@evil")
-                    .body(Full::new(Bytes::new()))
-                    .unwrap(),
+        let r = h
+            .get(
+                "blog.tailpass.test",
+                p,
+                &[("Tailscale-User-Login", "root@evil")],
             )
-            .await
-            .unwrap();
-        let st = r.status();
-        (st, r.into_body().collect().await.unwrap().to_bytes())
+            .await;
+        (r.status(), r.into_body())
     };
     let (st, body) = get("/post/1").await;
     assert_eq!(st, 200);

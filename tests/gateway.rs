@@ -345,23 +345,11 @@ async fn loopback_listener_serves_only_what_the_config_allows() {
     let addr = s.gw.loopback.unwrap();
     let get = |p: &'static str| async move {
         let s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (mut send, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        let r = send
-            .send_request(
-                http::Request::get(p)
-                    .header("host", "localhost")
-                    .header("Tailscale-User-Login", "local@evil")
-                    .body(Full::new(Bytes::new()))
-                    .unwrap(),
-            )
+        let r = H1::over(s)
             .await
-            .unwrap();
-        let status = r.status();
-        (status, r.into_body().collect().await.unwrap().to_bytes())
+            .get("localhost", p, &[("Tailscale-User-Login", "local@evil")])
+            .await;
+        (r.status(), r.into_body())
     };
     let (st, body) = get("/blog").await;
     assert_eq!(st, 200, "public route on loopback");
@@ -399,7 +387,7 @@ async fn certificate_renewal_swaps_cert_without_dropping_connections() {
     .await;
     let mut old = H1::connect(&s.alice, &s.host, &s.ca).await;
     assert_eq!(old.get(&s.host, "/echo", &[]).await.status(), 200);
-    let first = old.serial.clone();
+    let first = old.serial.clone().unwrap();
     // Renewal happens two thirds into the 6 s validity.
     let mut renewed = None;
     for _ in 0..100 {
@@ -412,7 +400,7 @@ async fn certificate_renewal_swaps_cert_without_dropping_connections() {
     }
     let renewed = renewed.expect("certificate was never renewed");
     let fresh = H1::connect(&s.alice, &s.host, &s.ca).await;
-    assert_eq!(fresh.serial, renewed);
+    assert_eq!(fresh.serial, Some(renewed));
     // The connection opened under the old certificate still serves requests.
     assert_eq!(old.get(&s.host, "/echo/again", &[]).await.status(), 200);
     s.gw.shutdown().await;
@@ -506,31 +494,12 @@ async fn funnel_serves_public_routes_only() {
     let s = setup_with(&["funnel"], "", Options::default()).await;
     let get = async |path: &str| {
         let raw = support::funnel_dial(&s.net, &s.bob, "gw", "203.0.113.7:4567").await;
-        let tls =
-            tokio_rustls::TlsConnector::from(support::client::tls_config(&s.ca, &[b"http/1.1"]))
-                .connect(
-                    rustls_pki_types::ServerName::try_from(s.host.clone()).unwrap(),
-                    raw,
-                )
-                .await
-                .unwrap();
-        let (mut send, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        let r = send
-            .send_request(
-                http::Request::get(path)
-                    .header("host", &s.host)
-                    .header("Tailscale-User-Login", "root@evil")
-                    .body(Full::new(Bytes::new()))
-                    .unwrap(),
-            )
+        let tls = support::client::tls_over(raw, &s.host, &s.ca, &[b"http/1.1"]).await;
+        let r = H1::over(tls)
             .await
-            .unwrap();
-        let st = r.status();
-        (st, r.into_body().collect().await.unwrap().to_bytes())
+            .get(&s.host, path, &[("Tailscale-User-Login", "root@evil")])
+            .await;
+        (r.status(), r.into_body())
     };
     let (st, body) = get("/blog/post").await;
     assert_eq!(st, 200);

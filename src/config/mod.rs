@@ -255,6 +255,27 @@ pub enum Access {
     },
 }
 
+impl Access {
+    /// What a tailnet peer must match, in words (`user a@x or b@x, or tag
+    /// tag:ci`); `None` when anyone (public) or any tailnet peer may pass.
+    pub fn requirement(&self) -> Option<String> {
+        let Access::Tailnet {
+            users,
+            tags,
+            capabilities,
+        } = self
+        else {
+            return None;
+        };
+        let need: Vec<String> = [("user", users), ("tag", tags), ("capability", capabilities)]
+            .into_iter()
+            .filter(|(_, list)| !list.is_empty())
+            .map(|(what, list)| format!("{what} {}", list.join(" or ")))
+            .collect();
+        (!need.is_empty()).then(|| need.join(", or "))
+    }
+}
+
 /// Header names used to pass the verified identity upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdentityHeaders {
@@ -488,11 +509,7 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
                 cert_file,
                 key_file,
             }) => {
-                for (k, path) in [("cert.cert_file", &cert_file), ("cert.key_file", &key_file)] {
-                    if !path.is_file() {
-                        p.push(format!("{}: {} does not exist", f(k), path.display()));
-                    }
-                }
+                check_pem_files(&f("cert"), &cert_file, &key_file, &mut p);
                 CertSource::Files {
                     cert_file,
                     key_file,
@@ -714,14 +731,7 @@ fn validate_public(pl: RawPublic, p: &mut Vec<String>) -> Option<PublicListener>
             cert_file,
             key_file,
         }) => {
-            for (k, path) in [
-                ("public.cert.cert_file", &cert_file),
-                ("public.cert.key_file", &key_file),
-            ] {
-                if !path.is_file() {
-                    p.push(format!("{k}: {} does not exist", path.display()));
-                }
-            }
+            check_pem_files("public.cert", &cert_file, &key_file, p);
             Some(PublicCert::Files {
                 cert_file,
                 key_file,
@@ -771,6 +781,14 @@ fn validate_public(pl: RawPublic, p: &mut Vec<String>) -> Option<PublicListener>
             .collect(),
         cert,
     })
+}
+
+fn check_pem_files(field: &str, cert_file: &Path, key_file: &Path, p: &mut Vec<String>) {
+    for (k, path) in [("cert_file", cert_file), ("key_file", key_file)] {
+        if !path.is_file() {
+            p.push(format!("{field}.{k}: {} does not exist", path.display()));
+        }
+    }
 }
 
 fn check_url(field: &str, u: &str, p: &mut Vec<String>) {

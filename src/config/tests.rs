@@ -190,3 +190,19 @@ fn public_listener_settings() {
         );
     }
 }
+
+#[test]
+fn missing_pem_files_are_named() {
+    let p = problems(
+        "[[node]]\nhostname = \"a\"\nstate_dir = \"/a\"\ncert = { cert_file = \"/no/c.pem\", key_file = \"/no/k.pem\" }\n\
+         [public]\nlisten = \"127.0.0.1:443\"\ndomains = [\"b.example.com\"]\ncert = { cert_file = \"/no/c.pem\", key_file = \"/no/k.pem\" }\n",
+    );
+    for w in [
+        "node[0].cert.cert_file: /no/c.pem does not exist",
+        "node[0].cert.key_file: /no/k.pem does not exist",
+        "public.cert.cert_file: /no/c.pem does not exist",
+        "public.cert.key_file: /no/k.pem does not exist",
+    ] {
+        assert!(p.contains(&w.to_string()), "missing {w:?} in {p:#?}");
+    }
+}

@@ -69,17 +69,8 @@ pub fn evaluate(route: &Route, who: &PeerIdentity) -> Decision {
     if let Some(c) = caps.iter().find(|c| whois.caps.contains_key(*c)) {
         return Decision::Allow(format!("capability {c}"));
     }
-    let mut need = Vec::new();
-    if !users.is_empty() {
-        need.push(format!("user {}", users.join(" or ")));
-    }
-    if !tags.is_empty() {
-        need.push(format!("tag {}", tags.join(" or ")));
-    }
-    if !caps.is_empty() {
-        need.push(format!("capability {}", caps.join(" or ")));
-    }
-    Decision::Deny(format!("requires {}; you are {who}", need.join(", or ")))
+    let need = route.access.requirement().unwrap_or_default();
+    Decision::Deny(format!("requires {need}; you are {who}"))
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use hyper_util::rt::TokioIo;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use tailpass::tailnet::Node;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::client::TlsStream;
 
 /// TLS client config trusting `ca_pem`, offering the given ALPN protocols.
@@ -30,6 +31,18 @@ pub fn tls_config(ca_pem: &str, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
     Arc::new(c)
 }
 
+/// TLS over any stream to `host`, trusting `ca_pem`.
+pub async fn tls_over<S>(io: S, host: &str, ca_pem: &str, alpn: &[&[u8]]) -> TlsStream<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let name = ServerName::try_from(host.to_string()).unwrap();
+    tokio_rustls::TlsConnector::from(tls_config(ca_pem, alpn))
+        .connect(name, io)
+        .await
+        .unwrap()
+}
+
 /// Opens a TLS connection from `node` to `host:port` over the tailnet.
 pub async fn connect(
     node: &Node,
@@ -39,40 +52,46 @@ pub async fn connect(
     alpn: &[&[u8]],
 ) -> TlsStream<tailpass::tailnet::TailnetStream> {
     let s = node.dial(&format!("{host}:{port}")).await.unwrap();
-    let name = ServerName::try_from(host.to_string()).unwrap();
-    tokio_rustls::TlsConnector::from(tls_config(ca_pem, alpn))
-        .connect(name, s)
-        .await
-        .unwrap()
+    tls_over(s, host, ca_pem, alpn).await
 }
 
-/// A keep-alive HTTP/1.1 connection to the gateway.
+/// A keep-alive HTTP/1.1 client connection.
 pub struct H1 {
     /// Request sender.
     pub send: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-    /// Serial of the certificate the server presented.
-    pub serial: String,
+    /// Serial of the certificate the server presented (set by [`H1::connect`]).
+    pub serial: Option<String>,
 }
 
 /// The leaf certificate serial a TLS stream saw, hex.
-pub fn peer_serial(tls: &TlsStream<tailpass::tailnet::TailnetStream>) -> String {
+pub fn peer_serial<S>(tls: &TlsStream<S>) -> String {
     let certs = tls.get_ref().1.peer_certificates().unwrap();
     let (_, x) = x509_parser::parse_x509_certificate(&certs[0]).unwrap();
     x.raw_serial_as_string()
 }
 
 impl H1 {
-    /// Connects from `node` to `host` (port 443).
-    pub async fn connect(node: &Node, host: &str, ca_pem: &str) -> H1 {
-        let tls = connect(node, host, 443, ca_pem, &[b"http/1.1"]).await;
-        let serial = peer_serial(&tls);
-        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+    /// HTTP/1.1 over an already connected stream (TLS or plain).
+    pub async fn over<S>(io: S) -> H1
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
             .unwrap();
         tokio::spawn(async move {
             let _ = conn.with_upgrades().await;
         });
-        H1 { send, serial }
+        H1 { send, serial: None }
+    }
+
+    /// Connects from `node` to `host` (port 443) over the tailnet.
+    pub async fn connect(node: &Node, host: &str, ca_pem: &str) -> H1 {
+        let tls = connect(node, host, 443, ca_pem, &[b"http/1.1"]).await;
+        let serial = peer_serial(&tls);
+        let mut h = H1::over(tls).await;
+        h.serial = Some(serial);
+        h
     }
 
     /// Sends a request and collects the response body.

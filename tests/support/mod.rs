@@ -316,3 +316,23 @@ pub async fn funnel_dial(
     );
     c
 }
+
+/// A number from an environment variable, else `default` (benchmarks).
+pub fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// This process's resident memory in KiB, after the embedded Go runtime has
+/// returned what it freed (benchmarks).
+pub fn rss_kib() -> i64 {
+    tailpass::tailnet::global::release_memory();
+    std::thread::sleep(Duration::from_millis(300));
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}

@@ -17,22 +17,32 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-/// Starts the HTTP echo (+ SSE) server; returns its address.
-pub async fn start_echo() -> SocketAddr {
+/// Binds 127.0.0.1:0 and runs `per_conn` for every accepted connection;
+/// returns the address.
+async fn serve_loopback<F, Fut>(per_conn: F) -> SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
             let Ok((s, _)) = l.accept().await else { return };
-            tokio::spawn(async move {
-                let svc = service_fn(echo);
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(s), svc)
-                    .await;
-            });
+            tokio::spawn(per_conn(s));
         }
     });
     addr
+}
+
+/// Starts the HTTP echo (+ SSE) server; returns its address.
+pub async fn start_echo() -> SocketAddr {
+    serve_loopback(|s| async move {
+        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            .serve_connection_with_upgrades(TokioIo::new(s), service_fn(echo))
+            .await;
+    })
+    .await
 }
 
 type EchoBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
@@ -98,32 +108,24 @@ fn tokio_stream_from<T: Send + 'static>(
 
 /// Starts a websocket echo server; returns its address.
 pub async fn start_ws_echo() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = l.accept().await else { return };
-            tokio::spawn(async move {
-                let cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-                    .read_buffer_size(4096)
-                    .write_buffer_size(0);
-                let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(s, Some(cfg)).await
-                else {
+    serve_loopback(|s| async move {
+        let cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(0);
+        let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(s, Some(cfg)).await else {
+            return;
+        };
+        while let Some(Ok(m)) = ws.next().await {
+            if m.is_text() || m.is_binary() {
+                if ws.send(m).await.is_err() {
                     return;
-                };
-                while let Some(Ok(m)) = ws.next().await {
-                    if m.is_text() || m.is_binary() {
-                        if ws.send(m).await.is_err() {
-                            return;
-                        }
-                    } else if m.is_close() {
-                        return;
-                    }
                 }
-            });
+            } else if m.is_close() {
+                return;
+            }
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// An address nothing listens on (for "upstream down").
@@ -135,21 +137,14 @@ pub fn dead_addr() -> SocketAddr {
 /// Starts a minimal upstream answering every request with "hello" (for
 /// benchmarks: as little upstream work as possible).
 pub async fn start_hello() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = l.accept().await else { return };
-            let _ = s.set_nodelay(true);
-            tokio::spawn(async move {
-                let svc = service_fn(|_req: Request<Incoming>| async {
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"hello"))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+    serve_loopback(|s| async move {
+        let _ = s.set_nodelay(true);
+        let svc = service_fn(|_req: Request<Incoming>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"hello"))))
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(s), svc)
+            .await;
+    })
+    .await
 }
