@@ -32,8 +32,11 @@ use crate::config::{CertSource, Config, NodeSpec, Route};
 use crate::http::path;
 use crate::http::response::{self, Body, error, wants_html};
 use crate::identity::PeerIdentity;
-use crate::policy::{self, Decision};
-use crate::proxy::{self, Forwarding, Upstream};
+use crate::oidc::Dialer;
+use crate::policy::{self, Caller, Decision};
+use crate::portal::{Portal, PortalOrigin};
+use crate::proxy::{self, Forwarding, SessionEnd, Upstream};
+use crate::session::now;
 use crate::tailnet::{LogSink, Node, NodeConfig, Origin};
 use crate::tls;
 
@@ -60,6 +63,9 @@ pub enum StartError {
     /// The public listener could not start.
     #[error("public listener: {0}")]
     Public(String),
+    /// The portal could not start (session store, provider set-up).
+    #[error("portal: {0}")]
+    Portal(String),
     /// The loopback listener could not bind.
     #[error("loopback listener {addr}: {source}")]
     Loopback {
@@ -115,6 +121,7 @@ pub struct Gateway {
 
 struct Shared {
     routes: Vec<(Route, Upstream)>,
+    portal: Option<Arc<Portal>>,
 }
 
 /// Per-connection facts every request on it shares.
@@ -122,6 +129,9 @@ struct Shared {
 struct Conn {
     who: Arc<PeerIdentity>,
     node: Option<String>,
+    /// The node's own HTTPS origin (tailnet connections only): absolute
+    /// URLs are built from it, never from the Host header.
+    origin: Option<Arc<PortalOrigin>>,
     scheme: &'static str,
     shared: Arc<Shared>,
 }
@@ -129,19 +139,37 @@ struct Conn {
 impl Gateway {
     /// Joins the nodes, obtains certificates and starts every listener.
     pub async fn start(config: Config, opts: Options) -> Result<Gateway, StartError> {
+        // Tailnet-only providers are dialed through the first node that
+        // serves the portal, once it is up.
+        let mut suffixes = vec!["ts.net".to_string()];
+        suffixes.extend(config.tailnet_domain.clone());
+        let dialer = Dialer {
+            node: Default::default(),
+            tailnet_suffixes: suffixes,
+        };
+        let portal = Portal::new(&config, dialer.clone())
+            .map_err(StartError::Portal)?
+            .map(Arc::new);
         let shared = Arc::new(Shared {
             routes: config
                 .routes
                 .iter()
                 .map(|r| (r.clone(), Upstream::new(r)))
                 .collect(),
+            portal: portal.clone(),
         });
         let (shutdown, stop) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let mut nodes = Vec::new();
         for spec in &config.nodes {
             let rn = start_node(spec, &opts, &shared, &stop, &mut tasks).await?;
+            if portal.as_ref().is_some_and(|p| p.serves(&rn.hostname)) {
+                let _ = dialer.node.set(rn.node.clone());
+            }
             nodes.push(rn);
+        }
+        if let Some(p) = &portal {
+            tasks.spawn(p.clone().upkeep());
         }
         let loopback = match config.loopback {
             Some(addr) => {
@@ -249,9 +277,20 @@ async fn start_node(
     });
 
     let https = node.listen(spec.https_port).await.map_err(te)?;
+    let port = if spec.https_port == 443 {
+        String::new()
+    } else {
+        format!(":{}", spec.https_port)
+    };
+    let origin = Arc::new(PortalOrigin {
+        node: spec.hostname.clone(),
+        base: format!("https://{fqdn}{port}"),
+        https_port: spec.https_port,
+    });
     tasks.spawn(tailnet_https_loop(
         https,
         certs.clone(),
+        origin,
         shared.clone(),
         stop.clone(),
     ));
@@ -299,6 +338,7 @@ async fn start_node(
 async fn tailnet_https_loop(
     ln: crate::tailnet::Listener,
     certs: tls::Resolver,
+    origin: Arc<PortalOrigin>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -315,6 +355,7 @@ async fn tailnet_https_loop(
         let acceptor = acceptor.clone();
         let node = node.clone();
         let shared = shared.clone();
+        let origin = origin.clone();
         tokio::spawn(async move {
             // Identity first, once per connection, on the accepting node.
             let who = match stream.origin() {
@@ -342,6 +383,7 @@ async fn tailnet_https_loop(
                 Conn {
                     who: Arc::new(who),
                     node: Some(node.hostname().to_string()),
+                    origin: Some(origin),
                     scheme: "https",
                     shared,
                 },
@@ -366,6 +408,7 @@ async fn funnel_loop(
         let conn = Conn {
             who: Arc::new(PeerIdentity::Funnel { addr: peer }),
             node: Some(node.clone()),
+            origin: None,
             scheme: "https",
             shared: shared.clone(),
         };
@@ -389,6 +432,7 @@ async fn loopback_loop(
         let conn = Conn {
             who: Arc::new(PeerIdentity::Loopback { addr: peer }),
             node: None,
+            origin: None,
             scheme: "http",
             shared: shared.clone(),
         };
@@ -459,6 +503,7 @@ fn shared_handler(shared: Arc<Shared>) -> PublicHandler {
         let conn = Conn {
             who: Arc::new(PeerIdentity::Internet { addr: peer }),
             node: None,
+            origin: None,
             scheme: "https",
             shared: shared.clone(),
         };
@@ -547,6 +592,14 @@ async fn handle(req: Request<Incoming>, conn: &Conn) -> Response<Body> {
         }
     };
     let host = host_of(&req);
+    let portal = conn.shared.portal.as_deref();
+    if let (Some(pt), Some(origin), Some(node)) = (portal, &conn.origin, &conn.node)
+        && pt.serves(node)
+        && path::under(pt.prefix(), &p)
+    {
+        let (resp, what) = pt.handle(req, &p, &conn.who, origin).await;
+        return log("portal", what, "", resp);
+    }
     let Some((route, up)) = find_route(&conn.shared, conn.node.as_deref(), host.as_deref(), &p)
     else {
         return log(
@@ -561,7 +614,51 @@ async fn handle(req: Request<Incoming>, conn: &Conn) -> Response<Body> {
             ),
         );
     };
-    match policy::evaluate(route, &conn.who) {
+    // The session, for protected routes on a node with the portal.
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |x| x.as_str())
+        .to_string();
+    let portal = portal.filter(|pt| {
+        !matches!(route.access, crate::config::Access::Public)
+            && conn.node.as_deref().is_some_and(|n| pt.serves(n))
+    });
+    let session = match portal {
+        Some(pt) => pt.session(req.headers(), &conn.who).await,
+        None => None,
+    };
+    let roles = match portal {
+        Some(pt) => pt.roles(&conn.who, session.as_ref()),
+        None => Default::default(),
+    };
+    let caller = Caller {
+        who: &conn.who,
+        session: session.as_ref(),
+        roles: &roles,
+        now: now(),
+    };
+    match policy::evaluate(route, &method, &caller) {
+        Decision::Login { reason, max_age } => {
+            let resp = match (portal, &conn.origin) {
+                (Some(pt), Some(origin)) => {
+                    pt.login_required(origin, &method, &pq, html, session.as_ref(), max_age)
+                }
+                _ => error(
+                    StatusCode::UNAUTHORIZED,
+                    "Sign-in required",
+                    "sign-in is not available on this listener",
+                    html,
+                ),
+            };
+            log(&route.name(), "login", &reason, resp)
+        }
+        Decision::Method(why) => log(
+            &route.name(),
+            "method",
+            &why,
+            error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed", &why, html),
+        ),
         Decision::Hide(why) => log(
             &route.name(),
             "hide",
@@ -573,17 +670,33 @@ async fn handle(req: Request<Incoming>, conn: &Conn) -> Response<Body> {
                 html,
             ),
         ),
-        Decision::Deny(why) => log(
-            &route.name(),
-            "deny",
-            &why,
-            error(StatusCode::FORBIDDEN, "Forbidden", &why, html),
-        ),
+        Decision::Deny(why) => {
+            let resp = match (portal, &conn.origin) {
+                (Some(pt), Some(origin)) => {
+                    pt.forbidden(origin, &why, &pq, html, route.login.is_some())
+                }
+                _ => error(StatusCode::FORBIDDEN, "Forbidden", &why, html),
+            };
+            log(&route.name(), "deny", &why, resp)
+        }
         Decision::Allow(why) => {
+            let login = session
+                .as_ref()
+                .map(|s| Portal::login_headers(s, &roles));
+            let session_end = match (portal, &session) {
+                (Some(pt), Some(s)) => Some(SessionEnd {
+                    revoked: pt.store().watch(&s.sid),
+                    expires: s.expires,
+                }),
+                _ => None,
+            };
             let fwd = Forwarding {
                 who: &conn.who,
                 path: &p,
                 scheme: conn.scheme,
+                login: login.as_ref(),
+                session_cookie: portal.map(|pt| pt.cookie_name()),
+                session_end,
             };
             let resp = proxy::forward(up, route, req, fwd).await;
             log(&route.name(), "allow", &why, resp)

@@ -4,6 +4,7 @@
 //! Nothing here touches the network. Secrets are loaded (from env or file)
 //! but never printed: [`Secret`] redacts itself.
 
+mod auth;
 mod secret;
 
 use std::collections::{BTreeMap, HashSet};
@@ -14,9 +15,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use auth::{DEFAULT_SCOPES, Portal, Provider, Rule};
 pub use secret::{Secret, SecretRef};
 
-use crate::http::path::normalize_prefix;
+use crate::http::path::{self, normalize_prefix};
 
 /// All problems found in a config file, each naming its field.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +55,11 @@ struct RawConfig {
     route: Vec<RawRoute>,
     loopback: Option<RawLoopback>,
     public: Option<RawPublic>,
+    portal: Option<auth::RawPortal>,
+    #[serde(default)]
+    provider: Vec<auth::RawProvider>,
+    #[serde(default)]
+    rule: Vec<auth::RawRule>,
 }
 
 #[derive(Deserialize)]
@@ -133,6 +140,13 @@ struct RawRoute {
     response_timeout: Option<String>,
     #[serde(default)]
     identity_headers: BTreeMap<String, String>,
+    #[serde(default)]
+    roles: Vec<String>,
+    require: Option<String>,
+    max_auth_age: Option<String>,
+    #[serde(default)]
+    methods: Vec<String>,
+    title: Option<String>,
 }
 
 fn default_https_port() -> u16 {
@@ -157,6 +171,12 @@ pub struct Config {
     pub loopback: Option<SocketAddr>,
     /// Optional public HTTPS listener for custom domains (public routes only).
     pub public: Option<PublicListener>,
+    /// The login portal (present when providers are configured).
+    pub portal: Option<Portal>,
+    /// OIDC providers.
+    pub providers: Vec<Provider>,
+    /// Role rules, in file order.
+    pub rules: Vec<Rule>,
 }
 
 /// Let's Encrypt's production ACME directory.
@@ -289,6 +309,16 @@ pub struct IdentityHeaders {
     pub node: String,
     /// Node tags, comma-separated.
     pub tags: String,
+    /// Signed-in user's email (login session).
+    pub email: String,
+    /// Signed-in user's subject at the provider.
+    pub user: String,
+    /// Signed-in user's display name.
+    pub login_name: String,
+    /// Signed-in user's groups, comma-separated.
+    pub groups: String,
+    /// The caller's roles, comma-separated.
+    pub roles: String,
 }
 
 impl Default for IdentityHeaders {
@@ -299,19 +329,29 @@ impl Default for IdentityHeaders {
             profile_pic: "Tailscale-User-Profile-Pic".into(),
             node: "Tailscale-Node-Name".into(),
             tags: "Tailscale-Node-Tags".into(),
+            email: "Remote-Email".into(),
+            user: "Remote-User".into(),
+            login_name: "Remote-Name".into(),
+            groups: "Remote-Groups".into(),
+            roles: "Remote-Roles".into(),
         }
     }
 }
 
 impl IdentityHeaders {
     /// All the names, for stripping client-sent copies.
-    pub fn all(&self) -> [&str; 5] {
+    pub fn all(&self) -> [&str; 10] {
         [
             &self.login,
             &self.name,
             &self.profile_pic,
             &self.node,
             &self.tags,
+            &self.email,
+            &self.user,
+            &self.login_name,
+            &self.groups,
+            &self.roles,
         ]
     }
 }
@@ -341,6 +381,36 @@ pub struct Route {
     pub response_timeout: Duration,
     /// Identity header names.
     pub identity_headers: IdentityHeaders,
+    /// Login requirement (`None`: no session needed).
+    pub login: Option<LoginRequirement>,
+    /// How the tailnet and login requirements combine.
+    pub require: Combine,
+    /// Allowed methods (empty: all).
+    pub methods: Vec<http::Method>,
+    /// Name on the portal dashboard.
+    pub title: Option<String>,
+}
+
+/// What a route asks of the login session.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LoginRequirement {
+    /// The caller must have one of these roles (empty: any signed-in caller
+    /// with at least one role).
+    pub roles: Vec<String>,
+    /// The login must be at most this old (`auth_time`); older sessions are
+    /// sent to sign in again (step-up).
+    pub max_auth_age: Option<Duration>,
+}
+
+/// How a route's tailnet requirement (users, tags, capabilities) and its
+/// login requirement combine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Combine {
+    /// Both must hold.
+    #[default]
+    All,
+    /// Either suffices.
+    Any,
 }
 
 impl Route {
@@ -598,7 +668,17 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
                 continue;
             }
         };
+        let wants_login = matches!(r.access.as_deref(), Some("login"))
+            || !r.roles.is_empty()
+            || r.max_auth_age.is_some();
         let access = match r.access.as_deref() {
+            Some("public") if wants_login => {
+                p.push(format!(
+                    "{}: a public route cannot have roles or max_auth_age",
+                    f("access")
+                ));
+                Access::Public
+            }
             Some("public") => {
                 if !r.allow_users.is_empty()
                     || !r.allow_tags.is_empty()
@@ -611,7 +691,7 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
                 }
                 Access::Public
             }
-            Some("tailnet") | None => {
+            Some("tailnet" | "login") | None => {
                 for t in &r.allow_tags {
                     if !valid_tag(t) {
                         p.push(format!(
@@ -628,7 +708,7 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
             }
             Some(other) => {
                 p.push(format!(
-                    "{}: {other:?} is not \"public\" or \"tailnet\"",
+                    "{}: {other:?} is not \"public\", \"tailnet\" or \"login\"",
                     f("access")
                 ));
                 continue;
@@ -649,8 +729,13 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
                 "profile_pic" => identity_headers.profile_pic = v,
                 "node" => identity_headers.node = v,
                 "tags" => identity_headers.tags = v,
+                "email" => identity_headers.email = v,
+                "user" => identity_headers.user = v,
+                "login_name" => identity_headers.login_name = v,
+                "groups" => identity_headers.groups = v,
+                "roles" => identity_headers.roles = v,
                 _ => p.push(format!(
-                    "{}: unknown key (login, name, profile_pic, node, tags)",
+                    "{}: unknown key (login, name, profile_pic, node, tags, email, user, login_name, groups, roles)",
                     f(&format!("identity_headers.{k}"))
                 )),
             }
@@ -667,7 +752,32 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
             Duration::from_secs(60),
             &mut p,
         );
+        let login = (wants_login && access != Access::Public).then(|| LoginRequirement {
+            roles: r.roles.clone(),
+            max_auth_age: r.max_auth_age.as_ref().map(|_| {
+                parse_duration(&f("max_auth_age"), &r.max_auth_age, Duration::ZERO, &mut p)
+            }),
+        });
+        let require = match r.require.as_deref() {
+            None | Some("all") => Combine::All,
+            Some("any") => Combine::Any,
+            Some(other) => {
+                p.push(format!("{}: {other:?} is not \"all\" or \"any\"", f("require")));
+                Combine::All
+            }
+        };
+        let mut methods = Vec::new();
+        for m in &r.methods {
+            match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                Ok(m) => methods.push(m),
+                Err(_) => p.push(format!("{}: {m:?} is not an HTTP method", f("methods"))),
+            }
+        }
         routes.push(Route {
+            login,
+            require,
+            methods,
+            title: r.title,
             index: i,
             path,
             node: r.node,
@@ -682,6 +792,43 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
         });
     }
 
+    let providers = auth::validate_providers(raw.provider, env, &mut p);
+    let rules = auth::validate_rules(raw.rule, &providers, &mut p);
+    let needs_portal = !providers.is_empty() || routes.iter().any(|r| r.login.is_some());
+    let portal = auth::validate_portal(
+        raw.portal,
+        nodes.first().map(|n| &n.state_dir),
+        needs_portal,
+        env,
+        &mut p,
+    );
+    if let Some(pt) = &portal {
+        for n in &pt.nodes {
+            if !nodes.iter().any(|x| &x.hostname == n) {
+                p.push(format!("portal.nodes: no [[node]] has hostname {n:?}"));
+            }
+        }
+        if providers.is_empty() {
+            p.push("provider: the portal needs at least one [[provider]]".into());
+        }
+    }
+    for r in &routes {
+        if r.login.is_some() && providers.is_empty() {
+            p.push(format!(
+                "route[{}].roles: this route needs a login, but no [[provider]] is configured",
+                r.index
+            ));
+        }
+        if let Some(pt) = &portal
+            && path::under(&pt.prefix, &r.path)
+        {
+            p.push(format!(
+                "route[{}].path: {:?} is inside the portal prefix {:?}",
+                r.index, r.path, pt.prefix
+            ));
+        }
+    }
+
     if !p.is_empty() {
         return Err(ConfigError {
             file: None,
@@ -694,6 +841,9 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
         routes,
         loopback,
         public,
+        portal,
+        providers,
+        rules,
     })
 }
 

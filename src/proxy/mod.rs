@@ -52,6 +52,60 @@ pub struct Forwarding<'a> {
     pub path: &'a str,
     /// `https` or `http`, as the client sees it.
     pub scheme: &'static str,
+    /// The signed-in user, when the request carries a live session.
+    pub login: Option<&'a LoginHeaders>,
+    /// The session cookie's name, removed from the `Cookie` header so the
+    /// upstream never sees the token.
+    pub session_cookie: Option<&'a str>,
+    /// When set, an upgraded connection (websocket) is closed when the
+    /// session ends.
+    pub session_end: Option<SessionEnd>,
+}
+
+/// Identity of the signed-in user, passed upstream in headers.
+#[derive(Debug, Clone, Default)]
+pub struct LoginHeaders {
+    /// Email.
+    pub email: Option<String>,
+    /// Subject at the provider.
+    pub user: String,
+    /// Display name.
+    pub name: Option<String>,
+    /// Groups.
+    pub groups: Vec<String>,
+    /// Roles.
+    pub roles: Vec<String>,
+}
+
+/// When a session ends: revocation signal and expiry.
+#[derive(Debug, Clone)]
+pub struct SessionEnd {
+    /// Turns `true` (or closes) when the session is revoked.
+    pub revoked: tokio::sync::watch::Receiver<bool>,
+    /// Expiry (unix seconds).
+    pub expires: i64,
+}
+
+impl SessionEnd {
+    /// Resolves when the session is revoked or expires.
+    pub async fn ended(mut self) {
+        let left = (self.expires - crate::session::now()).max(0) as u64;
+        let expiry = tokio::time::sleep(Duration::from_secs(left));
+        let revoked = async {
+            loop {
+                if *self.revoked.borrow_and_update() {
+                    return;
+                }
+                if self.revoked.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            _ = expiry => {}
+            _ = revoked => {}
+        }
+    }
 }
 
 /// Forwards `req` to the route's upstream and returns its response, or an
@@ -126,6 +180,25 @@ pub async fn forward(
             headers::set_text(h, &n.tags, &w.node.tags.join(","));
         }
     }
+    if let Some(name) = fwd.session_cookie {
+        headers::remove_cookie(h, name);
+    }
+    if let Some(l) = fwd.login {
+        let n = &route.identity_headers;
+        headers::set_text(h, &n.user, &l.user);
+        if let Some(e) = &l.email {
+            headers::set_text(h, &n.email, e);
+        }
+        if let Some(nm) = &l.name {
+            headers::set_text(h, &n.login_name, nm);
+        }
+        if !l.groups.is_empty() {
+            headers::set_text(h, &n.groups, &l.groups.join(","));
+        }
+        if !l.roles.is_empty() {
+            headers::set_text(h, &n.roles, &l.roles.join(","));
+        }
+    }
 
     let resp = match tokio::time::timeout(up.response_timeout, up.client.request(req)).await {
         Ok(Ok(r)) => r,
@@ -155,6 +228,7 @@ pub async fn forward(
         let (mut parts, body) = resp.into_parts();
         let upstream_resp = Response::from_parts(parts.clone(), body);
         let route_name = route.name();
+        let end = fwd.session_end.clone();
         tokio::spawn(async move {
             let (c, u) = match tokio::join!(client_upgrade, hyper::upgrade::on(upstream_resp)) {
                 (Ok(c), Ok(u)) => (c, u),
@@ -164,7 +238,20 @@ pub async fn forward(
                 }
             };
             let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-            let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+            match end {
+                // Websockets opened under a session close when it ends.
+                Some(end) => {
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut c, &mut u) => {}
+                        _ = end.ended() => {
+                            tracing::info!(route = %route_name, "session ended; closing its upgraded connection");
+                        }
+                    }
+                }
+                None => {
+                    let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                }
+            }
         });
         parts
             .headers

@@ -1,0 +1,453 @@
+//! The login side of the configuration: the portal, OIDC providers and
+//! role rules. Validated together with the rest of the file; every
+//! problem names its field.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{Secret, SecretRef, parse_duration, valid_tag};
+use crate::http::path::normalize_prefix;
+
+// ---- raw file model -------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPortal {
+    prefix: Option<String>,
+    state_dir: Option<PathBuf>,
+    session_secret: Option<SecretRef>,
+    #[serde(default)]
+    retired_session_secrets: Vec<SecretRef>,
+    session_lifetime: Option<String>,
+    refresh_interval: Option<String>,
+    cookie_name: Option<String>,
+    cookie_domain: Option<String>,
+    #[serde(default)]
+    redirect_hosts: Vec<String>,
+    #[serde(default)]
+    nodes: Vec<String>,
+    title: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProvider {
+    name: String,
+    label: Option<String>,
+    issuer: String,
+    client_id: String,
+    client_secret: Option<SecretRef>,
+    scopes: Option<Vec<String>>,
+    ca_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRule {
+    #[serde(default)]
+    roles: Vec<String>,
+    #[serde(default)]
+    providers: Vec<String>,
+    #[serde(default)]
+    emails: Vec<String>,
+    #[serde(default)]
+    domains: Vec<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    claims: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    tailnet_users: Vec<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    capability: Option<String>,
+    capability_value: Option<toml::Table>,
+}
+
+// ---- validated model ------------------------------------------------------
+
+/// The login portal and session settings.
+#[derive(Debug, Clone)]
+pub struct Portal {
+    /// Path prefix of every portal page, link and asset (`/auth`).
+    pub prefix: String,
+    /// Where sessions (and their revocations) are kept across restarts.
+    pub state_dir: PathBuf,
+    /// Signs and verifies session cookies.
+    pub session_secret: Secret,
+    /// Older secrets still accepted for verification during a rotation.
+    pub retired_session_secrets: Vec<Secret>,
+    /// How long a session lasts.
+    pub session_lifetime: Duration,
+    /// How often a session is refreshed at its provider (when it granted a
+    /// refresh token); bounds how long a session ended there lives here.
+    pub refresh_interval: Duration,
+    /// Cookie name.
+    pub cookie_name: String,
+    /// Cookie domain (`None`: host-only cookie).
+    pub cookie_domain: Option<String>,
+    /// Hosts allowed as absolute post-login targets besides the nodes'
+    /// own names and the routes' hosts.
+    pub redirect_hosts: Vec<String>,
+    /// Nodes serving the portal (empty: all).
+    pub nodes: Vec<String>,
+    /// Title shown on portal pages.
+    pub title: String,
+}
+
+/// An OpenID Connect provider.
+#[derive(Debug, Clone)]
+pub struct Provider {
+    /// Name used in URLs and rules (`pocketid`).
+    pub name: String,
+    /// Label on the login button.
+    pub label: String,
+    /// Issuer URL, exactly as the provider states it.
+    pub issuer: String,
+    /// Client id registered at the provider.
+    pub client_id: String,
+    /// Client secret (`None`: a public client, PKCE only).
+    pub client_secret: Option<Secret>,
+    /// Scopes requested.
+    pub scopes: Vec<String>,
+    /// Extra CA (PEM) trusted for the provider's HTTPS.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Default scopes: what Pocket ID needs for email, name and groups, plus
+/// refresh tokens.
+pub const DEFAULT_SCOPES: [&str; 5] = ["openid", "email", "profile", "groups", "offline_access"];
+
+/// A role rule: when every condition given holds (any entry of a list),
+/// the caller gets `roles`.
+#[derive(Debug, Clone, Default)]
+pub struct Rule {
+    /// Index in the file (`rule[i]`).
+    pub index: usize,
+    /// Roles granted.
+    pub roles: Vec<String>,
+    /// Login came from one of these providers.
+    pub providers: Vec<String>,
+    /// Login email is one of these (case-insensitive).
+    pub emails: Vec<String>,
+    /// Login email's domain is one of these.
+    pub domains: Vec<String>,
+    /// The groups claim contains one of these.
+    pub groups: Vec<String>,
+    /// Every claim named has the value given (string equality, or an array
+    /// claim containing it; a list of values means any of them).
+    pub claims: BTreeMap<String, Vec<serde_json::Value>>,
+    /// Tailnet user login is one of these (never for tagged nodes).
+    pub tailnet_users: Vec<String>,
+    /// Node carries one of these tags.
+    pub tags: Vec<String>,
+    /// Node is granted this app capability …
+    pub capability: Option<String>,
+    /// … with a value containing these keys and values.
+    pub capability_value: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl Rule {
+    /// Whether a condition needs a login (an OIDC session).
+    pub fn needs_login(&self) -> bool {
+        !self.providers.is_empty()
+            || !self.emails.is_empty()
+            || !self.domains.is_empty()
+            || !self.groups.is_empty()
+            || !self.claims.is_empty()
+    }
+
+    fn has_condition(&self) -> bool {
+        self.needs_login()
+            || !self.tailnet_users.is_empty()
+            || !self.tags.is_empty()
+            || self.capability.is_some()
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 40
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+fn toml_to_json(v: toml::Value) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+}
+
+pub(super) fn validate_portal(
+    raw: Option<RawPortal>,
+    first_state_dir: Option<&PathBuf>,
+    needed: bool,
+    env: &dyn Fn(&str) -> Option<String>,
+    p: &mut Vec<String>,
+) -> Option<Portal> {
+    if raw.is_none() && !needed {
+        return None;
+    }
+    let raw = raw.unwrap_or_default();
+    let prefix = match normalize_prefix(raw.prefix.as_deref().unwrap_or("/auth")) {
+        Ok(x) if x == "/" => {
+            p.push("portal.prefix: must not be \"/\" (the portal needs its own path, like \"/auth\")".into());
+            "/auth".to_string()
+        }
+        Ok(x) => x,
+        Err(e) => {
+            p.push(format!("portal.prefix: {e}"));
+            "/auth".to_string()
+        }
+    };
+    let state_dir = match (raw.state_dir, first_state_dir) {
+        (Some(d), _) if !d.as_os_str().is_empty() => d,
+        (Some(_), _) => {
+            p.push("portal.state_dir: must not be empty".into());
+            PathBuf::new()
+        }
+        (None, Some(d)) => d.join("portal"),
+        (None, None) => PathBuf::new(),
+    };
+    let session_secret = match &raw.session_secret {
+        None => {
+            p.push("portal.session_secret: required (one secret signs and verifies session cookies), e.g. { env = \"TAILPASS_SESSION_SECRET\" }".into());
+            None
+        }
+        Some(r) => load_secret("portal.session_secret", r, env, p),
+    };
+    let mut retired = Vec::new();
+    for (i, r) in raw.retired_session_secrets.iter().enumerate() {
+        if let Some(s) = load_secret(&format!("portal.retired_session_secrets[{i}]"), r, env, p) {
+            retired.push(s);
+        }
+    }
+    let session_lifetime = parse_duration(
+        "portal.session_lifetime",
+        &raw.session_lifetime,
+        Duration::from_secs(12 * 3600),
+        p,
+    );
+    let refresh_interval = parse_duration(
+        "portal.refresh_interval",
+        &raw.refresh_interval,
+        Duration::from_secs(300),
+        p,
+    );
+    let cookie_name = raw.cookie_name.unwrap_or_else(|| "tailpass_session".into());
+    if cookie_name.is_empty()
+        || !cookie_name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        p.push(format!(
+            "portal.cookie_name: {cookie_name:?} must be letters, digits, '_' or '-'"
+        ));
+    }
+    let cookie_domain = raw.cookie_domain.map(|d| d.to_ascii_lowercase());
+    if let Some(d) = &cookie_domain
+        && (!d.contains('.') || d.starts_with('.') || d.contains(char::is_whitespace))
+    {
+        p.push(format!(
+            "portal.cookie_domain: {d:?} is not a domain like \"mist-walleye.ts.net\""
+        ));
+    }
+    Some(Portal {
+        prefix,
+        state_dir,
+        session_secret: session_secret?,
+        retired_session_secrets: retired,
+        session_lifetime,
+        refresh_interval,
+        cookie_name,
+        cookie_domain,
+        redirect_hosts: raw
+            .redirect_hosts
+            .into_iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
+        nodes: raw.nodes,
+        title: raw.title.unwrap_or_else(|| "tailpass".into()),
+    })
+}
+
+fn load_secret(
+    field: &str,
+    r: &SecretRef,
+    env: &dyn Fn(&str) -> Option<String>,
+    p: &mut Vec<String>,
+) -> Option<Secret> {
+    match r.load(env) {
+        Ok(s) if s.expose().len() < 32 => {
+            p.push(format!(
+                "{field}: too short ({} bytes); use at least 32 random bytes, e.g. `openssl rand -base64 48`",
+                s.expose().len()
+            ));
+            None
+        }
+        Ok(s) => Some(s),
+        Err(e) => {
+            p.push(format!("{field}: {e}"));
+            None
+        }
+    }
+}
+
+pub(super) fn validate_providers(
+    raw: Vec<RawProvider>,
+    env: &dyn Fn(&str) -> Option<String>,
+    p: &mut Vec<String>,
+) -> Vec<Provider> {
+    let mut out: Vec<Provider> = Vec::new();
+    for (i, r) in raw.into_iter().enumerate() {
+        let f = |k: &str| format!("provider[{i}].{k}");
+        if !valid_name(&r.name) {
+            p.push(format!(
+                "{}: {:?} must be lowercase letters, digits, '-' or '_' (it appears in the redirect URI)",
+                f("name"),
+                r.name
+            ));
+        } else if out.iter().any(|o| o.name == r.name) {
+            p.push(format!("{}: {:?} is used twice", f("name"), r.name));
+        }
+        check_issuer(&f("issuer"), &r.issuer, p);
+        if r.client_id.is_empty() {
+            p.push(format!("{}: must not be empty", f("client_id")));
+        }
+        let client_secret = match &r.client_secret {
+            Some(s) => match s.load(env) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    p.push(format!("{}: {e}", f("client_secret")));
+                    None
+                }
+            },
+            None => None,
+        };
+        let scopes = r
+            .scopes
+            .unwrap_or_else(|| DEFAULT_SCOPES.iter().map(|s| s.to_string()).collect());
+        if !scopes.iter().any(|s| s == "openid") {
+            p.push(format!("{}: must include \"openid\"", f("scopes")));
+        }
+        if let Some(c) = &r.ca_file
+            && !c.is_file()
+        {
+            p.push(format!("{}: {} does not exist", f("ca_file"), c.display()));
+        }
+        out.push(Provider {
+            label: r.label.unwrap_or_else(|| r.name.clone()),
+            name: r.name,
+            issuer: r.issuer.trim_end_matches('/').to_string(),
+            client_id: r.client_id,
+            client_secret,
+            scopes,
+            ca_file: r.ca_file,
+        });
+    }
+    out
+}
+
+/// Issuers are https, except on loopback (a provider on the same host,
+/// and tests).
+fn check_issuer(field: &str, u: &str, p: &mut Vec<String>) {
+    match u.parse::<http::Uri>() {
+        Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => {}
+        Ok(uri)
+            if uri.scheme_str() == Some("http")
+                && uri.host().is_some_and(|h| {
+                    h == "localhost"
+                        || h.trim_matches(|c| c == '[' || c == ']')
+                            .parse::<std::net::IpAddr>()
+                            .is_ok_and(|ip| ip.is_loopback())
+                }) => {}
+        Ok(uri) if uri.scheme_str() == Some("http") => p.push(format!(
+            "{field}: {u:?} must use https (plain http is accepted only on loopback)"
+        )),
+        _ => p.push(format!("{field}: {u:?} is not a URL like \"https://auth.mist-walleye.ts.net\"")),
+    }
+}
+
+pub(super) fn validate_rules(
+    raw: Vec<RawRule>,
+    providers: &[Provider],
+    p: &mut Vec<String>,
+) -> Vec<Rule> {
+    let mut out = Vec::new();
+    for (i, r) in raw.into_iter().enumerate() {
+        let f = |k: &str| format!("rule[{i}].{k}");
+        if r.roles.is_empty() {
+            p.push(format!("{}: a rule must grant at least one role", f("roles")));
+        }
+        for role in &r.roles {
+            if !valid_name(role) {
+                p.push(format!(
+                    "{}: {role:?} must be lowercase letters, digits, '-' or '_'",
+                    f("roles")
+                ));
+            }
+        }
+        for pr in &r.providers {
+            if !providers.iter().any(|x| &x.name == pr) {
+                p.push(format!("{}: no [[provider]] is named {pr:?}", f("providers")));
+            }
+        }
+        for t in &r.tags {
+            if !valid_tag(t) {
+                p.push(format!("{}: {t:?} is not a tag like \"tag:web\"", f("tags")));
+            }
+        }
+        for d in &r.domains {
+            if d.contains('@') || !d.contains('.') {
+                p.push(format!(
+                    "{}: {d:?} is not a domain like \"example.com\"",
+                    f("domains")
+                ));
+            }
+        }
+        if r.capability_value.is_some() && r.capability.is_none() {
+            p.push(format!(
+                "{}: needs `capability` (the capability whose value to match)",
+                f("capability_value")
+            ));
+        }
+        let claims = r
+            .claims
+            .into_iter()
+            .map(|(k, v)| {
+                let vals = match toml_to_json(v) {
+                    serde_json::Value::Array(a) => a,
+                    one => vec![one],
+                };
+                (k, vals)
+            })
+            .collect();
+        let rule = Rule {
+            index: i,
+            roles: r.roles,
+            providers: r.providers,
+            emails: r.emails.iter().map(|e| e.to_ascii_lowercase()).collect(),
+            domains: r.domains.iter().map(|e| e.to_ascii_lowercase()).collect(),
+            groups: r.groups,
+            claims,
+            tailnet_users: r.tailnet_users,
+            tags: r.tags,
+            capability: r.capability,
+            capability_value: r.capability_value.map(|t| {
+                match toml_to_json(toml::Value::Table(t)) {
+                    serde_json::Value::Object(m) => m,
+                    _ => serde_json::Map::new(),
+                }
+            }),
+        };
+        if !rule.has_condition() {
+            p.push(format!(
+                "rule[{i}]: has no condition, so it would give {:?} to everyone; add one (providers, emails, domains, groups, claims, tailnet_users, tags, capability)",
+                rule.roles
+            ));
+        }
+        out.push(rule);
+    }
+    out
+}

@@ -1,0 +1,476 @@
+//! OpenID Connect relying party, one [`Client`] per configured provider:
+//! discovery (cached, refreshed when the provider rotates its keys), the
+//! authorization code flow with PKCE S256, state and nonce, full ID-token
+//! validation, userinfo, refresh and the RP-initiated logout URL.
+//!
+//! This module knows nothing about cookies or pages; the portal drives it.
+//! Secrets (client secret, tokens) never appear in its errors.
+
+pub mod http;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openidconnect::core::{
+    CoreAuthPrompt, CoreAuthenticationFlow, CoreClient, CoreGenderClaim, CoreIdToken,
+};
+use openidconnect::{
+    AccessTokenHash, AdditionalClaims, AuthorizationCode, ClientId, ClientSecret, CsrfToken,
+    EndSessionUrl, IssuerUrl, LogoutRequest, Nonce, OAuth2TokenResponse, PkceCodeChallenge,
+    PkceCodeVerifier, PostLogoutRedirectUrl, ProviderMetadataWithLogout, RedirectUrl,
+    RefreshToken, RequestTokenError, Scope, TokenResponse, UserInfoClaims,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::config;
+use crate::session::{now, random_token};
+pub use http::{Dialer, HttpClient, HttpError};
+
+/// How long discovery (and the JWKS) is trusted before it is fetched again.
+const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
+/// Allowed clock difference for `iat` in the future.
+const SKEW: i64 = 120;
+
+/// What went wrong talking to a provider. Messages carry no secrets.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OidcError {
+    /// Discovery failed.
+    #[error("discovery at {issuer} failed: {reason}")]
+    Discovery {
+        /// Issuer URL.
+        issuer: String,
+        /// Cause.
+        reason: String,
+    },
+    /// The token endpoint refused or failed.
+    #[error("token request failed: {0}")]
+    Token(String),
+    /// The ID token is invalid (issuer, audience, expiry, signature, nonce, …).
+    #[error("ID token rejected: {0}")]
+    IdToken(String),
+    /// Userinfo failed or disagreed with the ID token.
+    #[error("userinfo rejected: {0}")]
+    UserInfo(String),
+    /// The provider's configuration is unusable for us.
+    #[error("provider configuration: {0}")]
+    Config(String),
+}
+
+/// Refresh outcomes that end a session.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RefreshError {
+    /// The provider no longer accepts the refresh token (the session ended
+    /// there, or the grant was revoked).
+    #[error("the provider ended the session: {0}")]
+    Ended(String),
+    /// The provider could not be asked (network, 5xx); try again later.
+    #[error("refresh not possible now: {0}")]
+    Unavailable(String),
+}
+
+/// Everything the callback must remember between redirect and callback.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pending {
+    /// The `state` sent.
+    pub state: String,
+    /// The `nonce` sent.
+    pub nonce: String,
+    /// The PKCE verifier.
+    pub verifier: String,
+}
+
+/// A successful login.
+#[derive(Debug, Clone)]
+pub struct Login {
+    /// Subject.
+    pub sub: String,
+    /// ID token claims merged with userinfo claims.
+    pub claims: BTreeMap<String, serde_json::Value>,
+    /// The raw ID token (for logout's `id_token_hint`).
+    pub id_token: String,
+    /// Refresh token, if granted.
+    pub refresh_token: Option<String>,
+    /// When the user authenticated (`auth_time`, else now).
+    pub auth_time: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RawClaims {
+    #[serde(flatten)]
+    map: BTreeMap<String, serde_json::Value>,
+}
+impl AdditionalClaims for RawClaims {}
+
+/// A configured provider.
+pub struct Client {
+    cfg: config::Provider,
+    http: HttpClient,
+    meta: tokio::sync::Mutex<Option<(Arc<ProviderMetadataWithLogout>, Instant)>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("provider", &self.cfg.name)
+            .field("issuer", &self.cfg.issuer)
+            .finish()
+    }
+}
+
+fn token_error<E: std::error::Error + 'static>(
+    e: RequestTokenError<E, openidconnect::StandardErrorResponse<openidconnect::core::CoreErrorResponseType>>,
+) -> (bool, String) {
+    match e {
+        RequestTokenError::ServerResponse(r) => {
+            let code = r.error().to_string();
+            let ended = code == "invalid_grant";
+            let desc = r
+                .error_description()
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default();
+            (ended, format!("{code}{desc}"))
+        }
+        RequestTokenError::Request(e) => (false, format!("request: {e}")),
+        RequestTokenError::Parse(e, _) => (false, format!("unreadable answer: {e}")),
+        RequestTokenError::Other(s) => (false, s),
+    }
+}
+
+impl Client {
+    /// A client for `cfg`, with its HTTP client.
+    pub fn new(cfg: config::Provider, http: HttpClient) -> Client {
+        Client {
+            cfg,
+            http,
+            meta: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The provider's configuration.
+    pub fn config(&self) -> &config::Provider {
+        &self.cfg
+    }
+
+    async fn metadata(&self, force: bool) -> Result<Arc<ProviderMetadataWithLogout>, OidcError> {
+        let mut cache = self.meta.lock().await;
+        if let Some((m, at)) = cache.as_ref()
+            && !force
+            && at.elapsed() < DISCOVERY_TTL
+        {
+            return Ok(m.clone());
+        }
+        let derr = |reason: String| OidcError::Discovery {
+            issuer: self.cfg.issuer.clone(),
+            reason,
+        };
+        let issuer = IssuerUrl::new(self.cfg.issuer.clone()).map_err(|e| derr(e.to_string()))?;
+        let m = ProviderMetadataWithLogout::discover_async(issuer, &self.http)
+            .await
+            .map_err(|e| derr(error_chain(&e)))?;
+        let m = Arc::new(m);
+        *cache = Some((m.clone(), Instant::now()));
+        Ok(m)
+    }
+
+    fn client(
+        &self,
+        meta: &ProviderMetadataWithLogout,
+        redirect: &str,
+    ) -> Result<Core, OidcError> {
+        let c = CoreClient::from_provider_metadata(
+            meta.clone(),
+            ClientId::new(self.cfg.client_id.clone()),
+            self.cfg
+                .client_secret
+                .as_ref()
+                .map(|s| ClientSecret::new(s.expose().to_string())),
+        )
+        .set_redirect_uri(
+            RedirectUrl::new(redirect.to_string()).map_err(|e| OidcError::Config(e.to_string()))?,
+        );
+        Ok(c)
+    }
+
+    /// The URL to send the browser to, and what to keep until the callback.
+    /// `max_age` asks for an authentication at most that old (step-up);
+    /// `fresh` forces a new sign-in (`prompt=login`).
+    pub async fn authorize_url(
+        &self,
+        redirect: &str,
+        max_age: Option<u64>,
+        fresh: bool,
+    ) -> Result<(String, Pending), OidcError> {
+        let meta = self.metadata(false).await?;
+        let client = self.client(&meta, redirect)?;
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let state = random_token();
+        let nonce = random_token();
+        let (s2, n2) = (state.clone(), nonce.clone());
+        let mut req = client.authorize_url(
+            CoreAuthenticationFlow::AuthorizationCode,
+            move || CsrfToken::new(s2),
+            move || Nonce::new(n2),
+        );
+        for s in self.cfg.scopes.iter().filter(|s| *s != "openid") {
+            req = req.add_scope(Scope::new(s.clone()));
+        }
+        req = req.set_pkce_challenge(challenge);
+        if let Some(a) = max_age {
+            req = req.set_max_age(Duration::from_secs(a));
+        }
+        if fresh || max_age.is_some() {
+            req = req.add_prompt(CoreAuthPrompt::Login);
+        }
+        let (url, _, _) = req.url();
+        Ok((
+            url.to_string(),
+            Pending {
+                state,
+                nonce,
+                verifier: verifier.secret().clone(),
+            },
+        ))
+    }
+
+    /// Exchanges the code and validates everything that came back.
+    pub async fn finish(
+        &self,
+        code: &str,
+        pending: &Pending,
+        redirect: &str,
+    ) -> Result<Login, OidcError> {
+        let meta = self.metadata(false).await?;
+        let client = self.client(&meta, redirect)?;
+        let token = client
+            .exchange_code(AuthorizationCode::new(code.to_string()))
+            .map_err(|e| OidcError::Config(e.to_string()))?
+            .set_pkce_verifier(PkceCodeVerifier::new(pending.verifier.clone()))
+            .request_async(&self.http)
+            .await
+            .map_err(|e| OidcError::Token(token_error(e).1))?;
+        let id_token = token
+            .id_token()
+            .ok_or_else(|| OidcError::IdToken("the token response has no id_token".into()))?;
+        let nonce = Nonce::new(pending.nonce.clone());
+        let verified = match self.verify(&client, id_token, Some(&nonce), Some(token.access_token())) {
+            Err(e) if e.contains("key") || e.contains("signature") => {
+                // The provider may have rotated its keys: fetch them again once.
+                let meta = self.metadata(true).await?;
+                let client = self.client(&meta, redirect)?;
+                self.verify(&client, id_token, Some(&nonce), Some(token.access_token()))
+                    .map(|c| (c, client))
+            }
+            r => r.map(|c| (c, client)),
+        };
+        let (mut claims, client) = verified.map_err(OidcError::IdToken)?;
+        let sub = claims
+            .get("sub")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| OidcError::IdToken("no sub".into()))?
+            .to_string();
+        if client.user_info_url().is_some() {
+            let info: UserInfoClaims<RawClaims, CoreGenderClaim> = client
+                .user_info(
+                    token.access_token().clone(),
+                    Some(openidconnect::SubjectIdentifier::new(sub.clone())),
+                )
+                .map_err(|e| OidcError::UserInfo(e.to_string()))?
+                .request_async(&self.http)
+                .await
+                .map_err(|e| OidcError::UserInfo(error_chain(&e)))?;
+            // Userinfo adds to, never replaces, what the signed ID token says.
+            for (k, v) in info.additional_claims().map.clone() {
+                claims.entry(k).or_insert(v);
+            }
+            for (k, v) in standard_claims(&info) {
+                claims.entry(k).or_insert(v);
+            }
+        }
+        let auth_time = claims
+            .get("auth_time")
+            .and_then(|v| v.as_i64())
+            .unwrap_or_else(now);
+        Ok(Login {
+            sub,
+            claims,
+            id_token: id_token.to_string(),
+            refresh_token: token.refresh_token().map(|r| r.secret().clone()),
+            auth_time,
+        })
+    }
+
+    /// Verifies an ID token (and `at_hash` when present); returns its raw claims.
+    fn verify(
+        &self,
+        client: &Core,
+        id_token: &CoreIdToken,
+        nonce: Option<&Nonce>,
+        access: Option<&openidconnect::AccessToken>,
+    ) -> Result<BTreeMap<String, serde_json::Value>, String> {
+        let verifier = verifier(client);
+        let claims = match nonce {
+            Some(n) => id_token.claims(&verifier, n),
+            None => id_token.claims(&verifier, |_: Option<&Nonce>| Ok(())),
+        }
+        .map_err(|e| error_chain(&e))?;
+        if let Some(expected) = claims.access_token_hash()
+            && let Some(access) = access
+        {
+            check_at_hash(id_token, &verifier, access, expected)?;
+        }
+        raw_payload(&id_token.to_string())
+    }
+
+    /// Uses a refresh token. On success returns the new refresh token (if
+    /// rotated) and, when the provider sent a new ID token, its claims.
+    pub async fn refresh(
+        &self,
+        refresh_token: &str,
+        sub: &str,
+    ) -> Result<(Option<String>, Option<(String, BTreeMap<String, serde_json::Value>)>), RefreshError>
+    {
+        let meta = self
+            .metadata(false)
+            .await
+            .map_err(|e| RefreshError::Unavailable(e.to_string()))?;
+        // The redirect URI is not used by the refresh grant.
+        let client = self
+            .client(&meta, "https://unused.invalid/")
+            .map_err(|e| RefreshError::Unavailable(e.to_string()))?;
+        let rt = RefreshToken::new(refresh_token.to_string());
+        let token = client
+            .exchange_refresh_token(&rt)
+            .map_err(|e| RefreshError::Unavailable(e.to_string()))?
+            .request_async(&self.http)
+            .await
+            .map_err(|e| match token_error(e) {
+                (true, m) => RefreshError::Ended(m),
+                (false, m) => RefreshError::Unavailable(m),
+            })?;
+        let new_rt = token.refresh_token().map(|r| r.secret().clone());
+        let id = match token.id_token() {
+            Some(idt) => {
+                let claims = self
+                    .verify(&client, idt, None, Some(token.access_token()))
+                    .map_err(|e| RefreshError::Ended(format!("refreshed ID token rejected: {e}")))?;
+                if claims.get("sub").and_then(|v| v.as_str()) != Some(sub) {
+                    return Err(RefreshError::Ended(
+                        "refreshed ID token names another subject".into(),
+                    ));
+                }
+                Some((idt.to_string(), claims))
+            }
+            None => None,
+        };
+        Ok((new_rt, id))
+    }
+
+    /// The provider's end-session URL for RP-initiated logout, if it has one.
+    pub async fn end_session_url(
+        &self,
+        id_token_hint: &str,
+        post_logout: &str,
+        state: &str,
+    ) -> Option<String> {
+        let meta = match self.metadata(false).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(provider = %self.cfg.name, error = %e, "no end-session URL");
+                return None;
+            }
+        };
+        let end: EndSessionUrl = meta.additional_metadata().end_session_endpoint.clone()?;
+        let mut req = LogoutRequest::from(end)
+            .set_client_id(ClientId::new(self.cfg.client_id.clone()))
+            .set_state(CsrfToken::new(state.to_string()));
+        if let Ok(t) = id_token_hint.parse::<CoreIdToken>() {
+            req = req.set_id_token_hint(&t);
+        }
+        if let Ok(u) = PostLogoutRedirectUrl::new(post_logout.to_string()) {
+            req = req.set_post_logout_redirect_uri(u);
+        }
+        Some(req.http_get_url().to_string())
+    }
+}
+
+type Core = CoreClient<
+    openidconnect::EndpointSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointMaybeSet,
+    openidconnect::EndpointMaybeSet,
+>;
+
+/// The library's ID-token verifier (issuer, audience, expiry, signature
+/// with an advertised algorithm, never `none`) plus a check that `iat` is
+/// not in the future.
+fn verifier(client: &Core) -> openidconnect::core::CoreIdTokenVerifier<'_> {
+    let t = now();
+    client.id_token_verifier().set_issue_time_verifier_fn(move |iat| {
+        if iat.timestamp() > t + SKEW {
+            Err(format!("issued in the future ({iat})"))
+        } else {
+            Ok(())
+        }
+    })
+}
+
+/// `at_hash`, when the ID token carries it, must match the access token.
+fn check_at_hash(
+    id_token: &CoreIdToken,
+    verifier: &openidconnect::core::CoreIdTokenVerifier<'_>,
+    access: &openidconnect::AccessToken,
+    expected: &AccessTokenHash,
+) -> Result<(), String> {
+    let alg = id_token.signing_alg().map_err(|e| e.to_string())?;
+    let key = id_token.signing_key(verifier).map_err(|e| e.to_string())?;
+    let got = AccessTokenHash::from_token(access, alg, key).map_err(|e| e.to_string())?;
+    if &got != expected {
+        return Err("at_hash does not match the access token".into());
+    }
+    Ok(())
+}
+
+fn standard_claims(
+    info: &UserInfoClaims<RawClaims, CoreGenderClaim>,
+) -> Vec<(String, serde_json::Value)> {
+    let mut v = Vec::new();
+    if let Some(e) = info.email() {
+        v.push(("email".to_string(), serde_json::json!(e.as_str())));
+    }
+    if let Some(b) = info.email_verified() {
+        v.push(("email_verified".to_string(), serde_json::json!(b)));
+    }
+    if let Some(n) = info.name().and_then(|n| n.get(None)) {
+        v.push(("name".to_string(), serde_json::json!(n.as_str())));
+    }
+    if let Some(u) = info.preferred_username() {
+        v.push(("preferred_username".to_string(), serde_json::json!(u.as_str())));
+    }
+    v
+}
+
+/// The payload of a JWT whose signature was already verified.
+fn raw_payload(jwt: &str) -> Result<BTreeMap<String, serde_json::Value>, String> {
+    use base64::Engine;
+    let part = jwt.split('.').nth(1).ok_or("not a JWT")?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part.trim_end_matches('='))
+        .map_err(|e| e.to_string())?;
+    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

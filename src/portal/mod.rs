@@ -1,0 +1,839 @@
+//! The login portal, under its own prefix (`/auth`): login page with a QR
+//! code, the OIDC redirect and callback, dashboard, whoami, logout. Also
+//! the session lookup every protected request goes through, and lazy
+//! refresh at the provider.
+//!
+//! What it must not do: trust anything the client says about who it is.
+//! The tailnet identity comes from the connection (WhoIs); the session
+//! from a signed cookie whose binding must match that identity and whose
+//! record must be live in the store.
+
+pub mod pages;
+pub mod target;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+
+use crate::config::{self, Config, Route, Rule};
+use crate::http::headers;
+use crate::http::response::{Body, full, redirect};
+use crate::identity::PeerIdentity;
+use crate::oidc::{self, Dialer, HttpClient, RefreshError};
+use crate::policy::{self, Caller, Decision};
+use crate::proxy::LoginHeaders;
+use crate::session::{Binding, Keys, Record, Session, SessionCookie, Store, now, random_token};
+
+/// How long a started sign-in may take.
+const LOGIN_TTL: Duration = Duration::from_secs(600);
+/// At most this many sign-ins in flight (older ones are dropped first).
+const MAX_PENDING: usize = 10_000;
+
+/// Where the request came in: what the portal needs to build absolute URLs
+/// without trusting the Host header.
+#[derive(Debug, Clone)]
+pub struct PortalOrigin {
+    /// Node host name.
+    pub node: String,
+    /// `https://gw.tailnet.ts.net` (with `:port` when not 443).
+    pub base: String,
+    /// The node's HTTPS port.
+    pub https_port: u16,
+}
+
+struct PendingLogin {
+    provider: String,
+    oidc: oidc::Pending,
+    target: String,
+    binding: Binding,
+    browser: String,
+    max_age: Option<u64>,
+    redirect_uri: String,
+    started: Instant,
+}
+
+/// The portal and session service.
+pub struct Portal {
+    cfg: config::Portal,
+    keys: Keys,
+    store: Store,
+    providers: Vec<oidc::Client>,
+    rules: Vec<Rule>,
+    routes: Vec<Route>,
+    allowed_hosts: Vec<String>,
+    pending: Mutex<HashMap<String, PendingLogin>>,
+    refreshing: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl std::fmt::Debug for Portal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Portal")
+            .field("prefix", &self.cfg.prefix)
+            .finish()
+    }
+}
+
+/// Builds the `Set-Cookie` value for the session.
+fn session_cookie(cfg: &config::Portal, value: &str, max_age: i64) -> String {
+    let mut c = format!(
+        "{}={value}; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age={max_age}",
+        cfg.cookie_name
+    );
+    if let Some(d) = &cfg.cookie_domain {
+        c.push_str(&format!("; Domain={d}"));
+    }
+    c
+}
+
+fn login_cookie_name(cfg: &config::Portal) -> String {
+    format!("{}_login", cfg.cookie_name)
+}
+
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| {
+            percent_encoding::percent_decode_str(&v.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+}
+
+fn enc(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+fn html_response(status: StatusCode, markup: maud::Markup) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+        .header(header::CACHE_CONTROL, "no-store")
+        .header("referrer-policy", "no-referrer")
+        .header("x-frame-options", "DENY")
+        .body(full(markup.into_string()))
+        .expect("static response parts are valid")
+}
+
+fn rfc3339(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| t.to_string())
+}
+
+impl Portal {
+    /// Opens the session store and sets up one OIDC client per provider.
+    /// `dialer` reaches tailnet-only providers through a node.
+    pub fn new(config: &Config, dialer: Dialer) -> Result<Option<Portal>, String> {
+        let Some(cfg) = config.portal.clone() else {
+            return Ok(None);
+        };
+        let keys = Keys::new(&cfg.session_secret, &cfg.retired_session_secrets)?;
+        let store = Store::open(&cfg.state_dir).map_err(|e| e.to_string())?;
+        let mut providers = Vec::new();
+        for p in &config.providers {
+            let http = HttpClient::new(dialer.clone(), p.ca_file.as_deref())
+                .map_err(|e| format!("provider {}: {e}", p.name))?;
+            providers.push(oidc::Client::new(p.clone(), http));
+        }
+        let mut allowed_hosts: Vec<String> = config.routes.iter().filter_map(|r| r.host.clone()).collect();
+        allowed_hosts.extend(cfg.redirect_hosts.iter().cloned());
+        Ok(Some(Portal {
+            keys,
+            store,
+            providers,
+            rules: config.rules.clone(),
+            routes: config.routes.clone(),
+            allowed_hosts,
+            cfg,
+            pending: Mutex::new(HashMap::new()),
+            refreshing: tokio::sync::Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The path prefix.
+    pub fn prefix(&self) -> &str {
+        &self.cfg.prefix
+    }
+
+    /// The session cookie's name.
+    pub fn cookie_name(&self) -> &str {
+        &self.cfg.cookie_name
+    }
+
+    /// The role rules.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// The session store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Whether node `hostname` serves the portal.
+    pub fn serves(&self, hostname: &str) -> bool {
+        self.cfg.nodes.is_empty() || self.cfg.nodes.iter().any(|n| n == hostname)
+    }
+
+    fn provider(&self, name: &str) -> Option<&oidc::Client> {
+        self.providers.iter().find(|p| p.config().name == name)
+    }
+
+    fn redirect_uri(&self, origin: &PortalOrigin, provider: &str) -> String {
+        format!(
+            "{}{}/oauth2/{provider}/authorization-code-callback",
+            origin.base, self.cfg.prefix
+        )
+    }
+
+    /// The verified, live session of a request, refreshed at the provider
+    /// when due. Invalid cookies count as no session (and are logged).
+    pub async fn session(&self, headers: &HeaderMap, who: &PeerIdentity) -> Option<Session> {
+        let token = headers::cookie(headers, &self.cfg.cookie_name)?;
+        let binding = Binding::of(who)?;
+        let t = now();
+        let c: SessionCookie = match self.keys.verify(token, &binding, t) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!(peer = %who, reason = %e, "session cookie refused");
+                return None;
+            }
+        };
+        let rec = match self.store.get(&c.sid, t) {
+            Some(r) if r.binding == binding => r,
+            Some(_) => {
+                tracing::warn!(peer = %who, "session record bound elsewhere; refused");
+                return None;
+            }
+            None => {
+                tracing::info!(peer = %who, "session revoked or unknown");
+                return None;
+            }
+        };
+        let rec = self.maybe_refresh(&c.sid, rec, false).await?;
+        Some(rec.session(&c.sid))
+    }
+
+    /// Refreshes `rec` at its provider when the refresh interval has passed
+    /// (or `force`). Returns `None` when the provider ended the session
+    /// (it is then revoked here too).
+    async fn maybe_refresh(&self, sid: &str, rec: Record, force: bool) -> Option<Record> {
+        let due = |r: &Record| force || now() - r.refreshed >= self.cfg.refresh_interval.as_secs() as i64;
+        if rec.refresh_token.is_none() || !due(&rec) {
+            return Some(rec);
+        }
+        // One refresh per session at a time: refresh tokens may rotate, and
+        // a second use of the old one would end the session.
+        let lock = {
+            let mut m = self.refreshing.lock().await;
+            m.retain(|_, l| Arc::strong_count(l) > 1);
+            m.entry(sid.to_string()).or_default().clone()
+        };
+        let _g = lock.lock().await;
+        let rec = self.store.get(sid, now())?;
+        if !due(&rec) {
+            return Some(rec);
+        }
+        let (Some(rt), Some(p)) = (rec.refresh_token.clone(), self.provider(&rec.provider)) else {
+            return Some(rec);
+        };
+        match p.refresh(&rt, &rec.sub).await {
+            Ok((new_rt, id)) => {
+                let mut r = rec.clone();
+                r.refreshed = now();
+                if let Some(n) = new_rt {
+                    r.refresh_token = Some(n);
+                }
+                if let Some((idt, claims)) = id {
+                    r.id_token = idt;
+                    for (k, v) in claims {
+                        r.claims.insert(k, v);
+                    }
+                }
+                if let Err(e) = self.store.put(sid, r.clone()) {
+                    tracing::error!(error = %e, "cannot persist a refreshed session");
+                }
+                tracing::debug!(provider = %r.provider, "session refreshed");
+                Some(r)
+            }
+            Err(RefreshError::Ended(why)) => {
+                tracing::info!(provider = %rec.provider, sub = %rec.sub, reason = %why, "provider ended the session; revoking");
+                if let Err(e) = self.store.revoke(sid) {
+                    tracing::error!(error = %e, "cannot persist a revocation");
+                }
+                None
+            }
+            Err(RefreshError::Unavailable(why)) => {
+                // Keep the session; try again at the next request.
+                tracing::warn!(provider = %rec.provider, reason = %why, "cannot refresh the session now");
+                Some(rec)
+            }
+        }
+    }
+
+    /// Background upkeep: drops expired sessions (closing their
+    /// websockets) and refreshes sessions that have open websockets, so a
+    /// session ended at the provider also closes its long-lived connections.
+    pub async fn upkeep(self: Arc<Self>) {
+        let every = (self.cfg.refresh_interval / 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
+        loop {
+            tokio::time::sleep(every).await;
+            if let Err(e) = self.store.purge_expired(now()) {
+                tracing::error!(error = %e, "session store upkeep");
+            }
+            for sid in self.store.watched() {
+                if let Some(rec) = self.store.get(&sid, now()) {
+                    let _ = self.maybe_refresh(&sid, rec, false).await;
+                }
+            }
+        }
+    }
+
+    /// The roles of a caller.
+    pub fn roles(&self, who: &PeerIdentity, session: Option<&Session>) -> BTreeSet<String> {
+        policy::roles(&self.rules, who, session)
+    }
+
+    /// Identity headers for the upstream.
+    pub fn login_headers(s: &Session, roles: &BTreeSet<String>) -> LoginHeaders {
+        LoginHeaders {
+            email: s.email.clone(),
+            user: s.sub.clone(),
+            name: s.name.clone(),
+            groups: s.groups().iter().map(|g| g.to_string()).collect(),
+            roles: roles.iter().cloned().collect(),
+        }
+    }
+
+    /// The response for a request that needs a (fresh) login: browsers are
+    /// sent to sign in with their URL kept; other clients get 401.
+    pub fn login_required(
+        &self,
+        origin: &PortalOrigin,
+        req_method: &Method,
+        path_and_query: &str,
+        html: bool,
+        session: Option<&Session>,
+        max_age: Option<u64>,
+    ) -> Response<Body> {
+        let login = format!("{}{}/login", origin.base, self.cfg.prefix);
+        if html && (req_method == Method::GET || req_method == Method::HEAD) {
+            let rd = enc(path_and_query);
+            // Step-up with a known provider goes straight to it.
+            let to = match (session, max_age) {
+                (Some(s), Some(a)) if self.provider(&s.provider).is_some() => format!(
+                    "{}{}/oauth2/{}/authorize?rd={rd}&max_age={a}",
+                    origin.base, self.cfg.prefix, s.provider
+                ),
+                _ => format!("{login}?rd={rd}"),
+            };
+            return redirect(StatusCode::FOUND, &to);
+        }
+        let mut r = crate::http::response::error(
+            StatusCode::UNAUTHORIZED,
+            "Sign-in required",
+            &format!("sign in at {login}"),
+            html,
+        );
+        if let Ok(v) = HeaderValue::from_str(&format!("Cookie realm=\"tailpass\", login=\"{login}\"")) {
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+        r
+    }
+
+    /// A 403 page naming the failed requirement and the caller, with a way
+    /// to sign in as someone else when a login could help.
+    pub fn forbidden(&self, origin: &PortalOrigin, reason: &str, path_and_query: &str, html: bool, login_route: bool) -> Response<Body> {
+        if !html {
+            return crate::http::response::error(StatusCode::FORBIDDEN, "Forbidden", reason, false);
+        }
+        let relogin = login_route.then(|| {
+            format!("{}{}/login?rd={}&fresh=1", origin.base, self.cfg.prefix, enc(path_and_query))
+        });
+        html_response(
+            StatusCode::FORBIDDEN,
+            pages::forbidden(&self.cfg.prefix, &self.cfg.title, reason, relogin.as_deref()),
+        )
+    }
+
+    fn identity(&self, who: &PeerIdentity, s: Option<&Session>, roles: &BTreeSet<String>) -> pages::Identity {
+        let w = who.whois();
+        pages::Identity {
+            tailnet: who.to_string(),
+            tailnet_user: w.filter(|w| !w.is_tagged()).map(|w| w.user.login_name.clone()),
+            node: w.map(|w| w.node.name.clone()),
+            tags: w.map(|w| w.node.tags.clone()).unwrap_or_default(),
+            session: s.map(|s| pages::SessionView {
+                provider: self
+                    .provider(&s.provider)
+                    .map(|p| p.config().label.clone())
+                    .unwrap_or_else(|| s.provider.clone()),
+                sub: s.sub.clone(),
+                email: s.email.clone(),
+                name: s.name.clone(),
+                groups: s.groups().iter().map(|g| g.to_string()).collect(),
+                auth_time: rfc3339(s.auth_time),
+                expires: rfc3339(s.expires),
+            }),
+            roles: roles.iter().cloned().collect(),
+        }
+    }
+
+    /// Serves a request under the portal prefix. `path` is normalized.
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        path: &str,
+        who: &PeerIdentity,
+        origin: &PortalOrigin,
+    ) -> (Response<Body>, &'static str) {
+        let sub = path
+            .strip_prefix(self.cfg.prefix.as_str())
+            .unwrap_or("/")
+            .to_string();
+        let sub = if sub.is_empty() { "/".to_string() } else { sub };
+        let query = req.uri().query().map(str::to_string);
+        let q = |n: &str| query_param(query.as_deref(), n);
+        let html = crate::http::response::wants_html(req.headers());
+        let method = req.method().clone();
+        let p = &self.cfg.prefix;
+        let t = &self.cfg.title;
+
+        // The portal serves tailnet peers only: a session is bound to a node.
+        if who.whois().is_none() {
+            return (
+                crate::http::response::error(StatusCode::NOT_FOUND, "Not found", "there is nothing here", html),
+                "hide",
+            );
+        }
+        match (method.clone(), sub.as_str()) {
+            (Method::GET | Method::HEAD, "/assets/portal.css") => (
+                Response::builder()
+                    .header(header::CONTENT_TYPE, "text/css; charset=utf-8")
+                    .header(header::CACHE_CONTROL, "max-age=3600")
+                    .body(full(pages::CSS))
+                    .expect("static response"),
+                "asset",
+            ),
+            (Method::GET | Method::HEAD, "/login") => {
+                let rd = q("rd").unwrap_or_default();
+                let mut extra = String::new();
+                if let Some(a) = q("max_age").and_then(|a| a.parse::<u64>().ok()) {
+                    extra.push_str(&format!("&max_age={a}"));
+                }
+                if q("fresh").is_some() {
+                    extra.push_str("&fresh=1");
+                }
+                let links: Vec<pages::ProviderLink> = self
+                    .providers
+                    .iter()
+                    .map(|pr| pages::ProviderLink {
+                        name: pr.config().name.clone(),
+                        label: pr.config().label.clone(),
+                        href: format!("{p}/oauth2/{}/authorize?rd={}{extra}", pr.config().name, enc(&rd)),
+                    })
+                    .collect();
+                // The QR code carries the absolute login URL of this node,
+                // under the prefix (caddy-security encoded `<base>/login`).
+                let login_url = format!("{}{p}/login", origin.base);
+                let qr = qrcode::QrCode::new(login_url.as_bytes()).ok().map(|c| {
+                    c.render::<qrcode::render::svg::Color<'_>>()
+                        .min_dimensions(180, 180)
+                        .build()
+                });
+                (
+                    html_response(
+                        StatusCode::OK,
+                        pages::login(p, t, &links, qr.as_deref(), &login_url, &who.to_string()),
+                    ),
+                    "login-page",
+                )
+            }
+            (Method::GET, s) if s.starts_with("/oauth2/") && s.ends_with("/authorize") => {
+                let name = s.trim_start_matches("/oauth2/").trim_end_matches("/authorize");
+                self.start_login(name, who, origin, q("rd"), q("max_age"), q("fresh").is_some(), html)
+                    .await
+            }
+            (Method::GET, s) if s.starts_with("/oauth2/") && s.ends_with("/authorization-code-callback") => {
+                let name = s
+                    .trim_start_matches("/oauth2/")
+                    .trim_end_matches("/authorization-code-callback")
+                    .to_string();
+                self.callback(&name, req.headers(), who, origin, &q, html).await
+            }
+            (Method::GET | Method::HEAD, "/") => {
+                let s = self.session(req.headers(), who).await;
+                let roles = self.roles(who, s.as_ref());
+                let services = if s.is_some() { self.services(who, s.as_ref(), &roles, origin) } else { Vec::new() };
+                (
+                    html_response(
+                        StatusCode::OK,
+                        pages::dashboard(p, t, &self.identity(who, s.as_ref(), &roles), &services, &format!("{p}/login")),
+                    ),
+                    "dashboard",
+                )
+            }
+            (Method::GET | Method::HEAD, "/whoami") => {
+                let s = self.session(req.headers(), who).await;
+                let roles = self.roles(who, s.as_ref());
+                let id = self.identity(who, s.as_ref(), &roles);
+                if html {
+                    (html_response(StatusCode::OK, pages::whoami(p, t, &id)), "whoami")
+                } else {
+                    let j = serde_json::json!({
+                        "tailnet": {
+                            "caller": id.tailnet,
+                            "user": id.tailnet_user,
+                            "node": id.node,
+                            "tags": id.tags,
+                        },
+                        "session": id.session.as_ref().map(|s| serde_json::json!({
+                            "provider": s.provider, "sub": s.sub, "email": s.email, "name": s.name,
+                            "groups": s.groups, "auth_time": s.auth_time, "expires": s.expires,
+                        })),
+                        "roles": id.roles,
+                    });
+                    (
+                        Response::builder()
+                            .header(header::CONTENT_TYPE, "application/json")
+                            .header(header::CACHE_CONTROL, "no-store")
+                            .body(full(j.to_string()))
+                            .expect("static response"),
+                        "whoami",
+                    )
+                }
+            }
+            (Method::GET | Method::HEAD, "/logout") => {
+                let signed_in = self.session(req.headers(), who).await.is_some();
+                (html_response(StatusCode::OK, pages::logout(p, t, signed_in)), "logout-page")
+            }
+            (Method::POST, "/logout") => self.logout(req.headers(), who, origin).await,
+            (Method::GET | Method::HEAD, "/logged-out") => {
+                (html_response(StatusCode::OK, pages::logged_out(p, t)), "logged-out")
+            }
+            _ => (
+                crate::http::response::error(StatusCode::NOT_FOUND, "Not found", "no such portal page", html),
+                "no-route",
+            ),
+        }
+    }
+
+    fn services(
+        &self,
+        who: &PeerIdentity,
+        s: Option<&Session>,
+        roles: &BTreeSet<String>,
+        origin: &PortalOrigin,
+    ) -> Vec<(String, String)> {
+        let caller = Caller { who, session: s, roles, now: now() };
+        self.routes
+            .iter()
+            .filter(|r| r.node.as_ref().is_none_or(|n| *n == origin.node))
+            .filter(|r| matches!(policy::evaluate(r, &Method::GET, &caller), Decision::Allow(_)))
+            .filter(|r| !matches!(r.access, config::Access::Public) || r.title.is_some())
+            .map(|r| {
+                let href = match &r.host {
+                    Some(h) => format!("https://{h}{}", r.path),
+                    None => format!("{}{}", origin.base, r.path),
+                };
+                (r.title.clone().unwrap_or_else(|| r.path.clone()), href)
+            })
+            .collect()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn start_login(
+        &self,
+        name: &str,
+        who: &PeerIdentity,
+        origin: &PortalOrigin,
+        rd: Option<String>,
+        max_age: Option<String>,
+        fresh: bool,
+        html: bool,
+    ) -> (Response<Body>, &'static str) {
+        let p = &self.cfg.prefix;
+        let Some(provider) = self.provider(name) else {
+            return (
+                crate::http::response::error(StatusCode::NOT_FOUND, "Not found", "no such provider", html),
+                "no-route",
+            );
+        };
+        let Some(binding) = Binding::of(who) else {
+            return (crate::http::response::error(StatusCode::NOT_FOUND, "Not found", "there is nothing here", html), "hide");
+        };
+        let mut hosts = self.allowed_hosts.clone();
+        hosts.push(origin.base.trim_start_matches("https://").split(':').next().unwrap_or_default().to_ascii_lowercase());
+        let target = rd
+            .as_deref()
+            .and_then(|t| target::safe_target(t, &hosts, origin.https_port))
+            .unwrap_or_else(|| format!("{p}/"));
+        let max_age = max_age.and_then(|a| a.parse::<u64>().ok());
+        let redirect_uri = self.redirect_uri(origin, name);
+        let (url, pending) = match provider.authorize_url(&redirect_uri, max_age, fresh).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(provider = name, error = %e, "cannot start sign-in");
+                return (
+                    html_response(
+                        StatusCode::BAD_GATEWAY,
+                        pages::problem(p, &self.cfg.title, "The identity provider is not reachable", "Try again in a moment; the administrator can see the reason in the log."),
+                    ),
+                    "login-error",
+                );
+            }
+        };
+        let browser = random_token();
+        {
+            let mut m = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            m.retain(|_, l| l.started.elapsed() < LOGIN_TTL);
+            if m.len() >= MAX_PENDING
+                && let Some(oldest) = m.iter().min_by_key(|(_, l)| l.started).map(|(k, _)| k.clone())
+            {
+                m.remove(&oldest);
+            }
+            m.insert(
+                pending.state.clone(),
+                PendingLogin {
+                    provider: name.to_string(),
+                    oidc: pending,
+                    target,
+                    binding,
+                    browser: browser.clone(),
+                    max_age,
+                    redirect_uri,
+                    started: Instant::now(),
+                },
+            );
+        }
+        let mut r = redirect(StatusCode::FOUND, &url);
+        if let Ok(v) = HeaderValue::from_str(&format!(
+            "{}={browser}; Path={p}/oauth2/; HttpOnly; Secure; SameSite=Lax; Max-Age={}",
+            login_cookie_name(&self.cfg),
+            LOGIN_TTL.as_secs()
+        )) {
+            r.headers_mut().append(header::SET_COOKIE, v);
+        }
+        r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        (r, "login-start")
+    }
+
+    async fn callback(
+        &self,
+        name: &str,
+        headers: &HeaderMap,
+        who: &PeerIdentity,
+        origin: &PortalOrigin,
+        q: &(dyn Fn(&str) -> Option<String> + Sync),
+        _html: bool,
+    ) -> (Response<Body>, &'static str) {
+        let p = &self.cfg.prefix;
+        let t = &self.cfg.title;
+        let fail = |status: StatusCode, heading: &str, detail: &str| {
+            let mut r = html_response(status, pages::problem(p, t, heading, detail));
+            if let Ok(v) = HeaderValue::from_str(&format!(
+                "{}=; Path={p}/oauth2/; HttpOnly; Secure; SameSite=Lax; Max-Age=0",
+                login_cookie_name(&self.cfg)
+            )) {
+                r.headers_mut().append(header::SET_COOKIE, v);
+            }
+            r
+        };
+        let stale = "This sign-in link is not valid any more: it was used already, it expired, or it was started in another browser or on another device.";
+        // State is single-use: taken out of the map whatever happens next.
+        let state = q("state").unwrap_or_default();
+        let pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&state);
+        let Some(pl) = pending.filter(|l| l.started.elapsed() < LOGIN_TTL) else {
+            tracing::warn!(peer = %who, provider = name, "callback with unknown or used state");
+            return (fail(StatusCode::BAD_REQUEST, "Sign-in expired", stale), "login-fail");
+        };
+        if pl.provider != name
+            || headers::cookie(headers, &login_cookie_name(&self.cfg)) != Some(pl.browser.as_str())
+            || Binding::of(who).as_ref() != Some(&pl.binding)
+        {
+            tracing::warn!(peer = %who, provider = name, "callback from another browser, node or provider than the sign-in started");
+            return (fail(StatusCode::BAD_REQUEST, "Sign-in expired", stale), "login-fail");
+        }
+        if let Some(err) = q("error") {
+            let desc = q("error_description").unwrap_or_default();
+            tracing::info!(peer = %who, provider = name, error = %err, description = %desc, "provider refused the sign-in");
+            return (
+                fail(StatusCode::FORBIDDEN, "The identity provider refused the sign-in", &format!("{err} {desc}")),
+                "login-fail",
+            );
+        }
+        let Some(code) = q("code") else {
+            return (fail(StatusCode::BAD_REQUEST, "Sign-in failed", "the provider sent no code"), "login-fail");
+        };
+        let Some(provider) = self.provider(name) else {
+            return (fail(StatusCode::NOT_FOUND, "Sign-in failed", "no such provider"), "login-fail");
+        };
+        let login = match provider.finish(&code, &pl.oidc, &pl.redirect_uri).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(peer = %who, provider = name, error = %e, "sign-in rejected");
+                return (
+                    fail(StatusCode::BAD_GATEWAY, "Sign-in failed", "The identity provider's answer could not be verified. The administrator can see why in the log."),
+                    "login-fail",
+                );
+            }
+        };
+        let t0 = now();
+        if let Some(max) = pl.max_age
+            && t0 - login.auth_time > max as i64 + 60
+        {
+            tracing::warn!(peer = %who, provider = name, "provider did not authenticate again for a step-up");
+            return (
+                fail(StatusCode::FORBIDDEN, "Sign-in too old", "This page needs a recent sign-in, and the identity provider did not ask you to sign in again."),
+                "login-fail",
+            );
+        }
+        let sid = random_token();
+        let expires = t0 + self.cfg.session_lifetime.as_secs() as i64;
+        let rec = Record {
+            provider: name.to_string(),
+            sub: login.sub.clone(),
+            binding: pl.binding.clone(),
+            claims: login.claims,
+            id_token: login.id_token,
+            refresh_token: login.refresh_token,
+            created: t0,
+            auth_time: login.auth_time,
+            expires,
+            refreshed: t0,
+        };
+        let session = rec.session(&sid);
+        let roles = self.roles(who, Some(&session));
+        let shown = session.email.clone().unwrap_or_else(|| session.sub.clone());
+        if roles.is_empty() {
+            tracing::warn!(peer = %who, provider = name, login = %shown, "sign-in maps to no role; no session created");
+            return (
+                html_response(StatusCode::FORBIDDEN, pages::no_role(p, t, &shown, &who.to_string())),
+                "no-role",
+            );
+        }
+        if let Err(e) = self.store.put(&sid, rec) {
+            tracing::error!(error = %e, "cannot persist a new session");
+            return (
+                fail(StatusCode::INTERNAL_SERVER_ERROR, "Sign-in failed", "The session could not be stored."),
+                "login-fail",
+            );
+        }
+        // A new sign-in replaces the session this browser had.
+        if let Some(old) = headers::cookie(headers, &self.cfg.cookie_name)
+            && let Ok(c) = self.keys.verify(old, &pl.binding, t0)
+            && c.sid != sid
+        {
+            let _ = self.store.revoke(&c.sid);
+        }
+        let jwt = self.keys.sign(&SessionCookie {
+            sid,
+            node: pl.binding.node.clone(),
+            usr: pl.binding.user.clone(),
+            iat: t0,
+            exp: expires,
+        });
+        tracing::info!(peer = %who, provider = name, login = %shown, roles = ?roles, "signed in");
+        let _ = origin;
+        let mut r = redirect(StatusCode::FOUND, &pl.target);
+        let h = r.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&session_cookie(&self.cfg, &jwt, expires - t0)) {
+            h.append(header::SET_COOKIE, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&format!(
+            "{}=; Path={p}/oauth2/; HttpOnly; Secure; SameSite=Lax; Max-Age=0",
+            login_cookie_name(&self.cfg)
+        )) {
+            h.append(header::SET_COOKIE, v);
+        }
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        (r, "login-ok")
+    }
+
+    async fn logout(
+        &self,
+        headers: &HeaderMap,
+        who: &PeerIdentity,
+        origin: &PortalOrigin,
+    ) -> (Response<Body>, &'static str) {
+        let p = &self.cfg.prefix;
+        let done = format!("{}{p}/logged-out", origin.base);
+        let mut to = done.clone();
+        if let (Some(token), Some(binding)) = (headers::cookie(headers, &self.cfg.cookie_name), Binding::of(who))
+            && let Ok(c) = self.keys.verify(token, &binding, now())
+        {
+            match self.store.revoke(&c.sid) {
+                Ok(Some(rec)) => {
+                    tracing::info!(peer = %who, provider = %rec.provider, "signed out");
+                    if let Some(pr) = self.provider(&rec.provider)
+                        && let Some(u) = pr.end_session_url(&rec.id_token, &done, &random_token()).await
+                    {
+                        to = u;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot persist a sign-out");
+                    return (
+                        html_response(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            pages::problem(p, &self.cfg.title, "Sign-out failed", "The session could not be revoked; try again."),
+                        ),
+                        "logout-fail",
+                    );
+                }
+            }
+        }
+        let mut r = redirect(StatusCode::SEE_OTHER, &to);
+        if let Ok(v) = HeaderValue::from_str(&session_cookie(&self.cfg, "", 0)) {
+            r.headers_mut().append(header::SET_COOKIE, v);
+        }
+        r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        (r, "logout")
+    }
+}
+
+/// The redirect URIs and post-logout URIs to register at each provider,
+/// for `tailpass check`.
+pub fn registration_uris(config: &Config) -> Vec<(String, String, String)> {
+    let Some(pt) = &config.portal else { return Vec::new() };
+    let mut out = Vec::new();
+    for n in &config.nodes {
+        if !(pt.nodes.is_empty() || pt.nodes.contains(&n.hostname)) {
+            continue;
+        }
+        let port = if n.https_port == 443 { String::new() } else { format!(":{}", n.https_port) };
+        let base = format!("https://{}{port}{}", config.node_fqdn(n), pt.prefix);
+        for p in &config.providers {
+            out.push((
+                p.name.clone(),
+                format!("{base}/oauth2/{}/authorization-code-callback", p.name),
+                format!("{base}/logged-out"),
+            ));
+        }
+    }
+    out
+}
+
+#[allow(dead_code)]
+fn _assert_send() {
+    fn is_send<T: Send>(_: T) {}
+    let _ = |p: &'static Portal, r: Request<Incoming>, w: &'static PeerIdentity, o: &'static PortalOrigin| {
+        is_send(p.handle(r, "/", w, o));
+    };
+    let _ = Bytes::new();
+}

@@ -1,0 +1,242 @@
+//! The portal's HTML. Every link and asset is under the portal prefix
+//! (nothing at `/login` or `/assets` at the root). maud escapes every
+//! value, so claims and names cannot inject markup.
+
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+
+/// The stylesheet served at `{prefix}/assets/portal.css`.
+pub const CSS: &str = "body{font-family:system-ui,sans-serif;max-width:42em;margin:3em auto;padding:0 1em;color:#222}\
+h1{font-size:1.5em}a.provider,button{display:inline-block;padding:.6em 1.2em;margin:.3em 0;border:1px solid #446;\
+border-radius:6px;background:#f4f4fb;color:#223;text-decoration:none;font-size:1em;cursor:pointer}\
+#qr svg{width:180px;height:180px}dl{display:grid;grid-template-columns:max-content auto;gap:.2em 1em}\
+dt{font-weight:600}.muted{color:#666;font-size:.9em}ul.services li{margin:.3em 0}";
+
+fn layout(prefix: &str, title: &str, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) }
+                link rel="stylesheet" href={ (prefix) "/assets/portal.css" };
+            }
+            body {
+                (body)
+                hr;
+                p.muted { "tailpass · " a href={ (prefix) "/" } { "portal" } " · " a href={ (prefix) "/whoami" } { "who am I" } }
+            }
+        }
+    }
+}
+
+/// One provider button.
+pub struct ProviderLink {
+    /// Provider name.
+    pub name: String,
+    /// Label.
+    pub label: String,
+    /// Where the button goes.
+    pub href: String,
+}
+
+/// The login page.
+pub fn login(
+    prefix: &str,
+    title: &str,
+    providers: &[ProviderLink],
+    qr_svg: Option<&str>,
+    login_url: &str,
+    caller: &str,
+) -> Markup {
+    layout(
+        prefix,
+        &format!("Sign in · {title}"),
+        html! {
+            h1 { "Sign in" }
+            p { "You are " strong { (caller) } " on the tailnet. Sign in to continue." }
+            @for p in providers {
+                p { a.provider data-provider=(p.name) href=(p.href) { "Sign in with " (p.label) } }
+            }
+            @if let Some(svg) = qr_svg {
+                h2 { "On your phone" }
+                p.muted { "Scan to open this sign-in page on a device that is on the tailnet." }
+                div #qr { (PreEscaped(svg)) }
+                p.muted { code { (login_url) } }
+            }
+        },
+    )
+}
+
+/// What the dashboard and whoami pages show about the caller.
+pub struct Identity {
+    /// Tailnet identity in words.
+    pub tailnet: String,
+    /// Tailnet user login (absent for tagged nodes or non-tailnet callers).
+    pub tailnet_user: Option<String>,
+    /// Node name.
+    pub node: Option<String>,
+    /// Node tags.
+    pub tags: Vec<String>,
+    /// Session facts, when signed in.
+    pub session: Option<SessionView>,
+    /// Roles.
+    pub roles: Vec<String>,
+}
+
+/// The session part of [`Identity`].
+pub struct SessionView {
+    /// Provider label.
+    pub provider: String,
+    /// Subject.
+    pub sub: String,
+    /// Email.
+    pub email: Option<String>,
+    /// Name.
+    pub name: Option<String>,
+    /// Groups.
+    pub groups: Vec<String>,
+    /// Authenticated at (RFC 3339).
+    pub auth_time: String,
+    /// Expires at (RFC 3339).
+    pub expires: String,
+}
+
+fn identity(id: &Identity) -> Markup {
+    html! {
+        dl #whoami {
+            dt { "Tailnet" } dd { (id.tailnet) }
+            @if let Some(u) = &id.tailnet_user { dt { "Tailnet user" } dd.tailnet-user { (u) } }
+            @if let Some(n) = &id.node { dt { "Node" } dd { (n) } }
+            @if !id.tags.is_empty() { dt { "Tags" } dd { (id.tags.join(", ")) } }
+            @match &id.session {
+                Some(s) => {
+                    dt { "Signed in with" } dd { (s.provider) }
+                    dt { "Subject" } dd { (s.sub) }
+                    @if let Some(e) = &s.email { dt { "Email" } dd.email { (e) } }
+                    @if let Some(n) = &s.name { dt { "Name" } dd { (n) } }
+                    @if !s.groups.is_empty() { dt { "Groups" } dd { (s.groups.join(", ")) } }
+                    dt { "Signed in at" } dd { (s.auth_time) }
+                    dt { "Session ends" } dd { (s.expires) }
+                }
+                None => { dt { "Signed in" } dd { "no" } }
+            }
+            dt { "Roles" } dd.roles { @if id.roles.is_empty() { "none" } @else { (id.roles.join(", ")) } }
+        }
+    }
+}
+
+fn logout_form(prefix: &str) -> Markup {
+    html! {
+        form #logout-form method="post" action={ (prefix) "/logout" } {
+            button #logout type="submit" { "Sign out" }
+        }
+    }
+}
+
+/// The dashboard.
+pub fn dashboard(
+    prefix: &str,
+    title: &str,
+    id: &Identity,
+    services: &[(String, String)],
+    login_href: &str,
+) -> Markup {
+    layout(
+        prefix,
+        title,
+        html! {
+            h1 { (title) }
+            @if id.session.is_some() {
+                h2 { "Your services" }
+                @if services.is_empty() {
+                    p { "No service is open to you." }
+                } @else {
+                    ul.services {
+                        @for (name, href) in services { li { a.service href=(href) { (name) } } }
+                    }
+                }
+                (identity(id))
+                (logout_form(prefix))
+            } @else {
+                p { "You are not signed in." }
+                p { a.provider href=(login_href) { "Sign in" } }
+                (identity(id))
+            }
+        },
+    )
+}
+
+/// `/whoami` for browsers.
+pub fn whoami(prefix: &str, title: &str, id: &Identity) -> Markup {
+    layout(
+        prefix,
+        &format!("Who am I · {title}"),
+        html! { h1 { "Who am I" } (identity(id)) },
+    )
+}
+
+/// The sign-out confirmation (a GET never signs out).
+pub fn logout(prefix: &str, title: &str, signed_in: bool) -> Markup {
+    layout(
+        prefix,
+        &format!("Sign out · {title}"),
+        html! {
+            h1 { "Sign out" }
+            @if signed_in { (logout_form(prefix)) } @else { p { "You are not signed in." } }
+        },
+    )
+}
+
+/// After sign-out.
+pub fn logged_out(prefix: &str, title: &str) -> Markup {
+    layout(
+        prefix,
+        &format!("Signed out · {title}"),
+        html! {
+            h1 #logged-out { "You are signed out" }
+            p { "Your session has ended here and at the identity provider." }
+            p { a href={ (prefix) "/login" } { "Sign in again" } }
+        },
+    )
+}
+
+/// A login that maps to no role: said plainly, not a silent guest session.
+pub fn no_role(prefix: &str, title: &str, login: &str, caller: &str) -> Markup {
+    layout(
+        prefix,
+        &format!("No access · {title}"),
+        html! {
+            h1 #no-role { "Signed in, but no access" }
+            p { "You signed in as " strong { (login) } " (" (caller) "), but no rule of this gateway gives that login a role, so there is nothing you may open." }
+            p { "Ask the administrator to add a " code { "[[rule]]" } " for you. No session was created." }
+        },
+    )
+}
+
+/// A 403 with the failed requirement, the caller, and a way to sign in as
+/// someone else.
+pub fn forbidden(prefix: &str, title: &str, reason: &str, relogin: Option<&str>) -> Markup {
+    layout(
+        prefix,
+        &format!("Forbidden · {title}"),
+        html! {
+            h1 #forbidden { "403 Forbidden" }
+            p.reason { (reason) }
+            @if let Some(h) = relogin { p { a.provider href=(h) { "Sign in as someone else" } } }
+        },
+    )
+}
+
+/// A problem during sign-in, with a way to start again.
+pub fn problem(prefix: &str, title: &str, heading: &str, detail: &str) -> Markup {
+    layout(
+        prefix,
+        &format!("{heading} · {title}"),
+        html! {
+            h1 #problem { (heading) }
+            p { (detail) }
+            p { a href={ (prefix) "/login" } { "Start again" } }
+        },
+    )
+}

@@ -1,0 +1,98 @@
+//! Login sessions: a signed JWT in a cookie, bound to the tailnet node and
+//! user that logged in, backed by a persisted server-side record that can
+//! be revoked.
+//!
+//! The cookie alone is never enough: its `sid` must name a live record in
+//! the [`Store`], so a logout (which deletes the record and persists the
+//! deletion) ends the session everywhere, restarts included. The cookie
+//! carries the binding (node stable id, tailnet user) so a copy presented
+//! from another node fails before the store is consulted.
+//!
+//! This module must not talk to providers; refreshing is the portal's job.
+
+mod cookie;
+mod store;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use cookie::{CookieError, Keys, SessionCookie};
+pub use store::{Record, Store, StoreError};
+
+use crate::identity::PeerIdentity;
+
+/// The tailnet identity a session is bound to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binding {
+    /// Stable id of the node that logged in.
+    pub node: String,
+    /// Tailnet user login of that node, or `tagged:<tags>` for tagged nodes.
+    pub user: String,
+}
+
+impl Binding {
+    /// The binding of a caller, if it is a tailnet peer.
+    pub fn of(who: &PeerIdentity) -> Option<Binding> {
+        let w = who.whois()?;
+        let user = if w.is_tagged() {
+            format!("tagged:{}", w.node.tags.join(","))
+        } else {
+            w.user.login_name.clone()
+        };
+        Some(Binding {
+            node: w.node.stable_id.0.clone(),
+            user,
+        })
+    }
+}
+
+/// What a request knows about its session once the cookie verified and the
+/// record is live.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Session {
+    /// Session id.
+    pub sid: String,
+    /// Provider name.
+    pub provider: String,
+    /// Subject at the provider.
+    pub sub: String,
+    /// Email claim, lowercased.
+    pub email: Option<String>,
+    /// Display name claim.
+    pub name: Option<String>,
+    /// Every claim of the ID token and userinfo, merged.
+    pub claims: BTreeMap<String, serde_json::Value>,
+    /// When the user last authenticated at the provider (unix seconds).
+    pub auth_time: i64,
+    /// When the session ends (unix seconds).
+    pub expires: i64,
+}
+
+impl Session {
+    /// The groups claim as strings (absent or malformed: empty).
+    pub fn groups(&self) -> Vec<&str> {
+        match self.claims.get("groups") {
+            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_str()).collect(),
+            Some(serde_json::Value::String(s)) => vec![s.as_str()],
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A random URL-safe token with 256 bits of entropy.
+pub fn random_token() -> String {
+    use base64::Engine;
+    let mut b = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+        .expect("the system RNG works");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
