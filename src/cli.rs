@@ -181,13 +181,35 @@ pub fn describe(c: &Config) -> String {
     }
     let _ = writeln!(o, "\nroutes");
     for r in &c.routes {
-        let access = match &r.access {
+        let mut access = match &r.access {
             Access::Public => "public (tailnet, Funnel, loopback)".to_string(),
             tailnet => match tailnet.requirement() {
                 Some(need) => format!("tailnet peers with {need}"),
                 None => "any tailnet peer".to_string(),
             },
         };
+        if let Some(l) = &r.login {
+            let join = match r.require {
+                crate::config::Combine::All => "and",
+                crate::config::Combine::Any => "or",
+            };
+            let who = if l.roles.is_empty() {
+                "any role".to_string()
+            } else {
+                format!("role {}", l.roles.join(" or "))
+            };
+            access.push_str(&format!(", {join} signed in with {who}"));
+            if let Some(a) = l.max_auth_age {
+                access.push_str(&format!(
+                    " (sign-in at most {} old)",
+                    humantime::format_duration(a)
+                ));
+            }
+        }
+        if !r.methods.is_empty() {
+            let m: Vec<&str> = r.methods.iter().map(|m| m.as_str()).collect();
+            access.push_str(&format!(", methods {}", m.join(",")));
+        }
         let _ = writeln!(
             o,
             "  {:<12} {} -> {}{}  [{}{}]",
@@ -202,6 +224,39 @@ pub fn describe(c: &Config) -> String {
             access,
             if r.loopback { ", also loopback" } else { "" }
         );
+    }
+    if let Some(pt) = &c.portal {
+        let _ = writeln!(
+            o,
+            "\nlogin portal under {} (sessions in {})",
+            pt.prefix,
+            pt.state_dir.display()
+        );
+        for p in &c.providers {
+            let _ = writeln!(
+                o,
+                "  provider {}: issuer {}, client id {}, scopes {}",
+                p.name,
+                p.issuer,
+                p.client_id,
+                p.scopes.join(" ")
+            );
+        }
+        let _ = writeln!(o, "  register these at the provider:");
+        for (prov, cb, out) in crate::portal::registration_uris(c) {
+            let _ = writeln!(o, "    {prov}: redirect URI             {cb}");
+            let _ = writeln!(o, "    {prov}: post-logout redirect URI {out}");
+        }
+        for r in &c.rules {
+            let _ = writeln!(o, "  rule[{}] grants {}", r.index, r.roles.join(", "));
+        }
+    }
+    let warnings = crate::policy::unsatisfiable(&c.routes, &c.rules);
+    if !warnings.is_empty() {
+        let _ = writeln!(o);
+        for w in warnings {
+            let _ = writeln!(o, "warning: {w}");
+        }
     }
     if let Some(l) = c.loopback {
         let _ = writeln!(

@@ -657,7 +657,12 @@ async fn handle(req: Request<Incoming>, conn: &Conn) -> Response<Body> {
             &route.name(),
             "method",
             &why,
-            error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed", &why, html),
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Method not allowed",
+                &why,
+                html,
+            ),
         ),
         Decision::Hide(why) => log(
             &route.name(),
@@ -680,9 +685,7 @@ async fn handle(req: Request<Incoming>, conn: &Conn) -> Response<Body> {
             log(&route.name(), "deny", &why, resp)
         }
         Decision::Allow(why) => {
-            let login = session
-                .as_ref()
-                .map(|s| Portal::login_headers(s, &roles));
+            let login = session.as_ref().map(|s| Portal::login_headers(s, &roles));
             let session_end = match (portal, &session) {
                 (Some(pt), Some(s)) => Some(SessionEnd {
                     revoked: pt.store().watch(&s.sid),

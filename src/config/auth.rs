@@ -192,7 +192,10 @@ pub(super) fn validate_portal(
     let raw = raw.unwrap_or_default();
     let prefix = match normalize_prefix(raw.prefix.as_deref().unwrap_or("/auth")) {
         Ok(x) if x == "/" => {
-            p.push("portal.prefix: must not be \"/\" (the portal needs its own path, like \"/auth\")".into());
+            p.push(
+                "portal.prefix: must not be \"/\" (the portal needs its own path, like \"/auth\")"
+                    .into(),
+            );
             "/auth".to_string()
         }
         Ok(x) => x,
@@ -365,7 +368,9 @@ fn check_issuer(field: &str, u: &str, p: &mut Vec<String>) {
         Ok(uri) if uri.scheme_str() == Some("http") => p.push(format!(
             "{field}: {u:?} must use https (plain http is accepted only on loopback)"
         )),
-        _ => p.push(format!("{field}: {u:?} is not a URL like \"https://auth.mist-walleye.ts.net\"")),
+        _ => p.push(format!(
+            "{field}: {u:?} is not a URL like \"https://auth.mist-walleye.ts.net\""
+        )),
     }
 }
 
@@ -378,7 +383,10 @@ pub(super) fn validate_rules(
     for (i, r) in raw.into_iter().enumerate() {
         let f = |k: &str| format!("rule[{i}].{k}");
         if r.roles.is_empty() {
-            p.push(format!("{}: a rule must grant at least one role", f("roles")));
+            p.push(format!(
+                "{}: a rule must grant at least one role",
+                f("roles")
+            ));
         }
         for role in &r.roles {
             if !valid_name(role) {
@@ -390,12 +398,18 @@ pub(super) fn validate_rules(
         }
         for pr in &r.providers {
             if !providers.iter().any(|x| &x.name == pr) {
-                p.push(format!("{}: no [[provider]] is named {pr:?}", f("providers")));
+                p.push(format!(
+                    "{}: no [[provider]] is named {pr:?}",
+                    f("providers")
+                ));
             }
         }
         for t in &r.tags {
             if !valid_tag(t) {
-                p.push(format!("{}: {t:?} is not a tag like \"tag:web\"", f("tags")));
+                p.push(format!(
+                    "{}: {t:?} is not a tag like \"tag:web\"",
+                    f("tags")
+                ));
             }
         }
         for d in &r.domains {

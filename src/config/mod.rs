@@ -762,7 +762,10 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
             None | Some("all") => Combine::All,
             Some("any") => Combine::Any,
             Some(other) => {
-                p.push(format!("{}: {other:?} is not \"all\" or \"any\"", f("require")));
+                p.push(format!(
+                    "{}: {other:?} is not \"all\" or \"any\"",
+                    f("require")
+                ));
                 Combine::All
             }
         };

@@ -123,9 +123,7 @@ impl HttpClient {
                 return Err(format!("{}: no PEM certificate in it", f.display()));
             }
             for c in certs {
-                roots
-                    .add(c)
-                    .map_err(|e| format!("{}: {e}", f.display()))?;
+                roots.add(c).map_err(|e| format!("{}: {e}", f.display()))?;
             }
         }
         let mut tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
@@ -231,7 +229,10 @@ impl HttpClient {
             http::HeaderValue::from_str(&authority).map_err(|_| HttpError::Url(uri.to_string()))?,
         );
         let resp = send
-            .send_request(http::Request::from_parts(parts, Full::new(Bytes::from(body))))
+            .send_request(http::Request::from_parts(
+                parts,
+                Full::new(Bytes::from(body)),
+            ))
             .await
             .map_err(|e| herr(e.to_string()))?;
         let (parts, body) = resp.into_parts();

@@ -18,8 +18,8 @@ use openidconnect::core::{
 use openidconnect::{
     AccessTokenHash, AdditionalClaims, AuthorizationCode, ClientId, ClientSecret, CsrfToken,
     EndSessionUrl, IssuerUrl, LogoutRequest, Nonce, OAuth2TokenResponse, PkceCodeChallenge,
-    PkceCodeVerifier, PostLogoutRedirectUrl, ProviderMetadataWithLogout, RedirectUrl,
-    RefreshToken, RequestTokenError, Scope, TokenResponse, UserInfoClaims,
+    PkceCodeVerifier, PostLogoutRedirectUrl, ProviderMetadataWithLogout, RedirectUrl, RefreshToken,
+    RequestTokenError, Scope, TokenResponse, UserInfoClaims,
 };
 use serde::{Deserialize, Serialize};
 
@@ -121,7 +121,10 @@ impl std::fmt::Debug for Client {
 }
 
 fn token_error<E: std::error::Error + 'static>(
-    e: RequestTokenError<E, openidconnect::StandardErrorResponse<openidconnect::core::CoreErrorResponseType>>,
+    e: RequestTokenError<
+        E,
+        openidconnect::StandardErrorResponse<openidconnect::core::CoreErrorResponseType>,
+    >,
 ) -> (bool, String) {
     match e {
         RequestTokenError::ServerResponse(r) => {
@@ -175,11 +178,7 @@ impl Client {
         Ok(m)
     }
 
-    fn client(
-        &self,
-        meta: &ProviderMetadataWithLogout,
-        redirect: &str,
-    ) -> Result<Core, OidcError> {
+    fn client(&self, meta: &ProviderMetadataWithLogout, redirect: &str) -> Result<Core, OidcError> {
         let c = CoreClient::from_provider_metadata(
             meta.clone(),
             ClientId::new(self.cfg.client_id.clone()),
@@ -255,16 +254,17 @@ impl Client {
             .id_token()
             .ok_or_else(|| OidcError::IdToken("the token response has no id_token".into()))?;
         let nonce = Nonce::new(pending.nonce.clone());
-        let verified = match self.verify(&client, id_token, Some(&nonce), Some(token.access_token())) {
-            Err(e) if e.contains("key") || e.contains("signature") => {
-                // The provider may have rotated its keys: fetch them again once.
-                let meta = self.metadata(true).await?;
-                let client = self.client(&meta, redirect)?;
-                self.verify(&client, id_token, Some(&nonce), Some(token.access_token()))
-                    .map(|c| (c, client))
-            }
-            r => r.map(|c| (c, client)),
-        };
+        let verified =
+            match self.verify(&client, id_token, Some(&nonce), Some(token.access_token())) {
+                Err(e) if e.contains("key") || e.contains("signature") => {
+                    // The provider may have rotated its keys: fetch them again once.
+                    let meta = self.metadata(true).await?;
+                    let client = self.client(&meta, redirect)?;
+                    self.verify(&client, id_token, Some(&nonce), Some(token.access_token()))
+                        .map(|c| (c, client))
+                }
+                r => r.map(|c| (c, client)),
+            };
         let (mut claims, client) = verified.map_err(OidcError::IdToken)?;
         let sub = claims
             .get("sub")
@@ -330,8 +330,13 @@ impl Client {
         &self,
         refresh_token: &str,
         sub: &str,
-    ) -> Result<(Option<String>, Option<(String, BTreeMap<String, serde_json::Value>)>), RefreshError>
-    {
+    ) -> Result<
+        (
+            Option<String>,
+            Option<(String, BTreeMap<String, serde_json::Value>)>,
+        ),
+        RefreshError,
+    > {
         let meta = self
             .metadata(false)
             .await
@@ -355,7 +360,9 @@ impl Client {
             Some(idt) => {
                 let claims = self
                     .verify(&client, idt, None, Some(token.access_token()))
-                    .map_err(|e| RefreshError::Ended(format!("refreshed ID token rejected: {e}")))?;
+                    .map_err(|e| {
+                        RefreshError::Ended(format!("refreshed ID token rejected: {e}"))
+                    })?;
                 if claims.get("sub").and_then(|v| v.as_str()) != Some(sub) {
                     return Err(RefreshError::Ended(
                         "refreshed ID token names another subject".into(),
@@ -410,13 +417,15 @@ type Core = CoreClient<
 /// not in the future.
 fn verifier(client: &Core) -> openidconnect::core::CoreIdTokenVerifier<'_> {
     let t = now();
-    client.id_token_verifier().set_issue_time_verifier_fn(move |iat| {
-        if iat.timestamp() > t + SKEW {
-            Err(format!("issued in the future ({iat})"))
-        } else {
-            Ok(())
-        }
-    })
+    client
+        .id_token_verifier()
+        .set_issue_time_verifier_fn(move |iat| {
+            if iat.timestamp() > t + SKEW {
+                Err(format!("issued in the future ({iat})"))
+            } else {
+                Ok(())
+            }
+        })
 }
 
 /// `at_hash`, when the ID token carries it, must match the access token.
@@ -449,7 +458,10 @@ fn standard_claims(
         v.push(("name".to_string(), serde_json::json!(n.as_str())));
     }
     if let Some(u) = info.preferred_username() {
-        v.push(("preferred_username".to_string(), serde_json::json!(u.as_str())));
+        v.push((
+            "preferred_username".to_string(),
+            serde_json::json!(u.as_str()),
+        ));
     }
     v
 }

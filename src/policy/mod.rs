@@ -245,7 +245,9 @@ pub fn evaluate(route: &Route, method: &http::Method, c: &Caller<'_>) -> Decisio
     let decision = match (route.require, tailnet, login) {
         (_, None, None) => Decision::Allow("any tailnet peer".into()),
         (_, Some(Ok(t)), None) => Decision::Allow(t),
-        (_, Some(Err(())), None) => Decision::Deny(format!("requires {}; you are {who}", need_tailnet())),
+        (_, Some(Err(())), None) => {
+            Decision::Deny(format!("requires {}; you are {who}", need_tailnet()))
+        }
         (Combine::Any, Some(Ok(t)), Some(_)) => Decision::Allow(t),
         (Combine::All, Some(Err(())), Some(_)) => {
             Decision::Deny(format!("requires {}; you are {who}", need_tailnet()))

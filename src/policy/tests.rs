@@ -33,15 +33,12 @@ client_id = "tailpass"
 "#;
 
 fn config(extra: &str) -> Config {
-    let text = format!(
-        "[[node]]\nhostname = \"gw\"\nstate_dir = \"/s\"\n{LOGIN_CFG}\n{extra}\n"
-    );
+    let text = format!("[[node]]\nhostname = \"gw\"\nstate_dir = \"/s\"\n{LOGIN_CFG}\n{extra}\n");
     Config::parse(&text, &|_| Some("x".repeat(40))).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn session(provider: &str, email: &str, claims: serde_json::Value, auth_time: i64) -> Session {
-    let mut c: BTreeMap<String, serde_json::Value> =
-        serde_json::from_value(claims).unwrap();
+    let mut c: BTreeMap<String, serde_json::Value> = serde_json::from_value(claims).unwrap();
     c.insert("email".into(), email.into());
     Session {
         sid: "s".into(),
@@ -190,7 +187,12 @@ capability_value = { mode = "rw" }
         ["admin", "alice", "laptop-user", "ops", "staff"]
     );
     // Same groups from another provider: no admin.
-    let other = session("other", "alice@example.com", serde_json::json!({"groups": ["admins"]}), 0);
+    let other = session(
+        "other",
+        "alice@example.com",
+        serde_json::json!({"groups": ["admins"]}),
+        0,
+    );
     assert!(!r(&alice, Some(&other)).contains(&"admin".to_string()));
     // Login conditions never match without a session; tailnet ones do.
     assert_eq!(r(&alice, None), ["laptop-user"]);
@@ -215,7 +217,10 @@ capability_value = { mode = "rw" }
             whois: Arc::new(WhoIs::from_json(&j.to_string()).unwrap()),
         }
     };
-    assert_eq!(r(&cap(serde_json::json!({"mode": "rw"})), None), ["files-rw"]);
+    assert_eq!(
+        r(&cap(serde_json::json!({"mode": "rw"})), None),
+        ["files-rw"]
+    );
     assert!(r(&cap(serde_json::json!({"mode": "ro"})), None).is_empty());
 }
 
@@ -256,18 +261,57 @@ access = "login"
     let bob = peer("bob@example.com", &[], &[]);
     let ci = peer("tagged-devices", &["tag:ci"], &[]);
     let now = 1_000_000;
-    let fresh_admin = session("pocketid", "alice@example.com", serde_json::json!({"groups": ["admins"]}), now - 60);
-    let old_admin = session("pocketid", "alice@example.com", serde_json::json!({"groups": ["admins"]}), now - 3600);
-    let user = session("pocketid", "bob@example.com", serde_json::json!({}), now - 60);
+    let fresh_admin = session(
+        "pocketid",
+        "alice@example.com",
+        serde_json::json!({"groups": ["admins"]}),
+        now - 60,
+    );
+    let old_admin = session(
+        "pocketid",
+        "alice@example.com",
+        serde_json::json!({"groups": ["admins"]}),
+        now - 3600,
+    );
+    let user = session(
+        "pocketid",
+        "bob@example.com",
+        serde_json::json!({}),
+        now - 60,
+    );
     let eval = |route: &Route, m: M, who: &PeerIdentity, s: Option<&Session>| {
         let roles = roles(&c.rules, who, s);
-        evaluate(route, &m, &Caller { who, session: s, roles: &roles, now })
+        evaluate(
+            route,
+            &m,
+            &Caller {
+                who,
+                session: s,
+                roles: &roles,
+                now,
+            },
+        )
     };
     use Decision::*;
-    assert!(matches!(eval(admin_r, M::GET, &alice, None), Login { max_age: None, .. }));
-    assert!(matches!(eval(admin_r, M::GET, &alice, Some(&fresh_admin)), Allow(_)));
-    assert!(matches!(eval(admin_r, M::POST, &alice, Some(&fresh_admin)), Method(_)));
-    assert!(matches!(eval(admin_r, M::GET, &alice, Some(&old_admin)), Login { max_age: Some(600), .. }));
+    assert!(matches!(
+        eval(admin_r, M::GET, &alice, None),
+        Login { max_age: None, .. }
+    ));
+    assert!(matches!(
+        eval(admin_r, M::GET, &alice, Some(&fresh_admin)),
+        Allow(_)
+    ));
+    assert!(matches!(
+        eval(admin_r, M::POST, &alice, Some(&fresh_admin)),
+        Method(_)
+    ));
+    assert!(matches!(
+        eval(admin_r, M::GET, &alice, Some(&old_admin)),
+        Login {
+            max_age: Some(600),
+            ..
+        }
+    ));
     match eval(admin_r, M::GET, &bob, Some(&user)) {
         Deny(why) => {
             assert!(why.contains("requires role admin; you have user"), "{why}");
@@ -276,16 +320,24 @@ access = "login"
         d => panic!("{d:?}"),
     }
     // Funnel never reaches a login route.
-    let funnel = PeerIdentity::Funnel { addr: "203.0.113.1:5".parse().unwrap() };
+    let funnel = PeerIdentity::Funnel {
+        addr: "203.0.113.1:5".parse().unwrap(),
+    };
     assert!(matches!(eval(admin_r, M::GET, &funnel, None), Hide(_)));
     // any: the tag alone passes; otherwise a login could.
     assert!(matches!(eval(either, M::GET, &ci, None), Allow(_)));
     assert!(matches!(eval(either, M::GET, &bob, None), Login { .. }));
-    assert!(matches!(eval(either, M::GET, &alice, Some(&fresh_admin)), Allow(_)));
+    assert!(matches!(
+        eval(either, M::GET, &alice, Some(&fresh_admin)),
+        Allow(_)
+    ));
     // all: the tailnet user must match before a login helps; any signed-in role passes.
     assert!(matches!(eval(both, M::GET, &bob, Some(&user)), Deny(_)));
     assert!(matches!(eval(both, M::GET, &alice, None), Login { .. }));
-    assert!(matches!(eval(both, M::GET, &alice, Some(&fresh_admin)), Allow(_)));
+    assert!(matches!(
+        eval(both, M::GET, &alice, Some(&fresh_admin)),
+        Allow(_)
+    ));
 }
 
 #[test]
@@ -302,11 +354,28 @@ access = "login"
 "#,
     );
     let bob = peer("bob@example.com", &[], &[]);
-    let s = session("pocketid", "bob@example.com", serde_json::json!({}), 999_000);
+    let s = session(
+        "pocketid",
+        "bob@example.com",
+        serde_json::json!({}),
+        999_000,
+    );
     let roles = roles(&c.rules, &bob, Some(&s));
     assert!(roles.is_empty());
-    let d = evaluate(&c.routes[0], &M::GET, &Caller { who: &bob, session: Some(&s), roles: &roles, now: 1_000_000 });
-    assert!(matches!(&d, Decision::Deny(w) if w.contains("maps to no role")), "{d:?}");
+    let d = evaluate(
+        &c.routes[0],
+        &M::GET,
+        &Caller {
+            who: &bob,
+            session: Some(&s),
+            roles: &roles,
+            now: 1_000_000,
+        },
+    );
+    assert!(
+        matches!(&d, Decision::Deny(w) if w.contains("maps to no role")),
+        "{d:?}"
+    );
 }
 
 #[test]
@@ -335,7 +404,8 @@ require = "any"
     let w = unsatisfiable(&c.routes, &c.rules);
     assert_eq!(w.len(), 1, "{w:?}");
     assert!(w[0].contains("/typo") && w[0].contains("admn"), "{w:?}");
-    let none = config("[[route]]\npath = \"/x\"\nupstream = \"http://127.0.0.1:1\"\naccess = \"login\"\n");
+    let none =
+        config("[[route]]\npath = \"/x\"\nupstream = \"http://127.0.0.1:1\"\naccess = \"login\"\n");
     let w = unsatisfiable(&none.routes, &none.rules);
     assert!(w[0].contains("no [[rule]] grants any role"), "{w:?}");
 }

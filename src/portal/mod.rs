@@ -145,7 +145,11 @@ impl Portal {
                 .map_err(|e| format!("provider {}: {e}", p.name))?;
             providers.push(oidc::Client::new(p.clone(), http));
         }
-        let mut allowed_hosts: Vec<String> = config.routes.iter().filter_map(|r| r.host.clone()).collect();
+        let mut allowed_hosts: Vec<String> = config
+            .routes
+            .iter()
+            .filter_map(|r| r.host.clone())
+            .collect();
         allowed_hosts.extend(cfg.redirect_hosts.iter().cloned());
         Ok(Some(Portal {
             keys,
@@ -228,7 +232,8 @@ impl Portal {
     /// (or `force`). Returns `None` when the provider ended the session
     /// (it is then revoked here too).
     async fn maybe_refresh(&self, sid: &str, rec: Record, force: bool) -> Option<Record> {
-        let due = |r: &Record| force || now() - r.refreshed >= self.cfg.refresh_interval.as_secs() as i64;
+        let due =
+            |r: &Record| force || now() - r.refreshed >= self.cfg.refresh_interval.as_secs() as i64;
         if rec.refresh_token.is_none() || !due(&rec) {
             return Some(rec);
         }
@@ -285,7 +290,8 @@ impl Portal {
     /// websockets) and refreshes sessions that have open websockets, so a
     /// session ended at the provider also closes its long-lived connections.
     pub async fn upkeep(self: Arc<Self>) {
-        let every = (self.cfg.refresh_interval / 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
+        let every =
+            (self.cfg.refresh_interval / 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
         loop {
             tokio::time::sleep(every).await;
             if let Err(e) = self.store.purge_expired(now()) {
@@ -345,7 +351,9 @@ impl Portal {
             &format!("sign in at {login}"),
             html,
         );
-        if let Ok(v) = HeaderValue::from_str(&format!("Cookie realm=\"tailpass\", login=\"{login}\"")) {
+        if let Ok(v) =
+            HeaderValue::from_str(&format!("Cookie realm=\"tailpass\", login=\"{login}\""))
+        {
             r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
         }
         r
@@ -353,24 +361,48 @@ impl Portal {
 
     /// A 403 page naming the failed requirement and the caller, with a way
     /// to sign in as someone else when a login could help.
-    pub fn forbidden(&self, origin: &PortalOrigin, reason: &str, path_and_query: &str, html: bool, login_route: bool) -> Response<Body> {
+    pub fn forbidden(
+        &self,
+        origin: &PortalOrigin,
+        reason: &str,
+        path_and_query: &str,
+        html: bool,
+        login_route: bool,
+    ) -> Response<Body> {
         if !html {
             return crate::http::response::error(StatusCode::FORBIDDEN, "Forbidden", reason, false);
         }
         let relogin = login_route.then(|| {
-            format!("{}{}/login?rd={}&fresh=1", origin.base, self.cfg.prefix, enc(path_and_query))
+            format!(
+                "{}{}/login?rd={}&fresh=1",
+                origin.base,
+                self.cfg.prefix,
+                enc(path_and_query)
+            )
         });
         html_response(
             StatusCode::FORBIDDEN,
-            pages::forbidden(&self.cfg.prefix, &self.cfg.title, reason, relogin.as_deref()),
+            pages::forbidden(
+                &self.cfg.prefix,
+                &self.cfg.title,
+                reason,
+                relogin.as_deref(),
+            ),
         )
     }
 
-    fn identity(&self, who: &PeerIdentity, s: Option<&Session>, roles: &BTreeSet<String>) -> pages::Identity {
+    fn identity(
+        &self,
+        who: &PeerIdentity,
+        s: Option<&Session>,
+        roles: &BTreeSet<String>,
+    ) -> pages::Identity {
         let w = who.whois();
         pages::Identity {
             tailnet: who.to_string(),
-            tailnet_user: w.filter(|w| !w.is_tagged()).map(|w| w.user.login_name.clone()),
+            tailnet_user: w
+                .filter(|w| !w.is_tagged())
+                .map(|w| w.user.login_name.clone()),
             node: w.map(|w| w.node.name.clone()),
             tags: w.map(|w| w.node.tags.clone()).unwrap_or_default(),
             session: s.map(|s| pages::SessionView {
@@ -412,7 +444,12 @@ impl Portal {
         // The portal serves tailnet peers only: a session is bound to a node.
         if who.whois().is_none() {
             return (
-                crate::http::response::error(StatusCode::NOT_FOUND, "Not found", "there is nothing here", html),
+                crate::http::response::error(
+                    StatusCode::NOT_FOUND,
+                    "Not found",
+                    "there is nothing here",
+                    html,
+                ),
                 "hide",
             );
         }
@@ -440,7 +477,11 @@ impl Portal {
                     .map(|pr| pages::ProviderLink {
                         name: pr.config().name.clone(),
                         label: pr.config().label.clone(),
-                        href: format!("{p}/oauth2/{}/authorize?rd={}{extra}", pr.config().name, enc(&rd)),
+                        href: format!(
+                            "{p}/oauth2/{}/authorize?rd={}{extra}",
+                            pr.config().name,
+                            enc(&rd)
+                        ),
                     })
                     .collect();
                 // The QR code carries the absolute login URL of this node,
@@ -460,25 +501,48 @@ impl Portal {
                 )
             }
             (Method::GET, s) if s.starts_with("/oauth2/") && s.ends_with("/authorize") => {
-                let name = s.trim_start_matches("/oauth2/").trim_end_matches("/authorize");
-                self.start_login(name, who, origin, q("rd"), q("max_age"), q("fresh").is_some(), html)
-                    .await
+                let name = s
+                    .trim_start_matches("/oauth2/")
+                    .trim_end_matches("/authorize");
+                self.start_login(
+                    name,
+                    who,
+                    origin,
+                    q("rd"),
+                    q("max_age"),
+                    q("fresh").is_some(),
+                    html,
+                )
+                .await
             }
-            (Method::GET, s) if s.starts_with("/oauth2/") && s.ends_with("/authorization-code-callback") => {
+            (Method::GET, s)
+                if s.starts_with("/oauth2/") && s.ends_with("/authorization-code-callback") =>
+            {
                 let name = s
                     .trim_start_matches("/oauth2/")
                     .trim_end_matches("/authorization-code-callback")
                     .to_string();
-                self.callback(&name, req.headers(), who, origin, &q, html).await
+                self.callback(&name, req.headers(), who, origin, &q, html)
+                    .await
             }
             (Method::GET | Method::HEAD, "/") => {
                 let s = self.session(req.headers(), who).await;
                 let roles = self.roles(who, s.as_ref());
-                let services = if s.is_some() { self.services(who, s.as_ref(), &roles, origin) } else { Vec::new() };
+                let services = if s.is_some() {
+                    self.services(who, s.as_ref(), &roles, origin)
+                } else {
+                    Vec::new()
+                };
                 (
                     html_response(
                         StatusCode::OK,
-                        pages::dashboard(p, t, &self.identity(who, s.as_ref(), &roles), &services, &format!("{p}/login")),
+                        pages::dashboard(
+                            p,
+                            t,
+                            &self.identity(who, s.as_ref(), &roles),
+                            &services,
+                            &format!("{p}/login"),
+                        ),
                     ),
                     "dashboard",
                 )
@@ -488,7 +552,10 @@ impl Portal {
                 let roles = self.roles(who, s.as_ref());
                 let id = self.identity(who, s.as_ref(), &roles);
                 if html {
-                    (html_response(StatusCode::OK, pages::whoami(p, t, &id)), "whoami")
+                    (
+                        html_response(StatusCode::OK, pages::whoami(p, t, &id)),
+                        "whoami",
+                    )
                 } else {
                     let j = serde_json::json!({
                         "tailnet": {
@@ -515,14 +582,23 @@ impl Portal {
             }
             (Method::GET | Method::HEAD, "/logout") => {
                 let signed_in = self.session(req.headers(), who).await.is_some();
-                (html_response(StatusCode::OK, pages::logout(p, t, signed_in)), "logout-page")
+                (
+                    html_response(StatusCode::OK, pages::logout(p, t, signed_in)),
+                    "logout-page",
+                )
             }
             (Method::POST, "/logout") => self.logout(req.headers(), who, origin).await,
-            (Method::GET | Method::HEAD, "/logged-out") => {
-                (html_response(StatusCode::OK, pages::logged_out(p, t)), "logged-out")
-            }
+            (Method::GET | Method::HEAD, "/logged-out") => (
+                html_response(StatusCode::OK, pages::logged_out(p, t)),
+                "logged-out",
+            ),
             _ => (
-                crate::http::response::error(StatusCode::NOT_FOUND, "Not found", "no such portal page", html),
+                crate::http::response::error(
+                    StatusCode::NOT_FOUND,
+                    "Not found",
+                    "no such portal page",
+                    html,
+                ),
                 "no-route",
             ),
         }
@@ -535,11 +611,21 @@ impl Portal {
         roles: &BTreeSet<String>,
         origin: &PortalOrigin,
     ) -> Vec<(String, String)> {
-        let caller = Caller { who, session: s, roles, now: now() };
+        let caller = Caller {
+            who,
+            session: s,
+            roles,
+            now: now(),
+        };
         self.routes
             .iter()
             .filter(|r| r.node.as_ref().is_none_or(|n| *n == origin.node))
-            .filter(|r| matches!(policy::evaluate(r, &Method::GET, &caller), Decision::Allow(_)))
+            .filter(|r| {
+                matches!(
+                    policy::evaluate(r, &Method::GET, &caller),
+                    Decision::Allow(_)
+                )
+            })
             .filter(|r| !matches!(r.access, config::Access::Public) || r.title.is_some())
             .map(|r| {
                 let href = match &r.host {
@@ -565,15 +651,36 @@ impl Portal {
         let p = &self.cfg.prefix;
         let Some(provider) = self.provider(name) else {
             return (
-                crate::http::response::error(StatusCode::NOT_FOUND, "Not found", "no such provider", html),
+                crate::http::response::error(
+                    StatusCode::NOT_FOUND,
+                    "Not found",
+                    "no such provider",
+                    html,
+                ),
                 "no-route",
             );
         };
         let Some(binding) = Binding::of(who) else {
-            return (crate::http::response::error(StatusCode::NOT_FOUND, "Not found", "there is nothing here", html), "hide");
+            return (
+                crate::http::response::error(
+                    StatusCode::NOT_FOUND,
+                    "Not found",
+                    "there is nothing here",
+                    html,
+                ),
+                "hide",
+            );
         };
         let mut hosts = self.allowed_hosts.clone();
-        hosts.push(origin.base.trim_start_matches("https://").split(':').next().unwrap_or_default().to_ascii_lowercase());
+        hosts.push(
+            origin
+                .base
+                .trim_start_matches("https://")
+                .split(':')
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase(),
+        );
         let target = rd
             .as_deref()
             .and_then(|t| target::safe_target(t, &hosts, origin.https_port))
@@ -587,7 +694,12 @@ impl Portal {
                 return (
                     html_response(
                         StatusCode::BAD_GATEWAY,
-                        pages::problem(p, &self.cfg.title, "The identity provider is not reachable", "Try again in a moment; the administrator can see the reason in the log."),
+                        pages::problem(
+                            p,
+                            &self.cfg.title,
+                            "The identity provider is not reachable",
+                            "Try again in a moment; the administrator can see the reason in the log.",
+                        ),
                     ),
                     "login-error",
                 );
@@ -598,7 +710,10 @@ impl Portal {
             let mut m = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             m.retain(|_, l| l.started.elapsed() < LOGIN_TTL);
             if m.len() >= MAX_PENDING
-                && let Some(oldest) = m.iter().min_by_key(|(_, l)| l.started).map(|(k, _)| k.clone())
+                && let Some(oldest) = m
+                    .iter()
+                    .min_by_key(|(_, l)| l.started)
+                    .map(|(k, _)| k.clone())
             {
                 m.remove(&oldest);
             }
@@ -624,7 +739,8 @@ impl Portal {
         )) {
             r.headers_mut().append(header::SET_COOKIE, v);
         }
-        r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        r.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         (r, "login-start")
     }
 
@@ -659,35 +775,59 @@ impl Portal {
             .remove(&state);
         let Some(pl) = pending.filter(|l| l.started.elapsed() < LOGIN_TTL) else {
             tracing::warn!(peer = %who, provider = name, "callback with unknown or used state");
-            return (fail(StatusCode::BAD_REQUEST, "Sign-in expired", stale), "login-fail");
+            return (
+                fail(StatusCode::BAD_REQUEST, "Sign-in expired", stale),
+                "login-fail",
+            );
         };
         if pl.provider != name
             || headers::cookie(headers, &login_cookie_name(&self.cfg)) != Some(pl.browser.as_str())
             || Binding::of(who).as_ref() != Some(&pl.binding)
         {
             tracing::warn!(peer = %who, provider = name, "callback from another browser, node or provider than the sign-in started");
-            return (fail(StatusCode::BAD_REQUEST, "Sign-in expired", stale), "login-fail");
+            return (
+                fail(StatusCode::BAD_REQUEST, "Sign-in expired", stale),
+                "login-fail",
+            );
         }
         if let Some(err) = q("error") {
             let desc = q("error_description").unwrap_or_default();
             tracing::info!(peer = %who, provider = name, error = %err, description = %desc, "provider refused the sign-in");
             return (
-                fail(StatusCode::FORBIDDEN, "The identity provider refused the sign-in", &format!("{err} {desc}")),
+                fail(
+                    StatusCode::FORBIDDEN,
+                    "The identity provider refused the sign-in",
+                    &format!("{err} {desc}"),
+                ),
                 "login-fail",
             );
         }
         let Some(code) = q("code") else {
-            return (fail(StatusCode::BAD_REQUEST, "Sign-in failed", "the provider sent no code"), "login-fail");
+            return (
+                fail(
+                    StatusCode::BAD_REQUEST,
+                    "Sign-in failed",
+                    "the provider sent no code",
+                ),
+                "login-fail",
+            );
         };
         let Some(provider) = self.provider(name) else {
-            return (fail(StatusCode::NOT_FOUND, "Sign-in failed", "no such provider"), "login-fail");
+            return (
+                fail(StatusCode::NOT_FOUND, "Sign-in failed", "no such provider"),
+                "login-fail",
+            );
         };
         let login = match provider.finish(&code, &pl.oidc, &pl.redirect_uri).await {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(peer = %who, provider = name, error = %e, "sign-in rejected");
                 return (
-                    fail(StatusCode::BAD_GATEWAY, "Sign-in failed", "The identity provider's answer could not be verified. The administrator can see why in the log."),
+                    fail(
+                        StatusCode::BAD_GATEWAY,
+                        "Sign-in failed",
+                        "The identity provider's answer could not be verified. The administrator can see why in the log.",
+                    ),
                     "login-fail",
                 );
             }
@@ -698,7 +838,11 @@ impl Portal {
         {
             tracing::warn!(peer = %who, provider = name, "provider did not authenticate again for a step-up");
             return (
-                fail(StatusCode::FORBIDDEN, "Sign-in too old", "This page needs a recent sign-in, and the identity provider did not ask you to sign in again."),
+                fail(
+                    StatusCode::FORBIDDEN,
+                    "Sign-in too old",
+                    "This page needs a recent sign-in, and the identity provider did not ask you to sign in again.",
+                ),
                 "login-fail",
             );
         }
@@ -722,14 +866,21 @@ impl Portal {
         if roles.is_empty() {
             tracing::warn!(peer = %who, provider = name, login = %shown, "sign-in maps to no role; no session created");
             return (
-                html_response(StatusCode::FORBIDDEN, pages::no_role(p, t, &shown, &who.to_string())),
+                html_response(
+                    StatusCode::FORBIDDEN,
+                    pages::no_role(p, t, &shown, &who.to_string()),
+                ),
                 "no-role",
             );
         }
         if let Err(e) = self.store.put(&sid, rec) {
             tracing::error!(error = %e, "cannot persist a new session");
             return (
-                fail(StatusCode::INTERNAL_SERVER_ERROR, "Sign-in failed", "The session could not be stored."),
+                fail(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Sign-in failed",
+                    "The session could not be stored.",
+                ),
                 "login-fail",
             );
         }
@@ -773,14 +924,18 @@ impl Portal {
         let p = &self.cfg.prefix;
         let done = format!("{}{p}/logged-out", origin.base);
         let mut to = done.clone();
-        if let (Some(token), Some(binding)) = (headers::cookie(headers, &self.cfg.cookie_name), Binding::of(who))
-            && let Ok(c) = self.keys.verify(token, &binding, now())
+        if let (Some(token), Some(binding)) = (
+            headers::cookie(headers, &self.cfg.cookie_name),
+            Binding::of(who),
+        ) && let Ok(c) = self.keys.verify(token, &binding, now())
         {
             match self.store.revoke(&c.sid) {
                 Ok(Some(rec)) => {
                     tracing::info!(peer = %who, provider = %rec.provider, "signed out");
                     if let Some(pr) = self.provider(&rec.provider)
-                        && let Some(u) = pr.end_session_url(&rec.id_token, &done, &random_token()).await
+                        && let Some(u) = pr
+                            .end_session_url(&rec.id_token, &done, &random_token())
+                            .await
                     {
                         to = u;
                     }
@@ -791,7 +946,12 @@ impl Portal {
                     return (
                         html_response(
                             StatusCode::INTERNAL_SERVER_ERROR,
-                            pages::problem(p, &self.cfg.title, "Sign-out failed", "The session could not be revoked; try again."),
+                            pages::problem(
+                                p,
+                                &self.cfg.title,
+                                "Sign-out failed",
+                                "The session could not be revoked; try again.",
+                            ),
                         ),
                         "logout-fail",
                     );
@@ -802,7 +962,8 @@ impl Portal {
         if let Ok(v) = HeaderValue::from_str(&session_cookie(&self.cfg, "", 0)) {
             r.headers_mut().append(header::SET_COOKIE, v);
         }
-        r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        r.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         (r, "logout")
     }
 }
@@ -810,13 +971,19 @@ impl Portal {
 /// The redirect URIs and post-logout URIs to register at each provider,
 /// for `tailpass check`.
 pub fn registration_uris(config: &Config) -> Vec<(String, String, String)> {
-    let Some(pt) = &config.portal else { return Vec::new() };
+    let Some(pt) = &config.portal else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     for n in &config.nodes {
         if !(pt.nodes.is_empty() || pt.nodes.contains(&n.hostname)) {
             continue;
         }
-        let port = if n.https_port == 443 { String::new() } else { format!(":{}", n.https_port) };
+        let port = if n.https_port == 443 {
+            String::new()
+        } else {
+            format!(":{}", n.https_port)
+        };
         let base = format!("https://{}{port}{}", config.node_fqdn(n), pt.prefix);
         for p in &config.providers {
             out.push((
@@ -832,7 +999,10 @@ pub fn registration_uris(config: &Config) -> Vec<(String, String, String)> {
 #[allow(dead_code)]
 fn _assert_send() {
     fn is_send<T: Send>(_: T) {}
-    let _ = |p: &'static Portal, r: Request<Incoming>, w: &'static PeerIdentity, o: &'static PortalOrigin| {
+    let _ = |p: &'static Portal,
+             r: Request<Incoming>,
+             w: &'static PeerIdentity,
+             o: &'static PortalOrigin| {
         is_send(p.handle(r, "/", w, o));
     };
     let _ = Bytes::new();

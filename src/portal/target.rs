@@ -35,7 +35,7 @@ pub fn safe_target(target: &str, allowed_hosts: &[String], https_port: u16) -> O
         return None;
     }
     let host = auth.host().trim_end_matches('.').to_ascii_lowercase();
-    if !allowed_hosts.iter().any(|h| *h == host) {
+    if !allowed_hosts.contains(&host) {
         return None;
     }
     match auth.port_u16() {
@@ -53,7 +53,10 @@ mod tests {
 
     #[test]
     fn only_same_origin_paths_and_configured_hosts() {
-        let hosts = vec!["gw.tail-test.ts.net".to_string(), "blog.example".to_string()];
+        let hosts = vec![
+            "gw.tail-test.ts.net".to_string(),
+            "blog.example".to_string(),
+        ];
         let ok = |t: &str| safe_target(t, &hosts, 443);
         assert_eq!(ok("/ttyd/?a=1").as_deref(), Some("/ttyd/?a=1"));
         assert_eq!(ok("/").as_deref(), Some("/"));

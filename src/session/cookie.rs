@@ -128,12 +128,13 @@ impl Keys {
         // Expiry is checked below against `now`, so tests and clocks agree.
         v.validate_exp = false;
         v.required_spec_claims.clear();
-        let data = jsonwebtoken::decode::<SessionCookie>(token, &key.dec, &v).map_err(|e| {
-            match e.kind() {
-                jsonwebtoken::errors::ErrorKind::InvalidSignature => CookieError::BadSignature,
-                _ => CookieError::Malformed,
-            }
-        })?;
+        let data =
+            jsonwebtoken::decode::<SessionCookie>(token, &key.dec, &v).map_err(|e| {
+                match e.kind() {
+                    jsonwebtoken::errors::ErrorKind::InvalidSignature => CookieError::BadSignature,
+                    _ => CookieError::Malformed,
+                }
+            })?;
         let c = data.claims;
         if c.exp <= now {
             return Err(CookieError::Expired);
@@ -213,7 +214,10 @@ mod tests {
             serde_json::from_slice(&e.decode(parts[1]).unwrap()).unwrap();
         claims["exp"] = 99_999.into();
         let forged = format!("{}.{}.{}", parts[0], e.encode(claims.to_string()), parts[2]);
-        assert_eq!(old.verify(&forged, &me, 500), Err(CookieError::BadSignature));
+        assert_eq!(
+            old.verify(&forged, &me, 500),
+            Err(CookieError::BadSignature)
+        );
 
         // Unsigned (alg none) with our kid, and garbage.
         let none_hdr = e.encode(format!(
@@ -222,7 +226,10 @@ mod tests {
         ));
         let unsigned = format!("{none_hdr}.{}.", parts[1]);
         assert!(old.verify(&unsigned, &me, 500).is_err());
-        assert_eq!(old.verify("nonsense", &me, 500), Err(CookieError::Malformed));
+        assert_eq!(
+            old.verify("nonsense", &me, 500),
+            Err(CookieError::Malformed)
+        );
         assert!(old.verify("", &me, 500).is_err());
     }
 }

@@ -317,9 +317,15 @@ mod tests {
         drop(s);
 
         let s = Store::open(dir.path()).unwrap();
-        assert!(s.get("a", 0).is_none(), "revoked stays revoked after a restart");
+        assert!(
+            s.get("a", 0).is_none(),
+            "revoked stays revoked after a restart"
+        );
         assert_eq!(s.get("b", 0).unwrap().sub, "alice");
-        assert!(*s.watch("a").borrow(), "watching a dead session reads revoked");
+        assert!(
+            *s.watch("a").borrow(),
+            "watching a dead session reads revoked"
+        );
         let mode = std::fs::metadata(dir.path().join("sessions.json"))
             .unwrap()
             .permissions();

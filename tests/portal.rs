@@ -1,0 +1,664 @@
+//! The login portal end to end on the offline test tailnet: client nodes
+//! walk the OIDC login through the gateway (HTTPS, local CA) to a provider
+//! on 127.0.0.1 and back.
+//!
+//! The provider here is `support::forge`, a deliberately *forging* OIDC
+//! provider: it signs whatever it is told to (wrong issuer, wrong
+//! audience, expired, unsigned, re-signed, wrong nonce …), which a correct
+//! provider never does. It is used for the cases the real provider cannot
+//! produce and for fast flow checks; `tests/portal_idp.rs` runs the same
+//! flows against the real, certified `oidc-provider`.
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use support::browser::{Browser, query_param, urlenc};
+use support::forge::{Fault, Forge};
+use support::{TestNet, upstream};
+use tailpass::config::Config;
+use tailpass::server::{Gateway, Options};
+use tailpass::tailnet::Node;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// Log lines of this test binary, to check *why* something was refused.
+static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct LogWriter;
+impl std::io::Write for LogWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("tailpass=info")
+            .with_ansi(false)
+            .with_writer(|| LogWriter)
+            .try_init();
+    });
+}
+
+/// Log text written since `mark` (a length of [`LOGS`]).
+fn logs_since(mark: usize) -> String {
+    let l = LOGS.lock().unwrap();
+    String::from_utf8_lossy(&l[mark.min(l.len())..]).into_owned()
+}
+
+fn log_mark() -> usize {
+    LOGS.lock().unwrap().len()
+}
+
+const SECRET: &str = "test-session-secret-0123456789-abcdefghijklmnop";
+const CLIENT_ID: &str = "tailpass";
+const CLIENT_SECRET: &str = "forge-client-secret";
+
+struct Stack {
+    net: TestNet,
+    gw: Gateway,
+    host: String,
+    ca: String,
+    alice: Node,
+    bob: Node,
+    forge: Forge,
+    toml: String,
+    dir: tempfile::TempDir,
+}
+
+fn env(k: &str) -> Option<String> {
+    match k {
+        "SESSION_SECRET" => Some(SECRET.into()),
+        "CLIENT_SECRET" => Some(CLIENT_SECRET.into()),
+        _ => None,
+    }
+}
+
+async fn stack(portal_extra: &str) -> Stack {
+    let net = TestNet::start();
+    let (alice, bob) = tokio::join!(net.node("alice"), net.node("bob"));
+    let forge = Forge::start(CLIENT_ID, CLIENT_SECRET).await;
+    let echo = upstream::start_echo().await;
+    let ws = upstream::start_ws_echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        r#"
+[[node]]
+hostname = "gw"
+state_dir = "{state}"
+control_url = "{control}"
+cert = "local-ca"
+
+[portal]
+session_secret = {{ env = "SESSION_SECRET" }}
+{portal_extra}
+
+[[provider]]
+name = "forge"
+label = "Forge"
+issuer = "{issuer}"
+client_id = "{CLIENT_ID}"
+client_secret = {{ env = "CLIENT_SECRET" }}
+
+[[rule]]
+roles = ["user"]
+domains = ["example.com"]
+
+[[rule]]
+roles = ["admin"]
+groups = ["admins"]
+
+[[route]]
+path = "/app"
+upstream = "http://{echo}"
+roles = ["user", "admin"]
+title = "The app"
+
+[[route]]
+path = "/admin"
+upstream = "http://{echo}"
+roles = ["admin"]
+max_auth_age = "3s"
+
+[[route]]
+path = "/ws"
+upstream = "http://{ws}"
+access = "login"
+
+[[route]]
+path = "/open"
+upstream = "http://{echo}"
+"#,
+        state = dir.path().join("gw").display(),
+        control = net.control_url,
+        issuer = forge.issuer,
+    );
+    let gw = start(&toml).await;
+    net.settle(&[&gw.nodes[0].node, &alice, &bob]).await;
+    let ca = std::fs::read_to_string(dir.path().join("gw/local-ca/ca.pem")).unwrap();
+    Stack {
+        host: gw.nodes[0].fqdn.clone(),
+        net,
+        gw,
+        ca,
+        alice,
+        bob,
+        forge,
+        toml,
+        dir,
+    }
+}
+
+async fn start(toml: &str) -> Gateway {
+    let config = Config::parse(toml, &env).unwrap_or_else(|e| panic!("{e}"));
+    Gateway::start(config, Options::default()).await.unwrap()
+}
+
+impl Stack {
+    fn url(&self, p: &str) -> String {
+        format!("https://{}{p}", self.host)
+    }
+    fn browser(&self, node: &Node) -> Browser {
+        Browser::new(node, &self.ca)
+    }
+    fn session_cookie(&self, b: &Browser) -> Option<String> {
+        b.cookie(&self.host, "tailpass_session")
+    }
+}
+
+/// Opens a websocket through the gateway from `node` with `cookie`.
+async fn open_ws(
+    s: &Stack,
+    node: &Node,
+    cookie: &str,
+) -> tokio_tungstenite::WebSocketStream<
+    tokio_rustls::client::TlsStream<tailpass::tailnet::TailnetStream>,
+> {
+    let tls = support::client::connect(node, &s.host, 443, &s.ca, &[b"http/1.1"]).await;
+    let mut req = format!("wss://{}/ws/term", s.host)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "cookie",
+        format!("tailpass_session={cookie}").parse().unwrap(),
+    );
+    let (mut ws, resp) = tokio_tungstenite::client_async(req, tls).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    ws.send(tokio_tungstenite::tungstenite::Message::text("ping"))
+        .await
+        .unwrap();
+    let back = ws.next().await.unwrap().unwrap();
+    assert_eq!(back.into_text().unwrap().as_str(), "ping");
+    ws
+}
+
+/// Waits until the websocket is closed by the other side.
+async fn closed_within(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_rustls::client::TlsStream<tailpass::tailnet::TailnetStream>,
+    >,
+    limit: Duration,
+) -> bool {
+    tokio::time::timeout(limit, async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) => return,
+                Some(Ok(m)) if m.is_close() => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+fn jwt_parts(token: &str) -> (serde_json::Value, serde_json::Value) {
+    use base64::Engine;
+    let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut it = token.split('.');
+    let h = serde_json::from_slice(&e.decode(it.next().unwrap()).unwrap()).unwrap();
+    let c = serde_json::from_slice(&e.decode(it.next().unwrap()).unwrap()).unwrap();
+    (h, c)
+}
+
+fn resign(claims: &serde_json::Value, kid: &str, secret: &str) -> String {
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    h.kid = Some(kid.to_string());
+    jsonwebtoken::encode(
+        &h,
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_keeps_the_url_passes_identity_and_logout_ends_everything() {
+    let _permit = support::heavy().await;
+    let s = stack("").await;
+    let alice_login = s
+        .alice
+        .status()
+        .await
+        .unwrap()
+        .self_node
+        .unwrap()
+        .user_login;
+    let mut b = s.browser(&s.alice);
+
+    // A browser without a session goes to the login page with its URL kept.
+    let first = b.get(&s.url("/app/page?x=1&y=%2F")).await;
+    assert_eq!(first.status, 302, "{}", first.body);
+    let login = first.location().unwrap();
+    assert_eq!(
+        login,
+        s.url(&format!("/auth/login?rd={}", urlenc("/app/page?x=1&y=%2F")))
+    );
+    // A non-browser gets 401 instead.
+    let mut api = s.browser(&s.alice);
+    api.html = false;
+    let p = api.get(&s.url("/app/page")).await;
+    assert_eq!(p.status, 401);
+    assert!(p.headers.contains_key("www-authenticate"));
+
+    // The login page: providers, a QR code of the absolute login URL, and
+    // every link and asset under the prefix.
+    let page = b.get(&login).await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body.contains(r#"data-provider="forge""#),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains(r#"id="qr""#) && page.body.contains("<svg"));
+    assert!(
+        page.body
+            .contains(&format!("https://{}/auth/login", s.host))
+    );
+    for attr in ["href=\"", "src=\"", "action=\""] {
+        for (i, _) in page.body.match_indices(attr) {
+            let v = &page.body[i + attr.len()..];
+            assert!(
+                v.starts_with("/auth/"),
+                "link outside the prefix: {}",
+                &v[..40.min(v.len())]
+            );
+        }
+    }
+
+    // Walk the provider round trip: back on the original URL, upstream
+    // sees both identities and never the session cookie.
+    let end = b
+        .follow(&login.replace("/auth/login?", "/auth/oauth2/forge/authorize?"))
+        .await;
+    assert_eq!(
+        end.url,
+        s.url("/app/page?x=1&y=%2F"),
+        "visited {:?}",
+        b.visited
+    );
+    let j: serde_json::Value = serde_json::from_str(&end.body).unwrap();
+    assert_eq!(j["path"], "/app/page?x=1&y=%2F");
+    let hdr = |n: &str| j["headers"][n][0].as_str().map(str::to_string);
+    assert_eq!(hdr("remote-email").as_deref(), Some("mallory@example.com"));
+    assert_eq!(hdr("remote-user").as_deref(), Some("mallory"));
+    assert_eq!(hdr("remote-roles").as_deref(), Some("user"));
+    assert_eq!(hdr("tailscale-user-login"), Some(alice_login.clone()));
+    assert!(
+        hdr("cookie").is_none_or(|c| !c.contains("tailpass_session")),
+        "{j}"
+    );
+
+    // What the provider saw: PKCE S256, state, nonce, scopes; the verifier at the token endpoint.
+    let a = &s.forge.authorize_requests()[0];
+    assert_eq!(a["code_challenge_method"], "S256");
+    assert!(a["nonce"].as_str().is_some_and(|n| n.len() >= 32));
+    assert!(a["state"].as_str().is_some_and(|n| n.len() >= 32));
+    assert_eq!(a["scope"], "openid email profile groups offline_access");
+    assert_eq!(
+        a["redirect_uri"],
+        s.url("/auth/oauth2/forge/authorization-code-callback")
+    );
+    let t = &s.forge.token_requests()[0];
+    assert!(t["form"]["code_verifier"].as_str().is_some(), "{t}");
+    assert_eq!(t["basic_auth"], true);
+
+    // The session cookie: HttpOnly, Secure, SameSite=Lax, host-only.
+    let cb = b
+        .visited
+        .iter()
+        .find(|u| u.starts_with(&s.url("/auth/oauth2/forge/authorization-code-callback")))
+        .unwrap()
+        .clone();
+    let cookie = s.session_cookie(&b).expect("session cookie set");
+    let (_, set) = b
+        .set_cookies
+        .iter()
+        .find(|(_, c)| c.starts_with("tailpass_session=") && c.contains(&cookie))
+        .unwrap();
+    for attr in ["HttpOnly", "Secure", "SameSite=Lax", "Path=/"] {
+        assert!(set.split("; ").any(|a| a == attr), "{attr} missing: {set}");
+    }
+    assert!(
+        !set.contains("Domain="),
+        "host-only unless a cookie domain is set: {set}"
+    );
+    let p = b.get(&cb).await; // replayed callback: state is single-use
+    assert_eq!(p.status, 400, "{cb} -> {:?} {}", p.location(), p.body);
+    assert_eq!(s.session_cookie(&b).as_deref(), Some(cookie.as_str()));
+
+    // whoami shows both identities; the dashboard lists the services.
+    api.set_cookie(&s.host, "tailpass_session", &cookie);
+    let who = api.get(&s.url("/auth/whoami")).await;
+    let w: serde_json::Value = serde_json::from_str(&who.body).unwrap();
+    assert_eq!(w["tailnet"]["user"], alice_login);
+    assert_eq!(w["session"]["email"], "mallory@example.com");
+    assert_eq!(w["roles"], serde_json::json!(["user"]));
+    let dash = b.get(&s.url("/auth/")).await;
+    assert!(dash.body.contains(r#"class="service""#) && dash.body.contains("The app"));
+    assert!(dash.body.contains(r#"id="logout""#));
+
+    // The same cookie from another node is refused.
+    let mut thief = s.browser(&s.bob);
+    thief.set_cookie(&s.host, "tailpass_session", &cookie);
+    assert_eq!(thief.get(&s.url("/app/")).await.status, 302);
+
+    // Tampered, expired, unsigned and foreign-key cookies are refused.
+    let (h, c) = jwt_parts(&cookie);
+    let kid = h["kid"].as_str().unwrap();
+    let mut expired = c.clone();
+    expired["exp"] = (c["iat"].as_i64().unwrap() - 10).into();
+    let mut longer = c.clone();
+    longer["exp"] = (c["exp"].as_i64().unwrap() + 86_400).into();
+    let sig = cookie.rsplit('.').next().unwrap();
+    let tampered = format!("{}.{}.{sig}", cookie.split('.').next().unwrap(), {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(longer.to_string())
+    });
+    let unsigned = {
+        use base64::Engine;
+        let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.",
+            e.encode(format!(r#"{{"alg":"none","typ":"JWT","kid":"{kid}"}}"#)),
+            e.encode(c.to_string())
+        )
+    };
+    for (name, bad) in [
+        ("expired", resign(&expired, kid, SECRET)),
+        ("tampered", tampered),
+        ("unsigned", unsigned),
+        (
+            "other key",
+            resign(&c, kid, "another-secret-that-is-long-enough-0123456789"),
+        ),
+        ("garbage", "not-a-jwt".to_string()),
+    ] {
+        let mut m = s.browser(&s.alice);
+        m.set_cookie(&s.host, "tailpass_session", &bad);
+        assert_eq!(
+            m.get(&s.url("/app/")).await.status,
+            302,
+            "{name} cookie accepted"
+        );
+    }
+    // A correctly re-signed cookie with a longer life still works only
+    // because its session record is live: shows the checks above are not
+    // vacuous.
+    let mut m = s.browser(&s.alice);
+    m.set_cookie(&s.host, "tailpass_session", &resign(&longer, kid, SECRET));
+    assert_eq!(m.get(&s.url("/app/")).await.status, 200);
+
+    // Open-redirect attempts land on the portal.
+    for rd in [
+        "//evil.example/x",
+        "https://evil.example/",
+        "/\\evil.example",
+        "https://evil.example@gw/",
+        "javascript:alert(1)",
+        &format!("https://{}.evil.example/", s.host),
+        &format!("http://{}/app/", s.host),
+    ] {
+        let mut m = s.browser(&s.alice);
+        let end = m
+            .follow(&s.url(&format!("/auth/oauth2/forge/authorize?rd={}", urlenc(rd))))
+            .await;
+        assert_eq!(end.url, s.url("/auth/"), "rd {rd:?} went to {}", end.url);
+    }
+
+    // Logout: websocket open under the session, then sign out.
+    let mut ws = open_ws(&s, &s.alice, &cookie).await;
+    let out = b
+        .send(
+            "POST",
+            &s.url("/auth/logout"),
+            Some(("application/x-www-form-urlencoded", String::new())),
+            &[],
+        )
+        .await;
+    assert_eq!(out.status, 303);
+    let to = out.location().unwrap();
+    assert!(
+        to.starts_with(&format!("{}/logout?", s.forge.issuer)),
+        "{to}"
+    );
+    let hint = query_param(&to, "id_token_hint").expect("id_token_hint");
+    assert_eq!(jwt_parts(&hint).1["sub"], "mallory");
+    assert_eq!(
+        query_param(&to, "post_logout_redirect_uri").as_deref(),
+        Some(s.url("/auth/logged-out").as_str())
+    );
+    assert!(query_param(&to, "state").is_some());
+    assert!(s.session_cookie(&b).is_none(), "cookie cleared");
+    let done = b.follow(&to).await;
+    assert!(done.body.contains(r#"id="logged-out""#), "{}", done.body);
+    assert!(
+        closed_within(&mut ws, Duration::from_secs(5)).await,
+        "websocket outlived the logout"
+    );
+    // The old cookie is dead (revoked server-side, not just cleared).
+    let mut replay = s.browser(&s.alice);
+    replay.set_cookie(&s.host, "tailpass_session", &cookie);
+    assert_eq!(replay.get(&s.url("/app/")).await.status, 302);
+
+    // A session still alive survives a restart; the revoked one stays revoked.
+    let mut b2 = s.browser(&s.alice);
+    let end = b2
+        .follow(&s.url("/auth/oauth2/forge/authorize?rd=%2Fapp%2F"))
+        .await;
+    assert_eq!(end.status, 200);
+    let live = s.session_cookie(&b2).unwrap();
+    let Stack {
+        net,
+        gw,
+        host,
+        ca,
+        alice,
+        toml,
+        dir,
+        forge,
+        bob,
+    } = s;
+    gw.shutdown().await;
+    let gw = start(&toml).await;
+    net.settle(&[&gw.nodes[0].node, &alice]).await;
+    let s = Stack {
+        net,
+        gw,
+        host,
+        ca,
+        alice,
+        bob,
+        forge,
+        toml,
+        dir,
+    };
+    let mut m = s.browser(&s.alice);
+    m.set_cookie(&s.host, "tailpass_session", &live);
+    assert_eq!(
+        m.get(&s.url("/app/")).await.status,
+        200,
+        "live session lost in a restart"
+    );
+    let mut m = s.browser(&s.alice);
+    m.set_cookie(&s.host, "tailpass_session", &cookie);
+    assert_eq!(
+        m.get(&s.url("/app/")).await.status,
+        302,
+        "revocation lost in a restart"
+    );
+    s.gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_tokens_bad_callbacks_roles_and_step_up() {
+    let _permit = support::heavy().await;
+    let s = stack("session_lifetime = \"6s\"").await;
+
+    capture_logs();
+    // Control: a correct token signs in.
+    let mut b = s.browser(&s.alice);
+    let end = b
+        .follow(&s.url("/auth/oauth2/forge/authorize?rd=%2Fapp%2F"))
+        .await;
+    assert_eq!(
+        (end.status, end.url.as_str()),
+        (200, s.url("/app/").as_str())
+    );
+
+    // Every forged ID token is refused, for its own reason; no session results.
+    for (f, why) in [
+        (Fault::WrongIssuer, "issuer"),
+        (Fault::WrongAudience, "audience"),
+        (Fault::Expired, "expired"),
+        (Fault::AlgNone, "signature"),
+        (Fault::Resigned, "signature"),
+        (Fault::WrongNonce, "nonce"),
+        (Fault::MissingNonce, "nonce"),
+        (Fault::UserinfoSubMismatch, "userinfo"),
+        (Fault::FutureIat, "future"),
+    ] {
+        s.forge.set_fault(f);
+        let mark = log_mark();
+        let mut b = s.browser(&s.alice);
+        let end = b.follow(&s.url("/app/")).await;
+        // The login page first, then the provider button.
+        assert!(
+            end.url.starts_with(&s.url("/auth/login")),
+            "{f:?}: {}",
+            end.url
+        );
+        let end = b
+            .follow(&s.url("/auth/oauth2/forge/authorize?rd=%2Fapp%2F"))
+            .await;
+        assert_eq!(end.status, 502, "{f:?} was accepted: {}", end.url);
+        let logs = logs_since(mark);
+        let line = logs
+            .lines()
+            .find(|l| l.contains("sign-in rejected"))
+            .unwrap_or_else(|| panic!("{f:?}: no rejection logged: {logs}"));
+        assert!(
+            line.to_ascii_lowercase().contains(why),
+            "{f:?}: expected {why:?} in {line}"
+        );
+        assert!(s.session_cookie(&b).is_none(), "{f:?} produced a session");
+        assert_eq!(b.get(&s.url("/app/")).await.status, 302);
+    }
+    s.forge.set_fault(Fault::None);
+
+    // Callback state mismatch, missing browser cookie, other node.
+    let mut b = s.browser(&s.alice);
+    let start = b
+        .get(&s.url("/auth/oauth2/forge/authorize?rd=%2Fapp%2F"))
+        .await;
+    let at_idp = b.get(&start.location().unwrap()).await;
+    let cb = at_idp.location().unwrap();
+    let state = query_param(&cb, "state").unwrap();
+    let wrong = cb.replace(&state, "not-the-state");
+    assert_eq!(b.get(&wrong).await.status, 400);
+    // (the mismatch consumed nothing: the real state still works once)
+    let mut other_browser = s.browser(&s.alice);
+    assert_eq!(
+        other_browser.get(&cb).await.status,
+        400,
+        "callback without the login cookie"
+    );
+    // that attempt consumed the state (single use), so the owner must start again
+    assert_eq!(b.get(&cb).await.status, 400);
+    let start = b
+        .get(&s.url("/auth/oauth2/forge/authorize?rd=%2Fapp%2F"))
+        .await;
+    let cb = b.get(&start.location().unwrap()).await.location().unwrap();
+    let mut bob = s.browser(&s.bob);
+    for (k, v) in b.jar.get(&s.host).cloned().unwrap_or_default() {
+        bob.set_cookie(&s.host, &k, &v);
+    }
+    assert_eq!(bob.get(&cb).await.status, 400, "callback from another node");
+
+    // A login that maps to no role: a page says so; no session.
+    s.forge
+        .set_claims(serde_json::json!({"email": "mallory@elsewhere.test"}));
+    let mut b = s.browser(&s.alice);
+    let end = b
+        .follow(&s.url("/auth/oauth2/forge/authorize?rd=%2Fapp%2F"))
+        .await;
+    assert_eq!(end.status, 403);
+    assert!(end.body.contains(r#"id="no-role""#), "{}", end.body);
+    assert!(s.session_cookie(&b).is_none());
+
+    // A user without the role: 403 naming the requirement and the caller,
+    // with a way to sign in as someone else (not a dead end).
+    s.forge.set_claims(serde_json::json!({}));
+    let mut b = s.browser(&s.alice);
+    b.follow(&s.url("/auth/oauth2/forge/authorize?rd=%2Fapp%2F"))
+        .await;
+    let p = b.get(&s.url("/admin/")).await;
+    assert_eq!(p.status, 403);
+    assert!(
+        p.body.contains("requires role admin; you have user"),
+        "{}",
+        p.body
+    );
+    assert!(p.body.contains("fresh=1"), "{}", p.body);
+
+    // Step-up: admin signs in, the route needs a sign-in at most 3 s old.
+    s.forge
+        .set_claims(serde_json::json!({"groups": ["admins"]}));
+    let mut b = s.browser(&s.alice);
+    let end = b
+        .follow(&s.url("/auth/oauth2/forge/authorize?rd=%2Fadmin%2F"))
+        .await;
+    assert_eq!(end.url, s.url("/admin/"));
+    assert_eq!(end.status, 200);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let p = b.get(&s.url("/admin/")).await;
+    assert_eq!(p.status, 302);
+    let to = p.location().unwrap();
+    assert!(
+        to.contains("/auth/oauth2/forge/authorize?") && to.contains("max_age=3"),
+        "{to}"
+    );
+    let before = s.forge.authorize_requests().len();
+    let end = b.follow(&to).await;
+    assert_eq!(end.url, s.url("/admin/"));
+    let a = &s.forge.authorize_requests()[before];
+    assert_eq!(a["max_age"], "3");
+    assert_eq!(a["prompt"], "login");
+
+    // Session expiry (6 s here) closes the websocket opened under it.
+    let cookie = s.session_cookie(&b).unwrap();
+    let mut ws = open_ws(&s, &s.alice, &cookie).await;
+    assert!(
+        closed_within(&mut ws, Duration::from_secs(10)).await,
+        "websocket outlived the session"
+    );
+    assert_eq!(b.get(&s.url("/app/")).await.status, 302);
+    s.gw.shutdown().await;
+}
