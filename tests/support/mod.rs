@@ -16,6 +16,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 pub mod client;
+pub mod idp;
 pub mod upstream;
 
 use tailpass::tailnet::{LogSink, Node, NodeConfig, global};
