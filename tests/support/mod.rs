@@ -18,6 +18,7 @@ use std::time::Duration;
 pub mod browser;
 pub mod client;
 pub mod forge;
+pub mod idp;
 pub mod upstream;
 
 use tailpass::tailnet::{LogSink, Node, NodeConfig, global};
