@@ -15,6 +15,7 @@ use http::{Request, Response};
 use http_body_util::Full;
 use percent_encoding::{NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use serde_json::{Value, json};
+use support::browser::parse_form;
 use support::client::H1;
 use support::idp::Idp;
 
@@ -77,40 +78,6 @@ fn query(url: &str) -> BTreeMap<String, String> {
 
 fn body(resp: &Response<Bytes>) -> String {
     String::from_utf8_lossy(resp.body()).into_owned()
-}
-
-/// The value of attribute `name` in one HTML tag.
-fn attr(tag: &str, name: &str) -> Option<String> {
-    let start = tag.find(&format!(" {name}=\""))? + name.len() + 3;
-    let len = tag[start..].find('"')?;
-    Some(tag[start..start + len].replace("&amp;", "&"))
-}
-
-/// The form with `id`: its method, action and hidden inputs.
-fn parse_form(html: &str, id: &str) -> (String, String, Vec<(String, String)>) {
-    let start = html
-        .find(&format!("<form id=\"{id}\""))
-        .unwrap_or_else(|| panic!("no form {id} in {html}"));
-    let end = start + html[start..].find("</form>").expect("unclosed form");
-    let f = &html[start..end];
-    let open = &f[..f.find('>').unwrap()];
-    let inputs = f
-        .split("<input")
-        .skip(1)
-        .map(|t| &t[..t.find('>').unwrap()])
-        .filter(|t| attr(t, "type").as_deref() == Some("hidden"))
-        .map(|t| {
-            (
-                attr(t, "name").unwrap(),
-                attr(t, "value").unwrap_or_default(),
-            )
-        })
-        .collect();
-    (
-        attr(open, "method").unwrap(),
-        attr(open, "action").unwrap(),
-        inputs,
-    )
 }
 
 /// The claims of a JWT, unverified.

@@ -15,7 +15,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
@@ -522,8 +521,7 @@ impl Portal {
                     .trim_start_matches("/oauth2/")
                     .trim_end_matches("/authorization-code-callback")
                     .to_string();
-                self.callback(&name, req.headers(), who, origin, &q, html)
-                    .await
+                self.callback(&name, req.headers(), who, &q).await
             }
             (Method::GET | Method::HEAD, "/") => {
                 let s = self.session(req.headers(), who).await;
@@ -749,9 +747,7 @@ impl Portal {
         name: &str,
         headers: &HeaderMap,
         who: &PeerIdentity,
-        origin: &PortalOrigin,
         q: &(dyn Fn(&str) -> Option<String> + Sync),
-        _html: bool,
     ) -> (Response<Body>, &'static str) {
         let p = &self.cfg.prefix;
         let t = &self.cfg.title;
@@ -899,7 +895,6 @@ impl Portal {
             exp: expires,
         });
         tracing::info!(peer = %who, provider = name, login = %shown, roles = ?roles, "signed in");
-        let _ = origin;
         let mut r = redirect(StatusCode::FOUND, &pl.target);
         let h = r.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&session_cookie(&self.cfg, &jwt, expires - t0)) {
@@ -994,16 +989,4 @@ pub fn registration_uris(config: &Config) -> Vec<(String, String, String)> {
         }
     }
     out
-}
-
-#[allow(dead_code)]
-fn _assert_send() {
-    fn is_send<T: Send>(_: T) {}
-    let _ = |p: &'static Portal,
-             r: Request<Incoming>,
-             w: &'static PeerIdentity,
-             o: &'static PortalOrigin| {
-        is_send(p.handle(r, "/", w, o));
-    };
-    let _ = Bytes::new();
 }

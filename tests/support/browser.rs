@@ -249,3 +249,37 @@ pub fn query_param(url: &str, name: &str) -> Option<String> {
                 .into_owned()
         })
 }
+
+/// The value of attribute `name` in one HTML tag.
+pub fn attr(tag: &str, name: &str) -> Option<String> {
+    let start = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+    let len = tag[start..].find('"')?;
+    Some(tag[start..start + len].replace("&amp;", "&"))
+}
+
+/// The form with `id`: its method, action and hidden inputs.
+pub fn parse_form(html: &str, id: &str) -> (String, String, Vec<(String, String)>) {
+    let start = html
+        .find(&format!("<form id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no form {id} in {html}"));
+    let end = start + html[start..].find("</form>").expect("unclosed form");
+    let f = &html[start..end];
+    let open = &f[..f.find('>').unwrap()];
+    let inputs = f
+        .split("<input")
+        .skip(1)
+        .map(|t| &t[..t.find('>').unwrap()])
+        .filter(|t| attr(t, "type").as_deref() == Some("hidden"))
+        .map(|t| {
+            (
+                attr(t, "name").unwrap(),
+                attr(t, "value").unwrap_or_default(),
+            )
+        })
+        .collect();
+    (
+        attr(open, "method").unwrap(),
+        attr(open, "action").unwrap(),
+        inputs,
+    )
+}
