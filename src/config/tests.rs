@@ -206,3 +206,105 @@ fn missing_pem_files_are_named() {
         assert!(p.contains(&w.to_string()), "missing {w:?} in {p:#?}");
     }
 }
+
+#[test]
+fn readme_seed_config_is_valid_and_check_prints_what_it_says() {
+    let readme = include_str!("../../README.md");
+    let start = readme.find("```toml\n").unwrap() + 8;
+    let text = &readme[start..start + readme[start..].find("```").unwrap()];
+    let env = |k: &str| match k {
+        "TS_AUTHKEY" => Some("tskey-auth-x".to_string()),
+        "TAILPASS_SESSION_SECRET" => Some("s".repeat(48)),
+        "POCKET_ID_CLIENT_SECRET" => Some("pocket-secret".into()),
+        _ => None,
+    };
+    let c = Config::parse(text, &env).unwrap_or_else(|e| panic!("README config: {e}"));
+    assert!(crate::policy::unsatisfiable(&c.routes, &c.rules).is_empty());
+    let uris = crate::portal::registration_uris(&c);
+    assert_eq!(
+        uris,
+        vec![(
+            "pocketid".to_string(),
+            "https://fedora.mist-walleye.ts.net/auth/oauth2/pocketid/authorization-code-callback"
+                .to_string(),
+            "https://fedora.mist-walleye.ts.net/auth/logged-out".to_string()
+        )]
+    );
+    for (_, cb, out) in &uris {
+        assert!(readme.contains(cb.as_str()) && readme.contains(out.as_str()));
+    }
+}
+
+#[test]
+fn login_config_errors_name_their_fields() {
+    let env = |k: &str| match k {
+        "SHORT" => Some("short".to_string()),
+        _ => None,
+    };
+    let text = r#"
+[[node]]
+hostname = "gw"
+state_dir = "/s"
+
+[portal]
+prefix = "/"
+session_secret = { env = "SHORT" }
+retired_session_secrets = [{ env = "MISSING" }]
+session_lifetime = "forever"
+cookie_name = "bad name"
+
+[[provider]]
+name = "Pocket ID"
+issuer = "http://auth.example.com"
+client_id = ""
+scopes = ["email"]
+
+[[rule]]
+roles = ["admin"]
+
+[[rule]]
+roles = ["x"]
+providers = ["nope"]
+tags = ["admin"]
+
+[[route]]
+path = "/x"
+upstream = "http://127.0.0.1:1"
+access = "public"
+roles = ["admin"]
+
+[[route]]
+path = "/y"
+upstream = "http://127.0.0.1:1"
+require = "some"
+methods = ["G E T"]
+max_auth_age = "soon"
+
+[[route]]
+path = "/auth/inner"
+upstream = "http://127.0.0.1:1"
+"#;
+    let e = Config::parse(text, &env).unwrap_err();
+    let all = e.problems.join("\n");
+    for field in [
+        "portal.prefix",
+        "portal.session_secret: too short",
+        "portal.retired_session_secrets[0]",
+        "portal.session_lifetime",
+        "portal.cookie_name",
+        "provider[0].name",
+        "provider[0].issuer",
+        "provider[0].client_id",
+        "provider[0].scopes",
+        "rule[0]: has no condition",
+        "rule[1].providers",
+        "rule[1].tags",
+        "route[0].access",
+        "route[1].require",
+        "route[1].methods",
+        "route[1].max_auth_age",
+    ] {
+        assert!(all.contains(field), "missing {field:?} in:\n{all}");
+    }
+    assert!(!all.contains("short\""), "a secret value leaked: {all}");
+}
