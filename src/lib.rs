@@ -16,10 +16,12 @@
 //!
 //! Design notes and threat model of the tailnet layer: `docs/tailnet.md`.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod http;
 pub mod identity;
+pub mod metrics;
 pub mod oidc;
 pub mod policy;
 pub mod portal;

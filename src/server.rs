@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use hyper::body::{Frame, Incoming, SizeHint};
@@ -32,6 +33,7 @@ use crate::config::{CertSource, Config, NodeSpec, Route};
 use crate::http::path;
 use crate::http::response::{self, Body, error, wants_html};
 use crate::identity::PeerIdentity;
+use crate::metrics::Metrics;
 use crate::oidc::Dialer;
 use crate::policy::{self, Caller, Decision};
 use crate::portal::{Portal, PortalOrigin};
@@ -115,13 +117,45 @@ pub struct Gateway {
     pub loopback: Option<SocketAddr>,
     /// The public listener's address, if any.
     pub public: Option<SocketAddr>,
+    /// The admin listener's address (`/healthz`, `/metrics`), if any.
+    pub admin: Option<SocketAddr>,
+    config: Config,
+    dialer: Dialer,
+    live: Arc<Live>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
 
+/// How long a graceful shutdown waits for requests in flight.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a reload replaces: routes, policies, providers, rules.
 struct Shared {
     routes: Vec<(Route, Upstream)>,
     portal: Option<Arc<Portal>>,
+}
+
+impl Shared {
+    fn new(config: &Config, portal: Option<Arc<Portal>>) -> Shared {
+        Shared {
+            routes: config
+                .routes
+                .iter()
+                .map(|r| (r.clone(), Upstream::new(r)))
+                .collect(),
+            portal,
+        }
+    }
+}
+
+/// What every connection holds: the current [`Shared`] (swapped whole on
+/// reload; a request uses the snapshot it started with), the metrics, the
+/// shutdown signal and a token counting open connections.
+struct Live {
+    shared: ArcSwap<Shared>,
+    metrics: Arc<Metrics>,
+    stop: watch::Receiver<bool>,
+    open: Arc<()>,
 }
 
 /// Per-connection facts every request on it shares.
@@ -133,7 +167,7 @@ struct Conn {
     /// URLs are built from it, never from the Host header.
     origin: Option<Arc<PortalOrigin>>,
     scheme: &'static str,
-    shared: Arc<Shared>,
+    live: Arc<Live>,
 }
 
 impl Gateway {
@@ -147,47 +181,57 @@ impl Gateway {
             node: Default::default(),
             tailnet_suffixes: suffixes,
         };
-        let portal = Portal::new(&config, dialer.clone())
+        let metrics = Arc::new(Metrics::new());
+        let portal = Portal::new(&config, dialer.clone(), None, metrics.clone())
             .map_err(StartError::Portal)?
             .map(Arc::new);
-        let shared = Arc::new(Shared {
-            routes: config
-                .routes
-                .iter()
-                .map(|r| (r.clone(), Upstream::new(r)))
-                .collect(),
-            portal: portal.clone(),
-        });
         let (shutdown, stop) = watch::channel(false);
+        let live = Arc::new(Live {
+            shared: ArcSwap::from_pointee(Shared::new(&config, portal.clone())),
+            metrics,
+            stop: stop.clone(),
+            open: Arc::new(()),
+        });
         let mut tasks = JoinSet::new();
         let mut nodes = Vec::new();
         for spec in &config.nodes {
-            let rn = start_node(spec, &opts, &shared, &stop, &mut tasks).await?;
+            let rn = start_node(spec, &opts, &live, &stop, &mut tasks).await?;
             if portal.as_ref().is_some_and(|p| p.serves(&rn.hostname)) {
                 let _ = dialer.node.set(rn.node.clone());
             }
             nodes.push(rn);
         }
-        if let Some(p) = &portal {
-            tasks.spawn(p.clone().upkeep());
-        }
+        tasks.spawn(upkeep(live.clone()));
         let loopback = match config.loopback {
             Some(addr) => {
-                let l = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| StartError::Loopback { addr, source })?;
-                let bound = l
-                    .local_addr()
-                    .map_err(|source| StartError::Loopback { addr, source })?;
+                let (l, bound) = bind(addr).await?;
                 tracing::info!(addr = %bound, "loopback listener");
-                tasks.spawn(loopback_loop(l, shared.clone(), stop.clone()));
+                tasks.spawn(loopback_loop(l, live.clone(), stop.clone()));
+                Some(bound)
+            }
+            None => None,
+        };
+        let admin = match config.admin {
+            Some(addr) => {
+                let (l, bound) = bind(addr).await?;
+                tracing::info!(addr = %bound, "admin listener (/healthz, /metrics)");
+                let nodes: Vec<(String, Node)> = nodes
+                    .iter()
+                    .map(|n| (n.hostname.clone(), n.node.clone()))
+                    .collect();
+                tasks.spawn(crate::admin::serve(
+                    l,
+                    nodes,
+                    live.metrics.clone(),
+                    stop.clone(),
+                ));
                 Some(bound)
             }
             None => None,
         };
         let public = match &config.public {
             Some(pl) => Some(
-                crate::public::start(pl, shared_handler(shared.clone()), stop.clone(), &mut tasks)
+                crate::public::start(pl, shared_handler(live.clone()), stop.clone(), &mut tasks)
                     .await?,
             ),
             None => None,
@@ -196,14 +240,69 @@ impl Gateway {
             nodes,
             loopback,
             public,
+            admin,
+            config,
+            dialer,
+            live,
             shutdown,
             tasks,
         })
     }
 
-    /// Stops accepting, then closes the nodes.
+    /// The metrics this gateway keeps.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.live.metrics
+    }
+
+    /// Applies a new configuration without dropping connections: routes,
+    /// policies, providers, rules and portal settings change for new
+    /// requests; open connections (websockets included) stay. Sessions
+    /// survive (the store is kept when `portal.state_dir` is unchanged).
+    /// Node and listener settings need a restart; they are reported in the
+    /// returned notes and left as they are.
+    pub fn reload(&mut self, config: Config) -> Result<Vec<String>, String> {
+        let mut notes = Vec::new();
+        let spec = |c: &Config| {
+            format!(
+                "{:?}",
+                (&c.nodes, c.loopback, c.admin, &c.public, &c.tailnet_domain)
+            )
+        };
+        if spec(&config) != spec(&self.config) {
+            notes.push("node, loopback, admin and public listener settings changed; they take effect after a restart".to_string());
+        }
+        let current = self.live.shared.load_full();
+        let portal = Portal::new(
+            &config,
+            self.dialer.clone(),
+            current.portal.as_deref(),
+            self.live.metrics.clone(),
+        )
+        .inspect_err(|_| self.live.metrics.reload("rejected"))?
+        .map(Arc::new);
+        self.live
+            .shared
+            .store(Arc::new(Shared::new(&config, portal)));
+        self.config = config;
+        self.live.metrics.reload("ok");
+        Ok(notes)
+    }
+
+    /// Graceful shutdown: stops accepting, lets requests in flight finish
+    /// (at most [`DRAIN_TIMEOUT`]), then closes the nodes.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        while Arc::strong_count(&self.live.open) > 1 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let left = Arc::strong_count(&self.live.open) - 1;
+        if left > 0 {
+            tracing::warn!(
+                connections = left,
+                "closing connections still busy after the drain timeout"
+            );
+        }
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
         for n in &self.nodes {
@@ -214,10 +313,38 @@ impl Gateway {
     }
 }
 
+async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
+    let l = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Loopback { addr, source })?;
+    let bound = l
+        .local_addr()
+        .map_err(|source| StartError::Loopback { addr, source })?;
+    Ok((l, bound))
+}
+
+/// Background upkeep: session expiry and refresh (which closes websockets
+/// of ended sessions), and the sessions gauge.
+async fn upkeep(live: Arc<Live>) {
+    loop {
+        let shared = live.shared.load_full();
+        let every = match &shared.portal {
+            Some(p) => {
+                p.tick().await;
+                live.metrics.sessions(p.store().len());
+                p.upkeep_interval()
+            }
+            None => Duration::from_secs(30),
+        };
+        drop(shared);
+        tokio::time::sleep(every).await;
+    }
+}
+
 async fn start_node(
     spec: &NodeSpec,
     opts: &Options,
-    shared: &Arc<Shared>,
+    live: &Arc<Live>,
     stop: &watch::Receiver<bool>,
     tasks: &mut JoinSet<()>,
 ) -> Result<RunningNode, StartError> {
@@ -275,6 +402,21 @@ async fn start_node(
     tasks.spawn(async move {
         let _ = renew.await;
     });
+    {
+        // Certificate expiry gauge, updated on every renewal.
+        let (c, m, host) = (certs.clone(), live.metrics.clone(), spec.hostname.clone());
+        let mut changes = c.subscribe();
+        tasks.spawn(async move {
+            loop {
+                if let Some(cur) = c.current() {
+                    m.cert_expiry(&host, cur.not_after);
+                }
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
 
     let https = node.listen(spec.https_port).await.map_err(te)?;
     let port = if spec.https_port == 443 {
@@ -291,7 +433,7 @@ async fn start_node(
         https,
         certs.clone(),
         origin,
-        shared.clone(),
+        live.clone(),
         stop.clone(),
     ));
     if spec.http_redirect {
@@ -325,7 +467,7 @@ async fn start_node(
                 push();
             }
         });
-        tasks.spawn(funnel_loop(f, shared.clone(), stop.clone()));
+        tasks.spawn(funnel_loop(f, live.clone(), stop.clone()));
     }
     Ok(RunningNode {
         hostname: spec.hostname.clone(),
@@ -339,7 +481,7 @@ async fn tailnet_https_loop(
     ln: crate::tailnet::Listener,
     certs: tls::Resolver,
     origin: Arc<PortalOrigin>,
-    shared: Arc<Shared>,
+    live: Arc<Live>,
     mut stop: watch::Receiver<bool>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(certs.server_config());
@@ -354,12 +496,17 @@ async fn tailnet_https_loop(
         };
         let acceptor = acceptor.clone();
         let node = node.clone();
-        let shared = shared.clone();
+        let live = live.clone();
         let origin = origin.clone();
         tokio::spawn(async move {
             // Identity first, once per connection, on the accepting node.
             let who = match stream.origin() {
-                Origin::Tailnet => match node.whois(peer).await {
+                Origin::Tailnet => match {
+                    let t = Instant::now();
+                    let r = node.whois(peer).await;
+                    live.metrics.whois(t.elapsed());
+                    r
+                } {
                     Ok(w) => PeerIdentity::Tailnet {
                         addr: peer,
                         whois: Arc::new(w),
@@ -385,7 +532,7 @@ async fn tailnet_https_loop(
                     node: Some(node.hostname().to_string()),
                     origin: Some(origin),
                     scheme: "https",
-                    shared,
+                    live,
                 },
             )
             .await;
@@ -395,7 +542,7 @@ async fn tailnet_https_loop(
 
 async fn funnel_loop(
     ln: Arc<crate::tailnet::Listener>,
-    shared: Arc<Shared>,
+    live: Arc<Live>,
     mut stop: watch::Receiver<bool>,
 ) {
     let node = ln.node().hostname().to_string();
@@ -410,7 +557,7 @@ async fn funnel_loop(
             node: Some(node.clone()),
             origin: None,
             scheme: "https",
-            shared: shared.clone(),
+            live: live.clone(),
         };
         tokio::spawn(serve(stream, conn));
     }
@@ -418,7 +565,7 @@ async fn funnel_loop(
 
 async fn loopback_loop(
     l: tokio::net::TcpListener,
-    shared: Arc<Shared>,
+    live: Arc<Live>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -434,7 +581,7 @@ async fn loopback_loop(
             node: None,
             origin: None,
             scheme: "http",
-            shared: shared.clone(),
+            live: live.clone(),
         };
         tokio::spawn(serve(s, conn));
     }
@@ -498,14 +645,14 @@ pub(crate) type PublicHandler = Arc<
 pub(crate) trait AsyncReadWrite: AsyncRead + AsyncWrite + Send {}
 impl<T: AsyncRead + AsyncWrite + Send> AsyncReadWrite for T {}
 
-fn shared_handler(shared: Arc<Shared>) -> PublicHandler {
+fn shared_handler(live: Arc<Live>) -> PublicHandler {
     Arc::new(move |io, peer| {
         let conn = Conn {
             who: Arc::new(PeerIdentity::Internet { addr: peer }),
             node: None,
             origin: None,
             scheme: "https",
-            shared: shared.clone(),
+            live: live.clone(),
         };
         Box::pin(serve(io, conn))
     })
@@ -515,14 +662,25 @@ async fn serve<S>(io: S, conn: Conn)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // Counts this connection as open until it ends (graceful shutdown waits).
+    let _open = conn.live.open.clone();
+    let mut stop = conn.live.stop.clone();
     let svc = service_fn(move |req| {
         let conn = conn.clone();
         async move { Ok::<_, std::convert::Infallible>(handle(req, &conn).await) }
     });
-    if let Err(e) = auto::Builder::new(TokioExecutor::new())
-        .serve_connection_with_upgrades(TokioIo::new(io), svc)
-        .await
-    {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let c = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(c);
+    let r = tokio::select! {
+        r = c.as_mut() => r,
+        _ = async { drop(stop.wait_for(|s| *s).await) } => {
+            // Finish the request in flight, then close.
+            c.as_mut().graceful_shutdown();
+            c.await
+        }
+    };
+    if let Err(e) = r {
         tracing::debug!(error = %e, "connection ended with an error");
     }
 }
@@ -577,6 +735,7 @@ async fn handle(req: Request<Incoming>, conn: &Conn) -> Response<Body> {
                 decision: decision.to_string(),
                 reason: why.to_string(),
                 start: t0,
+                metrics: Some(conn.live.metrics.clone()),
             },
         )
     };
@@ -592,7 +751,8 @@ async fn handle(req: Request<Incoming>, conn: &Conn) -> Response<Body> {
         }
     };
     let host = host_of(&req);
-    let portal = conn.shared.portal.as_deref();
+    let shared = conn.live.shared.load_full();
+    let portal = shared.portal.as_deref();
     if let (Some(pt), Some(origin), Some(node)) = (portal, &conn.origin, &conn.node)
         && pt.serves(node)
         && path::under(pt.prefix(), &p)
@@ -600,8 +760,7 @@ async fn handle(req: Request<Incoming>, conn: &Conn) -> Response<Body> {
         let (resp, what) = pt.handle(req, &p, &conn.who, origin).await;
         return log("portal", what, "", resp);
     }
-    let Some((route, up)) = find_route(&conn.shared, conn.node.as_deref(), host.as_deref(), &p)
-    else {
+    let Some((route, up)) = find_route(&shared, conn.node.as_deref(), host.as_deref(), &p) else {
         return log(
             "-",
             "no-route",
@@ -716,6 +875,7 @@ struct AccessLog {
     decision: String,
     reason: String,
     start: Instant,
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// Wraps a response body to count its bytes; the access-log line is written
@@ -729,6 +889,12 @@ struct LoggedBody {
 
 fn logged(resp: Response<Body>, log: AccessLog) -> Response<Body> {
     let status = resp.status().as_u16();
+    if let (Some(m), Some(f)) = (
+        &log.metrics,
+        resp.extensions().get::<proxy::UpstreamFailure>(),
+    ) {
+        m.upstream_error(&log.route, f.0);
+    }
     resp.map(|inner| {
         http_body_util::BodyExt::boxed(LoggedBody {
             inner,
@@ -742,6 +908,9 @@ fn logged(resp: Response<Body>, log: AccessLog) -> Response<Body> {
 impl LoggedBody {
     fn finish(&mut self) {
         if let Some(l) = self.log.take() {
+            if let Some(m) = &l.metrics {
+                m.request(&l.route, &l.decision, self.status);
+            }
             tracing::info!(
                 target: "tailpass::access",
                 node = l.node.as_deref().unwrap_or("loopback"),
@@ -855,6 +1024,7 @@ mod tests {
                         decision: "deny".into(),
                         reason: "requires user a@b".into(),
                         start: Instant::now(),
+                        metrics: None,
                     },
                 );
                 resp.into_body().collect().await.unwrap().to_bytes().len()

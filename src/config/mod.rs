@@ -54,6 +54,7 @@ struct RawConfig {
     #[serde(default)]
     route: Vec<RawRoute>,
     loopback: Option<RawLoopback>,
+    admin: Option<RawLoopback>,
     public: Option<RawPublic>,
     portal: Option<auth::RawPortal>,
     #[serde(default)]
@@ -169,6 +170,8 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Optional plain-HTTP listener on loopback.
     pub loopback: Option<SocketAddr>,
+    /// Optional admin listener on loopback (`/healthz`, `/metrics`).
+    pub admin: Option<SocketAddr>,
     /// Optional public HTTPS listener for custom domains (public routes only).
     pub public: Option<PublicListener>,
     /// The login portal (present when providers are configured).
@@ -602,22 +605,10 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
 
     let loopback = raw
         .loopback
-        .and_then(|l| match l.listen.parse::<SocketAddr>() {
-            Ok(a) if a.ip().is_loopback() => Some(a),
-            Ok(a) => {
-                p.push(format!(
-                    "loopback.listen: {a} is not a loopback address (127.0.0.1 or ::1)"
-                ));
-                None
-            }
-            Err(_) => {
-                p.push(format!(
-                    "loopback.listen: {:?} is not an address like \"127.0.0.1:8080\"",
-                    l.listen
-                ));
-                None
-            }
-        });
+        .and_then(|l| loopback_addr("loopback.listen", &l.listen, &mut p));
+    let admin = raw
+        .admin
+        .and_then(|l| loopback_addr("admin.listen", &l.listen, &mut p));
 
     let public = raw.public.and_then(|pl| validate_public(pl, &mut p));
 
@@ -843,11 +834,30 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
         nodes,
         routes,
         loopback,
+        admin,
         public,
         portal,
         providers,
         rules,
     })
+}
+
+fn loopback_addr(field: &str, v: &str, p: &mut Vec<String>) -> Option<SocketAddr> {
+    match v.parse::<SocketAddr>() {
+        Ok(a) if a.ip().is_loopback() => Some(a),
+        Ok(a) => {
+            p.push(format!(
+                "{field}: {a} is not a loopback address (127.0.0.1 or ::1)"
+            ));
+            None
+        }
+        Err(_) => {
+            p.push(format!(
+                "{field}: {v:?} is not an address like \"127.0.0.1:8080\""
+            ));
+            None
+        }
+    }
 }
 
 fn validate_public(pl: RawPublic, p: &mut Vec<String>) -> Option<PublicListener> {

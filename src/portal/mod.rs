@@ -22,6 +22,7 @@ use crate::config::{self, Config, Route, Rule};
 use crate::http::headers;
 use crate::http::response::{Body, full, redirect};
 use crate::identity::PeerIdentity;
+use crate::metrics::Metrics;
 use crate::oidc::{self, Dialer, HttpClient, RefreshError};
 use crate::policy::{self, Caller, Decision};
 use crate::proxy::LoginHeaders;
@@ -59,13 +60,16 @@ struct PendingLogin {
 pub struct Portal {
     cfg: config::Portal,
     keys: Keys,
-    store: Store,
+    store: Arc<Store>,
     providers: Vec<oidc::Client>,
+    metrics: Arc<Metrics>,
     rules: Vec<Rule>,
     routes: Vec<Route>,
     allowed_hosts: Vec<String>,
-    pending: Mutex<HashMap<String, PendingLogin>>,
-    refreshing: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    // Shared with the portal a reload replaces, so sign-ins in flight and
+    // refreshes in progress carry over.
+    pending: Arc<Mutex<HashMap<String, PendingLogin>>>,
+    refreshing: Arc<tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl std::fmt::Debug for Portal {
@@ -131,13 +135,23 @@ fn rfc3339(t: i64) -> String {
 
 impl Portal {
     /// Opens the session store and sets up one OIDC client per provider.
-    /// `dialer` reaches tailnet-only providers through a node.
-    pub fn new(config: &Config, dialer: Dialer) -> Result<Option<Portal>, String> {
+    /// `dialer` reaches tailnet-only providers through a node. On a reload,
+    /// `previous` hands over its session store (when `portal.state_dir` is
+    /// unchanged) and the sign-ins in flight.
+    pub fn new(
+        config: &Config,
+        dialer: Dialer,
+        previous: Option<&Portal>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Option<Portal>, String> {
         let Some(cfg) = config.portal.clone() else {
             return Ok(None);
         };
         let keys = Keys::new(&cfg.session_secret, &cfg.retired_session_secrets)?;
-        let store = Store::open(&cfg.state_dir).map_err(|e| e.to_string())?;
+        let store = match previous {
+            Some(p) if p.cfg.state_dir == cfg.state_dir => p.store.clone(),
+            _ => Arc::new(Store::open(&cfg.state_dir).map_err(|e| e.to_string())?),
+        };
         let mut providers = Vec::new();
         for p in &config.providers {
             let http = HttpClient::new(dialer.clone(), p.ca_file.as_deref())
@@ -154,12 +168,13 @@ impl Portal {
             keys,
             store,
             providers,
+            metrics,
             rules: config.rules.clone(),
             routes: config.routes.clone(),
             allowed_hosts,
             cfg,
-            pending: Mutex::new(HashMap::new()),
-            refreshing: tokio::sync::Mutex::new(HashMap::new()),
+            pending: previous.map(|p| p.pending.clone()).unwrap_or_default(),
+            refreshing: previous.map(|p| p.refreshing.clone()).unwrap_or_default(),
         }))
     }
 
@@ -285,23 +300,23 @@ impl Portal {
         }
     }
 
-    /// Background upkeep: drops expired sessions (closing their
+    /// One round of upkeep: drops expired sessions (closing their
     /// websockets) and refreshes sessions that have open websockets, so a
     /// session ended at the provider also closes its long-lived connections.
-    pub async fn upkeep(self: Arc<Self>) {
-        let every =
-            (self.cfg.refresh_interval / 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
-        loop {
-            tokio::time::sleep(every).await;
-            if let Err(e) = self.store.purge_expired(now()) {
-                tracing::error!(error = %e, "session store upkeep");
-            }
-            for sid in self.store.watched() {
-                if let Some(rec) = self.store.get(&sid, now()) {
-                    let _ = self.maybe_refresh(&sid, rec, false).await;
-                }
+    pub async fn tick(&self) {
+        if let Err(e) = self.store.purge_expired(now()) {
+            tracing::error!(error = %e, "session store upkeep");
+        }
+        for sid in self.store.watched() {
+            if let Some(rec) = self.store.get(&sid, now()) {
+                let _ = self.maybe_refresh(&sid, rec, false).await;
             }
         }
+    }
+
+    /// How often [`Portal::tick`] should run.
+    pub fn upkeep_interval(&self) -> Duration {
+        (self.cfg.refresh_interval / 2).clamp(Duration::from_secs(1), Duration::from_secs(30))
     }
 
     /// The roles of a caller.
@@ -521,7 +536,9 @@ impl Portal {
                     .trim_start_matches("/oauth2/")
                     .trim_end_matches("/authorization-code-callback")
                     .to_string();
-                self.callback(&name, req.headers(), who, &q).await
+                let (r, what) = self.callback(&name, req.headers(), who, &q).await;
+                self.metrics.login(&name, what.trim_start_matches("login-"));
+                (r, what)
             }
             (Method::GET | Method::HEAD, "/") => {
                 let s = self.session(req.headers(), who).await;
@@ -773,7 +790,7 @@ impl Portal {
             tracing::warn!(peer = %who, provider = name, "callback with unknown or used state");
             return (
                 fail(StatusCode::BAD_REQUEST, "Sign-in expired", stale),
-                "login-fail",
+                "login-stale",
             );
         };
         if pl.provider != name
@@ -783,7 +800,7 @@ impl Portal {
             tracing::warn!(peer = %who, provider = name, "callback from another browser, node or provider than the sign-in started");
             return (
                 fail(StatusCode::BAD_REQUEST, "Sign-in expired", stale),
-                "login-fail",
+                "login-stale",
             );
         }
         if let Some(err) = q("error") {
@@ -795,7 +812,7 @@ impl Portal {
                     "The identity provider refused the sign-in",
                     &format!("{err} {desc}"),
                 ),
-                "login-fail",
+                "login-refused",
             );
         }
         let Some(code) = q("code") else {
@@ -824,7 +841,7 @@ impl Portal {
                         "Sign-in failed",
                         "The identity provider's answer could not be verified. The administrator can see why in the log.",
                     ),
-                    "login-fail",
+                    "login-rejected",
                 );
             }
         };

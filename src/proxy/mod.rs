@@ -20,6 +20,11 @@ use crate::http::path::upstream_path;
 use crate::http::response::{Body, error, wants_html};
 use crate::identity::PeerIdentity;
 
+/// Marks a response the proxy made because the upstream failed
+/// (`connect` or `timeout`), for metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamFailure(pub &'static str);
+
 /// An HTTP client for one route's upstream.
 #[derive(Clone, Debug)]
 pub struct Upstream {
@@ -204,21 +209,25 @@ pub async fn forward(
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             tracing::warn!(route = %route.name(), upstream = %route.upstream, error = %e, "upstream request failed");
-            return error(
+            let mut r = error(
                 StatusCode::BAD_GATEWAY,
                 "Bad gateway",
                 "the service behind this address is not answering",
                 html,
             );
+            r.extensions_mut().insert(UpstreamFailure("connect"));
+            return r;
         }
         Err(_) => {
             tracing::warn!(route = %route.name(), upstream = %route.upstream, timeout = ?up.response_timeout, "upstream timed out");
-            return error(
+            let mut r = error(
                 StatusCode::GATEWAY_TIMEOUT,
                 "Gateway timeout",
                 "the service behind this address took too long to answer",
                 html,
             );
+            r.extensions_mut().insert(UpstreamFailure("timeout"));
+            return r;
         }
     };
 

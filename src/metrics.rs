@@ -1,0 +1,227 @@
+//! Prometheus metrics, served on the admin listener: requests by route,
+//! decision and status; sign-in outcomes; upstream errors; WhoIs latency;
+//! certificate expiry; live sessions.
+//!
+//! Label values are route names, decisions, status codes, provider names
+//! and outcome words — never user identities, paths or tokens, so the
+//! series stay few and the metrics leak nothing.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    decision: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LoginLabels {
+    provider: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    route: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabels {
+    node: String,
+}
+
+/// Every metric tailpass keeps.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    logins: Family<LoginLabels, Counter>,
+    upstream_errors: Family<UpstreamLabels, Counter>,
+    whois: Histogram,
+    cert_expiry: Family<NodeLabels, Gauge<f64, AtomicU64>>,
+    sessions: Gauge,
+    reloads: Family<LoginLabels, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh set of metrics in its own registry.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("tailpass");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests by route, decision and HTTP status",
+            requests.clone(),
+        );
+        let logins = Family::<LoginLabels, Counter>::default();
+        registry.register(
+            "logins",
+            "Sign-in outcomes by provider (ok, rejected, no_role, stale, provider_error, …)",
+            logins.clone(),
+        );
+        let upstream_errors = Family::<UpstreamLabels, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Upstream failures by route and kind (connect, timeout)",
+            upstream_errors.clone(),
+        );
+        let whois = Histogram::new(
+            [
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]
+            .into_iter(),
+        );
+        registry.register(
+            "whois_duration_seconds",
+            "Time to identify a tailnet connection with WhoIs",
+            whois.clone(),
+        );
+        let cert_expiry = Family::<NodeLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "When each node's current TLS certificate expires (Unix time)",
+            cert_expiry.clone(),
+        );
+        let sessions = Gauge::default();
+        registry.register("sessions", "Live login sessions", sessions.clone());
+        let reloads = Family::<LoginLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads by outcome (the provider label is unused: \"-\")",
+            reloads.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            logins,
+            upstream_errors,
+            whois,
+            cert_expiry,
+            sessions,
+            reloads,
+        }
+    }
+
+    /// Counts one finished request.
+    pub fn request(&self, route: &str, decision: &str, status: u16) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.to_string(),
+                decision: decision.to_string(),
+                status: status.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one sign-in outcome.
+    pub fn login(&self, provider: &str, outcome: &str) {
+        self.logins
+            .get_or_create(&LoginLabels {
+                provider: provider.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one upstream failure.
+    pub fn upstream_error(&self, route: &str, kind: &str) {
+        self.upstream_errors
+            .get_or_create(&UpstreamLabels {
+                route: route.to_string(),
+                kind: kind.to_string(),
+            })
+            .inc();
+    }
+
+    /// Records one WhoIs lookup.
+    pub fn whois(&self, took: Duration) {
+        self.whois.observe(took.as_secs_f64());
+    }
+
+    /// Sets a node's certificate expiry.
+    pub fn cert_expiry(&self, node: &str, not_after: std::time::SystemTime) {
+        let t = not_after
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        self.cert_expiry
+            .get_or_create(&NodeLabels {
+                node: node.to_string(),
+            })
+            .set(t);
+    }
+
+    /// Sets the number of live sessions.
+    pub fn sessions(&self, n: usize) {
+        self.sessions.set(n as i64);
+    }
+
+    /// Counts a configuration reload (`ok` or `rejected`).
+    pub fn reload(&self, outcome: &str) {
+        self.reloads
+            .get_or_create(&LoginLabels {
+                provider: "-".into(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counts_with_labels() {
+        let m = Metrics::new();
+        m.request("route[1] /app", "allow", 200);
+        m.request("route[1] /app", "allow", 200);
+        m.login("pocketid", "ok");
+        m.upstream_error("route[2] /down", "connect");
+        m.whois(Duration::from_millis(2));
+        m.sessions(3);
+        let t = m.render();
+        assert!(
+            t.contains(
+                r#"tailpass_requests_total{route="route[1] /app",decision="allow",status="200"} 2"#
+            ),
+            "{t}"
+        );
+        assert!(t.contains(r#"tailpass_logins_total{provider="pocketid",outcome="ok"} 1"#));
+        assert!(t.contains(
+            r#"tailpass_upstream_errors_total{route="route[2] /down",kind="connect"} 1"#
+        ));
+        assert!(t.contains("tailpass_whois_duration_seconds_count 1"));
+        assert!(t.contains("tailpass_sessions 3"));
+    }
+}
