@@ -13,12 +13,15 @@
 //! - [`policy`]: route access decisions with reasons.
 //! - [`proxy`]: forwarding to upstreams (streaming, websockets, SSE).
 //! - [`server`]: listeners and the wiring of all of the above.
+//! - [`entry`]: a loopback HTTP proxy that carries a local browser into the
+//!   tailnet through a node (demo and browser tests).
 //!
 //! Design notes and threat model of the tailnet layer: `docs/tailnet.md`.
 
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod entry;
 pub mod http;
 pub mod identity;
 pub mod metrics;

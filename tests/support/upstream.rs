@@ -1,7 +1,9 @@
 //! Real upstream servers for gateway tests, on 127.0.0.1:
 //! - an HTTP echo that answers JSON describing the request it received;
 //! - `/sse` on the same server: a server-sent-events stream;
-//! - a websocket echo server (tokio-tungstenite).
+//! - a websocket echo server (tokio-tungstenite);
+//! - a websocket demo page for browsers: HTML whose script talks to a
+//!   websocket echo next to it, on one server.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -147,4 +149,97 @@ pub async fn start_hello() -> SocketAddr {
             .await;
     })
     .await
+}
+
+/// The demo page of [`start_ws_page`]. Its script opens a websocket to `ws`
+/// in the page's own directory (`/app/` → `/app/ws`), over `wss:` when the
+/// page came over HTTPS, sends `hello`, and shows the reply in `#status`
+/// (`echo: hello`); when the socket closes, `#closed` reads `closed CODE`.
+pub const WS_PAGE_HTML: &str = r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>ws page</title></head>
+<body>
+<h1>ws page</h1>
+<p>status: <span id="status">connecting</span></p>
+<p>socket: <span id="closed"></span></p>
+<script>
+(function () {
+  var dir = location.pathname.replace(/[^\/]*$/, '');
+  var url = (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + dir + 'ws';
+  var status = document.getElementById('status');
+  var closed = document.getElementById('closed');
+  status.setAttribute('data-url', url);
+  var ws = new WebSocket(url);
+  window.wsPage = ws;
+  ws.onopen = function () { status.textContent = 'open'; ws.send('hello'); };
+  ws.onmessage = function (e) { status.textContent = 'echo: ' + e.data; };
+  ws.onerror = function () { status.setAttribute('data-error', 'yes'); };
+  ws.onclose = function (e) { closed.textContent = 'closed ' + e.code; };
+})();
+</script>
+</body></html>
+"#;
+
+/// Starts the websocket demo page server on 127.0.0.1; returns its address.
+/// Any GET path not ending in `/ws` answers [`WS_PAGE_HTML`]; a path ending
+/// in `/ws` takes a websocket upgrade and echoes text and binary messages.
+pub async fn start_ws_page() -> SocketAddr {
+    serve_loopback(|s| async move {
+        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            .serve_connection_with_upgrades(TokioIo::new(s), service_fn(ws_page))
+            .await;
+    })
+    .await
+}
+
+async fn ws_page(mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    use hyper::header;
+    let text = |status: u16, body: &'static str| {
+        Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap()
+    };
+    if req.method() != hyper::Method::GET {
+        return Ok(text(405, "GET only\n"));
+    }
+    if !req.uri().path().ends_with("/ws") {
+        return Ok(Response::builder()
+            .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+            .header(header::CACHE_CONTROL, "no-store")
+            .body(Full::new(Bytes::from_static(WS_PAGE_HTML.as_bytes())))
+            .unwrap());
+    }
+    let h = req.headers();
+    let is_ws = h
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let Some(key) = h.get(header::SEC_WEBSOCKET_KEY).filter(|_| is_ws) else {
+        return Ok(text(426, "websocket upgrade required\n"));
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            None,
+        )
+        .await;
+        // A close frame is answered by tungstenite itself; the stream then ends.
+        while let Some(Ok(m)) = ws.next().await {
+            if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(Response::builder()
+        .status(101)
+        .header(header::UPGRADE, "websocket")
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(Full::new(Bytes::new()))
+        .unwrap())
 }

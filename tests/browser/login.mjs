@@ -1,0 +1,374 @@
+// A scripted walk of tailpass's login in headless Chromium (playwright-core).
+//
+// The browser reaches the tailnet through tailpass's entry proxy (src/entry.rs)
+// and the identity provider directly: Chromium never sends 127.0.0.1 through
+// a proxy, and the test IdP listens there.
+//
+// Environment:
+//   MODE       login (default): the whole walk below; smoke: only open
+//              START_URL, check the websocket page works, print its title.
+//   PROXY      the entry proxy, e.g. http://127.0.0.1:PORT
+//   START_URL  a protected page serving the websocket demo page,
+//              e.g. https://gw.<domain>/app/
+//   PORTAL     the portal base, e.g. https://gw.<domain>/auth   (login mode)
+//   LOGIN      the IdP account name, e.g. alice                  (login mode)
+//   EMAIL      optional: /whoami must show it
+//   ARTIFACTS  directory for screenshots (default ./artifacts)
+//   CHROMIUM   the browser binary (default /usr/bin/chromium)
+//   STEP_TIMEOUT_MS  per wait (default 20000); TOTAL_TIMEOUT_MS (default 180000)
+//
+// Output: one JSON line on stdout at the end, {"ok":true,"steps":[...]} or
+// {"ok":false,"step":...,"error":...}; the exit status is non-zero on failure.
+// Progress goes to stderr.
+
+import fs from 'node:fs';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+
+const env = process.env;
+const MODE = env.MODE || 'login';
+const TIMEOUT = Number(env.STEP_TIMEOUT_MS || 20000);
+const TOTAL_TIMEOUT = Number(env.TOTAL_TIMEOUT_MS || 180000);
+const ARTIFACTS = path.resolve(env.ARTIFACTS || 'artifacts');
+
+const steps = [];
+let current = 'setup';
+let finished = false;
+
+function emit(obj) {
+  process.stdout.write(JSON.stringify(obj) + '\n');
+}
+
+function log(msg) {
+  process.stderr.write(`[login.mjs] ${msg}\n`);
+}
+
+class StepFailure extends Error {}
+
+function fail(msg) {
+  throw new StepFailure(msg);
+}
+
+function need(name) {
+  const v = env[name];
+  if (!v) fail(`environment variable ${name} is required (MODE=${MODE})`);
+  return v;
+}
+
+/** A short excerpt of what the page shows, for error messages. */
+async function excerpt(page) {
+  if (!page || page.isClosed()) return '';
+  try {
+    const t = await page.locator('body').innerText({ timeout: 2000 });
+    return t.replace(/\s+/g, ' ').trim().slice(0, 400);
+  } catch {
+    try {
+      return (await page.content()).replace(/\s+/g, ' ').slice(0, 400);
+    } catch {
+      return '';
+    }
+  }
+}
+
+/** Diagnostics kept per page: console errors and failed requests. */
+function watch(page) {
+  const events = [];
+  const keep = (e) => {
+    events.push(e);
+    if (events.length > 20) events.shift();
+  };
+  page.on('console', (m) => {
+    if (m.type() === 'error' || m.type() === 'warning') keep(`console.${m.type()}: ${m.text()}`);
+  });
+  page.on('pageerror', (e) => keep(`pageerror: ${e.message}`));
+  page.on('requestfailed', (r) => keep(`requestfailed: ${r.method()} ${r.url()}: ${r.failure()?.errorText}`));
+  page.on('websocket', (ws) => {
+    keep(`websocket: ${ws.url()}`);
+    ws.on('socketerror', (e) => keep(`websocket error: ${ws.url()}: ${e}`));
+    ws.on('close', () => keep(`websocket closed: ${ws.url()}`));
+  });
+  page.events = events;
+  return page;
+}
+
+let shotCount = 0;
+async function shot(page, name) {
+  if (!page || page.isClosed()) return null;
+  shotCount += 1;
+  const file = path.join(ARTIFACTS, `${String(shotCount).padStart(2, '0')}-${name}.png`);
+  try {
+    await page.screenshot({ path: file, fullPage: true, timeout: 10000 });
+    return path.basename(file);
+  } catch (e) {
+    log(`screenshot ${file} failed: ${e.message}`);
+    return null;
+  }
+}
+
+/**
+ * Runs one step on `page`: a screenshot NN-name.png after it succeeds, or
+ * NN-name-failed.png and a clear error (step, page URL, text excerpt) if not.
+ */
+async function step(name, page, fn) {
+  current = name;
+  const t0 = Date.now();
+  log(`step ${name}`);
+  let info;
+  try {
+    info = (await fn()) || {};
+  } catch (e) {
+    const url = page && !page.isClosed() ? page.url() : '(page closed)';
+    const text = await excerpt(page);
+    const screenshot = await shot(page, `${name}-failed`);
+    const err = new StepFailure(
+      `${e instanceof StepFailure ? e.message : e.stack || e}\n  at page ${url}\n  page text: ${JSON.stringify(text)}`,
+    );
+    err.details = { url, text, screenshot, events: page?.events || [] };
+    throw err;
+  }
+  const screenshot = await shot(page, name);
+  const rec = { step: name, ms: Date.now() - t0, url: page.url(), screenshot, ...info };
+  steps.push(rec);
+  return rec;
+}
+
+function sameUrl(a, b) {
+  return new URL(a).href === new URL(b).href;
+}
+
+/** Waits until the page's URL satisfies `pred` (a URL → bool), naming `what` on failure. */
+async function waitUrl(page, pred, what) {
+  try {
+    await page.waitForURL((u) => pred(u.href), { timeout: TIMEOUT, waitUntil: 'load' });
+  } catch {
+    fail(`expected the page to be ${what}, but it is at ${page.url()}`);
+  }
+}
+
+/** Waits until `selector` exists and its text satisfies `pred`; returns the text. */
+async function waitText(page, selector, pred, what, timeout = TIMEOUT) {
+  const deadline = Date.now() + timeout;
+  let last = null;
+  for (;;) {
+    try {
+      last = await page.locator(selector).first().textContent({ timeout: 1000 });
+    } catch {
+      last = null;
+    }
+    if (last !== null && pred(last.trim())) return last.trim();
+    if (Date.now() > deadline) {
+      fail(
+        `expected ${selector} to ${what} within ${timeout} ms; it ${
+          last === null ? 'does not exist' : `reads ${JSON.stringify(last.trim())}`
+        }`,
+      );
+    }
+    await page.waitForTimeout(200);
+  }
+}
+
+async function mustHave(page, selector, what) {
+  try {
+    await page.locator(selector).first().waitFor({ state: 'attached', timeout: TIMEOUT });
+  } catch {
+    fail(`expected ${what} (${selector}) on the page`);
+  }
+  return page.locator(selector).count();
+}
+
+async function goto(page, url) {
+  try {
+    return await page.goto(url, { timeout: TIMEOUT, waitUntil: 'load' });
+  } catch (e) {
+    fail(`cannot open ${url}: ${e.message.split('\n')[0]}`);
+  }
+}
+
+const wsEchoed = (page) =>
+  waitText(page, '#status', (t) => t === 'echo: hello', 'read "echo: hello" (websocket through tailpass)');
+
+async function smoke(browser, context) {
+  const START_URL = need('START_URL');
+  const page = watch(await context.newPage());
+  let title = null;
+  let status = null;
+  await step('smoke', page, async () => {
+    const resp = await goto(page, START_URL);
+    status = await wsEchoed(page);
+    title = await page.title();
+    return { http_status: resp ? resp.status() : null, title, status };
+  });
+  return { title, status, browser: browser.version() };
+}
+
+async function login(browser, context) {
+  const START_URL = new URL(need('START_URL')).href;
+  const PORTAL = need('PORTAL').replace(/\/+$/, '');
+  const LOGIN = need('LOGIN');
+  const EMAIL = env.EMAIL || '';
+  const onLogin = (u) => u.startsWith(PORTAL + '/login');
+
+  const page = watch(await context.newPage());
+
+  // 1. A protected page sends us to the portal's login page.
+  await step('open-start', page, async () => {
+    await goto(page, START_URL);
+    await waitUrl(page, onLogin, `the portal login page (${PORTAL}/login…)`);
+    const n = await mustHave(page, 'a.provider[data-provider]', 'identity provider links');
+    await mustHave(page, '#qr', 'a QR code');
+    const providers = await page
+      .locator('a.provider[data-provider]')
+      .evaluateAll((as) => as.map((a) => a.getAttribute('data-provider')));
+    return { providers, provider_links: n };
+  });
+
+  // 2. The first provider leads to the IdP's login form; fill it in.
+  await step('idp-login', page, async () => {
+    const first = page.locator('a.provider[data-provider]').first();
+    const provider = await first.getAttribute('data-provider');
+    await first.click({ timeout: TIMEOUT });
+    await mustHave(page, '#login', 'the IdP login field');
+    await mustHave(page, '#submit', 'the IdP submit button');
+    await page.locator('#login').fill(LOGIN, { timeout: TIMEOUT });
+    return { provider };
+  });
+
+  // 3. Submitted, we are back exactly where we started, signed in; the
+  //    websocket works.
+  await step('back-at-start', page, async () => {
+    await page.locator('#submit').click({ timeout: TIMEOUT });
+    await waitUrl(page, (u) => sameUrl(u, START_URL), `back at ${START_URL}`);
+    return { status: await wsEchoed(page) };
+  });
+
+  // 4. The portal dashboard lists services and offers sign-out.
+  await step('dashboard', page, async () => {
+    await goto(page, PORTAL + '/');
+    const services = await mustHave(page, 'a.service', 'service links');
+    await mustHave(page, 'form #logout', 'a sign-out button in a form');
+    return { services };
+  });
+
+  // 5. Who am I.
+  await step('whoami', page, async () => {
+    await goto(page, PORTAL + '/whoami');
+    await mustHave(page, '#whoami', 'the #whoami block');
+    const text = (await page.locator('#whoami').first().textContent()) || '';
+    if (EMAIL && !text.includes(EMAIL)) fail(`#whoami does not show ${EMAIL}: ${JSON.stringify(text.trim())}`);
+    return { whoami: text.trim().slice(0, 200) };
+  });
+
+  // 6. The protected page again, websocket open.
+  await step('reopen-start', page, async () => {
+    await goto(page, START_URL);
+    if (!sameUrl(page.url(), START_URL)) fail(`expected to stay at ${START_URL} (signed in)`);
+    const status = await wsEchoed(page);
+    const closed = (await page.locator('#closed').first().textContent()) || '';
+    if (closed.trim()) fail(`the websocket closed already: ${closed.trim()}`);
+    return { status };
+  });
+
+  // 7. Sign out in a second page, through the IdP's end-session page.
+  const page2 = watch(await context.newPage());
+  await step('logout', page2, async () => {
+    await goto(page2, PORTAL + '/');
+    await mustHave(page2, 'form #logout', 'a sign-out button in a form');
+    await page2.locator('form #logout').first().click({ timeout: TIMEOUT });
+    const loggedOut = PORTAL + '/logged-out';
+    const deadline = Date.now() + TIMEOUT;
+    let clicked = false;
+    let via = null;
+    while (!page2.url().startsWith(loggedOut)) {
+      if (Date.now() > deadline) fail(`expected to land on ${loggedOut}`);
+      // The IdP's end-session page normally submits itself; if it is still
+      // showing its form, confirm ("yes, sign me out").
+      if (!clicked) {
+        try {
+          const yes = page2.locator(
+            'button[form="op.logoutForm"][value="yes"], form[id="op.logoutForm"] [type="submit"][value="yes"], form[id="op.logoutForm"] [type="submit"]',
+          );
+          if ((await yes.count()) > 0) {
+            via = page2.url();
+            await page2.waitForTimeout(500); // give an auto-submit its chance
+            if (!page2.url().startsWith(loggedOut) && (await yes.count()) > 0) {
+              await yes.first().click({ timeout: 2000 });
+              clicked = true;
+            }
+          }
+        } catch {
+          // The page navigated under us (auto-submit): look again.
+        }
+      }
+      await page2.waitForTimeout(200);
+    }
+    await page2.waitForLoadState('load');
+    await mustHave(page2, '#logged-out', 'the signed-out confirmation');
+    return { idp_end_session: via, clicked_confirm: clicked };
+  });
+
+  // 8. The first page's websocket was closed by tailpass (session revoked).
+  await step('websocket-closed', page, async () => {
+    await page.bringToFront();
+    const closed = await waitText(page, '#closed', (t) => t.length > 0, 'become non-empty (websocket closed)', 10000);
+    return { closed };
+  });
+
+  // 9. No session any more: the protected page asks to sign in again.
+  await step('start-needs-login', page, async () => {
+    await goto(page, START_URL);
+    await waitUrl(page, onLogin, `the portal login page again (${PORTAL}/login…)`);
+    return {};
+  });
+
+  return {};
+}
+
+async function main() {
+  fs.mkdirSync(ARTIFACTS, { recursive: true });
+  const PROXY = need('PROXY');
+  const executablePath = env.CHROMIUM || '/usr/bin/chromium';
+  if (!['login', 'smoke'].includes(MODE)) fail(`unknown MODE ${MODE} (login or smoke)`);
+
+  current = 'launch';
+  const browser = await chromium.launch({
+    executablePath,
+    timeout: 60000,
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      '--proxy-server=' + PROXY,
+    ],
+  });
+  try {
+    const context = await browser.newContext({
+      ignoreHTTPSErrors: true,
+      viewport: { width: 1000, height: 800 },
+    });
+    const extra = MODE === 'smoke' ? await smoke(browser, context) : await login(browser, context);
+    finished = true;
+    emit({ ok: true, mode: MODE, ...extra, steps });
+  } finally {
+    await browser.close().catch(() => {});
+  }
+}
+
+const watchdog = setTimeout(() => {
+  if (finished) return;
+  emit({ ok: false, step: current, error: `timed out after ${TOTAL_TIMEOUT} ms`, steps });
+  process.exit(3);
+}, TOTAL_TIMEOUT);
+watchdog.unref();
+
+try {
+  await main();
+} catch (e) {
+  finished = true;
+  const error = e instanceof StepFailure ? e.message : String(e.stack || e);
+  emit({ ok: false, step: current, error, ...(e.details || {}), steps });
+  log(`FAILED at step ${current}: ${error}`);
+  process.exitCode = 1;
+}
