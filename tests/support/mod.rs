@@ -16,6 +16,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 pub mod browser;
+pub mod chrome;
 pub mod client;
 pub mod forge;
 pub mod idp;
