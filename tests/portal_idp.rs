@@ -10,123 +10,23 @@ mod support;
 use std::time::Duration;
 
 use support::browser::{Browser, parse_form, query_param};
-use support::idp::Idp;
-use support::{TestNet, upstream};
-use tailpass::config::Config;
-use tailpass::server::{Gateway, Options};
-
-const SECRET: &str = "test-session-secret-0123456789-abcdefghijklmnop";
-const CLIENT_SECRET: &str = "idp-client-secret-value";
+use support::stack::{Seed, SeedOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_topology_login_groups_refresh_step_up_and_logout() {
     let _permit = support::heavy().await;
-    let net = TestNet::start();
-    let (alice, bob) = tokio::join!(net.node("alice"), net.node("bob"));
-    let gw_host = net.fqdn("gw");
-    let auth_host = net.fqdn("auth");
-    let idp = Idp::start(serde_json::json!({
-        "issuer": format!("https://{auth_host}"),
-        "proxy": true,
-        "auto_login": "alice",
-        "clients": [{
-            "client_id": "tailpass",
-            "client_secret": CLIENT_SECRET,
-            "redirect_uris": [format!("https://{gw_host}/auth/oauth2/pocketid/authorization-code-callback")],
-            "post_logout_redirect_uris": [format!("https://{gw_host}/auth/logged-out")],
-            "grant_types": ["authorization_code", "refresh_token"],
-        }],
-        "accounts": {
-            "alice": {"email": "alice@example.com", "email_verified": true, "name": "Alice", "groups": ["admins", "users"]},
-            "bob": {"email": "bob@example.com", "email_verified": true, "name": "Bob", "groups": ["users"]},
-        },
-    }));
-    let echo = upstream::start_echo().await;
-    let dir = tempfile::tempdir().unwrap();
-    // The gateway must trust the auth node's local CA; create it up front.
-    let auth_ca =
-        tailpass::tls::LocalCa::open_or_create(&dir.path().join("auth/local-ca")).unwrap();
-    let _ = auth_ca;
-    let auth_ca_file = dir.path().join("auth/local-ca/ca.pem");
-    let toml = format!(
-        r#"
-[[node]]
-hostname = "gw"
-state_dir = "{gw_state}"
-control_url = "{control}"
-ephemeral = true
-cert = "local-ca"
-
-[[node]]
-hostname = "auth"
-state_dir = "{auth_state}"
-control_url = "{control}"
-ephemeral = true
-cert = "local-ca"
-
-[portal]
-session_secret = {{ env = "SESSION_SECRET" }}
-refresh_interval = "1s"
-nodes = ["gw"]
-
-[[provider]]
-name = "pocketid"
-label = "Pocket ID"
-issuer = "https://{auth_host}"
-client_id = "tailpass"
-client_secret = {{ env = "CLIENT_SECRET" }}
-ca_file = "{auth_ca}"
-
-[[rule]]
-roles = ["admin"]
-groups = ["admins"]
-
-[[rule]]
-roles = ["user"]
-domains = ["example.com"]
-
-[[route]]
-node = "auth"
-path = "/"
-upstream = "http://{idp}"
-
-[[route]]
-node = "gw"
-path = "/app"
-upstream = "http://{echo}"
-roles = ["user", "admin"]
-
-[[route]]
-node = "gw"
-path = "/admin"
-upstream = "http://{echo}"
-roles = ["admin"]
-max_auth_age = "3s"
-"#,
-        gw_state = dir.path().join("gw").display(),
-        auth_state = dir.path().join("auth").display(),
-        control = net.control_url,
-        auth_ca = auth_ca_file.display(),
-        idp = idp.addr,
-    );
-    let env = |k: &str| match k {
-        "SESSION_SECRET" => Some(SECRET.to_string()),
-        "CLIENT_SECRET" => Some(CLIENT_SECRET.to_string()),
-        _ => None,
-    };
-    let config = Config::parse(&toml, &env).unwrap_or_else(|e| panic!("{e}"));
-    let gw = Gateway::start(config, Options::default()).await.unwrap();
-    let (gw_node, auth_node) = (&gw.nodes[0].node, &gw.nodes[1].node);
-    net.settle(&[gw_node, auth_node, &alice, &bob]).await;
-    let ca = format!(
-        "{}{}",
-        std::fs::read_to_string(dir.path().join("gw/local-ca/ca.pem")).unwrap(),
-        std::fs::read_to_string(&auth_ca_file).unwrap()
-    );
+    let seed = Seed::start(SeedOptions {
+        auto_login: Some("alice".into()),
+        portal_extra: "refresh_interval = \"1s\"".into(),
+        ..Default::default()
+    })
+    .await;
+    let (alice, bob) = tokio::join!(seed.client("alice"), seed.client("bob"));
+    let (idp, ca, gw_host, auth_host) = (&seed.idp, &seed.ca, &seed.gw_host, &seed.auth_host);
     let url = |p: &str| format!("https://{gw_host}{p}");
 
     // Protected URL → login page → provider (over the tailnet) → callback → the original URL.
-    let mut b = Browser::new(&alice, &ca);
+    let mut b = Browser::new(&alice, ca);
     let login = b.follow(&url("/app/deep/page?q=1")).await;
     assert!(
         login.url.starts_with(&url("/auth/login?rd=")),
@@ -197,7 +97,7 @@ max_auth_age = "3s"
         (200, url("/admin/").as_str())
     );
     let auth_time = |b: &mut Browser| {
-        let mut api = Browser::new(&alice, &ca);
+        let mut api = Browser::new(&alice, ca);
         api.html = false;
         api.jar = b.jar.clone();
         async move {
@@ -267,7 +167,7 @@ max_auth_age = "3s"
 
     // Bob (groups: users) may open /app but not /admin: a 403 that says why.
     idp.set_auto_login(Some("bob")).await;
-    let mut bb = Browser::new(&bob, &ca);
+    let mut bb = Browser::new(&bob, ca);
     let end = bb
         .follow(&url("/auth/oauth2/pocketid/authorize?rd=%2Fadmin%2F"))
         .await;
@@ -278,5 +178,5 @@ max_auth_age = "3s"
         end.body
     );
     assert_eq!(bb.get(&url("/app/")).await.status, 200);
-    gw.shutdown().await;
+    seed.gw.shutdown().await;
 }

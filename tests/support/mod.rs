@@ -20,6 +20,7 @@ pub mod chrome;
 pub mod client;
 pub mod forge;
 pub mod idp;
+pub mod stack;
 pub mod upstream;
 
 use tailpass::tailnet::{LogSink, Node, NodeConfig, global};
