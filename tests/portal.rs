@@ -662,3 +662,54 @@ async fn forged_tokens_bad_callbacks_roles_and_step_up() {
     assert_eq!(b.get(&s.url("/app/")).await.status, 302);
     s.gw.shutdown().await;
 }
+
+/// `tailpass check` prints what to register at the provider and warns
+/// about routes nobody can open; secrets stay hidden.
+#[test]
+fn check_prints_redirect_uris_and_warns_about_unsatisfiable_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tailpass.toml");
+    std::fs::write(
+        &cfg,
+        r#"
+[tailnet]
+domain = "mist-walleye.ts.net"
+[[node]]
+hostname = "fedora"
+state_dir = "/var/lib/tailpass/fedora"
+[portal]
+session_secret = { env = "TP_TEST_SESSION" }
+[[provider]]
+name = "pocketid"
+issuer = "https://auth.mist-walleye.ts.net"
+client_id = "abc"
+client_secret = { env = "TP_TEST_CLIENT" }
+[[rule]]
+roles = ["admin"]
+groups = ["admins"]
+[[route]]
+path = "/ttyd"
+upstream = "http://127.0.0.1:7681"
+roles = ["admn"]
+"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tailpass"))
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .env("TP_TEST_SESSION", "very-secret-session-value-0123456789-abcdef")
+        .env("TP_TEST_CLIENT", "very-secret-client-value")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(
+        "https://fedora.mist-walleye.ts.net/auth/oauth2/pocketid/authorization-code-callback"
+    ), "{text}");
+    assert!(text.contains("https://fedora.mist-walleye.ts.net/auth/logged-out"), "{text}");
+    assert!(
+        text.contains("warning: route[0] /ttyd: requires role admn, which no [[rule]] grants"),
+        "{text}"
+    );
+    assert!(!text.contains("very-secret"), "secret printed: {text}");
+}
