@@ -697,16 +697,25 @@ roles = ["admn"]
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tailpass"))
         .args(["check", "--config"])
         .arg(&cfg)
-        .env("TP_TEST_SESSION", "very-secret-session-value-0123456789-abcdef")
+        .env(
+            "TP_TEST_SESSION",
+            "very-secret-session-value-0123456789-abcdef",
+        )
         .env("TP_TEST_CLIENT", "very-secret-client-value")
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains(
-        "https://fedora.mist-walleye.ts.net/auth/oauth2/pocketid/authorization-code-callback"
-    ), "{text}");
-    assert!(text.contains("https://fedora.mist-walleye.ts.net/auth/logged-out"), "{text}");
+    assert!(
+        text.contains(
+            "https://fedora.mist-walleye.ts.net/auth/oauth2/pocketid/authorization-code-callback"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("https://fedora.mist-walleye.ts.net/auth/logged-out"),
+        "{text}"
+    );
     assert!(
         text.contains("warning: route[0] /ttyd: requires role admn, which no [[rule]] grants"),
         "{text}"

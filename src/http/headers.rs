@@ -110,18 +110,23 @@ pub fn set_text(headers: &mut HeaderMap, name: &str, value: &str) {
     }
 }
 
-/// Removes the cookie `name` from every `Cookie` header, keeping the others
-/// (the session token is for tailpass, not for upstreams).
-pub fn remove_cookie(headers: &mut HeaderMap, name: &str) {
-    let kept: Vec<String> = headers
+/// Every cookie a request carries (all `Cookie` headers; unparsable
+/// pairs are skipped).
+fn cookies(headers: &HeaderMap) -> impl Iterator<Item = cookie::Cookie<'_>> {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|c| !c.is_empty())
-        .filter(|c| c.split_once('=').map_or(*c, |(k, _)| k).trim() != name)
-        .map(str::to_string)
+        .flat_map(cookie::Cookie::split_parse)
+        .filter_map(Result::ok)
+}
+
+/// Removes the cookie `name` from the `Cookie` headers, keeping the others
+/// (the session token is for tailpass, not for upstreams).
+pub fn remove_cookie(headers: &mut HeaderMap, name: &str) {
+    let kept: Vec<String> = cookies(headers)
+        .filter(|c| c.name() != name)
+        .map(|c| c.stripped().to_string())
         .collect();
     headers.remove(header::COOKIE);
     if !kept.is_empty()
@@ -133,18 +138,33 @@ pub fn remove_cookie(headers: &mut HeaderMap, name: &str) {
 
 /// The value of cookie `name`, if the request carries it.
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| k.trim() == name)
-        .map(|(_, v)| v.trim())
+    cookies(headers)
+        .find(|c| c.name() == name)
+        .and_then(|c| c.value_raw())
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn session_cookie_is_found_and_never_forwarded() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; tailpass_session=tok.en.x; b=2"),
+        );
+        h.append(header::COOKIE, HeaderValue::from_static("c=3"));
+        assert_eq!(cookie(&h, "tailpass_session"), Some("tok.en.x"));
+        assert_eq!(cookie(&h, "c"), Some("3"));
+        assert_eq!(cookie(&h, "tailpass"), None);
+        remove_cookie(&mut h, "tailpass_session");
+        assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(h[header::COOKIE], "a=1; b=2; c=3");
+        remove_cookie(&mut h, "a");
+        remove_cookie(&mut h, "b");
+        remove_cookie(&mut h, "c");
+        assert!(h.get(header::COOKIE).is_none());
+    }
+
     use super::*;
 
     #[test]

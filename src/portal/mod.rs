@@ -80,16 +80,33 @@ impl std::fmt::Debug for Portal {
     }
 }
 
-/// Builds the `Set-Cookie` value for the session.
+/// The `Set-Cookie` value of the session cookie: HttpOnly, Secure,
+/// SameSite=Lax, host-only unless `portal.cookie_domain` is set.
 fn session_cookie(cfg: &config::Portal, value: &str, max_age: i64) -> String {
-    let mut c = format!(
-        "{}={value}; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age={max_age}",
-        cfg.cookie_name
-    );
+    let mut c = cookie::Cookie::build((cfg.cookie_name.clone(), value.to_string()))
+        .path("/")
+        .http_only(true)
+        .secure(true)
+        .same_site(cookie::SameSite::Lax)
+        .max_age(cookie::time::Duration::seconds(max_age));
     if let Some(d) = &cfg.cookie_domain {
-        c.push_str(&format!("; Domain={d}"));
+        c = c.domain(d.clone());
     }
-    c
+    c.build().to_string()
+}
+
+/// The `Set-Cookie` value of the short-lived login cookie that ties a
+/// callback to the browser that started the sign-in (path-scoped to the
+/// callback URLs).
+fn login_cookie(cfg: &config::Portal, value: &str, max_age: i64) -> String {
+    cookie::Cookie::build((login_cookie_name(cfg), value.to_string()))
+        .path(format!("{}/oauth2/", cfg.prefix))
+        .http_only(true)
+        .secure(true)
+        .same_site(cookie::SameSite::Lax)
+        .max_age(cookie::time::Duration::seconds(max_age))
+        .build()
+        .to_string()
 }
 
 fn login_cookie_name(cfg: &config::Portal) -> String {
@@ -747,10 +764,10 @@ impl Portal {
             );
         }
         let mut r = redirect(StatusCode::FOUND, &url);
-        if let Ok(v) = HeaderValue::from_str(&format!(
-            "{}={browser}; Path={p}/oauth2/; HttpOnly; Secure; SameSite=Lax; Max-Age={}",
-            login_cookie_name(&self.cfg),
-            LOGIN_TTL.as_secs()
+        if let Ok(v) = HeaderValue::from_str(&login_cookie(
+            &self.cfg,
+            &browser,
+            LOGIN_TTL.as_secs() as i64,
         )) {
             r.headers_mut().append(header::SET_COOKIE, v);
         }
@@ -770,10 +787,7 @@ impl Portal {
         let t = &self.cfg.title;
         let fail = |status: StatusCode, heading: &str, detail: &str| {
             let mut r = html_response(status, pages::problem(p, t, heading, detail));
-            if let Ok(v) = HeaderValue::from_str(&format!(
-                "{}=; Path={p}/oauth2/; HttpOnly; Secure; SameSite=Lax; Max-Age=0",
-                login_cookie_name(&self.cfg)
-            )) {
+            if let Ok(v) = HeaderValue::from_str(&login_cookie(&self.cfg, "", 0)) {
                 r.headers_mut().append(header::SET_COOKIE, v);
             }
             r
@@ -917,10 +931,7 @@ impl Portal {
         if let Ok(v) = HeaderValue::from_str(&session_cookie(&self.cfg, &jwt, expires - t0)) {
             h.append(header::SET_COOKIE, v);
         }
-        if let Ok(v) = HeaderValue::from_str(&format!(
-            "{}=; Path={p}/oauth2/; HttpOnly; Secure; SameSite=Lax; Max-Age=0",
-            login_cookie_name(&self.cfg)
-        )) {
+        if let Ok(v) = HeaderValue::from_str(&login_cookie(&self.cfg, "", 0)) {
             h.append(header::SET_COOKIE, v);
         }
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
