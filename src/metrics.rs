@@ -89,8 +89,7 @@ impl Metrics {
         let whois = Histogram::new(
             [
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-            ]
-            .into_iter(),
+            ],
         );
         registry.register(
             "whois_duration_seconds",

@@ -501,12 +501,7 @@ async fn tailnet_https_loop(
         tokio::spawn(async move {
             // Identity first, once per connection, on the accepting node.
             let who = match stream.origin() {
-                Origin::Tailnet => match {
-                    let t = Instant::now();
-                    let r = node.whois(peer).await;
-                    live.metrics.whois(t.elapsed());
-                    r
-                } {
+                Origin::Tailnet => match timed_whois(&node, peer, &live.metrics).await {
                     Ok(w) => PeerIdentity::Tailnet {
                         addr: peer,
                         whois: Arc::new(w),
@@ -538,6 +533,17 @@ async fn tailnet_https_loop(
             .await;
         });
     }
+}
+
+async fn timed_whois(
+    node: &Node,
+    peer: SocketAddr,
+    metrics: &Metrics,
+) -> crate::tailnet::Result<crate::tailnet::WhoIs> {
+    let t = Instant::now();
+    let r = node.whois(peer).await;
+    metrics.whois(t.elapsed());
+    r
 }
 
 async fn funnel_loop(
