@@ -92,13 +92,22 @@ pub fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            rt.block_on(run(c))
+            rt.block_on(run(c, config))
         }
     }
 }
 
-async fn run(config: Config) -> ExitCode {
-    let gw = match Gateway::start(config, Options::default()).await {
+async fn run(config: Config, path: PathBuf) -> ExitCode {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Signals are set up before the (slow) start so none is missed.
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return ExitCode::FAILURE;
+    };
+    let mut gw = match Gateway::start(config, Options::default()).await {
         Ok(g) => g,
         Err(e) => {
             tracing::error!(error = %e, "start-up failed");
@@ -108,18 +117,37 @@ async fn run(config: Config) -> ExitCode {
     for n in &gw.nodes {
         tracing::info!(node = %n.hostname, url = %format!("https://{}/", n.fqdn), "serving");
     }
-    wait_for_signal().await;
-    tracing::info!("shutting down");
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = hup.recv() => reload(&mut gw, &path),
+        }
+    }
+    tracing::info!("shutting down: draining requests in flight");
     gw.shutdown().await;
     ExitCode::SUCCESS
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+/// SIGHUP: read the file again; apply it if valid, else keep serving the
+/// old one and say why.
+fn reload(gw: &mut Gateway, path: &std::path::Path) {
+    match Config::load(path) {
+        Ok(c) => match gw.reload(c) {
+            Ok(notes) => {
+                for n in notes {
+                    tracing::warn!(note = %n, "reload");
+                }
+                tracing::info!(config = %path.display(), "configuration reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload failed; keeping the previous configuration")
+            }
+        },
+        Err(e) => {
+            gw.metrics().reload("rejected");
+            tracing::error!(problems = %e.to_string().trim_end(), "invalid configuration; keeping the previous one");
+        }
     }
 }
 

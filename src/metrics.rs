@@ -86,11 +86,9 @@ impl Metrics {
             "Upstream failures by route and kind (connect, timeout)",
             upstream_errors.clone(),
         );
-        let whois = Histogram::new(
-            [
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-            ],
-        );
+        let whois = Histogram::new([
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+        ]);
         registry.register(
             "whois_duration_seconds",
             "Time to identify a tailnet connection with WhoIs",

@@ -1,0 +1,337 @@
+//! Operations, tested on the shipped binary (`tailpass run`) as a separate
+//! process on the test tailnet: two nodes serving different hostnames;
+//! SIGHUP reloads a policy live while a websocket stays open; an invalid
+//! config on reload keeps the old one; /healthz and Prometheus /metrics on
+//! the admin listener; SIGTERM drains a request in flight, then exits 0.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use support::client::H1;
+use support::{TestNet, upstream};
+use tailpass::tailnet::Node;
+
+/// The binary as a child process, its stderr collected.
+struct Tailpass {
+    child: Child,
+    logs: Arc<Mutex<String>>,
+}
+
+impl Tailpass {
+    fn start(config: &std::path::Path) -> Tailpass {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tailpass"));
+        cmd.args(["--log-format", "json", "run", "--config"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        // The same loopback-only tsnet settings the in-process tests use.
+        for (k, v) in [
+            ("TS_DEBUG_ALWAYS_USE_DERP", "true"),
+            ("TS_DISABLE_PORTMAPPER", "1"),
+            ("TS_ASSUME_NETWORK_UP_FOR_TEST", "1"),
+            (
+                "TS_NETCHECK_GENERATE_204_URL",
+                "http://127.0.0.1:9/generate_204",
+            ),
+            ("TS_NO_LOGS_NO_SUPPORT", "true"),
+            (
+                "TS_DEBUG_ACME_DIRECTORY_URL",
+                "http://127.0.0.1:9/directory",
+            ),
+            ("TAILPASS_LOG", "info"),
+        ] {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let logs = Arc::new(Mutex::new(String::new()));
+        let (l, err) = (logs.clone(), child.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if std::env::var_os("TAILPASS_TEST_BIN_LOGS").is_some() {
+                    eprintln!("tailpass: {line}");
+                }
+                let mut l = l.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        Tailpass { child, logs }
+    }
+
+    fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig}");
+    }
+
+    async fn wait_log(&self, needle: &str, limit: Duration) {
+        let t = Instant::now();
+        while !self.logs().contains(needle) {
+            assert!(
+                t.elapsed() < limit,
+                "no {needle:?} in the log:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Tailpass {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn admin_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    let s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let r = H1::over(s).await.get("admin", path, &[]).await;
+    Some((
+        r.status().as_u16(),
+        String::from_utf8_lossy(r.body()).into_owned(),
+    ))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn wait_peer(node: &Node, host: &str) {
+    let t = Instant::now();
+    while node.status().await.unwrap().peer(host).is_none() {
+        assert!(t.elapsed() < Duration::from_secs(60), "{host} never joined");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn config(
+    net: &TestNet,
+    dir: &std::path::Path,
+    admin: u16,
+    echo_users: &str,
+    echo: std::net::SocketAddr,
+    ws: std::net::SocketAddr,
+) -> String {
+    format!(
+        r#"
+[tailnet]
+control_url = "{control}"
+
+[[node]]
+hostname = "gw"
+state_dir = "{dir}/gw"
+ephemeral = true
+cert = "local-ca"
+
+[[node]]
+hostname = "files"
+state_dir = "{dir}/files"
+ephemeral = true
+cert = "local-ca"
+
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[[route]]
+node = "gw"
+path = "/ws"
+upstream = "http://{ws}"
+
+[[route]]
+node = "gw"
+path = "/echo"
+upstream = "http://{echo}"
+allow_users = [{echo_users}]
+
+[[route]]
+node = "gw"
+path = "/slow"
+upstream = "http://{echo}"
+
+[[route]]
+node = "files"
+path = "/"
+upstream = "http://{echo}/files-root"
+"#,
+        control = net.control_url,
+        dir = dir.display(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_two_nodes_reload_health_metrics_and_graceful_shutdown() {
+    let _permit = support::heavy().await;
+    let net = TestNet::start();
+    let (alice, bob) = tokio::join!(net.node("alice"), net.node("bob"));
+    let alice_login = alice.status().await.unwrap().self_node.unwrap().user_login;
+    let bob_login = bob.status().await.unwrap().self_node.unwrap().user_login;
+    let echo = upstream::start_echo().await;
+    let ws = upstream::start_ws_echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let admin_port = free_port();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let cfg = dir.path().join("tailpass.toml");
+    let write = |users: &str| {
+        std::fs::write(&cfg, config(&net, dir.path(), admin_port, users, echo, ws)).unwrap()
+    };
+    write(&format!("{alice_login:?}"));
+    let tp = Tailpass::start(&cfg);
+
+    // Health turns 200 once both nodes run.
+    let t = Instant::now();
+    loop {
+        if let Some((200, body)) = admin_get(admin, "/healthz").await {
+            let j: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(j["nodes"]["gw"], "Running");
+            assert_eq!(j["nodes"]["files"], "Running");
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(90),
+            "never healthy:\n{}",
+            tp.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for n in [&alice, &bob] {
+        wait_peer(n, "gw").await;
+        wait_peer(n, "files").await;
+    }
+    let (gw, files) = (net.fqdn("gw"), net.fqdn("files"));
+    let ca = format!(
+        "{}{}",
+        std::fs::read_to_string(dir.path().join("gw/local-ca/ca.pem")).unwrap(),
+        std::fs::read_to_string(dir.path().join("files/local-ca/ca.pem")).unwrap()
+    );
+    let get = async |node: &Node, host: &str, path: &str| {
+        let mut h = H1::connect(node, host, &ca).await;
+        let r = h.get(host, path, &[]).await;
+        (
+            r.status().as_u16(),
+            String::from_utf8_lossy(r.body()).into_owned(),
+        )
+    };
+
+    // Two nodes, two hostnames, each with its own routes.
+    let (st, body) = get(&alice, &files, "/doc").await;
+    assert_eq!(st, 200);
+    assert!(body.contains("/files-root/doc"), "{body}");
+    assert_eq!(get(&alice, &gw, "/doc").await.0, 404);
+    // On `files`, /echo is its own catch-all route, not gw's policy.
+    assert_eq!(get(&bob, &files, "/echo/").await.0, 200);
+    assert_eq!(get(&alice, &gw, "/echo/").await.0, 200);
+    assert_eq!(get(&bob, &gw, "/echo/").await.0, 403);
+
+    // A websocket opened before the reload.
+    let tls = support::client::connect(&alice, &gw, 443, &ca, &[b"http/1.1"]).await;
+    let (mut sock, _) = tokio_tungstenite::client_async(format!("wss://{gw}/ws/t"), tls)
+        .await
+        .unwrap();
+    let echo_once = async |sock: &mut tokio_tungstenite::WebSocketStream<_>, m: &str| {
+        sock.send(tokio_tungstenite::tungstenite::Message::text(m))
+            .await
+            .unwrap();
+        let back = tokio::time::timeout(Duration::from_secs(10), sock.next())
+            .await
+            .expect("websocket answer")
+            .unwrap()
+            .unwrap();
+        assert_eq!(back.into_text().unwrap().as_str(), m);
+    };
+    echo_once(&mut sock, "before").await;
+
+    // SIGHUP with a new policy: bob in, alice out; the websocket stays.
+    write(&format!("{bob_login:?}"));
+    tp.signal("HUP");
+    tp.wait_log("configuration reloaded", Duration::from_secs(10))
+        .await;
+    assert_eq!(get(&bob, &gw, "/echo/").await.0, 200);
+    assert_eq!(get(&alice, &gw, "/echo/").await.0, 403);
+    echo_once(&mut sock, "after the reload").await;
+
+    // An invalid config on reload is refused; the running one stays.
+    std::fs::write(&cfg, "[[node]]\nhostname = \"gw\"\nstate_dir = \"/tmp/x\"\n[[route]]\npath = \"/x\"\nupstream = \"ftp://nope\"\n").unwrap();
+    tp.signal("HUP");
+    tp.wait_log(
+        "invalid configuration; keeping the previous one",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        tp.logs().contains("route[0].upstream"),
+        "the reason is logged"
+    );
+    assert_eq!(get(&bob, &gw, "/echo/").await.0, 200);
+    echo_once(&mut sock, "after the refused reload").await;
+
+    // Metrics: requests by route/decision/status, reloads, WhoIs, cert expiry.
+    let (st, m) = admin_get(admin, "/metrics").await.unwrap();
+    assert_eq!(st, 200);
+    for needle in [
+        r#"tailpass_requests_total{route="route[1] /echo",decision="deny",status="403"} 2"#,
+        r#"tailpass_config_reloads_total{provider="-",outcome="ok"} 1"#,
+        r#"tailpass_config_reloads_total{provider="-",outcome="rejected"} 1"#,
+        r#"tailpass_certificate_expiry_timestamp_seconds{node="files"}"#,
+    ] {
+        assert!(m.contains(needle), "{needle} missing:\n{m}");
+    }
+    let whois_count: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("tailpass_whois_duration_seconds_count "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(whois_count >= 7, "{m}");
+    assert_eq!(admin_get(admin, "/nope").await.unwrap().0, 404);
+
+    // SIGTERM while a slow request (5 s upstream) is in flight: it completes.
+    let slow = {
+        let (alice, gw, ca) = (alice.clone(), gw.clone(), ca.clone());
+        tokio::spawn(async move {
+            let mut h = H1::connect(&alice, &gw, &ca).await;
+            h.get(&gw, "/slow/slow", &[]).await.status().as_u16()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let mut tp = tp;
+    tp.signal("TERM");
+    assert_eq!(
+        slow.await.unwrap(),
+        200,
+        "the request in flight was cut:\n{}",
+        tp.logs()
+    );
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = tp.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "{status:?}\n{}", tp.logs());
+    assert!(tp.logs().contains("draining requests in flight"));
+}
