@@ -794,23 +794,6 @@ fn secret_files(text: &str) -> Vec<String> {
     v
 }
 
-/// Removes the `[admin]` table.
-fn strip_admin(text: &str) -> String {
-    let mut out = String::new();
-    let mut skipping = false;
-    for line in text.lines() {
-        let t = line.trim_start();
-        if t.starts_with('[') {
-            skipping = t.starts_with("[admin]");
-        }
-        if !skipping {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    out
-}
-
 /// The example config, made loadable here: its secret files replaced by
 /// files in `dir` (written with dummy values).
 struct Example {
@@ -832,16 +815,8 @@ fn example() -> Example {
         fs::write(&local, format!("dummy-secret-{i}-{}\n", "x".repeat(36))).unwrap();
         text = text.replace(&format!("\"{f}\""), &format!("\"{}\"", local.display()));
     }
-    let parse = |t: &str| Config::parse(t, &|_| None);
-    let config = match parse(&text) {
-        Ok(c) => c,
-        // TODO(admin): remove stripping once [admin] lands
-        Err(e) if e.problems.iter().any(|p| p.contains("`admin`")) => {
-            text = strip_admin(&text);
-            parse(&text).unwrap_or_else(|e| panic!("{EXAMPLE_CONFIG} (without [admin]): {e}"))
-        }
-        Err(e) => panic!("{EXAMPLE_CONFIG}: {e}"),
-    };
+    let config =
+        Config::parse(&text, &|_| None).unwrap_or_else(|e| panic!("{EXAMPLE_CONFIG}: {e}"));
     Example {
         original,
         text,
