@@ -305,11 +305,13 @@ impl Gateway {
         }
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
-        for n in &self.nodes {
+        // Nodes close concurrently: each may wait on its control server.
+        futures_util::future::join_all(self.nodes.iter().map(|n| async move {
             if let Err(e) = n.node.close().await {
                 tracing::warn!(node = %n.hostname, error = %e, "closing node");
             }
-        }
+        }))
+        .await;
     }
 }
 

@@ -47,7 +47,10 @@ impl Page {
 
 /// The scripted browser.
 pub struct Browser {
-    node: Node,
+    /// Dial https hosts through this node …
+    node: Option<Node>,
+    /// … or through this HTTP proxy (CONNECT), like a real browser.
+    proxy: Option<std::net::SocketAddr>,
     ca: String,
     /// host → cookie name → value.
     pub jar: BTreeMap<String, BTreeMap<String, String>>,
@@ -90,8 +93,19 @@ pub fn resolve(base: &str, loc: &str) -> String {
 impl Browser {
     /// A browser on `node`, trusting `ca` for https.
     pub fn new(node: &Node, ca: &str) -> Browser {
+        Self::with(Some(node.clone()), None, ca)
+    }
+
+    /// A browser that reaches https hosts through an HTTP proxy (CONNECT),
+    /// e.g. tailpass's entry proxy; plain http goes direct.
+    pub fn via_proxy(proxy: std::net::SocketAddr, ca: &str) -> Browser {
+        Self::with(None, Some(proxy), ca)
+    }
+
+    fn with(node: Option<Node>, proxy: Option<std::net::SocketAddr>, ca: &str) -> Browser {
         Browser {
-            node: node.clone(),
+            node,
+            proxy,
             ca: ca.to_string(),
             jar: BTreeMap::new(),
             html: true,
@@ -124,12 +138,20 @@ impl Browser {
         self.visited.push(url.to_string());
         let (scheme, host, port, pq) = split(url);
         let mut h1 = if scheme == "https" {
-            let s = self
-                .node
-                .dial(&format!("{host}:{port}"))
-                .await
-                .unwrap_or_else(|e| panic!("dial {host}:{port}: {e}"));
-            H1::over(tls_over(s, &host, &self.ca, &[b"http/1.1"]).await).await
+            match (&self.node, self.proxy) {
+                (Some(node), _) => {
+                    let s = node
+                        .dial(&format!("{host}:{port}"))
+                        .await
+                        .unwrap_or_else(|e| panic!("dial {host}:{port}: {e}"));
+                    H1::over(tls_over(s, &host, &self.ca, &[b"http/1.1"]).await).await
+                }
+                (None, Some(proxy)) => {
+                    let s = connect_via(proxy, &host, port).await;
+                    H1::over(tls_over(s, &host, &self.ca, &[b"http/1.1"]).await).await
+                }
+                (None, None) => unreachable!("a browser has a node or a proxy"),
+            }
         } else {
             let s = tokio::net::TcpStream::connect((host.as_str(), port))
                 .await
@@ -230,6 +252,37 @@ impl Browser {
             _ => p,
         }
     }
+}
+
+/// Opens a tunnel to `host:port` through an HTTP proxy (CONNECT).
+pub async fn connect_via(
+    proxy: std::net::SocketAddr,
+    host: &str,
+    port: u16,
+) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    s.write_all(
+        format!("CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut b).await.unwrap(),
+            1,
+            "proxy closed during CONNECT"
+        );
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "CONNECT {host}:{port}: {head}"
+    );
+    s
 }
 
 /// Form/URL component encoding.

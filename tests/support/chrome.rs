@@ -15,7 +15,7 @@ pub fn chromium_path() -> PathBuf {
 
 /// `target/browser-artifacts/<test>/`.
 pub fn artifacts_dir_path(test: &str) -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR"))
+    super::target_tmp()
         .parent()
         .expect("CARGO_TARGET_TMPDIR is target/tmp")
         .join("browser-artifacts")

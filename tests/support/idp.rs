@@ -75,7 +75,7 @@ pub fn ensure_node_modules() {
     }
     let dir = idp_dir();
     if needs_install(&dir) {
-        let lock_path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("idp-npm-ci.lock");
+        let lock_path = super::target_tmp().join("idp-npm-ci.lock");
         let lock = std::fs::File::create(&lock_path)
             .unwrap_or_else(|e| panic!("creating {}: {e}", lock_path.display()));
         lock.lock().unwrap();
@@ -238,6 +238,11 @@ impl Idp {
             self.stderr_tail()
         );
         resp
+    }
+
+    /// The provider process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.lock().unwrap().id()
     }
 
     /// Everything recorded so far, in order: `authorize`, `token`,

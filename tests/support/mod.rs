@@ -25,6 +25,15 @@ pub mod upstream;
 
 use tailpass::tailnet::{LogSink, Node, NodeConfig, global};
 
+/// `target/tmp` (Cargo's `CARGO_TARGET_TMPDIR` for tests and benches; the
+/// same place for the demo example, which Cargo gives no such variable).
+pub fn target_tmp() -> PathBuf {
+    match option_env!("CARGO_TARGET_TMPDIR") {
+        Some(d) => PathBuf::from(d),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tmp"),
+    }
+}
+
 /// How long a test node may take to join.
 pub const UP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -96,7 +105,7 @@ pub fn go_program(pkg: &str, name: &str) -> PathBuf {
     if let Some((_, p)) = built.iter().find(|(k, _)| k == pkg) {
         return p.clone();
     }
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tsshim-bin");
+    let dir = target_tmp().join("tsshim-bin");
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join(name);
     // Build to a private name, then rename: parallel test processes may race.
@@ -240,6 +249,11 @@ impl TestNet {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+
+    /// The helper process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.lock().unwrap().id()
     }
 
     /// The FQDN of a host on this tailnet.
