@@ -813,6 +813,21 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
                 r.index
             ));
         }
+        if let (Some(pt), Some(_)) = (&portal, &r.login)
+            && !pt.nodes.is_empty()
+        {
+            match &r.node {
+                Some(n) if !pt.nodes.contains(n) => p.push(format!(
+                    "route[{}].node: this route needs a login, but node {n:?} does not serve the portal (portal.nodes)",
+                    r.index
+                )),
+                None => p.push(format!(
+                    "route[{}].node: this route needs a login; set node to one of portal.nodes {:?} (the other nodes have no portal)",
+                    r.index, pt.nodes
+                )),
+                _ => {}
+            }
+        }
         if let Some(pt) = &portal
             && path::under(&pt.prefix, &r.path)
         {

@@ -308,3 +308,39 @@ upstream = "http://127.0.0.1:1"
     }
     assert!(!all.contains("short\""), "a secret value leaked: {all}");
 }
+
+#[test]
+fn login_routes_must_be_on_portal_nodes() {
+    let env = |_: &str| Some("s".repeat(40));
+    let base = r#"
+[[node]]
+hostname = "gw"
+state_dir = "/a"
+[[node]]
+hostname = "auth"
+state_dir = "/b"
+[portal]
+session_secret = { env = "S" }
+nodes = ["gw"]
+[[provider]]
+name = "p"
+issuer = "https://auth.example.ts.net"
+client_id = "c"
+[[rule]]
+roles = ["r"]
+groups = ["g"]
+"#;
+    let route = |extra: &str| {
+        format!(
+            "{base}[[route]]\npath = \"/x\"\nupstream = \"http://127.0.0.1:1\"\nroles = [\"r\"]\n{extra}\n"
+        )
+    };
+    assert!(Config::parse(&route("node = \"gw\""), &env).is_ok());
+    let e = Config::parse(&route("node = \"auth\""), &env).unwrap_err();
+    assert!(
+        e.problems[0].contains("route[0].node") && e.problems[0].contains("portal.nodes"),
+        "{e}"
+    );
+    let e = Config::parse(&route(""), &env).unwrap_err();
+    assert!(e.problems[0].contains("route[0].node"), "{e}");
+}
