@@ -5,14 +5,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response, StatusCode, header};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::sync::watch;
 
-use crate::http::response::{Body, full};
+use crate::http::response::{Body, with_type};
 use crate::metrics::Metrics;
 use crate::tailnet::Node;
 
@@ -50,14 +50,7 @@ async fn answer(
     nodes: &[(String, Node)],
     metrics: &Metrics,
 ) -> Response<Body> {
-    let reply = |status: StatusCode, ctype: &str, body: String| {
-        Response::builder()
-            .status(status)
-            .header(header::CONTENT_TYPE, ctype)
-            .header(header::CACHE_CONTROL, "no-store")
-            .body(full(body))
-            .expect("static response parts are valid")
-    };
+    let reply = with_type;
     match (req.method().as_str(), req.uri().path()) {
         ("GET", "/healthz") => {
             let mut all_up = true;

@@ -31,7 +31,7 @@ use tokio::task::JoinSet;
 
 use crate::config::{CertSource, Config, NodeSpec, Route};
 use crate::http::path;
-use crate::http::response::{self, Body, error, wants_html};
+use crate::http::response::{self, Body, error, not_found, wants_html};
 use crate::identity::PeerIdentity;
 use crate::metrics::Metrics;
 use crate::oidc::Dialer;
@@ -769,17 +769,7 @@ async fn handle(req: Request<Incoming>, conn: &Conn) -> Response<Body> {
         return log("portal", what, "", resp);
     }
     let Some((route, up)) = find_route(&shared, conn.node.as_deref(), host.as_deref(), &p) else {
-        return log(
-            "-",
-            "no-route",
-            "",
-            error(
-                StatusCode::NOT_FOUND,
-                "Not found",
-                "there is nothing here",
-                html,
-            ),
-        );
+        return log("-", "no-route", "", not_found(html));
     };
     // The session, for protected routes on a node with the portal.
     let pq = req
@@ -831,17 +821,7 @@ async fn handle(req: Request<Incoming>, conn: &Conn) -> Response<Body> {
                 html,
             ),
         ),
-        Decision::Hide(why) => log(
-            &route.name(),
-            "hide",
-            &why,
-            error(
-                StatusCode::NOT_FOUND,
-                "Not found",
-                "there is nothing here",
-                html,
-            ),
-        ),
+        Decision::Hide(why) => log(&route.name(), "hide", &why, not_found(html)),
         Decision::Deny(why) => {
             let resp = match (portal, &conn.origin) {
                 (Some(pt), Some(origin)) => {

@@ -31,23 +31,10 @@ impl Tailpass {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         // The same loopback-only tsnet settings the in-process tests use.
-        for (k, v) in [
-            ("TS_DEBUG_ALWAYS_USE_DERP", "true"),
-            ("TS_DISABLE_PORTMAPPER", "1"),
-            ("TS_ASSUME_NETWORK_UP_FOR_TEST", "1"),
-            (
-                "TS_NETCHECK_GENERATE_204_URL",
-                "http://127.0.0.1:9/generate_204",
-            ),
-            ("TS_NO_LOGS_NO_SUPPORT", "true"),
-            (
-                "TS_DEBUG_ACME_DIRECTORY_URL",
-                "http://127.0.0.1:9/directory",
-            ),
-            ("TAILPASS_LOG", "info"),
-        ] {
+        for (k, v) in support::TSNET_TEST_KNOBS {
             cmd.env(k, v);
         }
+        cmd.env("TAILPASS_LOG", "info");
         let mut child = cmd.spawn().unwrap();
         let logs = Arc::new(Mutex::new(String::new()));
         let (l, err) = (logs.clone(), child.stderr.take().unwrap());

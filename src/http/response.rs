@@ -48,12 +48,27 @@ pub fn error(status: StatusCode, title: &str, detail: &str, html: bool) -> Respo
             format!("{} {title}: {detail}\n", status.as_u16()),
         )
     };
+    with_type(status, ctype, body)
+}
+
+/// A response of `ctype` that no cache keeps.
+pub fn with_type(status: StatusCode, ctype: &str, body: impl Into<Bytes>) -> Response<Body> {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, ctype)
         .header(header::CACHE_CONTROL, "no-store")
         .body(full(body))
         .expect("static response parts are valid")
+}
+
+/// The 404 of everything that does not exist (or is hidden).
+pub fn not_found(html: bool) -> Response<Body> {
+    error(
+        StatusCode::NOT_FOUND,
+        "Not found",
+        "there is nothing here",
+        html,
+    )
 }
 
 /// A redirect.

@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 
 use crate::config::{self, Config, Route, Rule};
 use crate::http::headers;
-use crate::http::response::{Body, full, redirect};
+use crate::http::response::{Body, full, not_found, redirect, with_type};
 use crate::identity::PeerIdentity;
 use crate::metrics::Metrics;
 use crate::oidc::{self, Dialer, HttpClient, RefreshError};
@@ -130,14 +130,11 @@ fn enc(s: &str) -> String {
 }
 
 fn html_response(status: StatusCode, markup: maud::Markup) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
-        .header(header::CACHE_CONTROL, "no-store")
-        .header("referrer-policy", "no-referrer")
-        .header("x-frame-options", "DENY")
-        .body(full(markup.into_string()))
-        .expect("static response parts are valid")
+    let mut r = with_type(status, "text/html; charset=utf-8", markup.into_string());
+    let h = r.headers_mut();
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    r
 }
 
 fn rfc3339(t: i64) -> String {
@@ -474,15 +471,7 @@ impl Portal {
 
         // The portal serves tailnet peers only: a session is bound to a node.
         if who.whois().is_none() {
-            return (
-                crate::http::response::error(
-                    StatusCode::NOT_FOUND,
-                    "Not found",
-                    "there is nothing here",
-                    html,
-                ),
-                "hide",
-            );
+            return (not_found(html), "hide");
         }
         match (method.clone(), sub.as_str()) {
             (Method::GET | Method::HEAD, "/assets/portal.css") => (
@@ -693,15 +682,7 @@ impl Portal {
             );
         };
         let Some(binding) = Binding::of(who) else {
-            return (
-                crate::http::response::error(
-                    StatusCode::NOT_FOUND,
-                    "Not found",
-                    "there is nothing here",
-                    html,
-                ),
-                "hide",
-            );
+            return (not_found(html), "hide");
         };
         let mut hosts = self.allowed_hosts.clone();
         hosts.push(

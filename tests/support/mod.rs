@@ -124,6 +124,25 @@ pub fn go_program(pkg: &str, name: &str) -> PathBuf {
     out
 }
 
+/// tsnet environment knobs for a loopback-only tailnet (set in-process by
+/// [`init_process_for_tests`], or in the environment of a `tailpass` child
+/// process).
+pub const TSNET_TEST_KNOBS: [(&str, &str); 6] = [
+    ("TS_DEBUG_ALWAYS_USE_DERP", "true"),
+    ("TS_DISABLE_PORTMAPPER", "1"),
+    ("TS_ASSUME_NETWORK_UP_FOR_TEST", "1"),
+    (
+        "TS_NETCHECK_GENERATE_204_URL",
+        "http://127.0.0.1:9/generate_204",
+    ),
+    ("TS_NO_LOGS_NO_SUPPORT", "true"),
+    // Certificate requests must never reach Let's Encrypt from a test.
+    (
+        "TS_DEBUG_ACME_DIRECTORY_URL",
+        "http://127.0.0.1:9/directory",
+    ),
+];
+
 /// Process-wide tsnet settings for a loopback-only tailnet: no interface
 /// binding, DERP only (no direct UDP to interface addresses), no port
 /// mapping probes of the gateway, no captive-portal probe to the internet.
@@ -131,21 +150,7 @@ pub fn init_process_for_tests() {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
         global::set_netns_enabled(false);
-        for (k, v) in [
-            ("TS_DEBUG_ALWAYS_USE_DERP", "true"),
-            ("TS_DISABLE_PORTMAPPER", "1"),
-            ("TS_ASSUME_NETWORK_UP_FOR_TEST", "1"),
-            (
-                "TS_NETCHECK_GENERATE_204_URL",
-                "http://127.0.0.1:9/generate_204",
-            ),
-            ("TS_NO_LOGS_NO_SUPPORT", "true"),
-            // Certificate requests must never reach Let's Encrypt from a test.
-            (
-                "TS_DEBUG_ACME_DIRECTORY_URL",
-                "http://127.0.0.1:9/directory",
-            ),
-        ] {
+        for (k, v) in TSNET_TEST_KNOBS {
             global::set_env_knob(k, v).unwrap();
         }
     });
