@@ -25,7 +25,8 @@ pub struct SeedOptions {
     pub auto_login: Option<String>,
     /// Extra lines for `[portal]`.
     pub portal_extra: String,
-    /// Extra config appended (routes, rules, `[admin]` …).
+    /// Extra config appended (routes, rules, `[admin]` …); `{echo}` stands
+    /// for the echo upstream's address.
     pub extra: String,
 }
 
@@ -163,7 +164,7 @@ title = "Admin (recent sign-in)"
             auth_ca = auth_ca_file.display(),
             idp = idp.addr,
             portal_extra = opts.portal_extra,
-            extra = opts.extra,
+            extra = opts.extra.replace("{echo}", &echo.to_string()),
         );
         let config = Config::parse(&toml, &env).unwrap_or_else(|e| panic!("{e}"));
         let gw = Gateway::start(config, Options::default()).await.unwrap();

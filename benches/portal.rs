@@ -1,0 +1,249 @@
+//! Portal benchmark: what a login session costs per request, in one run,
+//! reported as ratios against a baseline from the same run. Asserts nothing
+//! about time.
+//!
+//!     cargo bench --bench portal
+//!     TAILPASS_BENCH_SECS=5 TAILPASS_BENCH_CONNS=8 TAILPASS_BENCH_OPS=200000 cargo bench --bench portal
+//!
+//! - decision (in-process, CPU only): a login route's whole session check —
+//!   cookie JWT verification (HS256), binding check, store lookup, roles
+//!   from rules, policy — against the decision of a tailnet-only route
+//!   (WhoIs identity, no session);
+//! - end to end over the test tailnet (seed stack: real provider, login
+//!   done once): GET on a login route with the session cookie against GET
+//!   on a tailnet-only route to the same upstream.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::browser::Browser;
+use support::client::H1;
+use support::env_num;
+use support::stack::{Seed, SeedOptions};
+use tailpass::config::Config;
+use tailpass::identity::PeerIdentity;
+use tailpass::policy::{self, Caller};
+use tailpass::session::{Binding, Keys, Record, SessionCookie, Store, now};
+use tailpass::tailnet::WhoIs;
+
+const CFG: &str = r#"
+[[node]]
+hostname = "gw"
+state_dir = "/tmp/unused"
+[portal]
+session_secret = { env = "S" }
+[[provider]]
+name = "p"
+issuer = "https://auth.example.ts.net"
+client_id = "c"
+[[rule]]
+roles = ["admin"]
+groups = ["admins"]
+[[rule]]
+roles = ["user"]
+domains = ["example.com"]
+[[route]]
+path = "/plain"
+upstream = "http://127.0.0.1:1"
+allow_users = ["alice@example.com"]
+[[route]]
+path = "/app"
+upstream = "http://127.0.0.1:1"
+roles = ["admin"]
+"#;
+
+fn per_op(ops: u64, mut f: impl FnMut()) -> f64 {
+    // Warm up, then time.
+    for _ in 0..ops / 10 {
+        f();
+    }
+    let t = Instant::now();
+    for _ in 0..ops {
+        f();
+    }
+    t.elapsed().as_nanos() as f64 / ops as f64
+}
+
+fn decision_bench(ops: u64) -> (f64, f64) {
+    let secret = "x".repeat(48);
+    let c = Config::parse(CFG, &|_| Some(secret.clone())).unwrap();
+    let pt = c.portal.as_ref().unwrap();
+    let keys = Keys::new(&pt.session_secret, &[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let j = serde_json::json!({
+        "Node": {"StableID": "nStable1", "Name": "laptop.ts.net.", "Tags": []},
+        "UserProfile": {"ID": 1, "LoginName": "alice@example.com", "DisplayName": "Alice"},
+    });
+    let who = PeerIdentity::Tailnet {
+        addr: "100.64.0.9:1234".parse().unwrap(),
+        whois: Arc::new(WhoIs::from_json(&j.to_string()).unwrap()),
+    };
+    let binding = Binding::of(&who).unwrap();
+    let t = now();
+    let mut claims = BTreeMap::new();
+    claims.insert("email".to_string(), serde_json::json!("alice@example.com"));
+    claims.insert("groups".to_string(), serde_json::json!(["admins", "users"]));
+    store
+        .put(
+            "sid1",
+            Record {
+                provider: "p".into(),
+                sub: "alice".into(),
+                binding: binding.clone(),
+                claims,
+                id_token: "h.p.s".into(),
+                refresh_token: None,
+                created: t,
+                auth_time: t,
+                expires: t + 3600,
+                refreshed: t,
+            },
+        )
+        .unwrap();
+    let cookie = keys.sign(&SessionCookie {
+        sid: "sid1".into(),
+        node: binding.node.clone(),
+        usr: binding.user.clone(),
+        iat: t,
+        exp: t + 3600,
+    });
+    let (plain, app) = (&c.routes[0], &c.routes[1]);
+    let no_roles = Default::default();
+    let base = per_op(ops, || {
+        let d = policy::evaluate(
+            plain,
+            &http::Method::GET,
+            &Caller {
+                who: &who,
+                session: None,
+                roles: &no_roles,
+                now: t,
+            },
+        );
+        assert!(matches!(d, policy::Decision::Allow(_)));
+    });
+    let with_session = per_op(ops, || {
+        let b = Binding::of(&who).unwrap();
+        let ck = keys.verify(&cookie, &b, t).unwrap();
+        let rec = store.get(&ck.sid, t).unwrap();
+        assert!(rec.binding == b);
+        let s = rec.session(&ck.sid);
+        let roles = policy::roles(&c.rules, &who, Some(&s));
+        let d = policy::evaluate(
+            app,
+            &http::Method::GET,
+            &Caller {
+                who: &who,
+                session: Some(&s),
+                roles: &roles,
+                now: t,
+            },
+        );
+        assert!(matches!(d, policy::Decision::Allow(_)));
+    });
+    (base, with_session)
+}
+
+async fn load(
+    node: &tailpass::tailnet::Node,
+    host: &str,
+    ca: &str,
+    path: &str,
+    cookie: Option<&str>,
+    conns: usize,
+    secs: u64,
+) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let mut h = H1::connect(node, host, ca).await;
+        let (host, path) = (host.to_string(), path.to_string());
+        let cookie = cookie.map(|c| format!("tailpass_session={c}"));
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let hdrs: Vec<(&str, &str)> =
+                    cookie.iter().map(|c| ("cookie", c.as_str())).collect();
+                let r = h.get(&host, &path, &hdrs).await;
+                assert_eq!(r.status(), 200, "{path}");
+                n += 1;
+            }
+            n
+        }));
+    }
+    let t0 = Instant::now();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    total as f64 / t0.elapsed().as_secs_f64()
+}
+
+async fn run() {
+    let ops = env_num("TAILPASS_BENCH_OPS", 200_000);
+    let secs = env_num("TAILPASS_BENCH_SECS", 5);
+    let conns = env_num("TAILPASS_BENCH_CONNS", 8) as usize;
+
+    let (base, sess) = decision_bench(ops);
+    println!("portal benchmark");
+    println!(
+        "decision (CPU, {ops} ops): tailnet-only route {base:.0} ns/op, login route with session check {sess:.0} ns/op, ratio {:.1}",
+        sess / base
+    );
+
+    let seed = Seed::start(SeedOptions {
+        auto_login: Some("alice".into()),
+        extra: "[[route]]\nnode = \"gw\"\npath = \"/plain\"\nupstream = \"http://{echo}\"\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let laptop = seed.client("laptop").await;
+    let mut b = Browser::new(&laptop, &seed.ca);
+    let end = b
+        .follow(&seed.url("/auth/oauth2/pocketid/authorize?rd=%2Fapp%2F"))
+        .await;
+    assert_eq!(end.status, 200);
+    let cookie = b.cookie(&seed.gw_host, "tailpass_session").unwrap();
+    let with = load(
+        &laptop,
+        &seed.gw_host,
+        &seed.ca,
+        "/app/bench",
+        Some(&cookie),
+        conns,
+        secs,
+    )
+    .await;
+    let without = load(
+        &laptop,
+        &seed.gw_host,
+        &seed.ca,
+        "/plain/bench",
+        None,
+        conns,
+        secs,
+    )
+    .await;
+    println!(
+        "tailnet ({conns} connections x {secs} s, same echo upstream): login route with session \
+         {with:.0} req/s, tailnet-only route {without:.0} req/s, ratio {:.2}",
+        with / without
+    );
+    std::mem::forget(seed);
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run());
+    // Nodes are not closed (see benches/gateway.rs); the process just exits.
+    std::process::exit(0);
+}
