@@ -46,7 +46,17 @@ fn main() {
     println!("cargo:rustc-link-search=native={}", lib_dir.display());
     println!("cargo:rustc-link-lib=static=tsshim");
     // Go's cgo DNS resolver calls res_search from libresolv.
-    println!("cargo:rustc-link-lib=dylib=resolv");
+    if crt_static() {
+        // A fully static build (`-C target-feature=+crt-static`, see
+        // scripts/release and docs/release.md) takes libresolv.a. As `dylib`
+        // rustc would pass `-Bdynamic -lresolv`: the linker then sees
+        // libresolv.so, and rust-lld keeps dynamic relocations against weak
+        // undefined symbols (__gmon_start__) that glibc's static-pie startup
+        // resolves to the load address: the binary crashes in _init.
+        println!("cargo:rustc-link-lib=static:-bundle=resolv");
+    } else {
+        println!("cargo:rustc-link-lib=dylib=resolv");
+    }
 
     generate_bindings(&out);
 }
@@ -139,4 +149,11 @@ fn fail(msg: &str) -> ! {
     // cargo shows build-script stderr on failure; the panic makes it fail.
     eprintln!("\nerror: {msg}\n");
     panic!("{msg}");
+}
+
+/// Whether the target links the C runtime statically (`+crt-static`).
+fn crt_static() -> bool {
+    env::var("CARGO_CFG_TARGET_FEATURE")
+        .map(|features| features.split(',').any(|f| f == "crt-static"))
+        .unwrap_or(false)
 }
