@@ -760,10 +760,13 @@ fn every_repository_file_mentioned_exists() {
             text.contains("--ignorefile deploy/containerignore"),
             "{cf}: build command"
         );
-        assert!(
-            text.contains("gcr.io/distroless/cc-debian12"),
-            "{cf}: runtime image"
-        );
+        let runtime = if cf.ends_with(".prebuilt") {
+            // The static release binary needs no libc in the image.
+            "gcr.io/distroless/static-debian12"
+        } else {
+            "gcr.io/distroless/cc-debian12"
+        };
+        assert!(text.contains(runtime), "{cf}: runtime image {runtime}");
         assert!(
             text.contains("ENTRYPOINT [\"/usr/local/bin/tailpass\"]"),
             "{cf}"
@@ -771,7 +774,8 @@ fn every_repository_file_mentioned_exists() {
     }
     let ignore = read("deploy/containerignore");
     let lines: Vec<&str> = ignore.lines().collect();
-    assert!(lines.contains(&"target") && lines.contains(&"!target/release/tailpass"));
+    assert!(lines.contains(&"target") && lines.contains(&"dist") && lines.contains(&"!dist/tailpass"));
+    assert!(read("scripts/release").contains("dist/tailpass-"), "the prebuilt image copies what scripts/release makes");
 }
 
 // ---- the example config -----------------------------------------------------
