@@ -774,8 +774,13 @@ fn every_repository_file_mentioned_exists() {
     }
     let ignore = read("deploy/containerignore");
     let lines: Vec<&str> = ignore.lines().collect();
-    assert!(lines.contains(&"target") && lines.contains(&"dist") && lines.contains(&"!dist/tailpass"));
-    assert!(read("scripts/release").contains("dist/tailpass-"), "the prebuilt image copies what scripts/release makes");
+    assert!(
+        lines.contains(&"target") && lines.contains(&"dist") && lines.contains(&"!dist/tailpass")
+    );
+    assert!(
+        read("scripts/release").contains("dist/tailpass-"),
+        "the prebuilt image copies what scripts/release makes"
+    );
 }
 
 // ---- the example config -----------------------------------------------------

@@ -278,6 +278,11 @@ async fn login_keeps_the_url_passes_identity_and_logout_ends_everything() {
         page.body
     );
     assert!(page.body.contains(r#"id="qr""#) && page.body.contains("<svg"));
+    let csp = page.headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
     assert!(
         page.body
             .contains(&format!("https://{}/auth/login", s.host))

@@ -134,6 +134,13 @@ fn html_response(status: StatusCode, markup: maud::Markup) -> Response<Body> {
     let h = r.headers_mut();
     h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    // Portal pages load only their own stylesheet: no script, no frames.
+    h.insert(
+        "content-security-policy",
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
     r
 }
 
