@@ -449,7 +449,7 @@ async fn every_fault_fails_verification_for_its_reason() {
                 let c = client(meta.clone());
                 l.id_token.claims(&c.id_token_verifier(), &l.nonce).unwrap();
             }
-            Fault::None | Fault::UserinfoSubMismatch => unreachable!(),
+            Fault::None | Fault::UserinfoSubMismatch | Fault::WrongAtHash => unreachable!(),
         }
         if fault != Fault::FutureIat {
             // The client's own verifier (discovered algorithms) refuses too.

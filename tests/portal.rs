@@ -549,6 +549,7 @@ async fn forged_tokens_bad_callbacks_roles_and_step_up() {
         (Fault::MissingNonce, "nonce"),
         (Fault::UserinfoSubMismatch, "userinfo"),
         (Fault::FutureIat, "future"),
+        (Fault::WrongAtHash, "at_hash"),
     ] {
         s.forge.set_fault(f);
         let mark = log_mark();

@@ -67,6 +67,9 @@ pub enum Fault {
     UserinfoSubMismatch,
     /// `iat` far in the future (now + 3600), `exp` 300 s after that.
     FutureIat,
+    /// An `at_hash` that does not match the access token (the signature is
+    /// valid: only a relying party that checks `at_hash` notices).
+    WrongAtHash,
 }
 
 /// The default user claims (see [`Forge::set_claims`]).
@@ -651,6 +654,11 @@ impl State {
             }
             Fault::MissingNonce => {
                 c.remove("nonce");
+            }
+            Fault::WrongAtHash => {
+                // Left half of SHA-256 of something that is not the access token.
+                let d = ring::digest::digest(&ring::digest::SHA256, b"not-the-access-token");
+                c.insert("at_hash".into(), B64URL.encode(&d.as_ref()[..16]).into());
             }
             Fault::FutureIat => {
                 c.insert("iat".into(), (t + 3600).into());
