@@ -1006,3 +1006,56 @@ pub fn registration_uris(config: &Config) -> Vec<(String, String, String)> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn portal_cfg(extra: &str) -> config::Portal {
+        let text = format!(
+            "[[node]]\nhostname = \"gw\"\nstate_dir = \"/s\"\n[portal]\nsession_secret = {{ env = \"S\" }}\n{extra}\n[[provider]]\nname = \"p\"\nissuer = \"https://a.example.ts.net\"\nclient_id = \"c\"\n"
+        );
+        Config::parse(&text, &|_| Some("s".repeat(40)))
+            .unwrap()
+            .portal
+            .unwrap()
+    }
+
+    #[test]
+    fn cookies_are_host_only_unless_a_domain_is_set() {
+        let c = session_cookie(&portal_cfg(""), "tok", 3600);
+        assert_eq!(
+            c,
+            "tailpass_session=tok; HttpOnly; SameSite=Lax; Secure; Path=/; Max-Age=3600"
+        );
+        let c = session_cookie(
+            &portal_cfg("cookie_domain = \"mist-walleye.ts.net\""),
+            "tok",
+            0,
+        );
+        assert!(
+            c.contains("Domain=mist-walleye.ts.net") && c.contains("Max-Age=0"),
+            "{c}"
+        );
+        let l = login_cookie(&portal_cfg("prefix = \"/sso\""), "b", 600);
+        assert!(
+            l.starts_with("tailpass_session_login=b;") && l.contains("Path=/sso/oauth2/"),
+            "{l}"
+        );
+        assert!(
+            l.contains("HttpOnly") && l.contains("Secure") && l.contains("SameSite=Lax"),
+            "{l}"
+        );
+    }
+
+    #[test]
+    fn query_parameters_decode() {
+        let q = Some("rd=%2Fapp%2F%3Fx%3D1&fresh=1&max_age=30&plus=a+b&empty");
+        assert_eq!(query_param(q, "rd").as_deref(), Some("/app/?x=1"));
+        assert_eq!(query_param(q, "fresh").as_deref(), Some("1"));
+        assert_eq!(query_param(q, "plus").as_deref(), Some("a b"));
+        assert_eq!(query_param(q, "empty").as_deref(), Some(""));
+        assert_eq!(query_param(q, "nope"), None);
+        assert_eq!(query_param(None, "rd"), None);
+    }
+}
