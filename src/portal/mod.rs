@@ -1049,6 +1049,45 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_keeps_the_session_store_and_sign_ins_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = |state: &std::path::Path| {
+            let text = format!(
+                "[[node]]\nhostname = \"gw\"\nstate_dir = \"/s\"\n[portal]\nsession_secret = {{ env = \"S\" }}\nstate_dir = \"{}\"\n[[provider]]\nname = \"p\"\nissuer = \"https://a.example.ts.net\"\nclient_id = \"c\"\n",
+                state.display()
+            );
+            Config::parse(&text, &|_| Some("s".repeat(40))).unwrap()
+        };
+        let dialer = Dialer {
+            node: Default::default(),
+            tailnet_suffixes: vec!["ts.net".into()],
+        };
+        let m = Arc::new(Metrics::new());
+        let a = Portal::new(&cfg(dir.path()), dialer.clone(), None, m.clone())
+            .unwrap()
+            .unwrap();
+        let b = Portal::new(&cfg(dir.path()), dialer.clone(), Some(&a), m.clone())
+            .unwrap()
+            .unwrap();
+        assert!(
+            Arc::ptr_eq(&a.store, &b.store),
+            "same state_dir: same store"
+        );
+        assert!(
+            Arc::ptr_eq(&a.pending, &b.pending),
+            "sign-ins in flight carry over"
+        );
+        let other = dir.path().join("elsewhere");
+        let c = Portal::new(&cfg(&other), dialer, Some(&b), m)
+            .unwrap()
+            .unwrap();
+        assert!(
+            !Arc::ptr_eq(&b.store, &c.store),
+            "a new state_dir opens its own store"
+        );
+    }
+
+    #[test]
     fn query_parameters_decode() {
         let q = Some("rd=%2Fapp%2F%3Fx%3D1&fresh=1&max_age=30&plus=a+b&empty");
         assert_eq!(query_param(q, "rd").as_deref(), Some("/app/?x=1"));
