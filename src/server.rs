@@ -761,12 +761,25 @@ async fn handle(req: Request<Incoming>, conn: &Conn) -> Response<Body> {
     let host = host_of(&req);
     let shared = conn.live.shared.load_full();
     let portal = shared.portal.as_deref();
-    if let (Some(pt), Some(origin), Some(node)) = (portal, &conn.origin, &conn.node)
-        && pt.serves(node)
+    if let Some(pt) = portal
         && path::under(pt.prefix(), &p)
+        && conn.node.as_deref().is_none_or(|n| pt.serves(n))
     {
-        let (resp, what) = pt.handle(req, &p, &conn.who, origin).await;
-        return log("portal", what, "", resp);
+        // The portal exists for tailnet peers only; elsewhere (Funnel,
+        // loopback, the public listener) its paths are not found, and never
+        // fall through to a public route.
+        return match &conn.origin {
+            Some(origin) => {
+                let (resp, what) = pt.handle(req, &p, &conn.who, origin).await;
+                log("portal", what, "", resp)
+            }
+            None => log(
+                "portal",
+                "hide",
+                "portal asked outside the tailnet",
+                not_found(html),
+            ),
+        };
     }
     let Some((route, up)) = find_route(&shared, conn.node.as_deref(), host.as_deref(), &p) else {
         return log("-", "no-route", "", not_found(html));

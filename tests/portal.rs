@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use support::browser::{Browser, query_param, urlenc};
+use support::client::H1;
 use support::forge::{Fault, Forge};
 use support::{TestNet, upstream};
 use tailpass::config::Config;
@@ -135,6 +136,14 @@ access = "login"
 [[route]]
 path = "/open"
 upstream = "http://{echo}"
+
+[[route]]
+path = "/"
+upstream = "http://{echo}"
+access = "public"
+
+[loopback]
+listen = "127.0.0.1:0"
 "#,
         state = dir.path().join("gw").display(),
         control = net.control_url,
@@ -358,6 +367,23 @@ async fn login_keeps_the_url_passes_identity_and_logout_ends_everything() {
     let p = b.get(&cb).await; // replayed callback: state is single-use
     assert_eq!(p.status, 400, "{cb} -> {:?} {}", p.location(), p.body);
     assert_eq!(s.session_cookie(&b).as_deref(), Some(cookie.as_str()));
+
+    // Outside the tailnet the portal does not exist, even under a public "/".
+    let lo = s.gw.loopback.unwrap();
+    let r = H1::over(tokio::net::TcpStream::connect(lo).await.unwrap())
+        .await
+        .get("gw", "/auth/login", &[])
+        .await;
+    assert_eq!(r.status(), 404);
+    let r = H1::over(tokio::net::TcpStream::connect(lo).await.unwrap())
+        .await
+        .get("gw", "/blog", &[])
+        .await;
+    assert_eq!(
+        r.status(),
+        200,
+        "the public route itself answers on loopback"
+    );
 
     // whoami shows both identities; the dashboard lists the services.
     api.set_cookie(&s.host, "tailpass_session", &cookie);
