@@ -24,7 +24,6 @@
 //! acts as the node on the tailnet. The caller must therefore bind it to a
 //! loopback address (`127.0.0.1:PORT`); this module does not check that.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,7 +39,7 @@ use tokio::sync::watch;
 
 use crate::http::headers;
 use crate::http::response::{Body, error, full};
-use crate::tailnet::Node;
+use crate::tailnet::{Node, names};
 
 /// How long a client may take to send a request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -88,41 +87,21 @@ impl Refusal {
     }
 }
 
-/// Whether `ip` is in Tailscale's address ranges (CGNAT 100.64.0.0/10 and
-/// the ULA fd7a:115c:a1e0::/48).
-fn is_tailnet_ip(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            o[0] == 100 && (o[1] & 0xc0) == 64
-        }
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            s[0] == 0xfd7a && s[1] == 0x115c && s[2] == 0xa1e0
-        }
-    }
-}
-
 /// Whether `host` (as in an authority: IPv6 in brackets) names a tailnet
 /// destination, given the MagicDNS suffix (`tail1234.ts.net`).
 fn is_tailnet_host(host: &str, suffix: &str) -> bool {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = bare.parse::<IpAddr>() {
-        return is_tailnet_ip(ip);
+    if let Some(is) = names::host_ip_is_tailnet(host) {
+        return is;
     }
-    let name = host.trim_end_matches('.').to_ascii_lowercase();
-    let suffix = suffix.trim_matches('.').to_ascii_lowercase();
+    let name = host.trim_end_matches('.');
     if name.is_empty() {
         return false;
     }
     if !name.contains('.') {
         // A MagicDNS short name ("gw"); never "localhost".
-        return name != "localhost";
+        return !name.eq_ignore_ascii_case("localhost");
     }
-    !suffix.is_empty()
-        && name.len() > suffix.len() + 1
-        && name.ends_with(&suffix)
-        && name.as_bytes()[name.len() - suffix.len() - 1] == b'.'
+    names::is_below(name, suffix)
 }
 
 impl Shared {

@@ -6,7 +6,6 @@
 //! directly. One connection per request: provider calls are rare.
 
 use std::future::Future;
-use std::net::IpAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,7 +18,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::tailnet::Node;
+use crate::tailnet::{Node, names};
 
 /// Largest provider response accepted (discovery, JWKS, tokens, userinfo).
 const MAX_BODY: usize = 1 << 20;
@@ -75,19 +74,13 @@ pub struct Dialer {
 impl Dialer {
     /// Whether `host` is on the tailnet.
     pub fn is_tailnet(&self, host: &str) -> bool {
-        let h = host.trim_matches(|c| c == '[' || c == ']');
-        if let Ok(ip) = h.parse::<IpAddr>() {
-            return match ip {
-                // 100.64.0.0/10 (CGNAT range Tailscale uses)
-                IpAddr::V4(v4) => v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64,
-                // fd7a:115c:a1e0::/48
-                IpAddr::V6(v6) => v6.segments()[..3] == [0xfd7a, 0x115c, 0xa1e0],
-            };
+        match names::host_ip_is_tailnet(host) {
+            Some(is) => is,
+            None => self
+                .tailnet_suffixes
+                .iter()
+                .any(|s| names::is_below(host, s)),
         }
-        let h = h.trim_end_matches('.').to_ascii_lowercase();
-        self.tailnet_suffixes
-            .iter()
-            .any(|s| h.ends_with(&format!(".{}", s.trim_start_matches('.'))))
     }
 }
 

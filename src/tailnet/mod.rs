@@ -15,6 +15,7 @@
 mod error;
 mod ffi;
 mod listener;
+pub mod names;
 mod node;
 mod status;
 mod stream;
