@@ -132,7 +132,7 @@ fn decision_bench(ops: u64) -> (f64, f64) {
         let ck = keys.verify(&cookie, &b, t).unwrap();
         let rec = store.get(&ck.sid, t).unwrap();
         assert!(rec.binding == b);
-        let s = rec.session(&ck.sid);
+        let s = rec.into_session(&ck.sid);
         let roles = policy::roles(&c.rules, &who, Some(&s));
         let d = policy::evaluate(
             app,

@@ -260,7 +260,7 @@ impl Portal {
             }
         };
         let rec = self.maybe_refresh(&c.sid, rec, false).await?;
-        Some(rec.session(&c.sid))
+        Some(rec.into_session(&c.sid))
     }
 
     /// Refreshes `rec` at its provider when the refresh interval has passed
@@ -875,7 +875,7 @@ impl Portal {
             expires,
             refreshed: t0,
         };
-        let session = rec.session(&sid);
+        let session = rec.clone().into_session(&sid);
         let roles = self.roles(who, Some(&session));
         let shown = session.email.clone().unwrap_or_else(|| session.sub.clone());
         if roles.is_empty() {

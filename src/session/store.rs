@@ -44,23 +44,22 @@ pub struct Record {
 }
 
 impl Record {
-    /// The request-time view of this record.
-    pub fn session(&self, sid: &str) -> Session {
+    /// The request-time view of this record (consumes it: the store hands
+    /// out a copy per request, which is moved, not copied again).
+    pub fn into_session(self, sid: &str) -> Session {
+        let text = |k: &str| {
+            self.claims
+                .get(k)
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        };
         Session {
             sid: sid.to_string(),
-            provider: self.provider.clone(),
-            sub: self.sub.clone(),
-            email: self
-                .claims
-                .get("email")
-                .and_then(|v| v.as_str())
-                .map(|s| s.to_ascii_lowercase()),
-            name: self
-                .claims
-                .get("name")
-                .and_then(|v| v.as_str())
-                .map(str::to_string),
-            claims: self.claims.clone(),
+            email: text("email").map(|s| s.to_ascii_lowercase()),
+            name: text("name"),
+            provider: self.provider,
+            sub: self.sub,
+            claims: self.claims,
             auth_time: self.auth_time,
             expires: self.expires,
         }
