@@ -234,12 +234,5 @@ access = "public"
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(run());
-    // Nodes are not closed (see docs/tailnet.md on tsnet's Close); exit ends them.
-    std::process::exit(0);
+    support::bench_main(run());
 }

@@ -238,12 +238,5 @@ async fn run() {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(run());
-    // Nodes are not closed (see benches/gateway.rs); the process just exits.
-    std::process::exit(0);
+    support::bench_main(run());
 }

@@ -10,8 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rustls_pki_types::ServerName;
-use support::TestNet;
 use support::client::H1;
+use support::{TestNet, free_port};
 use tailpass::config::Config;
 use tailpass::server::{Gateway, Options};
 use tailpass::tls::LocalCa;
@@ -34,14 +34,6 @@ fn go_install(pkg: &str, name: &str) -> std::path::PathBuf {
 /// `TAILPASS_TEST_ACME_LOGS=1` shows Pebble's and tailpass's logs.
 fn verbose() -> bool {
     std::env::var_os("TAILPASS_TEST_ACME_LOGS").is_some()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Kill(Child);

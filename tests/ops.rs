@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use support::client::H1;
-use support::{TestNet, upstream};
+use support::{TestNet, free_port, upstream};
 use tailpass::tailnet::Node;
 
 /// The binary as a child process, its stderr collected.
@@ -92,14 +92,6 @@ async fn admin_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, Strin
         r.status().as_u16(),
         String::from_utf8_lossy(r.body()).into_owned(),
     ))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn wait_peer(node: &Node, host: &str) {

@@ -180,6 +180,13 @@ impl Stack {
     fn session_cookie(&self, b: &Browser) -> Option<String> {
         b.cookie(&self.host, "tailpass_session")
     }
+    /// The status of GET /app/ from a fresh browser on `node` presenting
+    /// `cookie` as its session: 200 when accepted, 302 (to sign in) when not.
+    async fn app_status_with(&self, node: &Node, cookie: &str) -> u16 {
+        let mut m = self.browser(node);
+        m.set_cookie(&self.host, "tailpass_session", cookie);
+        m.get(&self.url("/app/")).await.status
+    }
 }
 
 /// Opens a websocket through the gateway from `node` with `cookie`.
@@ -397,9 +404,7 @@ async fn login_keeps_the_url_passes_identity_and_logout_ends_everything() {
     assert!(dash.body.contains(r#"id="logout""#));
 
     // The same cookie from another node is refused.
-    let mut thief = s.browser(&s.bob);
-    thief.set_cookie(&s.host, "tailpass_session", &cookie);
-    assert_eq!(thief.get(&s.url("/app/")).await.status, 302);
+    assert_eq!(s.app_status_with(&s.bob, &cookie).await, 302);
 
     // Tampered, expired, unsigned and foreign-key cookies are refused.
     let (h, c) = jwt_parts(&cookie);
@@ -432,10 +437,8 @@ async fn login_keeps_the_url_passes_identity_and_logout_ends_everything() {
         ),
         ("garbage", "not-a-jwt".to_string()),
     ] {
-        let mut m = s.browser(&s.alice);
-        m.set_cookie(&s.host, "tailpass_session", &bad);
         assert_eq!(
-            m.get(&s.url("/app/")).await.status,
+            s.app_status_with(&s.alice, &bad).await,
             302,
             "{name} cookie accepted"
         );
@@ -443,9 +446,8 @@ async fn login_keeps_the_url_passes_identity_and_logout_ends_everything() {
     // A correctly re-signed cookie with a longer life still works only
     // because its session record is live: shows the checks above are not
     // vacuous.
-    let mut m = s.browser(&s.alice);
-    m.set_cookie(&s.host, "tailpass_session", &resign(&longer, kid, SECRET));
-    assert_eq!(m.get(&s.url("/app/")).await.status, 200);
+    let resigned = resign(&longer, kid, SECRET);
+    assert_eq!(s.app_status_with(&s.alice, &resigned).await, 200);
 
     // Open-redirect attempts land on the portal.
     for rd in [
@@ -495,9 +497,7 @@ async fn login_keeps_the_url_passes_identity_and_logout_ends_everything() {
         "websocket outlived the logout"
     );
     // The old cookie is dead (revoked server-side, not just cleared).
-    let mut replay = s.browser(&s.alice);
-    replay.set_cookie(&s.host, "tailpass_session", &cookie);
-    assert_eq!(replay.get(&s.url("/app/")).await.status, 302);
+    assert_eq!(s.app_status_with(&s.alice, &cookie).await, 302);
 
     // A session still alive survives a restart; the revoked one stays revoked.
     let mut b2 = s.browser(&s.alice);
@@ -531,17 +531,13 @@ async fn login_keeps_the_url_passes_identity_and_logout_ends_everything() {
         toml,
         dir,
     };
-    let mut m = s.browser(&s.alice);
-    m.set_cookie(&s.host, "tailpass_session", &live);
     assert_eq!(
-        m.get(&s.url("/app/")).await.status,
+        s.app_status_with(&s.alice, &live).await,
         200,
         "live session lost in a restart"
     );
-    let mut m = s.browser(&s.alice);
-    m.set_cookie(&s.host, "tailpass_session", &cookie);
     assert_eq!(
-        m.get(&s.url("/app/")).await.status,
+        s.app_status_with(&s.alice, &cookie).await,
         302,
         "revocation lost in a restart"
     );

@@ -285,16 +285,10 @@ impl Idp {
 
 impl Drop for Idp {
     fn drop(&mut self) {
-        // Closing stdin makes the IdP exit.
-        self.stdin.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
-        for _ in 0..50 {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
+        let stdin = self.stdin.lock().unwrap_or_else(|e| e.into_inner()).take();
+        super::stop_child(
+            stdin,
+            &mut self.child.lock().unwrap_or_else(|e| e.into_inner()),
+        );
     }
 }

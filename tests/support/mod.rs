@@ -34,6 +34,42 @@ pub fn target_tmp() -> PathBuf {
     }
 }
 
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Stops a helper process that exits when its stdin closes: closes stdin,
+/// gives it a second, then kills it.
+pub fn stop_child(stdin: Option<ChildStdin>, child: &mut Child) {
+    drop(stdin);
+    for _ in 0..50 {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Runs a benchmark's async body on a 2-thread runtime, then exits the
+/// process without closing nodes (tsnet's Close is slow with many
+/// endpoints; see docs/tailnet.md).
+pub fn bench_main<F: std::future::Future<Output = ()>>(body: F) -> ! {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(body);
+    std::process::exit(0);
+}
+
 /// How long a test node may take to join.
 pub const UP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -79,17 +115,8 @@ pub struct TestNet {
 
 impl Drop for TestNet {
     fn drop(&mut self) {
-        // Closing stdin makes the helper exit.
-        self.stdin.lock().unwrap().take();
-        let mut child = self.child.lock().unwrap();
-        for _ in 0..50 {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
+        let stdin = self.stdin.lock().unwrap().take();
+        stop_child(stdin, &mut self.child.lock().unwrap());
     }
 }
 
