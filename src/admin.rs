@@ -1,90 +1,112 @@
 //! The admin listener (loopback only): `GET /healthz` and `GET /metrics`.
 //! It serves no routes and no portal, so nothing behind it can be reached
 //! from the tailnet or the internet.
+//!
+//! `/healthz` tells the truth about every node and every listener: 503
+//! naming each one that is down or retrying after accept errors, and when
+//! new connections are being refused for lack of file descriptors. The
+//! admin listener itself is exempt from that reserve, so it can still say so.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::sync::watch;
 
+use crate::config::Limits;
 use crate::http::response::{Body, with_type};
+use crate::listen::{self, Door, Health};
 use crate::metrics::Metrics;
 use crate::tailnet::Node;
 
-/// Serves the admin endpoints until `stop`.
-pub async fn serve(
-    l: tokio::net::TcpListener,
-    nodes: Vec<(String, Node)>,
-    metrics: Arc<Metrics>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let nodes = Arc::new(nodes);
-    loop {
-        let (s, _) = tokio::select! {
-            r = l.accept() => match r {
-                Ok(x) => x,
-                Err(e) => { tracing::warn!(error = %e, "admin accept"); tokio::time::sleep(Duration::from_millis(100)).await; continue; }
-            },
-            _ = stop.changed() => return,
-        };
-        let (nodes, metrics) = (nodes.clone(), metrics.clone());
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let (nodes, metrics) = (nodes.clone(), metrics.clone());
-                async move { Ok::<_, std::convert::Infallible>(answer(req, &nodes, &metrics).await) }
-            });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(s), svc)
-                .await;
-        });
-    }
+/// What the admin endpoints report on.
+#[derive(Debug, Clone)]
+pub struct State {
+    /// Nodes by host name.
+    pub nodes: Vec<(String, Node)>,
+    /// The process's metrics.
+    pub metrics: Arc<Metrics>,
+    /// Every listener's health.
+    pub health: Arc<Health>,
+    /// Timeouts for admin connections too.
+    pub limits: Arc<Limits>,
 }
 
-async fn answer(
-    req: Request<Incoming>,
-    nodes: &[(String, Node)],
-    metrics: &Metrics,
-) -> Response<Body> {
+/// Serves the admin endpoints until `stop`.
+pub(crate) async fn serve(
+    l: tokio::net::TcpListener,
+    door: Door,
+    state: State,
+    stop: watch::Receiver<bool>,
+) {
+    let state = Arc::new(state);
+    let s2 = stop.clone();
+    listen::run(l, door, stop, move |s, _, ticket| {
+        let (state, stop) = (state.clone(), s2.clone());
+        tokio::spawn(async move {
+            let _ticket = ticket;
+            let limits = state.limits.clone();
+            crate::server::serve_http(s, &limits, stop, false, move |req| {
+                let state = state.clone();
+                async move { answer(req, &state).await }
+            })
+            .await;
+        });
+    })
+    .await;
+}
+
+async fn answer(req: Request<Incoming>, state: &State) -> Response<Body> {
     let reply = with_type;
     match (req.method().as_str(), req.uri().path()) {
-        ("GET", "/healthz") => {
-            let mut all_up = true;
-            let mut out = serde_json::Map::new();
-            for (name, node) in nodes {
-                let state = match tokio::time::timeout(Duration::from_secs(5), node.status()).await
-                {
-                    Ok(Ok(st)) => st.backend_state,
-                    Ok(Err(e)) => format!("error: {e}"),
-                    Err(_) => "no answer".to_string(),
-                };
-                all_up &= state == "Running";
-                out.insert(name.clone(), state.into());
-            }
-            let status = if all_up {
-                StatusCode::OK
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            let body = serde_json::json!({
-                "status": if all_up { "ok" } else { "degraded" },
-                "nodes": out,
-            });
-            reply(status, "application/json", body.to_string())
+        ("GET", "/healthz") => healthz(state).await,
+        ("GET", "/metrics") => {
+            state.health.sample_fds();
+            reply(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                state.metrics.render(),
+            )
         }
-        ("GET", "/metrics") => reply(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics.render(),
-        ),
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
             "not found: /healthz, /metrics\n".into(),
         ),
     }
+}
+
+async fn healthz(state: &State) -> Response<Body> {
+    let mut problems = Vec::new();
+    let mut nodes = serde_json::Map::new();
+    for (name, node) in &state.nodes {
+        let st = match tokio::time::timeout(Duration::from_secs(5), node.status()).await {
+            Ok(Ok(st)) => st.backend_state,
+            Ok(Err(e)) => format!("error: {e}"),
+            Err(_) => "no answer".to_string(),
+        };
+        if st != "Running" {
+            problems.push(format!("node {name}: {st}"));
+        }
+        nodes.insert(name.clone(), st.into());
+    }
+    let report = state.health.report();
+    problems.extend(report.problems);
+    let ok = problems.is_empty();
+    let mut body = serde_json::json!({
+        "status": if ok { "ok" } else { "degraded" },
+        "nodes": nodes,
+        "listeners": report.listeners,
+        "problems": problems,
+    });
+    if let Some((open, limit, reserve)) = report.fds {
+        body["fds"] = serde_json::json!({"open": open, "limit": limit, "reserve": reserve});
+    }
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    with_type(status, "application/json", body.to_string())
 }

@@ -85,6 +85,26 @@ pub fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
+            // Like Go programs: the soft descriptor limit goes up to the
+            // hard one, so thousands of connections fit.
+            match crate::listen::raise_limit() {
+                Ok(l) if l.soft < 4096 => {
+                    tracing::warn!(
+                        soft = l.soft,
+                        hard = l.hard,
+                        "the file descriptor limit is low; raise LimitNOFILE (systemd) or ulimit -n"
+                    )
+                }
+                Ok(l) => tracing::info!(
+                    soft = l.soft,
+                    hard = l.hard,
+                    before = l.before,
+                    "file descriptor limit"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read or raise the file descriptor limit")
+                }
+            }
             let rt = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {

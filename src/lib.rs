@@ -12,6 +12,8 @@
 //! - [`http`]: path normalization, header hygiene, error responses.
 //! - [`policy`]: route access decisions with reasons.
 //! - [`proxy`]: forwarding to upstreams (streaming, websockets, SSE).
+//! - [`listen`]: the door: accept loops that never die, connection caps,
+//!   the file-descriptor reserve, per-connection timeouts, listener health.
 //! - [`server`]: listeners and the wiring of all of the above.
 //! - [`entry`]: a loopback HTTP proxy that carries a local browser into the
 //!   tailnet through a node (demo and browser tests).
@@ -24,6 +26,7 @@ pub mod config;
 pub mod entry;
 pub mod http;
 pub mod identity;
+pub mod listen;
 pub mod metrics;
 pub mod oidc;
 pub mod policy;

@@ -36,6 +36,17 @@ struct UpstreamLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabels {
+    listener: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NodeLabels {
     node: String,
 }
@@ -50,6 +61,12 @@ pub struct Metrics {
     cert_expiry: Family<NodeLabels, Gauge<f64, AtomicU64>>,
     sessions: Gauge,
     reloads: Family<LoginLabels, Counter>,
+    open_connections: Family<ListenerLabels, Gauge>,
+    refused: Family<RefusedLabels, Counter>,
+    accept_errors: Family<ListenerLabels, Counter>,
+    listener_up: Family<ListenerLabels, Gauge>,
+    open_fds: Gauge,
+    fd_limit: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -108,7 +125,45 @@ impl Metrics {
             "Configuration reloads by outcome (the provider label is unused: \"-\")",
             reloads.clone(),
         );
+        let open_connections = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "open_connections",
+            "Client connections open, by listener",
+            open_connections.clone(),
+        );
+        let refused = Family::<RefusedLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept, by listener and reason (listener_full, source_full, fd_reserve)",
+            refused.clone(),
+        );
+        let accept_errors = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "accept_errors",
+            "Accept errors (resource shortage, failed hand-off), by listener; each is retried",
+            accept_errors.clone(),
+        );
+        let listener_up = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "listener_up",
+            "1 while a listener is open, 0 while it is being opened again",
+            listener_up.clone(),
+        );
+        let open_fds = Gauge::default();
+        registry.register("open_fds", "Open file descriptors", open_fds.clone());
+        let fd_limit = Gauge::default();
+        registry.register(
+            "fd_limit",
+            "Soft limit on open file descriptors (RLIMIT_NOFILE)",
+            fd_limit.clone(),
+        );
         Metrics {
+            open_connections,
+            refused,
+            accept_errors,
+            listener_up,
+            open_fds,
+            fd_limit,
             registry,
             requests,
             logins,
@@ -182,6 +237,49 @@ impl Metrics {
                 outcome: outcome.to_string(),
             })
             .inc();
+    }
+
+    /// Sets a listener's open connections.
+    pub fn open_connections(&self, listener: &str, n: i64) {
+        self.open_connections
+            .get_or_create(&ListenerLabels {
+                listener: listener.to_string(),
+            })
+            .set(n);
+    }
+
+    /// Counts a connection refused at accept.
+    pub fn refused(&self, listener: &str, reason: &str) {
+        self.refused
+            .get_or_create(&RefusedLabels {
+                listener: listener.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts an accept error.
+    pub fn accept_error(&self, listener: &str) {
+        self.accept_errors
+            .get_or_create(&ListenerLabels {
+                listener: listener.to_string(),
+            })
+            .inc();
+    }
+
+    /// Whether a listener is open.
+    pub fn listener_up(&self, listener: &str, up: bool) {
+        self.listener_up
+            .get_or_create(&ListenerLabels {
+                listener: listener.to_string(),
+            })
+            .set(i64::from(up));
+    }
+
+    /// Open descriptors and their soft limit.
+    pub fn fds(&self, open: usize, limit: u64) {
+        self.open_fds.set(open as i64);
+        self.fd_limit.set(i64::try_from(limit).unwrap_or(i64::MAX));
     }
 
     /// The Prometheus text exposition.

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use rustls_pki_types::pem::PemObject;
@@ -11,6 +12,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::{PublicCert, PublicListener};
+use crate::listen::{self, Door};
 use crate::server::{PublicHandler, StartError};
 use crate::tls::{self, provider, server_config};
 
@@ -34,8 +36,10 @@ fn acme_client_config(ca_file: &std::path::Path) -> Result<Arc<rustls::ClientCon
 /// Binds the listener, sets up its certificate and starts accepting.
 pub(crate) async fn start(
     pl: &PublicListener,
+    door: Door,
+    handshake_timeout: Duration,
     handler: PublicHandler,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     tasks: &mut JoinSet<()>,
 ) -> Result<SocketAddr, StartError> {
     let err = |e: String| StartError::Public(e);
@@ -93,48 +97,59 @@ pub(crate) async fn start(
         .map_err(|e| err(format!("{}: {e}", pl.listen)))?;
     let addr = listener.local_addr().map_err(|e| err(e.to_string()))?;
     tracing::info!(%addr, domains = ?pl.domains, "public listener");
-    tasks.spawn(async move {
-        loop {
-            let (tcp, peer) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => { tracing::warn!(error = %e, "public accept"); continue; }
-                },
-                _ = stop.changed() => return,
-            };
+    tasks.spawn(listen::run(
+        listener,
+        door,
+        stop,
+        move |tcp, peer, ticket| {
             let (main_cfg, challenge_cfg, handler) =
                 (main_cfg.clone(), challenge_cfg.clone(), handler.clone());
             tokio::spawn(async move {
-                let start = match tokio_rustls::LazyConfigAcceptor::new(
-                    rustls::server::Acceptor::default(),
-                    tcp,
-                )
-                .await
-                {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "public TLS hello");
-                        return;
+                // A client that never completes its handshake is dropped.
+                let tls = tokio::time::timeout(handshake_timeout, async {
+                    let start = match tokio_rustls::LazyConfigAcceptor::new(
+                        rustls::server::Acceptor::default(),
+                        tcp,
+                    )
+                    .await
+                    {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::debug!(%peer, error = %e, "public TLS hello");
+                            return None;
+                        }
+                    };
+                    let is_challenge = start
+                        .client_hello()
+                        .alpn()
+                        .is_some_and(|mut a| a.any(|p| p == rustls_acme::acme::ACME_TLS_ALPN_NAME));
+                    if is_challenge {
+                        if let Some(cc) = challenge_cfg {
+                            // The ACME server validating us: answering the
+                            // handshake is the whole exchange.
+                            let _ = start.into_stream(cc).await;
+                        }
+                        return None;
                     }
-                };
-                let is_challenge = start
-                    .client_hello()
-                    .alpn()
-                    .is_some_and(|mut a| a.any(|p| p == rustls_acme::acme::ACME_TLS_ALPN_NAME));
-                if is_challenge {
-                    if let Some(cc) = challenge_cfg {
-                        // The ACME server validating us: answering the
-                        // handshake is the whole exchange.
-                        let _ = start.into_stream(cc).await;
+                    match start.into_stream(main_cfg).await {
+                        Ok(tls) => Some(tls),
+                        Err(e) => {
+                            tracing::debug!(%peer, error = %e, "public TLS handshake");
+                            None
+                        }
                     }
-                    return;
-                }
-                match start.into_stream(main_cfg).await {
-                    Ok(tls) => handler(Box::pin(tls), peer).await,
-                    Err(e) => tracing::debug!(%peer, error = %e, "public TLS handshake"),
+                })
+                .await;
+                match tls {
+                    Ok(Some(tls)) => {
+                        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                        handler(Box::pin(tls), peer, ticket, h2).await
+                    }
+                    Ok(None) => {}
+                    Err(_) => tracing::debug!(%peer, "public TLS handshake timed out"),
                 }
             });
-        }
-    });
+        },
+    ));
     Ok(addr)
 }

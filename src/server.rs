@@ -23,16 +23,20 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::config::{CertSource, Config, NodeSpec, Route};
+use crate::config::{CertSource, Config, Limits, NodeSpec, Route};
 use crate::http::path;
 use crate::http::response::{self, Body, error, not_found, wants_html};
 use crate::identity::PeerIdentity;
+use crate::listen::{
+    self, Activity, Door, Fds, Gate, Guarded, Health, Kind, Sources, TailnetAcceptor, Ticket,
+    Timeouts, Watched, push_cert,
+};
 use crate::metrics::Metrics;
 use crate::oidc::Dialer;
 use crate::policy::{self, Caller, Decision};
@@ -68,9 +72,11 @@ pub enum StartError {
     /// The portal could not start (session store, provider set-up).
     #[error("portal: {0}")]
     Portal(String),
-    /// The loopback listener could not bind.
-    #[error("loopback listener {addr}: {source}")]
-    Loopback {
+    /// A loopback listener (`loopback`, `admin`) could not bind.
+    #[error("{listener} listener {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        listener: &'static str,
         /// Address.
         addr: SocketAddr,
         /// Cause.
@@ -156,6 +162,26 @@ struct Live {
     metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
     open: Arc<()>,
+    /// Fixed at start: listener settings need a restart.
+    limits: Arc<Limits>,
+    health: Arc<Health>,
+    fds: Arc<Fds>,
+}
+
+impl Live {
+    /// A new listener's admission and health. `reserve`: whether it yields
+    /// to the descriptor reserve (every listener but admin).
+    fn door(&self, name: &str, sources: Sources, reserve: bool) -> Door {
+        let gate = Gate::new(
+            name,
+            self.limits.max_connections,
+            self.limits.max_connections_per_source,
+            sources,
+            reserve.then(|| self.fds.clone()),
+            self.metrics.clone(),
+        );
+        Door::new(&self.health, gate, self.metrics.clone())
+    }
 }
 
 /// Per-connection facts every request on it shares.
@@ -186,11 +212,17 @@ impl Gateway {
             .map_err(StartError::Portal)?
             .map(Arc::new);
         let (shutdown, stop) = watch::channel(false);
+        let fds = Arc::new(Fds::new(config.limits.fd_reserve, metrics.clone()));
+        let health = Arc::new(Health::default());
+        health.watch_fds(fds.clone());
         let live = Arc::new(Live {
             shared: ArcSwap::from_pointee(Shared::new(&config, portal.clone())),
             metrics,
             stop: stop.clone(),
             open: Arc::new(()),
+            limits: Arc::new(config.limits.clone()),
+            health,
+            fds,
         });
         let mut tasks = JoinSet::new();
         let mut nodes = Vec::new();
@@ -204,25 +236,35 @@ impl Gateway {
         tasks.spawn(upkeep(live.clone()));
         let loopback = match config.loopback {
             Some(addr) => {
-                let (l, bound) = bind(addr).await?;
+                let (l, bound) = bind("loopback", addr).await?;
                 tracing::info!(addr = %bound, "loopback listener");
-                tasks.spawn(loopback_loop(l, live.clone(), stop.clone()));
+                let door = live.door("loopback", Sources::Any, true);
+                tasks.spawn(loopback(l, door, live.clone(), stop.clone()));
                 Some(bound)
             }
             None => None,
         };
         let admin = match config.admin {
             Some(addr) => {
-                let (l, bound) = bind(addr).await?;
+                let (l, bound) = bind("admin", addr).await?;
                 tracing::info!(addr = %bound, "admin listener (/healthz, /metrics)");
+                // The operator's way in: not subject to the reserve, and
+                // a small cap of its own.
+                let gate = Gate::new("admin", 64, 64, Sources::Any, None, live.metrics.clone());
+                let door = Door::new(&live.health, gate, live.metrics.clone());
                 let nodes: Vec<(String, Node)> = nodes
                     .iter()
                     .map(|n| (n.hostname.clone(), n.node.clone()))
                     .collect();
                 tasks.spawn(crate::admin::serve(
                     l,
-                    nodes,
-                    live.metrics.clone(),
+                    door,
+                    crate::admin::State {
+                        nodes,
+                        metrics: live.metrics.clone(),
+                        health: live.health.clone(),
+                        limits: live.limits.clone(),
+                    },
                     stop.clone(),
                 ));
                 Some(bound)
@@ -231,8 +273,15 @@ impl Gateway {
         };
         let public = match &config.public {
             Some(pl) => Some(
-                crate::public::start(pl, shared_handler(live.clone()), stop.clone(), &mut tasks)
-                    .await?,
+                crate::public::start(
+                    pl,
+                    live.door("public", Sources::Public, true),
+                    live.limits.handshake_timeout,
+                    shared_handler(live.clone()),
+                    stop.clone(),
+                    &mut tasks,
+                )
+                .await?,
             ),
             None => None,
         };
@@ -254,6 +303,11 @@ impl Gateway {
         &self.live.metrics
     }
 
+    /// The health of every listener, as `/healthz` reports it.
+    pub fn health(&self) -> &Arc<Health> {
+        &self.live.health
+    }
+
     /// Applies a new configuration without dropping connections: routes,
     /// policies, providers, rules and portal settings change for new
     /// requests; open connections (websockets included) stay. Sessions
@@ -265,11 +319,18 @@ impl Gateway {
         let spec = |c: &Config| {
             format!(
                 "{:?}",
-                (&c.nodes, c.loopback, c.admin, &c.public, &c.tailnet_domain)
+                (
+                    &c.nodes,
+                    c.loopback,
+                    c.admin,
+                    &c.public,
+                    &c.tailnet_domain,
+                    &c.limits,
+                )
             )
         };
         if spec(&config) != spec(&self.config) {
-            notes.push("node, loopback, admin and public listener settings changed; they take effect after a restart".to_string());
+            notes.push("node, loopback, admin, public listener and [limits] settings changed; they take effect after a restart".to_string());
         }
         let current = self.live.shared.load_full();
         let portal = Portal::new(
@@ -315,13 +376,17 @@ impl Gateway {
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
-    let l = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Loopback { addr, source })?;
-    let bound = l
-        .local_addr()
-        .map_err(|source| StartError::Loopback { addr, source })?;
+async fn bind(
+    listener: &'static str,
+    addr: SocketAddr,
+) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
+    let e = |source| StartError::Bind {
+        listener,
+        addr,
+        source,
+    };
+    let l = tokio::net::TcpListener::bind(addr).await.map_err(e)?;
+    let bound = l.local_addr().map_err(e)?;
     Ok((l, bound))
 }
 
@@ -420,56 +485,56 @@ async fn start_node(
         });
     }
 
-    let https = node.listen(spec.https_port).await.map_err(te)?;
-    let port = if spec.https_port == 443 {
-        String::new()
-    } else {
-        format!(":{}", spec.https_port)
-    };
+    let https = TailnetAcceptor::open(&node, spec.https_port, Kind::Tailnet, None)
+        .await
+        .map_err(te)?;
     let origin = Arc::new(PortalOrigin {
         node: spec.hostname.clone(),
-        base: format!("https://{fqdn}{port}"),
+        base: format!("https://{fqdn}{}", port_suffix(spec.https_port)),
         https_port: spec.https_port,
     });
-    tasks.spawn(tailnet_https_loop(
+    let door = live.door(&format!("{name} https"), Sources::Exact, true);
+    tasks.spawn(tailnet_https(
         https,
+        door,
+        node.clone(),
         certs.clone(),
         origin,
         live.clone(),
         stop.clone(),
     ));
     if spec.http_redirect {
-        let l80 = node.listen(80).await.map_err(te)?;
-        tasks.spawn(redirect_loop(
+        let l80 = TailnetAcceptor::open(&node, 80, Kind::Tailnet, None)
+            .await
+            .map_err(te)?;
+        let door = live.door(&format!("{name} http"), Sources::Exact, true);
+        tasks.spawn(redirect(
             l80,
+            door,
             fqdn.clone(),
             spec.https_port,
+            live.clone(),
             stop.clone(),
         ));
     }
     if spec.funnel {
-        let f = Arc::new(node.listen_funnel(443, true).await.map_err(te)?);
         // Funnel TLS is terminated in the shim; it presents the same
-        // certificate as the tailnet listener, pushed again on renewal.
-        let (fl, c) = (f.clone(), certs.clone());
+        // certificate as the tailnet listener, pushed again on renewal
+        // (and when the listener is opened again).
+        let f = TailnetAcceptor::open(&node, 443, Kind::Funnel, Some(certs.clone()))
+            .await
+            .map_err(te)?;
+        let (current, c) = (f.current(), certs.clone());
         let mut changes = c.subscribe();
-        let push = move || {
-            if let Some(cur) = c.current() {
-                let (cert, key) = cur.pem();
-                if let Err(e) = fl.set_cert(cert, key) {
-                    tracing::warn!(error = %e, "setting the Funnel certificate");
-                }
-            }
-        };
-        push();
         let host = spec.hostname.clone();
         tasks.spawn(async move {
             while changes.changed().await.is_ok() {
                 tracing::info!(node = %host, "Funnel certificate renewed");
-                push();
+                push_cert(&current, &c);
             }
         });
-        tasks.spawn(funnel_loop(f, live.clone(), stop.clone()));
+        let door = live.door(&format!("{name} funnel"), Sources::Public, true);
+        tasks.spawn(funnel(f, door, name.clone(), live.clone(), stop.clone()));
     }
     Ok(RunningNode {
         hostname: spec.hostname.clone(),
@@ -479,62 +544,79 @@ async fn start_node(
     })
 }
 
-async fn tailnet_https_loop(
-    ln: crate::tailnet::Listener,
+/// `:port` unless it is HTTPS's default.
+fn port_suffix(https_port: u16) -> String {
+    if https_port == 443 {
+        String::new()
+    } else {
+        format!(":{https_port}")
+    }
+}
+
+/// Tailnet HTTPS: WhoIs, then TLS, both within the handshake timeout, then
+/// HTTP.
+async fn tailnet_https(
+    acceptor: TailnetAcceptor,
+    door: Door,
+    node: Node,
     certs: tls::Resolver,
     origin: Arc<PortalOrigin>,
     live: Arc<Live>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(certs.server_config());
-    let node = ln.node().clone();
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = ln.accept() => match r {
-                Ok(x) => x,
-                Err(e) => { tracing::info!(node = node.hostname(), error = %e, "https listener ended"); return; }
-            },
-            _ = stop.changed() => return,
-        };
-        let acceptor = acceptor.clone();
-        let node = node.clone();
-        let live = live.clone();
-        let origin = origin.clone();
+    let tls_acceptor = tokio_rustls::TlsAcceptor::from(certs.server_config());
+    listen::run(acceptor, door, stop, move |stream, peer, ticket| {
+        let (tls_acceptor, node, live, origin) = (
+            tls_acceptor.clone(),
+            node.clone(),
+            live.clone(),
+            origin.clone(),
+        );
         tokio::spawn(async move {
-            // Identity first, once per connection, on the accepting node.
-            let who = match stream.origin() {
-                Origin::Tailnet => match timed_whois(&node, peer, &live.metrics).await {
-                    Ok(w) => PeerIdentity::Tailnet {
-                        addr: peer,
-                        whois: Arc::new(w),
+            let handshake = async {
+                // Identity first, once per connection, on the accepting node.
+                let who = match stream.origin() {
+                    Origin::Tailnet => match timed_whois(&node, peer, &live.metrics).await {
+                        Ok(w) => PeerIdentity::Tailnet {
+                            addr: peer,
+                            whois: Arc::new(w),
+                        },
+                        Err(e) => {
+                            tracing::warn!(node = node.hostname(), %peer, error = %e, "whois failed; dropping connection");
+                            return None;
+                        }
                     },
+                    Origin::Funnel => PeerIdentity::Funnel { addr: peer },
+                };
+                match tls_acceptor.accept(stream).await {
+                    Ok(t) => Some((who, t)),
                     Err(e) => {
-                        tracing::warn!(node = node.hostname(), %peer, error = %e, "whois failed; dropping connection");
-                        return;
+                        tracing::debug!(node = node.hostname(), %peer, error = %e, "TLS handshake failed");
+                        None
                     }
-                },
-                Origin::Funnel => PeerIdentity::Funnel { addr: peer },
-            };
-            let tls = match acceptor.accept(stream).await {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::debug!(node = node.hostname(), %peer, error = %e, "TLS handshake failed");
-                    return;
                 }
             };
-            serve(
-                tls,
-                Conn {
-                    who: Arc::new(who),
-                    node: Some(node.hostname().to_string()),
-                    origin: Some(origin),
-                    scheme: "https",
-                    live,
-                },
-            )
-            .await;
+            let (who, tls) =
+                match tokio::time::timeout(live.limits.handshake_timeout, handshake).await {
+                    Ok(Some(x)) => x,
+                    Ok(None) => return,
+                    Err(_) => {
+                        tracing::debug!(node = node.hostname(), %peer, "handshake timed out");
+                        return;
+                    }
+                };
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let conn = Conn {
+                who: Arc::new(who),
+                node: Some(node.hostname().to_string()),
+                origin: Some(origin),
+                scheme: "https",
+                live,
+            };
+            serve(tls, conn, ticket, h2).await;
         });
-    }
+    })
+    .await;
 }
 
 async fn timed_whois(
@@ -548,17 +630,16 @@ async fn timed_whois(
     r
 }
 
-async fn funnel_loop(
-    ln: Arc<crate::tailnet::Listener>,
+/// Funnel: TLS was terminated in the shim; the client is the public
+/// address the relay reported.
+async fn funnel(
+    acceptor: TailnetAcceptor,
+    door: Door,
+    node: String,
     live: Arc<Live>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let node = ln.node().hostname().to_string();
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = ln.accept() => match r { Ok(x) => x, Err(_) => return },
-            _ = stop.changed() => return,
-        };
+    listen::run(acceptor, door, stop, move |stream, peer, ticket| {
         // Funnel-only listener: never a tailnet identity, whatever it says.
         let conn = Conn {
             who: Arc::new(PeerIdentity::Funnel { addr: peer }),
@@ -567,23 +648,18 @@ async fn funnel_loop(
             scheme: "https",
             live: live.clone(),
         };
-        tokio::spawn(serve(stream, conn));
-    }
+        tokio::spawn(serve(stream, conn, ticket, false));
+    })
+    .await;
 }
 
-async fn loopback_loop(
+async fn loopback(
     l: tokio::net::TcpListener,
+    door: Door,
     live: Arc<Live>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    loop {
-        let (s, peer) = tokio::select! {
-            r = l.accept() => match r {
-                Ok(x) => x,
-                Err(e) => { tracing::warn!(error = %e, "loopback accept"); tokio::time::sleep(Duration::from_millis(100)).await; continue; }
-            },
-            _ = stop.changed() => return,
-        };
+    listen::run(l, door, stop, move |s, peer, ticket| {
         let conn = Conn {
             who: Arc::new(PeerIdentity::Loopback { addr: peer }),
             node: None,
@@ -591,51 +667,44 @@ async fn loopback_loop(
             scheme: "http",
             live: live.clone(),
         };
-        tokio::spawn(serve(s, conn));
-    }
+        tokio::spawn(serve(s, conn, ticket, false));
+    })
+    .await;
 }
 
 /// Port 80: redirect to HTTPS on the node's own name. The client's Host
 /// header is not used for the target, so this never redirects elsewhere.
-async fn redirect_loop(
-    ln: crate::tailnet::Listener,
+async fn redirect(
+    acceptor: TailnetAcceptor,
+    door: Door,
     fqdn: String,
     https_port: u16,
-    mut stop: watch::Receiver<bool>,
+    live: Arc<Live>,
+    stop: watch::Receiver<bool>,
 ) {
-    let port = if https_port == 443 {
-        String::new()
-    } else {
-        format!(":{https_port}")
-    };
-    let base: Arc<str> = format!("https://{fqdn}{port}").into();
-    loop {
-        let (s, _) = tokio::select! {
-            r = ln.accept() => match r { Ok(x) => x, Err(_) => return },
-            _ = stop.changed() => return,
-        };
+    let base: Arc<str> = format!("https://{fqdn}{}", port_suffix(https_port)).into();
+    listen::run(acceptor, door, stop, move |s, _, ticket| {
         let base = base.clone();
+        let svc = move |req: Request<Incoming>| {
+            let pq = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            let pq = if pq.starts_with('/') { pq } else { "/" };
+            response::redirect(StatusCode::PERMANENT_REDIRECT, &format!("{base}{pq}"))
+        };
+        let (limits, stop) = (live.limits.clone(), live.stop.clone());
         tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let base = base.clone();
-                async move {
-                    let pq = req
-                        .uri()
-                        .path_and_query()
-                        .map(|p| p.as_str())
-                        .unwrap_or("/");
-                    let pq = if pq.starts_with('/') { pq } else { "/" };
-                    Ok::<_, std::convert::Infallible>(response::redirect(
-                        StatusCode::PERMANENT_REDIRECT,
-                        &format!("{base}{pq}"),
-                    ))
-                }
-            });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(s), svc)
-                .await;
+            let _ticket = ticket;
+            serve_http(s, &limits, stop, false, move |req| {
+                let r = svc(req);
+                async move { r }
+            })
+            .await;
         });
-    }
+    })
+    .await;
 }
 
 /// What the public listener needs from the server: a way to serve one
@@ -644,6 +713,8 @@ pub(crate) type PublicHandler = Arc<
     dyn Fn(
             Pin<Box<dyn AsyncReadWrite>>,
             SocketAddr,
+            Ticket,
+            bool,
         ) -> Pin<Box<dyn std::future::Future<Output = ()> + Send>>
         + Send
         + Sync,
@@ -654,7 +725,7 @@ pub(crate) trait AsyncReadWrite: AsyncRead + AsyncWrite + Send {}
 impl<T: AsyncRead + AsyncWrite + Send> AsyncReadWrite for T {}
 
 fn shared_handler(live: Arc<Live>) -> PublicHandler {
-    Arc::new(move |io, peer| {
+    Arc::new(move |io, peer, ticket, h2| {
         let conn = Conn {
             who: Arc::new(PeerIdentity::Internet { addr: peer }),
             node: None,
@@ -662,26 +733,83 @@ fn shared_handler(live: Arc<Live>) -> PublicHandler {
             scheme: "https",
             live: live.clone(),
         };
-        Box::pin(serve(io, conn))
+        Box::pin(serve(io, conn, ticket, h2))
     })
 }
 
-async fn serve<S>(io: S, conn: Conn)
-where
+/// The HTTP server settings every listener shares: HTTP/2 stream and
+/// header-list bounds, reset-flood limits and keep-alive pings. HTTP/1
+/// head and idle timeouts are the watchdog's (see [`serve_http`]).
+pub(crate) fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(128);
+    b.http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(limits.http2_keepalive_interval))
+        .keep_alive_timeout(limits.http2_keepalive_timeout)
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        // Rapid reset (CVE-2023-44487): streams the client resets before
+        // we accept them, and errors we reset, are bounded; past either
+        // bound the connection gets GOAWAY.
+        .max_pending_accept_reset_streams(Some(20))
+        .max_local_error_reset_streams(Some(256));
+    b
+}
+
+/// Serves HTTP on one admitted connection until it ends, shutdown, or the
+/// watchdog finds it waiting too long (first request, request head, idle).
+/// `h2` says ALPN chose HTTP/2. Upgraded connections (websockets) leave
+/// the watchdog behind.
+pub(crate) async fn serve_http<S, F, Fut>(
+    io: S,
+    limits: &Limits,
+    mut stop: watch::Receiver<bool>,
+    h2: bool,
+    handler: F,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
 {
-    // Counts this connection as open until it ends (graceful shutdown waits).
-    let _open = conn.live.open.clone();
-    let mut stop = conn.live.stop.clone();
+    let act = Activity::new();
+    let io = Watched::new(io, act.clone());
+    let a = act.clone();
+    let handler = Arc::new(handler);
     let svc = service_fn(move |req| {
-        let conn = conn.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle(req, &conn).await) }
+        let guard = a.begin();
+        let fut = handler(req);
+        async move {
+            let resp = fut.await;
+            Ok::<_, std::convert::Infallible>(
+                resp.map(|b| http_body_util::BodyExt::boxed(Guarded::new(b, guard))),
+            )
+        }
     });
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let timeouts = Timeouts {
+        first: limits.handshake_timeout + limits.header_read_timeout,
+        header_read: limits.header_read_timeout,
+        idle: limits.idle_timeout,
+        heads: !h2,
+    };
+    let builder = http_builder(limits);
     let c = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(c);
     let r = tokio::select! {
         r = c.as_mut() => r,
+        _ = act.expired(timeouts) => {
+            tracing::debug!("closing a connection that waited too long");
+            c.as_mut().graceful_shutdown();
+            // A request that slipped in meanwhile may finish; a head still
+            // trickling in may not.
+            let grace = Timeouts { first: Duration::ZERO, idle: Duration::ZERO, ..timeouts };
+            tokio::select! {
+                r = c.as_mut() => r,
+                _ = act.expired(grace) => Ok(()),
+            }
+        }
         _ = async { drop(stop.wait_for(|s| *s).await) } => {
             // Finish the request in flight, then close.
             c.as_mut().graceful_shutdown();
@@ -691,6 +819,22 @@ where
     if let Err(e) = r {
         tracing::debug!(error = %e, "connection ended with an error");
     }
+}
+
+async fn serve<S>(io: S, conn: Conn, ticket: Ticket, h2: bool)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // Counts this connection as open until it ends (graceful shutdown
+    // waits; the ticket frees its place in the listener's caps).
+    let _open = conn.live.open.clone();
+    let _ticket = ticket;
+    let (limits, stop) = (conn.live.limits.clone(), conn.live.stop.clone());
+    serve_http(io, &limits, stop, h2, move |req| {
+        let conn = conn.clone();
+        async move { handle(req, &conn).await }
+    })
+    .await;
 }
 
 fn host_of(req: &Request<Incoming>) -> Option<String> {
@@ -860,6 +1004,7 @@ async fn handle(req: Request<Incoming>, conn: &Conn) -> Response<Body> {
                 login: login.as_ref(),
                 session_cookie: portal.map(|pt| pt.cookie_name()),
                 session_end,
+                body_idle_timeout: conn.live.limits.body_idle_timeout,
             };
             let resp = proxy::forward(up, route, req, fwd).await;
             log(&route.name(), "allow", &why, resp)

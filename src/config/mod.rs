@@ -5,6 +5,7 @@
 //! but never printed: [`Secret`] redacts itself.
 
 mod auth;
+mod limits;
 mod secret;
 
 use std::collections::{BTreeMap, HashSet};
@@ -16,6 +17,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use auth::{DEFAULT_SCOPES, Portal, Provider, Rule};
+pub use limits::Limits;
 pub use secret::{Secret, SecretRef};
 
 use crate::http::path::{self, normalize_prefix};
@@ -61,6 +63,7 @@ struct RawConfig {
     provider: Vec<auth::RawProvider>,
     #[serde(default)]
     rule: Vec<auth::RawRule>,
+    limits: Option<limits::RawLimits>,
 }
 
 #[derive(Deserialize)]
@@ -180,6 +183,8 @@ pub struct Config {
     pub providers: Vec<Provider>,
     /// Role rules, in file order.
     pub rules: Vec<Rule>,
+    /// Timeouts and connection caps of every listener.
+    pub limits: Limits,
 }
 
 /// Let's Encrypt's production ACME directory.
@@ -611,6 +616,7 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
         .and_then(|l| loopback_addr("admin.listen", &l.listen, &mut p));
 
     let public = raw.public.and_then(|pl| validate_public(pl, &mut p));
+    let limits = limits::validate(raw.limits, &mut p);
 
     let mut routes = Vec::new();
     let mut seen: HashSet<(Option<String>, Option<String>, String)> = HashSet::new();
@@ -854,6 +860,7 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
         portal,
         providers,
         rules,
+        limits,
     })
 }
 

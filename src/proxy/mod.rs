@@ -20,6 +20,11 @@ use crate::http::path::upstream_path;
 use crate::http::response::{Body, error, wants_html};
 use crate::identity::PeerIdentity;
 
+mod upload;
+
+pub use upload::Stalled;
+use upload::Upload;
+
 /// Marks a response the proxy made because the upstream failed
 /// (`connect` or `timeout`), for metrics.
 #[derive(Debug, Clone, Copy)]
@@ -28,7 +33,7 @@ pub struct UpstreamFailure(pub &'static str);
 /// An HTTP client for one route's upstream.
 #[derive(Clone, Debug)]
 pub struct Upstream {
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, Upload>,
     response_timeout: Duration,
 }
 
@@ -65,6 +70,8 @@ pub struct Forwarding<'a> {
     /// When set, an upgraded connection (websocket) is closed when the
     /// session ends.
     pub session_end: Option<SessionEnd>,
+    /// How long the request body may pause between chunks.
+    pub body_idle_timeout: Duration,
 }
 
 /// Identity of the signed-in user, passed upstream in headers.
@@ -205,20 +212,42 @@ pub async fn forward(
         }
     }
 
-    let resp = match tokio::time::timeout(up.response_timeout, up.client.request(req)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            tracing::warn!(route = %route.name(), upstream = %route.upstream, error = %e, "upstream request failed");
-            let mut r = error(
-                StatusCode::BAD_GATEWAY,
-                "Bad gateway",
-                "the service behind this address is not answering",
-                html,
-            );
-            r.extensions_mut().insert(UpstreamFailure("connect"));
-            return r;
-        }
-        Err(_) => {
+    // The response timeout runs from the end of the request body: an
+    // upload may take as long as it keeps moving (body idle timeout).
+    let (parts, body) = req.into_parts();
+    let (body, progress) = Upload::new(body, fwd.body_idle_timeout);
+    let req = Request::from_parts(parts, body);
+    let answer = up.client.request(req);
+    let sent = progress.clone();
+    let deadline = async move {
+        sent.finished().await;
+        tokio::time::sleep(up.response_timeout).await;
+    };
+    let resp = tokio::select! {
+        r = answer => match r {
+            Ok(r) => r,
+            Err(_) if progress.stalled() => {
+                tracing::warn!(route = %route.name(), peer = %fwd.who, idle = ?fwd.body_idle_timeout, "request body stalled; upload cut");
+                return error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "Request timeout",
+                    "the upload stopped sending data",
+                    html,
+                );
+            }
+            Err(e) => {
+                tracing::warn!(route = %route.name(), upstream = %route.upstream, error = %e, "upstream request failed");
+                let mut r = error(
+                    StatusCode::BAD_GATEWAY,
+                    "Bad gateway",
+                    "the service behind this address is not answering",
+                    html,
+                );
+                r.extensions_mut().insert(UpstreamFailure("connect"));
+                return r;
+            }
+        },
+        _ = deadline => {
             tracing::warn!(route = %route.name(), upstream = %route.upstream, timeout = ?up.response_timeout, "upstream timed out");
             let mut r = error(
                 StatusCode::GATEWAY_TIMEOUT,

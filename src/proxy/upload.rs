@@ -1,0 +1,124 @@
+//! A request body on its way upstream. An upload may last as long as it
+//! keeps moving: it is cut only when no chunk arrives for the body idle
+//! timeout. Its end starts the route's `response_timeout`, so the time
+//! spent uploading never counts against the upstream's answer.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::sync::Notify;
+use tokio::time::Sleep;
+
+/// Why an upload was cut.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body stalled: no data for {0:?}")]
+pub struct Stalled(pub Duration);
+
+/// What the proxy learns about an upload while it is sent.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    finished: AtomicBool,
+    stalled: AtomicBool,
+    wake: Notify,
+}
+
+impl Progress {
+    /// Resolves once the whole body has been read from the client.
+    pub(crate) async fn finished(&self) {
+        loop {
+            let woken = self.wake.notified();
+            if self.finished.load(Ordering::Acquire) {
+                return;
+            }
+            woken.await;
+        }
+    }
+
+    /// Whether the upload was cut by the idle timeout.
+    pub(crate) fn stalled(&self) -> bool {
+        self.stalled.load(Ordering::Acquire)
+    }
+
+    fn finish(&self) {
+        self.finished.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+}
+
+/// The client's request body with an idle timeout between chunks.
+pub(crate) struct Upload {
+    inner: Incoming,
+    idle: Duration,
+    timer: Pin<Box<Sleep>>,
+    progress: Arc<Progress>,
+    done: bool,
+}
+
+impl Upload {
+    pub(crate) fn new(inner: Incoming, idle: Duration) -> (Upload, Arc<Progress>) {
+        let progress = Arc::new(Progress::default());
+        let done = inner.is_end_stream();
+        if done {
+            progress.finish();
+        }
+        let up = Upload {
+            inner,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+            progress: progress.clone(),
+            done,
+        };
+        (up, progress)
+    }
+}
+
+impl Body for Upload {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => {
+                let next = tokio::time::Instant::now() + self.idle;
+                self.timer.as_mut().reset(next);
+                if self.inner.is_end_stream() {
+                    self.done = true;
+                    self.progress.finish();
+                }
+                Poll::Ready(Some(Ok(f)))
+            }
+            Poll::Ready(None) => {
+                self.done = true;
+                self.progress.finish();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Pending => {
+                if self.timer.as_mut().poll(cx).is_ready() {
+                    self.progress.stalled.store(true, Ordering::Release);
+                    return Poll::Ready(Some(Err(Stalled(self.idle).into())));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
