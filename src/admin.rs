@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::config::Limits;
 use crate::http::response::{Body, with_type};
-use crate::listen::{self, Door, Health};
+use crate::listen::{self, Door, Health, TcpAcceptor};
 use crate::metrics::Metrics;
 use crate::tailnet::Node;
 
@@ -42,18 +42,23 @@ pub(crate) async fn serve(
 ) {
     let state = Arc::new(state);
     let s2 = stop.clone();
-    listen::run(l, door, stop, move |s, _, ticket| {
-        let (state, stop) = (state.clone(), s2.clone());
-        tokio::spawn(async move {
-            let _ticket = ticket;
-            let limits = state.limits.clone();
-            crate::server::serve_http(s, &limits, stop, false, move |req| {
-                let state = state.clone();
-                async move { answer(req, &state).await }
-            })
-            .await;
-        });
-    })
+    listen::run(
+        TcpAcceptor::new(l, true),
+        door,
+        stop,
+        move |s, _, ticket| {
+            let (state, stop) = (state.clone(), s2.clone());
+            tokio::spawn(async move {
+                let _ticket = ticket;
+                let limits = state.limits.clone();
+                crate::server::serve_http(s, &limits, stop, false, move |req| {
+                    let state = state.clone();
+                    async move { answer(req, &state).await }
+                })
+                .await;
+            });
+        },
+    )
     .await;
 }
 

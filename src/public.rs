@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::{PublicCert, PublicListener};
-use crate::listen::{self, Door};
+use crate::listen::{self, Door, TcpAcceptor};
 use crate::server::{PublicHandler, StartError};
 use crate::tls::{self, provider, server_config};
 
@@ -98,7 +98,7 @@ pub(crate) async fn start(
     let addr = listener.local_addr().map_err(|e| err(e.to_string()))?;
     tracing::info!(%addr, domains = ?pl.domains, "public listener");
     tasks.spawn(listen::run(
-        listener,
+        TcpAcceptor::new(listener, false),
         door,
         stop,
         move |tcp, peer, ticket| {

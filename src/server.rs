@@ -34,8 +34,8 @@ use crate::http::path;
 use crate::http::response::{self, Body, error, not_found, wants_html};
 use crate::identity::PeerIdentity;
 use crate::listen::{
-    self, Activity, Door, Fds, Gate, Guarded, Health, Kind, Sources, TailnetAcceptor, Ticket,
-    Timeouts, Watched, push_cert,
+    self, Activity, Door, Fds, Gate, Guarded, Health, Kind, Sources, TailnetAcceptor, TcpAcceptor,
+    Ticket, Timeouts, Watched, push_cert,
 };
 use crate::metrics::Metrics;
 use crate::oidc::Dialer;
@@ -659,16 +659,21 @@ async fn loopback(
     live: Arc<Live>,
     stop: watch::Receiver<bool>,
 ) {
-    listen::run(l, door, stop, move |s, peer, ticket| {
-        let conn = Conn {
-            who: Arc::new(PeerIdentity::Loopback { addr: peer }),
-            node: None,
-            origin: None,
-            scheme: "http",
-            live: live.clone(),
-        };
-        tokio::spawn(serve(s, conn, ticket, false));
-    })
+    listen::run(
+        TcpAcceptor::new(l, false),
+        door,
+        stop,
+        move |s, peer, ticket| {
+            let conn = Conn {
+                who: Arc::new(PeerIdentity::Loopback { addr: peer }),
+                node: None,
+                origin: None,
+                scheme: "http",
+                live: live.clone(),
+            };
+            tokio::spawn(serve(s, conn, ticket, false));
+        },
+    )
     .await;
 }
 

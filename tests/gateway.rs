@@ -272,7 +272,7 @@ async fn websocket_sse_http2_and_redirect() {
     let req = http::Request::get("/echo/sse")
         .header("host", &s.host)
         .header("accept", "text/event-stream")
-        .body(Full::new(Bytes::new()))
+        .body(Full::new(Bytes::new()).boxed())
         .unwrap();
     h.send.ready().await.unwrap();
     let resp = h.send.send_request(req).await.unwrap();

@@ -6,84 +6,13 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use support::binary::Tailpass;
 use support::client::H1;
 use support::{TestNet, free_port, upstream};
 use tailpass::tailnet::Node;
-
-/// The binary as a child process, its stderr collected.
-struct Tailpass {
-    child: Child,
-    logs: Arc<Mutex<String>>,
-}
-
-impl Tailpass {
-    fn start(config: &std::path::Path) -> Tailpass {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tailpass"));
-        cmd.args(["--log-format", "json", "run", "--config"])
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        // The same loopback-only tsnet settings the in-process tests use.
-        for (k, v) in support::TSNET_TEST_KNOBS {
-            cmd.env(k, v);
-        }
-        cmd.env("TAILPASS_LOG", "info");
-        let mut child = cmd.spawn().unwrap();
-        let logs = Arc::new(Mutex::new(String::new()));
-        let (l, err) = (logs.clone(), child.stderr.take().unwrap());
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if std::env::var_os("TAILPASS_TEST_BIN_LOGS").is_some() {
-                    eprintln!("tailpass: {line}");
-                }
-                let mut l = l.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        Tailpass { child, logs }
-    }
-
-    fn logs(&self) -> String {
-        self.logs.lock().unwrap().clone()
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig}");
-    }
-
-    async fn wait_log(&self, needle: &str, limit: Duration) {
-        let t = Instant::now();
-        while !self.logs().contains(needle) {
-            assert!(
-                t.elapsed() < limit,
-                "no {needle:?} in the log:\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for Tailpass {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn admin_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
     let s = tokio::net::TcpStream::connect(addr).await.ok()?;

@@ -53,7 +53,7 @@ pub struct Limits {
     pub max_connections_per_source: usize,
     /// File descriptors kept free for connections already open (their
     /// upstream sockets) and the admin listener: new client connections
-    /// are refused when fewer are left.
+    /// are refused when fewer are left. 0 turns the check off.
     pub fd_reserve: usize,
 }
 

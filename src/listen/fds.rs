@@ -94,7 +94,13 @@ impl Fds {
 
     /// Counts again now (also feeds the metrics).
     pub(crate) fn sample(&self) -> (usize, u64) {
-        let open = count_open().unwrap_or(0);
+        // Counting needs a descriptor too: when none is left, the last
+        // figure stands (and is at least the limit).
+        let open = count_open().unwrap_or_else(|| {
+            let last = self.sampled.load(Ordering::Acquire);
+            let limit = self.limit.load(Ordering::Acquire);
+            last.max(usize::try_from(limit).unwrap_or(usize::MAX))
+        });
         let limit = soft_limit().unwrap_or(u64::MAX);
         self.sampled.store(open, Ordering::Release);
         self.limit.store(limit, Ordering::Release);
@@ -116,7 +122,11 @@ impl Fds {
     }
 
     /// Whether a new client connection would leave fewer than the reserve.
+    /// A reserve of 0 turns the check off.
     pub(crate) fn short(&self) -> bool {
+        if self.reserve == 0 {
+            return false;
+        }
         self.maybe_sample();
         let est = self.sampled.load(Ordering::Acquire)
             + self.since.load(Ordering::Acquire) * FDS_PER_CONNECTION;
@@ -163,7 +173,8 @@ mod tests {
     fn short_when_the_reserve_would_be_touched() {
         let m = std::sync::Arc::new(Metrics::new());
         let (_, limit) = Fds::new(0, m.clone()).sample();
-        assert!(!Fds::new(0, m.clone()).short());
+        assert!(!Fds::new(0, m.clone()).short(), "0 turns the check off");
+        assert!(!Fds::new(1, m.clone()).short());
         // A reserve as big as the limit leaves nothing for clients.
         assert!(Fds::new(limit as usize, m).short());
     }

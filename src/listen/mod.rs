@@ -65,16 +65,68 @@ pub(crate) trait Acceptor: Send + 'static {
     }
 }
 
-impl Acceptor for tokio::net::TcpListener {
+/// A TCP listener that keeps one spare descriptor for the moment the
+/// process runs out: on EMFILE it frees the spare, takes the connection
+/// that is waiting and closes it at once (a clean refusal, not a client
+/// left hanging in the backlog), or — for the admin listener — serves it,
+/// so `/healthz` can still say what is wrong.
+pub(crate) struct TcpAcceptor {
+    listener: tokio::net::TcpListener,
+    spare: Option<std::fs::File>,
+    serve_on_spare: bool,
+}
+
+impl TcpAcceptor {
+    pub(crate) fn new(listener: tokio::net::TcpListener, serve_on_spare: bool) -> TcpAcceptor {
+        TcpAcceptor {
+            listener,
+            spare: spare(),
+            serve_on_spare,
+        }
+    }
+}
+
+fn spare() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
+}
+
+fn out_of_fds(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(nix::libc::EMFILE) | Some(nix::libc::ENFILE)
+    )
+}
+
+impl Acceptor for TcpAcceptor {
     type Io = tokio::net::TcpStream;
 
     async fn accept(&mut self) -> Result<(Self::Io, SocketAddr), AcceptError> {
+        use futures_util::FutureExt;
+        if self.spare.is_none() {
+            self.spare = spare();
+        }
         // Every error of accept(2) on a listening socket is about one
         // connection or a resource (EMFILE, ENFILE, ENOBUFS, ENOMEM,
         // ECONNABORTED, EPERM from a firewall): the socket itself goes on.
-        tokio::net::TcpListener::accept(self)
-            .await
-            .map_err(|e| AcceptError::Retry(e.to_string()))
+        match self.listener.accept().await {
+            Ok(x) => Ok(x),
+            Err(e) if out_of_fds(&e) && self.spare.is_some() => {
+                drop(self.spare.take());
+                // tokio keeps the socket readable after an error other
+                // than WouldBlock, so this tries accept(2) again at once.
+                let taken = self.listener.accept().now_or_never();
+                let r = match taken {
+                    Some(Ok(x)) if self.serve_on_spare => return Ok(x),
+                    Some(Ok((_closed, peer))) => Err(AcceptError::Retry(format!(
+                        "{e}; closed the connection from {peer} that was waiting"
+                    ))),
+                    _ => Err(AcceptError::Retry(e.to_string())),
+                };
+                self.spare = spare();
+                r
+            }
+            Err(e) => Err(AcceptError::Retry(e.to_string())),
+        }
     }
 }
 

@@ -2,10 +2,12 @@
 //! client node, trusting the gateway's local CA.
 #![allow(dead_code)]
 
+use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response};
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::pem::PemObject;
@@ -55,10 +57,30 @@ pub async fn connect(
     tls_over(s, host, ca_pem, alpn).await
 }
 
+/// TLS like [`tls_over`], `None` if the handshake fails.
+pub async fn try_tls_over<S>(
+    io: S,
+    host: &str,
+    ca_pem: &str,
+    alpn: &[&[u8]],
+) -> Option<TlsStream<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let name = ServerName::try_from(host.to_string()).ok()?;
+    tokio_rustls::TlsConnector::from(tls_config(ca_pem, alpn))
+        .connect(name, io)
+        .await
+        .ok()
+}
+
+/// A request body: bytes, or a stream.
+pub type ReqBody = BoxBody<Bytes, Infallible>;
+
 /// A keep-alive HTTP/1.1 client connection.
 pub struct H1 {
     /// Request sender.
-    pub send: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    pub send: hyper::client::conn::http1::SendRequest<ReqBody>,
     /// Serial of the certificate the server presented (set by [`H1::connect`]).
     pub serial: Option<String>,
 }
@@ -85,6 +107,42 @@ impl H1 {
         H1 { send, serial: None }
     }
 
+    /// Like [`H1::over`], `None` if the connection breaks.
+    pub async fn try_over<S>(io: S) -> Option<H1>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .ok()?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        Some(H1 { send, serial: None })
+    }
+
+    /// GET `path`; `None` if the connection breaks.
+    pub async fn try_get(&mut self, host: &str, path: &str) -> Option<Response<Bytes>> {
+        let req = Request::get(path)
+            .header("host", host)
+            .body(Full::new(Bytes::new()).boxed())
+            .ok()?;
+        self.send.ready().await.ok()?;
+        let resp = self.send.send_request(req).await.ok()?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.ok()?.to_bytes();
+        Some(Response::from_parts(parts, body))
+    }
+
+    /// Sends a request with a streamed body and collects the response.
+    pub async fn send_stream(&mut self, req: Request<ReqBody>) -> Response<Bytes> {
+        self.send.ready().await.unwrap();
+        let resp = self.send.send_request(req).await.unwrap();
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        Response::from_parts(parts, body)
+    }
+
     /// Connects from `node` to `host` (port 443) over the tailnet.
     pub async fn connect(node: &Node, host: &str, ca_pem: &str) -> H1 {
         let tls = connect(node, host, 443, ca_pem, &[b"http/1.1"]).await;
@@ -96,11 +154,7 @@ impl H1 {
 
     /// Sends a request and collects the response body.
     pub async fn request(&mut self, req: Request<Full<Bytes>>) -> Response<Bytes> {
-        self.send.ready().await.unwrap();
-        let resp = self.send.send_request(req).await.unwrap();
-        let (parts, body) = resp.into_parts();
-        let body = body.collect().await.unwrap().to_bytes();
-        Response::from_parts(parts, body)
+        self.send_stream(req.map(|b| b.boxed())).await
     }
 
     /// GET `path` with extra headers.

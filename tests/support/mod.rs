@@ -15,6 +15,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+pub mod binary;
 pub mod browser;
 pub mod chrome;
 pub mod client;
@@ -334,38 +335,48 @@ pub async fn funnel_dial(
     target: &str,
     public_src: &str,
 ) -> tailpass::tailnet::TailnetStream {
+    try_funnel_dial(net, relay, target, public_src)
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "Funnel ingress from {} to {target} failed",
+                relay.hostname()
+            )
+        })
+}
+
+/// Like [`funnel_dial`], `None` if the ingress fails.
+pub async fn try_funnel_dial(
+    net: &TestNet,
+    relay: &Node,
+    target: &str,
+    public_src: &str,
+) -> Option<tailpass::tailnet::TailnetStream> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let st = relay.status().await.unwrap();
+    let st = relay.status().await.ok()?;
     let peer_api = st
-        .peer(target)
-        .unwrap_or_else(|| panic!("{} does not see {target}", relay.hostname()))
+        .peer(target)?
         .peer_api
         .iter()
-        .find_map(|u| u.strip_prefix("http://").filter(|h| !h.starts_with('[')))
-        .expect("an IPv4 peerAPI URL")
+        .find_map(|u| u.strip_prefix("http://").filter(|h| !h.starts_with('[')))?
         .to_string();
-    let mut c = relay.dial(&peer_api).await.unwrap();
+    let mut c = relay.dial(&peer_api).await.ok()?;
     let req = format!(
         "POST /v0/ingress HTTP/1.1\r\nHost: {peer_api}\r\n\
          Tailscale-Ingress-Src: {public_src}\r\n\
          Tailscale-Ingress-Target: {}:443\r\nContent-Length: 0\r\n\r\n",
         net.fqdn(target)
     );
-    c.write_all(req.as_bytes()).await.unwrap();
+    c.write_all(req.as_bytes()).await.ok()?;
     // Read the response head byte by byte: what follows belongs to the
     // tunnelled connection.
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut b = [0u8; 1];
-        c.read_exact(&mut b).await.unwrap();
+        c.read_exact(&mut b).await.ok()?;
         head.push(b[0]);
     }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "ingress refused: {}",
-        String::from_utf8_lossy(&head)
-    );
-    c
+    head.starts_with(b"HTTP/1.1 101").then_some(c)
 }
 
 /// A number from an environment variable, else `default` (benchmarks).
