@@ -22,7 +22,9 @@ impl Tailpass {
     /// Like [`Tailpass::start`], with soft and hard `RLIMIT_NOFILE` set
     /// to `fd_limit` (through util-linux `prlimit`).
     pub fn start_limited(config: &std::path::Path, fd_limit: Option<u64>) -> Tailpass {
-        let bin = env!("CARGO_BIN_EXE_tailpass");
+        // Tests and benches have it; the demo example, which shares this
+        // module, never starts the binary.
+        let bin = option_env!("CARGO_BIN_EXE_tailpass").expect("built by cargo test or bench");
         let mut cmd = match fd_limit {
             Some(n) => {
                 let mut c = Command::new("prlimit");
