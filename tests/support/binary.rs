@@ -24,7 +24,10 @@ impl Tailpass {
     pub fn start_limited(config: &std::path::Path, fd_limit: Option<u64>) -> Tailpass {
         // Tests and benches have it; the demo example, which shares this
         // module, never starts the binary.
-        let bin = option_env!("CARGO_BIN_EXE_tailpass").expect("built by cargo test or bench");
+        let bin = match option_env!("CARGO_BIN_EXE_tailpass") {
+            Some(b) => b,
+            None => panic!("the tailpass binary is known to tests and benches only"),
+        };
         let mut cmd = match fd_limit {
             Some(n) => {
                 let mut c = Command::new("prlimit");
