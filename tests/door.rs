@@ -618,3 +618,82 @@ async fn every_listener_survives_running_out_of_descriptors() {
     assert!((1..500).contains(&errors), "{errors} accept errors");
     assert!(m.contains("tailpass_fd_limit 320"), "{m}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_the_descriptor_limit_new_connections_are_refused_and_open_ones_work() {
+    let _permit = support::heavy().await;
+    let net = TestNet::start();
+    let echo = upstream::start_echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    public_cert(dir.path());
+    let ports = (free_port(), free_port(), free_port());
+    let cfg = dir.path().join("tailpass.toml");
+    let text =
+        door_config(&net, dir.path(), ports, echo).replace("fd_reserve = 0", "fd_reserve = 64");
+    std::fs::write(&cfg, text).unwrap();
+    let tp = Tailpass::start_limited(&cfg, Some(400));
+    let loopback: SocketAddr = format!("127.0.0.1:{}", ports.0).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", ports.1).parse().unwrap();
+    let t = Instant::now();
+    while !matches!(admin_get(admin, "/healthz").await, Some((200, _))) {
+        assert!(
+            t.elapsed() < Duration::from_secs(90),
+            "never healthy:\n{}",
+            tp.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A keep-alive connection opened before the pressure.
+    let mut open = H1::over(tokio::net::TcpStream::connect(loopback).await.unwrap()).await;
+    assert_eq!(open.get("localhost", "/", &[]).await.status(), 200);
+
+    // Connections come steadily (the descriptor count is sampled every
+    // 100 ms), far more than fit.
+    let mut hogs = Vec::new();
+    for _ in 0..450 {
+        if let Ok(s) = tokio::net::TcpStream::connect(loopback).await {
+            hogs.push(s);
+        }
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    tp.wait_log("refused a connection", Duration::from_secs(20))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The open connection still works (its upstream socket comes from the
+    // reserve), the admin listener answers and says why.
+    assert_eq!(open.get("localhost", "/again", &[]).await.status(), 200);
+    let (st, body) = admin_get(admin, "/healthz")
+        .await
+        .expect("healthz under pressure");
+    assert_eq!(st, 503, "{body}");
+    assert!(body.contains("file descriptors"), "{body}");
+    let logs = tp.logs();
+    assert!(
+        !logs.contains("Too many open files"),
+        "the reserve was not kept:\n{logs}"
+    );
+    assert!(logs.contains("\"reason\":\"fd_reserve\""), "{logs}");
+
+    drop(hogs);
+    let t = Instant::now();
+    loop {
+        let s = tokio::net::TcpStream::connect(loopback).await.unwrap();
+        if try_status(s, "localhost").await == Some(200) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "never admitted again:\n{}",
+            tp.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, m) = admin_get(admin, "/metrics").await.unwrap();
+    assert!(
+        m.contains(
+            r#"tailpass_connections_refused_total{listener="loopback",reason="fd_reserve"}"#
+        ),
+        "{m}"
+    );
+    assert!(m.contains("tailpass_open_fds "), "{m}");
+}

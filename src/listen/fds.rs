@@ -16,9 +16,10 @@ use crate::metrics::Metrics;
 
 /// How often the open descriptors are counted at most.
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
-/// A client connection plus its upstream socket, with a margin for the
-/// tailnet hand-off.
-const FDS_PER_CONNECTION: usize = 3;
+/// What a new connection is assumed to cost until the next count: its own
+/// socket plus the shim's end of a tailnet hand-off. Upstream sockets come
+/// later, from the reserve.
+const FDS_PER_CONNECTION: usize = 2;
 
 /// What [`raise_limit`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
