@@ -9,6 +9,8 @@
 //! retried; a listener that was closed under us is opened again. Listeners
 //! are independent tasks: one node's trouble never stops another's.
 //!
+//! Design notes, defaults and threat model: `docs/door.md`.
+//!
 //! What this module must not do: read a byte of any connection (identity,
 //! TLS and HTTP come later, in `server`), or ever return from [`run`]
 //! before shutdown.
