@@ -268,6 +268,9 @@ async fn protected_headers_never_pass_in_any_spelling() {
     let me = s.alice.status().await.unwrap();
     let alice_ip = me.ip().unwrap().to_string();
 
+    // Leaks are collected over all three entry paths, so a broken rule
+    // shows on each path it breaks.
+    let mut leaks = Vec::new();
     for e in ENTRIES {
         let path = match e {
             Entry::Alice => "/echo/x",
@@ -276,33 +279,29 @@ async fn protected_headers_never_pass_in_any_spelling() {
         let j = echoed(&s.get(e, path, &SPOOF).await);
         let got = received(&j);
         for (name, vals) in &got {
-            assert!(
-                !vals.iter().any(|v| v.contains("evil")
+            if vals.iter().any(|v| {
+                v.contains("evil")
                     || v.contains("6.6.6.6")
                     || v == "mallory"
                     || v == "Mallory"
                     || v == "admins"
                     || v == "admin"
-                    || v == "/admin"),
-                "{e:?}: spoofed {name}: {vals:?} reached the upstream: {j}"
-            );
-            assert!(
-                !name.starts_with("remote-")
-                    && name != "x-original-url"
-                    && name != "x-rewrite-url"
-                    && name != "x-real-ip"
-                    && name != "forwarded",
-                "{e:?}: {name} reached the upstream: {j}"
-            );
+                    || v == "/admin"
+            }) {
+                leaks.push(format!("{e:?}: spoofed {name}: {vals:?}"));
+            }
+            if name.starts_with("remote-")
+                || ["x-original-url", "x-rewrite-url", "x-real-ip", "forwarded"]
+                    .contains(&name.as_str())
+            {
+                leaks.push(format!("{e:?}: {name} reached the upstream"));
+            }
         }
-        assert!(
-            j["headers"]
-                .as_object()
-                .unwrap()
-                .keys()
-                .all(|k| !k.contains('_')),
-            "{e:?}: an underscore name reached the upstream: {j}"
-        );
+        for k in j["headers"].as_object().unwrap().keys() {
+            if k.contains('_') {
+                leaks.push(format!("{e:?}: underscore name {k} reached the upstream"));
+            }
+        }
         assert_eq!(echoed_header(&j, "x-custom-ok").unwrap(), ["1"], "{e:?}");
         let xff = echoed_header(&j, "x-forwarded-for").unwrap();
         match e {
@@ -324,6 +323,7 @@ async fn protected_headers_never_pass_in_any_spelling() {
             }
         }
     }
+    assert!(leaks.is_empty(), "{leaks:#?}");
 
     // A route that renamed its identity headers: the default names and the
     // path-override headers are stripped all the same, the new names carry
@@ -403,6 +403,7 @@ async fn only_websocket_upgrades_are_tunnelled() {
     let _permit = support::heavy().await;
     let s = setup().await;
     let mark = logs::mark();
+    let mut tunnelled = Vec::new();
     for e in ENTRIES {
         let path = match e {
             Entry::Alice => "/up/x",
@@ -420,16 +421,14 @@ async fn only_websocket_upgrades_are_tunnelled() {
         ] {
             let r = s.get(e, path, asks).await;
             let b = body(&r);
-            assert_eq!(r.status(), 200, "{e:?} {asks:?}: {b}");
-            assert!(
-                b.starts_with("PLAIN\n"),
-                "{e:?} {asks:?} was tunnelled: {b}"
-            );
             let head = b.to_ascii_lowercase();
-            assert!(
-                !head.contains("\nupgrade:") && !head.contains("http2-settings"),
-                "{e:?} {asks:?}: upgrade headers reached the upstream: {b}"
-            );
+            if r.status() != 200
+                || !b.starts_with("PLAIN\n")
+                || head.contains("\nupgrade:")
+                || head.contains("http2-settings")
+            {
+                tunnelled.push(format!("{e:?} {asks:?}: {} {b}", r.status()));
+            }
         }
 
         // A websocket upgrade is still tunnelled (raw bytes echo back).
@@ -454,6 +453,7 @@ async fn only_websocket_upgrades_are_tunnelled() {
         io.read_exact(&mut back).await.unwrap();
         assert_eq!(&back, b"ping-through-the-tunnel");
     }
+    assert!(tunnelled.is_empty(), "{tunnelled:#?}");
     assert!(
         logs::since(mark).contains("upgrade not tunnelled"),
         "refused upgrades are logged"
@@ -483,10 +483,13 @@ async fn paths_the_upstream_could_read_differently_are_refused() {
         "/AUTH/logout",
         "/a%252fb",
     ];
+    let mut passed = Vec::new();
     for e in ENTRIES {
         for p in everywhere {
             let r = s.get(e, p, &[]).await;
-            assert_eq!(r.status(), 400, "{e:?} {p}: {}", body(&r));
+            if r.status() != 400 {
+                passed.push(format!("{e:?} {p}: {} {}", r.status(), body(&r)));
+            }
         }
         // Public routes keep non-ASCII, ';' and literal '%' (a blog's slugs).
         for (p, want) in [
@@ -498,6 +501,7 @@ async fn paths_the_upstream_could_read_differently_are_refused() {
             assert_eq!(j["path"], want, "{e:?}");
         }
     }
+    assert!(passed.is_empty(), "{passed:#?}");
     // Routes that are not public take the strict form only.
     for p in [
         "/admin;x",

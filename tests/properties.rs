@@ -98,7 +98,8 @@ proptest! {
         }
         hy.strip(&mut h);
         for k in h.keys() {
-            let canon = headers::canonical(k.as_str());
+            // The oracle is independent of the code under test.
+            let canon = k.as_str().replace('_', "-").to_ascii_lowercase();
             for p in PROTECTED {
                 prop_assert_ne!(&canon, &p.to_ascii_lowercase(), "{} passed", k);
             }
