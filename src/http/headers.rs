@@ -74,7 +74,7 @@ impl Hygiene {
         let c = canonical(name);
         PROTECTED_PREFIXES.iter().any(|p| c.starts_with(p))
             || PROTECTED_NAMES.contains(&c.as_str())
-            || self.identity.iter().any(|n| *n == c)
+            || self.identity.contains(&c)
     }
 
     /// Whether a client header `name` is removed before proxying.
