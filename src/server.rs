@@ -753,10 +753,12 @@ fn path_rule(
     let l = path::loose(p)?;
     let folded = |prefix: &str| path::under(&prefix.to_ascii_lowercase(), &l);
     let again = find_route_by(shared, node, host, folded).map(|(r, _)| r.index);
+    // The portal counts only where it is served (it is matched before
+    // routes there); on other nodes its prefix is an ordinary path.
     let portal = shared
         .portal
         .as_deref()
-        .is_some_and(|pt| folded(pt.prefix()));
+        .is_some_and(|pt| node.is_none_or(|n| pt.serves(n)) && folded(pt.prefix()));
     if again != Some(route.index) || portal {
         return Err(path::PathError::Ambiguous);
     }
