@@ -149,7 +149,10 @@ fn enc(s: &str) -> String {
 fn html_response(status: StatusCode, markup: maud::Markup) -> Response<Body> {
     let mut r = with_type(status, "text/html; charset=utf-8", markup.into_string());
     let h = r.headers_mut();
-    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    // No referrer leaves for another origin (the provider never sees a
+    // portal URL). Not `no-referrer`: under it browsers send `Origin: null`
+    // with the portal's own form POSTs, which `same_origin` must refuse.
+    h.insert("referrer-policy", HeaderValue::from_static("same-origin"));
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
     // Portal pages load only their own stylesheet: no script, no frames.
     h.insert(
