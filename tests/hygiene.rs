@@ -554,6 +554,15 @@ async fn cross_origin_portal_posts_change_nothing() {
         .await;
     assert_eq!(end.url, s.url("/app/"), "signed in: {}", end.body);
     let cookie = b.cookie(&s.host, "tailpass_session").unwrap();
+    // The logout page lets the browser send its real Origin with the form
+    // (under `no-referrer` browsers send `Origin: null`, which is refused).
+    let page = b.get(&s.url("/auth/logout")).await;
+    assert_eq!(page.headers["referrer-policy"], "same-origin");
+    assert!(
+        page.body.contains(r#"action="/auth/logout""#),
+        "{}",
+        page.body
+    );
     let other_node = format!("https://{}", s.net.fqdn("bob"));
     let mark = logs::mark();
     for (what, extra) in [
