@@ -863,6 +863,17 @@ fn find_route<'a>(
     host: Option<&str>,
     p: &str,
 ) -> Option<&'a (Route, Upstream)> {
+    find_route_by(shared, node, host, |prefix| path::under(prefix, p))
+}
+
+/// The longest-prefix route whose prefix `matches`, among the routes of
+/// `node` and `host`.
+fn find_route_by<'a>(
+    shared: &'a Shared,
+    node: Option<&str>,
+    host: Option<&str>,
+    matches: impl Fn(&str) -> bool,
+) -> Option<&'a (Route, Upstream)> {
     shared
         .routes
         .iter()
@@ -871,8 +882,36 @@ fn find_route<'a>(
             _ => true,
         })
         .filter(|(r, _)| r.host.as_deref().is_none_or(|h| Some(h) == host))
-        .filter(|(r, _)| path::under(&r.path, p))
+        .filter(|(r, _)| matches(&r.path))
         .max_by_key(|(r, _)| (r.path.len(), r.host.is_some()))
+}
+
+/// The path rules that depend on the route matched (`http::path`): the
+/// strict form on routes that are not public, and no other route (or the
+/// portal) under the path's loose reading.
+fn path_rule(
+    shared: &Shared,
+    node: Option<&str>,
+    host: Option<&str>,
+    route: &Route,
+    p: &str,
+) -> Result<(), path::PathError> {
+    if !matches!(route.access, crate::config::Access::Public) {
+        path::strict(p)?;
+    }
+    let l = path::loose(p)?;
+    let folded = |prefix: &str| path::under(&prefix.to_ascii_lowercase(), &l);
+    let again = find_route_by(shared, node, host, folded).map(|(r, _)| r.index);
+    // The portal counts only where it is served (it is matched before
+    // routes there); on other nodes its prefix is an ordinary path.
+    let portal = shared
+        .portal
+        .as_deref()
+        .is_some_and(|pt| node.is_none_or(|n| pt.serves(n)) && folded(pt.prefix()));
+    if again != Some(route.index) || portal {
+        return Err(path::PathError::Ambiguous);
+    }
+    Ok(())
 }
 
 async fn handle(req: Request<Incoming>, conn: &Conn) -> Response<Body> {
@@ -994,6 +1033,15 @@ async fn handle(req: Request<Incoming>, conn: &Conn) -> Response<Body> {
             log(&route.name(), "deny", &why, resp)
         }
         Decision::Allow(why) => {
+            // Checked only for what is forwarded: a hidden route stays a 404.
+            if let Err(e) = path_rule(&shared, conn.node.as_deref(), host.as_deref(), route, &p) {
+                return log(
+                    &route.name(),
+                    "reject",
+                    &e.to_string(),
+                    error(StatusCode::BAD_REQUEST, "Bad request", &e.to_string(), html),
+                );
+            }
             let login = session.as_ref().map(|s| Portal::login_headers(s, &roles));
             let session_end = match (portal, &session) {
                 (Some(pt), Some(s)) => Some(SessionEnd {

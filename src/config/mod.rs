@@ -144,6 +144,8 @@ struct RawRoute {
     response_timeout: Option<String>,
     #[serde(default)]
     identity_headers: BTreeMap<String, String>,
+    // Read as any value so a wrong type is reported with the field's name.
+    allow_underscore_headers: Option<toml::Value>,
     #[serde(default)]
     roles: Vec<String>,
     require: Option<String>,
@@ -389,6 +391,9 @@ pub struct Route {
     pub response_timeout: Duration,
     /// Identity header names.
     pub identity_headers: IdentityHeaders,
+    /// Forward client headers whose names contain `_` (protected names
+    /// are removed whatever their spelling; see `http::headers`).
+    pub allow_underscore_headers: bool,
     /// Login requirement (`None`: no session needed).
     pub login: Option<LoginRequirement>,
     /// How the tailnet and login requirements combine.
@@ -789,6 +794,17 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
             connect_timeout,
             response_timeout,
             identity_headers,
+            allow_underscore_headers: match r.allow_underscore_headers {
+                None => false,
+                Some(toml::Value::Boolean(b)) => b,
+                Some(other) => {
+                    p.push(format!(
+                        "{}: {other} is not true or false",
+                        f("allow_underscore_headers")
+                    ));
+                    false
+                }
+            },
         });
     }
 

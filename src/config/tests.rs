@@ -344,3 +344,25 @@ groups = ["g"]
     let e = Config::parse(&route(""), &env).unwrap_err();
     assert!(e.problems[0].contains("route[0].node"), "{e}");
 }
+
+#[test]
+fn allow_underscore_headers_is_a_route_option_named_in_errors() {
+    let base = "[[node]]\nhostname = \"gw\"\nstate_dir = \"/s\"\n[[route]]\npath = \"/x\"\nupstream = \"http://127.0.0.1:1\"\n";
+    let c = Config::parse(&format!("{base}allow_underscore_headers = true\n"), &|_| {
+        None
+    })
+    .unwrap();
+    assert!(c.routes[0].allow_underscore_headers);
+    let c = Config::parse(base, &|_| None).unwrap();
+    assert!(!c.routes[0].allow_underscore_headers, "off by default");
+    let e = Config::parse(
+        &format!("{base}allow_underscore_headers = \"yes\"\n"),
+        &|_| None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("route[0].allow_underscore_headers: \"yes\" is not true or false"),
+        "{e}"
+    );
+}

@@ -1,46 +1,108 @@
-//! Header hygiene (security invariant 1): client-sent identity headers (any
-//! letter case — `http::HeaderMap` names are case-insensitive) and
-//! forwarding headers are removed before proxying; hop-by-hop headers are
-//! dropped; verified values are added afterwards.
+//! Header hygiene (security invariant 1), in one place.
+//!
+//! The rule, applied to every request before it is proxied:
+//! - A header *name* is read the way CGI, WSGI, PHP and Rack upstreams read
+//!   it: letter case ignored and `_` taken as `-` ([`canonical`]). A client
+//!   header whose canonical name is protected ([`Hygiene::is_protected`]) is
+//!   removed: every `Tailscale-*`, `Remote-*` and `X-Forwarded-*` name,
+//!   `Forwarded`, `X-Real-IP`, the path-override headers `X-Original-URL`
+//!   and `X-Rewrite-URL`, the default identity names and the route's
+//!   configured identity names. Only tailpass's own values, added
+//!   afterwards, reach the upstream.
+//! - Any other name containing `_` is dropped too (nginx's default:
+//!   upstreams disagree on what it means), unless the route sets
+//!   `allow_underscore_headers = true`.
+//! - Hop-by-hop headers (and names listed in `Connection`) are dropped; the
+//!   only upgrade ever forwarded is `websocket` ([`upgrade`]).
 
 use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
 
-/// Headers a client must never be able to set on the way upstream, besides
-/// the configured identity header names: every `Tailscale-*` header and all
-/// forwarding headers.
-fn is_spoofable(name: &HeaderName) -> bool {
-    let n = name.as_str(); // always lower case
-    n.starts_with("tailscale-")
-        || n.starts_with("x-forwarded-")
-        || n == "forwarded"
-        || n == "x-real-ip"
-}
+use crate::config::IdentityHeaders;
 
-/// Removes client-sent identity and forwarding headers. Returns the names
-/// removed (for the log; values are never logged).
-pub fn strip_client_identity(headers: &mut HeaderMap, identity_names: &[&str]) -> Vec<String> {
-    let mut doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| {
-            is_spoofable(k)
-                || identity_names
-                    .iter()
-                    .any(|n| k.as_str().eq_ignore_ascii_case(n))
+/// Protected name prefixes (canonical form).
+const PROTECTED_PREFIXES: [&str; 3] = ["tailscale-", "remote-", "x-forwarded-"];
+
+/// Protected names (canonical form), besides the prefixes and the identity
+/// header names.
+const PROTECTED_NAMES: [&str; 5] = [
+    "forwarded",
+    "x-real-ip",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-forwarded",
+];
+
+/// A header name as an upstream may read it: lower case, `_` as `-`.
+pub fn canonical(name: &str) -> String {
+    name.chars()
+        .map(|c| match c {
+            '_' => '-',
+            c => c.to_ascii_lowercase(),
         })
-        .cloned()
-        .collect();
-    doomed.dedup();
-    let mut removed = Vec::new();
-    for k in doomed {
-        headers.remove(&k);
-        removed.push(k.as_str().to_string());
-    }
-    removed
+        .collect()
 }
 
-/// Standard hop-by-hop headers (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// What a route's requests are cleaned of; built once per route.
+#[derive(Debug, Clone)]
+pub struct Hygiene {
+    /// Canonical identity names: the route's configured ones and the defaults.
+    identity: Vec<String>,
+    /// Keep non-protected names that contain `_`.
+    allow_underscore: bool,
+}
+
+impl Hygiene {
+    /// The rule for a route with identity header names `names`.
+    pub fn new(names: &IdentityHeaders, allow_underscore: bool) -> Hygiene {
+        let mut identity: Vec<String> = names
+            .all()
+            .iter()
+            .chain(IdentityHeaders::default().all().iter())
+            .map(|n| canonical(n))
+            .collect();
+        identity.sort();
+        identity.dedup();
+        Hygiene {
+            identity,
+            allow_underscore,
+        }
+    }
+
+    /// Whether a client must never set `name` (any case, `_` for `-`).
+    pub fn is_protected(&self, name: &str) -> bool {
+        let c = canonical(name);
+        PROTECTED_PREFIXES.iter().any(|p| c.starts_with(p))
+            || PROTECTED_NAMES.contains(&c.as_str())
+            || self.identity.contains(&c)
+    }
+
+    /// Whether a client header `name` is removed before proxying.
+    pub fn removes(&self, name: &str) -> bool {
+        self.is_protected(name) || (!self.allow_underscore && name.contains('_'))
+    }
+
+    /// Removes client-sent protected headers and (unless allowed) other
+    /// underscore names. Returns the names removed (for the log; values
+    /// are never logged).
+    pub fn strip(&self, headers: &mut HeaderMap) -> Vec<String> {
+        let doomed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| self.removes(k.as_str()))
+            .cloned()
+            .collect();
+        let mut removed = Vec::with_capacity(doomed.len());
+        for k in doomed {
+            headers.remove(&k);
+            removed.push(k.as_str().to_string());
+        }
+        removed
+    }
+}
+
+/// Standard hop-by-hop headers (RFC 9110 §7.6.1), and `HTTP2-Settings`,
+/// which only means something with an `h2c` upgrade (never forwarded).
+const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -49,10 +111,12 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
+    HeaderName::from_static("http2-settings"),
 ];
 
 /// Removes hop-by-hop headers, including any named in `Connection`. The
-/// `Upgrade` header is kept (with `Connection: upgrade`) when `upgrade` is set.
+/// `Upgrade` header is kept (with `Connection: upgrade`) when `upgrade` is
+/// set, which callers do only for a websocket upgrade ([`wants_upgrade`]).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -68,23 +132,64 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         headers.remove(h);
     }
     if upgrade {
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     } else {
         headers.remove(header::UPGRADE);
     }
 }
 
-/// Whether a request asks for a protocol upgrade (websocket).
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+}
+
+/// Whether a request asks for a websocket upgrade, the only upgrade tailpass
+/// tunnels: `Connection: upgrade` and exactly one `Upgrade` header whose
+/// only token is `websocket`. Anything else (`h2c`, `foo/1`, a list) is
+/// forwarded as a plain request without `Upgrade` ([`refused_upgrade`]).
 pub fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
+    let mut up = headers.get_all(header::UPGRADE).iter();
+    let only = match (up.next(), up.next()) {
+        (Some(v), None) => v,
+        _ => return false,
+    };
+    only.to_str()
+        .is_ok_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
+        && has_token(headers, header::CONNECTION, "upgrade")
+}
+
+/// The upgrade a request asked for that is not tunnelled (for the log), if
+/// any: an `Upgrade` header on a request that is not a websocket upgrade.
+pub fn refused_upgrade(headers: &HeaderMap) -> Option<String> {
+    if wants_upgrade(headers) || !headers.contains_key(header::UPGRADE) {
+        return None;
+    }
+    let v: Vec<String> = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .chars()
+                .take(64)
+                .collect()
+        })
+        .collect();
+    Some(v.join(", "))
+}
+
+/// Whether an upstream's `101` switches to websocket (and nothing else).
+pub fn switched_to_websocket(headers: &HeaderMap) -> bool {
+    let mut up = headers.get_all(header::UPGRADE).iter();
+    match (up.next(), up.next()) {
+        (Some(v), None) => v
+            .to_str()
+            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("websocket")),
+        _ => false,
+    }
 }
 
 /// Sets a header from a string, dropping characters a header value cannot
@@ -187,7 +292,11 @@ mod tests {
             );
         }
         h.append("tailscale-user-login", "second@x".parse().unwrap());
-        let removed = strip_client_identity(&mut h, &["x-remote-user", "Tailscale-User-Login"]);
+        let names = IdentityHeaders {
+            login: "X-Remote-User".into(),
+            ..Default::default()
+        };
+        let removed = Hygiene::new(&names, false).strip(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("accept"));
         assert!(removed.contains(&"x-remote-user".to_string()));
@@ -222,5 +331,76 @@ mod tests {
         assert_eq!(h["tailscale-user-name"], "Zo%C3%AB");
         set_text(&mut h, "bad header", "x");
         assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn underscores_never_pose_as_protected_names() {
+        let renamed = IdentityHeaders {
+            email: "X-Auth-Email".into(),
+            ..Default::default()
+        };
+        let hy = Hygiene::new(&renamed, false);
+        for n in [
+            "Tailscale_User_Login",
+            "TAILSCALE_user-LOGIN",
+            "remote_user",
+            "Remote_Email",
+            "Remote-Email",
+            "remote_groups",
+            "Remote_Roles",
+            "Remote-Name",
+            "X_Forwarded_For",
+            "x_real_ip",
+            "X_Original_URL",
+            "x-original-url",
+            "X-Rewrite-URL",
+            "x_rewrite_url",
+            "X_Auth_Email",
+            "forwarded",
+        ] {
+            assert!(hy.is_protected(n), "{n}");
+            assert!(hy.removes(n), "{n}");
+        }
+        // Other underscore names: dropped unless the route allows them.
+        assert!(!hy.is_protected("x_custom") && hy.removes("x_custom"));
+        let lax = Hygiene::new(&renamed, true);
+        assert!(!lax.removes("x_custom"));
+        assert!(
+            lax.removes("Tailscale_User_Login"),
+            "protected stays protected"
+        );
+        assert!(!hy.removes("accept") && !hy.removes("x-custom"));
+    }
+
+    #[test]
+    fn only_websocket_is_an_upgrade() {
+        let req = |up: &[&str], conn: &str| {
+            let mut h = HeaderMap::new();
+            for u in up {
+                h.append(header::UPGRADE, u.parse().unwrap());
+            }
+            h.insert(header::CONNECTION, conn.parse().unwrap());
+            h
+        };
+        assert!(wants_upgrade(&req(&["websocket"], "Upgrade")));
+        assert!(wants_upgrade(&req(&["WebSocket"], "keep-alive, upgrade")));
+        for (up, conn) in [
+            (&["h2c"][..], "Upgrade, HTTP2-Settings"),
+            (&["foo/1"], "upgrade"),
+            (&["websocket, h2c"], "upgrade"),
+            (&["websocket", "h2c"], "upgrade"),
+            (&["websocket"], "keep-alive"),
+        ] {
+            let mut h = req(up, conn);
+            assert!(!wants_upgrade(&h), "{up:?} {conn}");
+            assert!(refused_upgrade(&h).is_some());
+            h.insert("http2-settings", "AAMAAABkAAQAAP__".parse().unwrap());
+            remove_hop_by_hop(&mut h, false);
+            assert!(h.is_empty(), "{h:?}");
+        }
+        assert!(refused_upgrade(&HeaderMap::new()).is_none());
+        assert!(switched_to_websocket(&req(&["websocket"], "upgrade")));
+        assert!(!switched_to_websocket(&req(&["h2c"], "upgrade")));
+        assert!(!switched_to_websocket(&req(&["websocket, h2c"], "upgrade")));
     }
 }

@@ -9,6 +9,7 @@
 //! record must be live in the store.
 
 pub mod pages;
+pub mod pending;
 pub mod target;
 
 use std::collections::{BTreeSet, HashMap};
@@ -30,8 +31,6 @@ use crate::session::{Binding, Keys, Record, Session, SessionCookie, Store, now, 
 
 /// How long a started sign-in may take.
 const LOGIN_TTL: Duration = Duration::from_secs(600);
-/// At most this many sign-ins in flight (older ones are dropped first).
-const MAX_PENDING: usize = 10_000;
 
 /// Where the request came in: what the portal needs to build absolute URLs
 /// without trusting the Host header.
@@ -68,7 +67,7 @@ pub struct Portal {
     allowed_hosts: Vec<String>,
     // Shared with the portal a reload replaces, so sign-ins in flight and
     // refreshes in progress carry over.
-    pending: Arc<Mutex<HashMap<String, PendingLogin>>>,
+    pending: Arc<Mutex<pending::Pending<PendingLogin>>>,
     refreshing: Arc<tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
@@ -125,6 +124,24 @@ fn query_param(query: Option<&str>, name: &str) -> Option<String> {
         })
 }
 
+/// Whether a request comes from a page of this node's own origin: its
+/// `Origin` is exactly `origin.base`, or, when a client sends no `Origin`,
+/// `Sec-Fetch-Site: same-origin`. Anything else (another node, another
+/// site, `null`, neither header) is not.
+fn same_origin(headers: &HeaderMap, origin: &PortalOrigin) -> bool {
+    let mut o = headers.get_all(header::ORIGIN).iter();
+    match (o.next(), o.next()) {
+        (Some(v), None) => v
+            .to_str()
+            .is_ok_and(|v| v.eq_ignore_ascii_case(&origin.base)),
+        (Some(_), Some(_)) => false,
+        (None, _) => {
+            let mut f = headers.get_all("sec-fetch-site").iter();
+            matches!((f.next(), f.next()), (Some(v), None) if v == "same-origin")
+        }
+    }
+}
+
 fn enc(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
@@ -132,7 +149,10 @@ fn enc(s: &str) -> String {
 fn html_response(status: StatusCode, markup: maud::Markup) -> Response<Body> {
     let mut r = with_type(status, "text/html; charset=utf-8", markup.into_string());
     let h = r.headers_mut();
-    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    // No referrer leaves for another origin (the provider never sees a
+    // portal URL). Not `no-referrer`: under it browsers send `Origin: null`
+    // with the portal's own form POSTs, which `same_origin` must refuse.
+    h.insert("referrer-policy", HeaderValue::from_static("same-origin"));
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
     // Portal pages load only their own stylesheet: no script, no frames.
     h.insert(
@@ -480,6 +500,31 @@ impl Portal {
         if who.whois().is_none() {
             return (not_found(html), "hide");
         }
+        // A state-changing request (logout, any POST) must come from a page
+        // of this node: SameSite=Lax does not keep the cookie off requests
+        // from other *.ts.net nodes, which are the same site.
+        if !matches!(method, Method::GET | Method::HEAD) && !same_origin(req.headers(), origin) {
+            tracing::warn!(peer = %who, method = %method, path = %path, origin = ?req.headers().get(header::ORIGIN), "cross-origin request to the portal refused");
+            let r = if html {
+                html_response(
+                    StatusCode::FORBIDDEN,
+                    pages::problem(
+                        p,
+                        t,
+                        "Request from another site refused",
+                        "This request did not come from a page of this portal, so nothing was changed. Use the portal's own buttons.",
+                    ),
+                )
+            } else {
+                crate::http::response::error(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    "cross-origin request refused; nothing was changed",
+                    false,
+                )
+            };
+            return (r, "cross-origin");
+        }
         match (method.clone(), sub.as_str()) {
             (Method::GET | Method::HEAD, "/assets/portal.css") => (
                 Response::builder()
@@ -727,18 +772,11 @@ impl Portal {
         };
         let browser = random_token();
         {
+            let node = binding.node.clone();
             let mut m = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            m.retain(|_, l| l.started.elapsed() < LOGIN_TTL);
-            if m.len() >= MAX_PENDING
-                && let Some(oldest) = m
-                    .iter()
-                    .min_by_key(|(_, l)| l.started)
-                    .map(|(k, _)| k.clone())
-            {
-                m.remove(&oldest);
-            }
-            m.insert(
+            let added = m.insert(
                 pending.state.clone(),
+                &node,
                 PendingLogin {
                     provider: name.to_string(),
                     oidc: pending,
@@ -750,6 +788,22 @@ impl Portal {
                     started: Instant::now(),
                 },
             );
+            if added.is_err() {
+                drop(m);
+                tracing::warn!(peer = %who, provider = name, "sign-in refused: too many sign-ins in flight from other nodes");
+                return (
+                    html_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        pages::problem(
+                            p,
+                            &self.cfg.title,
+                            "Too many sign-ins in progress",
+                            "Try again in a few minutes.",
+                        ),
+                    ),
+                    "login-busy",
+                );
+            }
         }
         let mut r = redirect(StatusCode::FOUND, &url);
         if let Ok(v) = HeaderValue::from_str(&login_cookie(
@@ -787,7 +841,7 @@ impl Portal {
             .pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&state);
+            .take(&state);
         let Some(pl) = pending.filter(|l| l.started.elapsed() < LOGIN_TTL) else {
             tracing::warn!(peer = %who, provider = name, "callback with unknown or used state");
             return (
@@ -1096,5 +1150,56 @@ mod tests {
         assert_eq!(query_param(q, "empty").as_deref(), Some(""));
         assert_eq!(query_param(q, "nope"), None);
         assert_eq!(query_param(None, "rd"), None);
+    }
+
+    #[test]
+    fn same_origin_means_this_node_exactly() {
+        let o = PortalOrigin {
+            node: "gw".into(),
+            base: "https://gw.tail1.ts.net".into(),
+            https_port: 443,
+        };
+        let h = |pairs: &[(&str, &str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.append(
+                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            m
+        };
+        assert!(same_origin(
+            &h(&[("origin", "https://gw.tail1.ts.net")]),
+            &o
+        ));
+        assert!(same_origin(
+            &h(&[("origin", "https://GW.tail1.ts.net")]),
+            &o
+        ));
+        assert!(same_origin(&h(&[("sec-fetch-site", "same-origin")]), &o));
+        for bad in [
+            &[][..],
+            &[("origin", "https://evil.example")],
+            &[("origin", "https://other.tail1.ts.net")],
+            &[("origin", "https://gw.tail1.ts.net:8443")],
+            &[("origin", "http://gw.tail1.ts.net")],
+            &[("origin", "null")],
+            &[("origin", "https://gw.tail1.ts.net.evil.example")],
+            &[
+                ("origin", "https://gw.tail1.ts.net"),
+                ("origin", "https://evil.example"),
+            ],
+            &[("sec-fetch-site", "same-site")],
+            &[("sec-fetch-site", "cross-site")],
+            &[("sec-fetch-site", "none")],
+            // Origin wins over Sec-Fetch-Site when both are sent.
+            &[
+                ("origin", "https://evil.example"),
+                ("sec-fetch-site", "same-origin"),
+            ],
+        ] {
+            assert!(!same_origin(&h(bad), &o), "{bad:?}");
+        }
     }
 }

@@ -35,6 +35,7 @@ pub struct UpstreamFailure(pub &'static str);
 pub struct Upstream {
     client: Client<HttpConnector, Upload>,
     response_timeout: Duration,
+    hygiene: headers::Hygiene,
 }
 
 impl Upstream {
@@ -49,6 +50,7 @@ impl Upstream {
         Upstream {
             client,
             response_timeout: route.response_timeout,
+            hygiene: headers::Hygiene::new(&route.identity_headers, route.allow_underscore_headers),
         }
     }
 }
@@ -129,7 +131,12 @@ pub async fn forward(
     fwd: Forwarding<'_>,
 ) -> Response<Body> {
     let html = wants_html(req.headers());
+    // Only websocket is tunnelled; any other upgrade goes on as a plain
+    // request (its `Upgrade`, `HTTP2-Settings` removed as hop-by-hop).
     let upgrade = headers::wants_upgrade(req.headers());
+    if let Some(asked) = headers::refused_upgrade(req.headers()) {
+        tracing::info!(route = %route.name(), peer = %fwd.who, upgrade = %asked, "upgrade not tunnelled; forwarded as a plain request");
+    }
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
     let original_host = req
@@ -171,9 +178,9 @@ pub async fn forward(
     *req.version_mut() = http::Version::HTTP_11;
 
     let h = req.headers_mut();
-    let stripped = headers::strip_client_identity(h, &route.identity_headers.all());
+    let stripped = up.hygiene.strip(h);
     if !stripped.is_empty() {
-        tracing::info!(route = %route.name(), peer = %fwd.who, headers = ?stripped, "removed client-sent identity headers");
+        tracing::info!(route = %route.name(), peer = %fwd.who, headers = ?stripped, "removed client-sent protected or underscore headers");
     }
     headers::remove_hop_by_hop(h, upgrade);
     h.remove(header::HOST); // hyper sets it from the URI
@@ -260,6 +267,19 @@ pub async fn forward(
         }
     };
 
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && (client_upgrade.is_none() || !headers::switched_to_websocket(resp.headers()))
+    {
+        // An upstream switching protocols unasked, or to anything but
+        // websocket, would open a tunnel past routing and header hygiene.
+        tracing::warn!(route = %route.name(), upstream = %route.upstream, "upstream switched protocols without a websocket upgrade; refused");
+        return error(
+            StatusCode::BAD_GATEWAY,
+            "Bad gateway",
+            "the service behind this address switched to a protocol tailpass does not forward",
+            html,
+        );
+    }
     if let Some(client_upgrade) = client_upgrade
         && resp.status() == StatusCode::SWITCHING_PROTOCOLS
     {

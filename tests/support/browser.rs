@@ -174,8 +174,17 @@ impl Browser {
             let v: Vec<String> = c.iter().map(|(k, v)| format!("{k}={v}")).collect();
             b = b.header("cookie", v.join("; "));
         }
+        // Like a real browser: a POST (any method but GET/HEAD) from a page
+        // carries its origin (here: the page's own, unless a test says
+        // otherwise or passes `("origin", "")` to send none).
+        let sets_origin = extra.iter().any(|(k, _)| k.eq_ignore_ascii_case("origin"));
+        if !matches!(method, "GET" | "HEAD") && !sets_origin {
+            b = b.header("origin", format!("{scheme}://{hostport}"));
+        }
         for (k, v) in extra {
-            b = b.header(*k, *v);
+            if !(k.eq_ignore_ascii_case("origin") && v.is_empty()) {
+                b = b.header(*k, *v);
+            }
         }
         let body = match body {
             Some((ctype, text)) => {

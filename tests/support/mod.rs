@@ -21,6 +21,7 @@ pub mod chrome;
 pub mod client;
 pub mod forge;
 pub mod idp;
+pub mod logs;
 pub mod stack;
 pub mod upstream;
 

@@ -243,3 +243,62 @@ async fn ws_page(mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, In
         .body(Full::new(Bytes::new()))
         .unwrap())
 }
+
+/// Starts an upstream that switches to *any* protocol a request's `Upgrade`
+/// header names (the careless backend an `h2c` smuggling attack needs).
+/// Written on raw TCP because no HTTP library switches to arbitrary
+/// protocols. A request without `Upgrade` is answered `200` with body
+/// `PLAIN\n` followed by the request head it received. With `Upgrade: X`
+/// it answers `101` with `Upgrade: X`, then reads one more request head from
+/// the switched connection and answers it `200` with body `TUNNELLED\n` and
+/// that head; for `websocket` it echoes raw bytes instead.
+pub async fn start_any_upgrade() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn head(s: &mut tokio::net::TcpStream) -> Option<String> {
+        let mut h = Vec::new();
+        while !h.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            if s.read_exact(&mut b).await.is_err() || h.len() > 65536 {
+                return None;
+            }
+            h.push(b[0]);
+        }
+        Some(String::from_utf8_lossy(&h).into_owned())
+    }
+    fn ok(body: String) -> String {
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+    serve_loopback(|mut s| async move {
+        let Some(h) = head(&mut s).await else { return };
+        let upgrade = h.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case("upgrade")
+                .then(|| v.trim().to_string())
+        });
+        let Some(proto) = upgrade else {
+            let _ = s.write_all(ok(format!("PLAIN\n{h}")).as_bytes()).await;
+            return;
+        };
+        let sw = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: {proto}\r\n\r\n"
+        );
+        if s.write_all(sw.as_bytes()).await.is_err() {
+            return;
+        }
+        if proto.eq_ignore_ascii_case("websocket") {
+            let (mut r, mut w) = s.split();
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+            return;
+        }
+        if let Some(inner) = head(&mut s).await {
+            let _ = s
+                .write_all(ok(format!("TUNNELLED\n{inner}")).as_bytes())
+                .await;
+        }
+    })
+    .await
+}

@@ -1,0 +1,150 @@
+//! Sign-ins in flight: started at `/oauth2/<p>/authorize`, finished (or
+//! not) at the callback. Bounded twice — per tailnet node and in total — so
+//! that one peer's flood of authorize requests only ever evicts that peer's
+//! own oldest sign-ins, never another peer's. When every slot is taken by
+//! other nodes, a new sign-in is refused instead.
+//!
+//! What it must not do: drop a sign-in of one node to make room for another
+//! node's.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// At most this many sign-ins in flight in total.
+pub const MAX_TOTAL: usize = 10_000;
+/// At most this many sign-ins in flight per tailnet node (a browser with a
+/// few tabs needs a handful).
+pub const MAX_PER_NODE: usize = 32;
+
+/// The table is full with other nodes' sign-ins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("too many sign-ins in progress")]
+pub struct Full;
+
+struct Entry<T> {
+    node: String,
+    started: Instant,
+    value: T,
+}
+
+/// Sign-ins in flight by `state`.
+pub struct Pending<T> {
+    map: HashMap<String, Entry<T>>,
+    ttl: Duration,
+    total: usize,
+    per_node: usize,
+}
+
+impl<T> Pending<T> {
+    /// An empty table; entries older than `ttl` are dropped.
+    pub fn new(ttl: Duration, total: usize, per_node: usize) -> Pending<T> {
+        Pending {
+            map: HashMap::new(),
+            ttl,
+            total: total.max(1),
+            per_node: per_node.max(1),
+        }
+    }
+
+    /// Adds the sign-in `state` of tailnet node `node` (its stable id). At
+    /// the node's cap, the node's own oldest sign-in is dropped; when the
+    /// table is full with other nodes' sign-ins, nothing is dropped and
+    /// [`Full`] is returned.
+    pub fn insert(&mut self, state: String, node: &str, value: T) -> Result<(), Full> {
+        let ttl = self.ttl;
+        self.map.retain(|_, e| e.started.elapsed() < ttl);
+        let mine = self.map.values().filter(|e| e.node == node).count();
+        if mine >= self.per_node || self.map.len() >= self.total {
+            let oldest_own = self
+                .map
+                .iter()
+                .filter(|(_, e)| e.node == node)
+                .min_by_key(|(_, e)| e.started)
+                .map(|(k, _)| k.clone());
+            match oldest_own {
+                Some(k) => {
+                    self.map.remove(&k);
+                }
+                None => return Err(Full),
+            }
+        }
+        self.map.insert(
+            state,
+            Entry {
+                node: node.to_string(),
+                started: Instant::now(),
+                value,
+            },
+        );
+        Ok(())
+    }
+
+    /// Takes the sign-in `state` out (single use), if it is live.
+    pub fn take(&mut self, state: &str) -> Option<T> {
+        self.map
+            .remove(state)
+            .filter(|e| e.started.elapsed() < self.ttl)
+            .map(|e| e.value)
+    }
+
+    /// Sign-ins in flight.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether none is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+impl<T> Default for Pending<T> {
+    fn default() -> Self {
+        Pending::new(super::LOGIN_TTL, MAX_TOTAL, MAX_PER_NODE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_evicts_only_its_own_sign_ins() {
+        let mut p = Pending::new(Duration::from_secs(600), 4, 2);
+        p.insert("a1".into(), "node-a", 1).unwrap();
+        p.insert("b1".into(), "node-b", 2).unwrap();
+        // Node a floods: only its own oldest go.
+        for i in 2..100 {
+            p.insert(format!("a{i}"), "node-a", i).unwrap();
+        }
+        assert_eq!(p.len(), 3);
+        assert_eq!(p.take("b1"), Some(2), "another node's sign-in survives");
+        assert_eq!(p.take("a1"), None, "the flooder's oldest went");
+        assert_eq!(p.take("a99"), Some(99));
+        assert_eq!(p.take("a99"), None, "single use");
+        // Full with other nodes' sign-ins: refused, nothing dropped.
+        let mut p = Pending::new(Duration::from_secs(600), 4, 2);
+        for (s, n) in [("a", "1"), ("b", "2"), ("c", "3"), ("d", "4")] {
+            p.insert(s.into(), n, ()).unwrap();
+        }
+        assert_eq!(p.insert("e".into(), "5", ()), Err(Full));
+        assert_eq!(p.len(), 4);
+        // A node already in the table replaces its own oldest.
+        p.insert("a2".into(), "1", ()).unwrap();
+        assert!(p.take("a").is_none() && p.take("a2").is_some());
+        assert!(["b", "c", "d"].iter().all(|s| p.take(s).is_some()));
+    }
+
+    #[test]
+    fn expired_sign_ins_make_room_and_cannot_be_taken() {
+        let mut p = Pending::new(Duration::from_millis(30), 1, 1);
+        p.insert("a".into(), "1", ()).unwrap();
+        std::thread::sleep(Duration::from_millis(40));
+        p.insert("b".into(), "2", ()).unwrap();
+        assert!(p.take("a").is_none());
+        let mut p = Pending::new(Duration::from_millis(30), 2, 2);
+        p.insert("a".into(), "1", ()).unwrap();
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(p.take("a").is_none(), "expired");
+    }
+}
