@@ -331,7 +331,7 @@ func (n *node) dial(network, addr string, timeoutMS int64) (fd int, remote strin
 	fd, err = handOff(c, &n.conns)
 	if err != nil {
 		c.Close()
-		return -1, "", err
+		return -1, "", fmt.Errorf("dial %s: hand-off: %w", addr, err)
 	}
 	return fd, c.RemoteAddr().String(), nil
 }
