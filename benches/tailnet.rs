@@ -7,7 +7,9 @@
 //!
 //! Measured:
 //! - throughput of one stream A→B (median of runs);
-//! - connection set-up rate (sequential dial + accept + 1 byte + close);
+//! - connection set-up rate (sequential dial + accept + 1 byte + close),
+//!   and per-connection latency percentiles (dial to first byte; the dial
+//!   call alone);
 //! - resident memory added by N open idle connections (both ends in-process).
 //!
 //! The test tailnet relays through its DERP server on 127.0.0.1 (no direct
@@ -29,6 +31,33 @@ struct Figures {
     idle_kib_per_conn: f64,
     idle_rss_kib: i64,
     failed_dials: usize,
+    /// Connections whose set-up took over 1 s (a SYN retransmission).
+    stalls: usize,
+    /// Descriptors added per idle connection (both its ends in-process).
+    fds_per_conn: f64,
+    /// Per connection: dial until the first byte from the server arrived,
+    /// milliseconds, p50/p90/p99.
+    setup_ms: [f64; 3],
+    /// The dial call alone, p50/p90/p99.
+    dial_ms: [f64; 3],
+}
+
+fn open_fds() -> i64 {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as i64)
+}
+
+fn percentiles(mut v: Vec<f64>) -> [f64; 3] {
+    if v.is_empty() {
+        return [f64::NAN; 3];
+    }
+    v.sort_by(f64::total_cmp);
+    let at = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+    [at(0.5), at(0.9), at(0.99)]
+}
+
+fn from_json3(v: &serde_json::Value) -> [f64; 3] {
+    let a = v.as_array().expect("three percentiles");
+    [0, 1, 2].map(|i| a[i].as_f64().unwrap())
 }
 
 async fn rust_side(net: &TestNet, bytes: u64, runs: usize, dials: usize, idle: usize) -> Figures {
@@ -87,11 +116,16 @@ async fn rust_side(net: &TestNet, bytes: u64, runs: usize, dials: usize, idle: u
     // "failed dials" line (see TIME_WAIT in docs/tailnet.md).
     let t0 = Instant::now();
     let mut failed = 0;
+    let mut lat = Vec::with_capacity(dials);
+    let mut dial_only = Vec::with_capacity(dials);
     for _ in 0..dials {
+        let t = Instant::now();
         match a.dial(&format!("{b_ip}:7002")).await {
             Ok(mut s) => {
+                dial_only.push(t.elapsed().as_secs_f64() * 1e3);
                 let mut one = [0u8; 1];
                 s.read_exact(&mut one).await.unwrap();
+                lat.push(t.elapsed().as_secs_f64() * 1e3);
             }
             Err(e) => {
                 failed += 1;
@@ -106,6 +140,7 @@ async fn rust_side(net: &TestNet, bytes: u64, runs: usize, dials: usize, idle: u
     let ln3 = b.listen(7003).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let before = rss_kib();
+    let fds_before = open_fds();
     let mut keep = Vec::with_capacity(2 * idle);
     for _ in 0..idle {
         let c = a.dial(&format!("{b_ip}:7003")).await.unwrap();
@@ -115,6 +150,7 @@ async fn rust_side(net: &TestNet, bytes: u64, runs: usize, dials: usize, idle: u
     }
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let after = rss_kib();
+    let fds_after = open_fds();
     // Not closed: with this many TCP endpoints tsnet's Close stalls until
     // the shim's watchdog gives up (see docs/tailnet.md); exit ends them.
     std::mem::forget(keep);
@@ -125,6 +161,10 @@ async fn rust_side(net: &TestNet, bytes: u64, runs: usize, dials: usize, idle: u
         idle_kib_per_conn: (after - before) as f64 / idle as f64,
         idle_rss_kib: after - before,
         failed_dials: failed,
+        fds_per_conn: (fds_after - fds_before) as f64 / idle as f64,
+        stalls: lat.iter().filter(|&&ms| ms > 1000.0).count(),
+        setup_ms: percentiles(lat),
+        dial_ms: percentiles(dial_only),
     }
 }
 
@@ -154,6 +194,10 @@ fn go_side(net: &TestNet, bytes: u64, runs: usize, dials: usize, idle: usize) ->
         idle_kib_per_conn: v["idle_kib_per_conn"].as_f64().unwrap(),
         idle_rss_kib: v["idle_rss_kib"].as_i64().unwrap(),
         failed_dials: 0, // gobench exits on any failed dial
+        fds_per_conn: v["fds_per_conn"].as_f64().unwrap(),
+        stalls: v["stalls"].as_u64().unwrap() as usize,
+        setup_ms: from_json3(&v["setup_ms"]),
+        dial_ms: from_json3(&v["dial_ms"]),
     }
 }
 
@@ -195,12 +239,38 @@ fn main() {
         go.setup_per_s,
         rs.setup_per_s / go.setup_per_s
     );
+    for (i, p) in ["p50", "p90", "p99"].iter().enumerate() {
+        println!(
+            "{:<34} {:>14.2} {:>14.2} {:>8.2}",
+            format!("  set-up latency {p}, ms"),
+            rs.setup_ms[i],
+            go.setup_ms[i],
+            rs.setup_ms[i] / go.setup_ms[i]
+        );
+    }
+    for (i, p) in ["p50", "p90", "p99"].iter().enumerate() {
+        println!(
+            "{:<34} {:>14.2} {:>14.2} {:>8.2}",
+            format!("  of which dial call {p}, ms"),
+            rs.dial_ms[i],
+            go.dial_ms[i],
+            rs.dial_ms[i] / go.dial_ms[i]
+        );
+    }
     println!(
         "{:<34} {:>14.1} {:>14.1} {:>8.2}",
         "idle conn memory, KiB per conn",
         rs.idle_kib_per_conn,
         go.idle_kib_per_conn,
         rs.idle_kib_per_conn / go.idle_kib_per_conn.max(0.001)
+    );
+    println!(
+        "{:<34} {:>14} {:>14}",
+        "  set-ups over 1 s (SYN retransmit)", rs.stalls, go.stalls
+    );
+    println!(
+        "{:<34} {:>14.1} {:>14.1}",
+        "idle conn descriptors, per conn", rs.fds_per_conn, go.fds_per_conn,
     );
     println!(
         "runs MB/s: rust {:?} go {:?}; idle RSS added: rust {} KiB, go {} KiB; failed dials: rust {} go {}",

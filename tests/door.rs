@@ -588,7 +588,7 @@ async fn every_listener_survives_running_out_of_descriptors() {
         .collect();
     assert!(!warns.is_empty(), "{logs}");
     assert!(warns.iter().all(|l| l.contains("\"WARN\"")), "{warns:?}");
-    for listener in ["loopback", "public"] {
+    for listener in ["loopback", "public", "gw https"] {
         assert!(
             logs.lines().any(
                 |l| l.contains("accept") && l.contains(&format!("\"listener\":\"{listener}\""))

@@ -579,3 +579,175 @@ async fn funnel_connections_carry_the_public_source_not_the_relay() {
     let (s2, _) = ln.accept().await.unwrap();
     assert_eq!(s2.origin(), tailpass::tailnet::Origin::Tailnet);
 }
+
+/// Environment of the child process in
+/// `accept_survives_a_full_descriptor_table_and_recovers`.
+const FD_CHILD_ENV: &str = "TAILPASS_TEST_FD_CHILD_CONTROL_URL";
+
+/// Issue #9: a listener must survive descriptor exhaustion. The accepting
+/// node runs in a child process (this test binary again, running
+/// `fd_pressure_child`) with a low descriptor limit, so filling its table
+/// disturbs no other test; this process dials it.
+///
+/// 1. table full before the connection arrives: the shim cannot make its
+///    socketpair, and `accept` yields a retryable `HandOff` error;
+/// 2. table filled while the hand-off message is in flight: the kernel
+///    drops the descriptor (MSG_CTRUNC), a retryable `Resource` error
+///    (or `HandOff`, should the shim not have sent it yet);
+/// 3. descriptors released: the same listener accepts and serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_survives_a_full_descriptor_table_and_recovers() {
+    use tokio::io::AsyncBufReadExt;
+    let _permit = support::heavy().await;
+    let net = TestNet::start();
+    let dialer = net.node("fd-dialer").await;
+
+    let mut child = tokio::process::Command::new("prlimit")
+        .arg("--nofile=512:512")
+        .arg("--")
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "fd_pressure_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(FD_CHILD_ENV, &net.control_url)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("running prlimit (util-linux)");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    // Only what follows "child: " is ours; libtest prints the rest.
+    let mut expect = async |prefix: &str| -> String {
+        loop {
+            let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("child said nothing while we waited for {prefix}"))
+                .unwrap()
+                .unwrap_or_else(|| panic!("child ended while we waited for {prefix}"));
+            // libtest's "test fd_pressure_child ... " may start the line.
+            if let Some((_, rest)) = line.split_once("child: ") {
+                assert!(!rest.starts_with("FAIL"), "child: {rest}");
+                if let Some(v) = rest.strip_prefix(prefix) {
+                    return v.trim().to_string();
+                }
+            }
+        }
+    };
+    let addr = format!("{}:7100", expect("listening on").await);
+    net.settle(&[&dialer]).await;
+
+    // 1. Full table, then a connection.
+    expect("full").await;
+    let mut lost1 = dialer.dial(&addr).await.unwrap();
+    stdin.write_all(b"dialed\n").await.unwrap();
+    let phase1 = expect("phase1").await;
+    assert!(phase1.starts_with("HandOff"), "phase 1: {phase1}");
+    assert!(phase1.contains("too many open files"), "phase 1: {phase1}");
+    // The lost connection was closed, not left hanging.
+    let mut b = [0u8; 1];
+    let r = tokio::time::timeout(Duration::from_secs(30), lost1.read(&mut b)).await;
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "lost connection: {r:?}"
+    );
+
+    // 2. A connection whose hand-off is in flight when the table fills.
+    expect("room").await;
+    let _lost2 = dialer.dial(&addr).await.unwrap();
+    stdin.write_all(b"dialed\n").await.unwrap();
+    let phase2 = expect("phase2").await;
+    eprintln!("phase 1: {phase1}\nphase 2: {phase2}");
+    assert!(
+        phase2.starts_with("Resource") || phase2.starts_with("HandOff"),
+        "phase 2: {phase2}"
+    );
+
+    // 3. Released: the same listener serves again.
+    expect("released").await;
+    let mut s = dialer.dial(&addr).await.unwrap();
+    s.write_all(b"hello").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut got = String::new();
+    s.read_to_string(&mut got).await.unwrap();
+    assert_eq!(got, "served:hello");
+    expect("done").await;
+    let status = child.wait().await.unwrap();
+    assert!(status.success(), "child failed: {status}");
+}
+
+/// The accepting side of `accept_survives_a_full_descriptor_table_and_recovers`;
+/// does nothing unless that test started it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fd_pressure_child() {
+    let Ok(control_url) = std::env::var(FD_CHILD_ENV) else {
+        return;
+    };
+    use tokio::io::AsyncBufReadExt;
+    support::init_process_for_tests();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tailpass::tailnet::NodeConfig::new("fd-child", dir.path().join("n"));
+    cfg.control_url = Some(control_url);
+    cfg.ephemeral = true;
+    let node = Node::new(cfg).unwrap();
+    let st = node.up(Duration::from_secs(60)).await.unwrap();
+    let ln = node.listen(7100).await.unwrap();
+    println!("child: listening on {}", st.ip().unwrap());
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+
+    // Fills the descriptor table (limit set by prlimit) with /dev/null.
+    fn fill(held: &mut Vec<std::fs::File>) {
+        loop {
+            match std::fs::File::open("/dev/null") {
+                Ok(f) => held.push(f),
+                Err(e) if e.raw_os_error() == Some(nix::libc::EMFILE) => return,
+                Err(e) => panic!("filling the fd table: {e}"),
+            }
+        }
+    }
+    let describe = |e: &Error| {
+        let kind = match e {
+            Error::HandOff { .. } => "HandOff",
+            Error::Resource(_) => "Resource",
+            _ => "other",
+        };
+        if !e.is_retryable() || e.is_closed() {
+            println!("child: FAIL not retryable: {e:?}");
+        }
+        format!("{kind} {e}")
+    };
+    let mut held = Vec::new();
+
+    fill(&mut held);
+    println!("child: full");
+    stdin.next_line().await.unwrap();
+    match ln.accept().await {
+        Err(e) => println!("child: phase1 {}", describe(&e)),
+        Ok(_) => println!("child: FAIL phase 1 accepted with a full table"),
+    }
+
+    // Room for exactly the shim's hand-off (socketpair + its dup).
+    held.truncate(held.len().saturating_sub(3));
+    println!("child: room");
+    stdin.next_line().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await; // let the shim send it
+    fill(&mut held);
+    match ln.accept().await {
+        Err(e) => println!("child: phase2 {}", describe(&e)),
+        Ok(_) => println!("child: FAIL phase 2 accepted with a full table"),
+    }
+
+    held.clear();
+    println!("child: released");
+    let (mut s, _) = ln.accept().await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    s.write_all(b"served:").await.unwrap();
+    s.write_all(&buf).await.unwrap();
+    s.shutdown().await.unwrap();
+    println!("child: done");
+}

@@ -42,6 +42,24 @@ pub enum Error {
     /// The listener was closed; no more connections will come.
     #[error("tailnet listener is closed")]
     ListenerClosed,
+    /// The process ran short of a resource (file descriptors, kernel
+    /// memory, socket buffers) while a connection was being handed from the
+    /// Go shim to Rust: that one connection is lost, the listener or node is
+    /// not. Typical cause: `EMFILE`, the descriptor table is full, so the
+    /// kernel dropped the connection's descriptor from the hand-off message.
+    /// Retry after a pause ([`Error::is_retryable`]).
+    #[error("tailnet connection lost for lack of resources: {0}")]
+    Resource(String),
+    /// The shim accepted a connection from `peer` but could not hand it
+    /// over (for example `socketpair: too many open files`); it closed that
+    /// connection and the listener goes on. Retry after a pause.
+    #[error("tailnet hand-off of a connection from {peer} failed: {reason}")]
+    HandOff {
+        /// The peer whose connection was lost, as the shim reported it.
+        peer: String,
+        /// The shim's reason.
+        reason: String,
+    },
     /// The shim answered something we could not understand (a bug).
     #[error("tailnet shim protocol error: {0}")]
     Protocol(String),
@@ -58,6 +76,25 @@ impl Error {
         }
     }
 
+    /// True when trying again later may succeed: the error concerned one
+    /// connection or a passing shortage ([`Error::Resource`],
+    /// [`Error::HandOff`], a [`Error::Timeout`], an I/O error such as
+    /// `EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM` or `EINTR`).
+    ///
+    /// Accept loops: after an error from [`Listener::accept`](super::Listener::accept)
+    /// for which [`Error::is_closed`] is false, the listener is still usable
+    /// and nothing of it was consumed but one connection. Log the error,
+    /// back off (longer while errors repeat) and accept again; only
+    /// [`Error::is_closed`] means the listener is finished.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Resource(_) | Error::HandOff { .. } | Error::Timeout { .. } => true,
+            Error::Io(e) => is_transient_io(e),
+            Error::Go { message, .. } => is_resource_text(message),
+            _ => false,
+        }
+    }
+
     /// True when the error means the node or listener is gone for good.
     pub fn is_closed(&self) -> bool {
         match self {
@@ -66,6 +103,35 @@ impl Error {
             _ => false,
         }
     }
+}
+
+/// I/O errors that say "not now" rather than "never".
+pub(crate) fn is_transient_io(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    if matches!(e.kind(), Interrupted | WouldBlock | TimedOut | OutOfMemory) {
+        return true;
+    }
+    matches!(
+        e.raw_os_error().map(nix::errno::Errno::from_raw),
+        Some(
+            nix::errno::Errno::EMFILE
+                | nix::errno::Errno::ENFILE
+                | nix::errno::Errno::ENOBUFS
+                | nix::errno::Errno::ENOMEM
+                | nix::errno::Errno::ETOOMANYREFS
+        )
+    )
+}
+
+/// Whether a Go error text names a resource shortage.
+fn is_resource_text(message: &str) -> bool {
+    [
+        "too many open files",
+        "cannot allocate memory",
+        "no buffer space",
+    ]
+    .iter()
+    .any(|needle| message.contains(needle))
 }
 
 /// Result alias for the tailnet module.

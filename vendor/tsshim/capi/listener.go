@@ -11,9 +11,11 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"tailscale.com/ipn"
 	"tailscale.com/tsnet"
@@ -24,6 +26,7 @@ type listener struct {
 	ln   net.Listener
 	ctl  *net.UnixConn
 	once sync.Once
+	done chan struct{} // closed by close
 	// cert is what Funnel listeners present; set (and renewed) by the
 	// caller, so Funnel serves the same certificate source as the tailnet.
 	cert atomic.Pointer[tls.Certificate]
@@ -38,6 +41,7 @@ func (l *listener) getCert(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 
 func (l *listener) close() {
 	l.once.Do(func() {
+		close(l.done)
 		l.ln.Close()
 		l.ctl.Close()
 	})
@@ -51,7 +55,7 @@ func (n *node) listen(network, addr string, funnel, funnelOnly bool) (int64, int
 		ln  net.Listener
 		err error
 	)
-	l := &listener{node: n}
+	l := &listener{node: n, done: make(chan struct{})}
 	if funnel {
 		opts := []tsnet.FunnelOption{tsnet.FunnelTLSConfig(&tls.Config{
 			GetCertificate: l.getCert,
@@ -106,14 +110,25 @@ func (l *listener) acceptLoop(h int64) {
 		delete(listeners, h)
 		registryMu.Unlock()
 	}()
+	var backoff time.Duration
 	for {
 		c, err := l.ln.Accept()
 		if err != nil {
-			if !errors.Is(err, net.ErrClosed) {
-				l.node.logf("tsshim: accept: %v", err)
+			if l.isClosed() || errors.Is(err, net.ErrClosed) {
+				return
 			}
-			return
+			// Anything else (EMFILE in a TLS wrapper, a failed handshake
+			// surfaced by Accept, a netstack hiccup) is about one connection:
+			// the listener goes on, after a pause that grows to maxBackoff so
+			// a persistent error cannot spin a core.
+			backoff = nextBackoff(backoff)
+			l.node.logf("tsshim: accept: %v (retrying in %v)", err, backoff)
+			if !l.sleep(backoff) {
+				return
+			}
+			continue
 		}
+		backoff = 0
 		if err := l.deliver(c); err != nil {
 			// The Rust side stopped reading (listener dropped): stop.
 			return
@@ -121,22 +136,94 @@ func (l *listener) acceptLoop(h int64) {
 	}
 }
 
+const (
+	minBackoff = 5 * time.Millisecond
+	maxBackoff = time.Second
+)
+
+func nextBackoff(d time.Duration) time.Duration {
+	if d < minBackoff {
+		return minBackoff
+	}
+	if d *= 2; d > maxBackoff {
+		return maxBackoff
+	}
+	return d
+}
+
+func (l *listener) isClosed() bool {
+	select {
+	case <-l.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// sleep waits d or until the listener closes; false means it closed.
+func (l *listener) sleep(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-l.done:
+		return false
+	}
+}
+
 // deliver sends c's fd and addresses as one message. It blocks (a parked
 // goroutine, not a thread) while Rust is not accepting: backpressure.
+//
+// When the hand-off itself fails (socketpair: EMFILE/ENFILE, ENOMEM) the
+// connection is closed and a hand-off error message without descriptor goes
+// to Rust instead, so the failure reaches tailpass's log and counters.
+// It returns an error only when the control socket is unusable (Rust
+// dropped the listener): then the listener ends.
 func (l *listener) deliver(c net.Conn) error {
+	remote, origin := connOrigin(c)
 	fd, err := handOff(c, &l.node.conns)
 	if err != nil {
 		c.Close()
 		l.node.logf("tsshim: accept hand-off: %v", err)
-		return nil // this connection is lost; the listener goes on
+		return l.sendCtl(handOffErrorMsg(remote, err), nil)
 	}
-	remote, origin := connOrigin(c)
 	msg := []byte(remote + "\n" + c.LocalAddr().String() + "\n" + origin)
-	_, _, err = l.ctl.WriteMsgUnix(msg, syscall.UnixRights(fd), nil)
+	err = l.sendCtl(msg, syscall.UnixRights(fd))
 	// Our copy of the fd goes either way: on success the receiver holds its
 	// own; on failure closing it ends the pump, which closes c.
 	syscall.Close(fd)
 	return err
+}
+
+// handOffErrorMsg is the control message for a connection that could not
+// be handed over (see tsshim.h). The reason is one line.
+func handOffErrorMsg(remote string, err error) []byte {
+	reason := strings.ReplaceAll(err.Error(), "\n", " ")
+	if len(reason) > 200 {
+		reason = reason[:200]
+	}
+	return []byte(handOffErrorTag + "\n" + remote + "\n" + reason)
+}
+
+const handOffErrorTag = "handoff-error"
+
+// sendCtl writes one control message. A resource error on the control
+// socket itself (ENOBUFS, ENOMEM, ETOOMANYREFS) loses this message only;
+// the caller's fd is closed by the caller, which ends that connection.
+// Only a closed or broken control socket is returned as an error.
+func (l *listener) sendCtl(msg, oob []byte) error {
+	_, _, err := l.ctl.WriteMsgUnix(msg, oob, nil)
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EBADF) {
+		return err
+	}
+	l.node.logf("tsshim: control message lost: %v", err)
+	l.sleep(minBackoff)
+	return nil
 }
 
 // connOrigin returns the address of whoever really opened c and where it

@@ -3,7 +3,9 @@ package main
 // Handing connections to Rust. Every tailnet connection becomes one end of a
 // unix stream socketpair; two goroutines copy bytes between the tsnet conn
 // and our end. Go's netpoller parks those goroutines, so an idle connection
-// costs no OS thread, and buffers are borrowed only while data flows.
+// costs no OS thread. While idle, the tsnet->Rust copy holds a 2 KiB buffer
+// (gonet has no readiness API: a read needs a buffer) and the Rust->tsnet
+// copy holds none (it waits for readability, then borrows a pooled one).
 
 import (
 	"errors"
@@ -128,7 +130,41 @@ func pump(c net.Conn, uc *net.UnixConn, set *connSet) {
 		done(copyAdaptive(uc, c), uc)
 	}()
 	defer recoverTeardown(teardown)
-	done(copyAdaptive(c, uc), c)
+	done(copyFromUnix(c, uc), c)
+}
+
+// copyFromUnix copies uc to dst like copyAdaptive, but holds no buffer at
+// all while uc is idle: it parks in the netpoller until uc is readable
+// (peeking one byte on the stack) and only then borrows a pooled buffer.
+func copyFromUnix(dst io.Writer, uc *net.UnixConn) error {
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	for {
+		var (
+			one     [1]byte
+			n       int
+			peekErr error
+		)
+		err := rc.Read(func(fd uintptr) bool {
+			n, _, peekErr = syscall.Recvfrom(int(fd), one[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+			return peekErr != syscall.EAGAIN
+		})
+		if err == nil {
+			err = peekErr
+		}
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return nil // EOF
+		}
+		eof, err := copyBurst(dst, uc)
+		if eof || err != nil {
+			return err
+		}
+	}
 }
 
 // recoverTeardown keeps a panic in a pump goroutine (there is no caller to
@@ -140,6 +176,11 @@ func recoverTeardown(teardown func()) {
 }
 
 const (
+	// smallBuf is what a tsnet->Rust copy holds while idle; a read that
+	// fills it switches to a pooled bigBuf until data stops streaming.
+	// (512 B cost half the one-stream throughput in the benchmark: DERP
+	// delivers a stream in short reads, and each one that leaves burst
+	// mode became a 512 B write.)
 	smallBuf = 2 << 10
 	bigBuf   = 64 << 10
 )

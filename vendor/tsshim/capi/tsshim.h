@@ -76,7 +76,19 @@ int tsshim_node_close(int64_t node, char **err);
  * carries exactly one stream socket fd for the connection's bytes. origin is
  * "tailnet" (remote is a tailnet peer, fit for tsshim_whois) or "funnel"
  * (remote is the public client's address as the Funnel relay reported it;
- * never a tailnet identity). When the listener ends, ctl_fd reads EOF. */
+ * never a tailnet identity).
+ *
+ * When the shim accepted a connection but could not hand it over (making
+ * the socketpair failed: EMFILE, ENFILE, ENOMEM), it closes that connection
+ * and sends instead ONE message with NO descriptor whose payload is
+ * "handoff-error\n<remote ip:port>\n<reason>" (reason: one line, at most
+ * 200 bytes). The listener goes on. A connection message that arrives with
+ * its descriptor missing (MSG_CTRUNC: the receiver's descriptor table was
+ * full) is likewise a lost connection, not the end of the listener.
+ *
+ * The shim's accept loop survives every accept error but the listener's
+ * own close (it backs off from 5 ms up to 1 s between failures). When the
+ * listener ends, ctl_fd reads EOF (zero bytes, no descriptor). */
 int64_t tsshim_listen(int64_t node, char *network, char *addr,
                       int *ctl_fd, char **err);
 /* Like tsshim_listen, for public Funnel traffic on addr (":443", ":8443" or

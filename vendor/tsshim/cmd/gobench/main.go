@@ -150,14 +150,18 @@ func main() {
 		}
 	}()
 	t0 := time.Now()
+	var lat, dialOnly []float64
 	for i := 0; i < *dials; i++ {
+		t := time.Now()
 		c, err := a.Dial(ctx, "tcp", bAddr+":7002")
 		if err != nil {
 			log.Fatal(err)
 		}
+		dialOnly = append(dialOnly, ms(time.Since(t)))
 		if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
 			log.Fatal(err)
 		}
+		lat = append(lat, ms(time.Since(t)))
 		c.Close()
 	}
 	setup := float64(*dials) / time.Since(t0).Seconds()
@@ -180,6 +184,7 @@ func main() {
 	debug.FreeOSMemory()
 	time.Sleep(500 * time.Millisecond)
 	before := rssKiB()
+	fdsBefore := openFDs()
 	var keep []net.Conn
 	for i := 0; i < *idle; i++ {
 		c, err := a.Dial(ctx, "tcp", bAddr+":7003")
@@ -191,15 +196,20 @@ func main() {
 	debug.FreeOSMemory()
 	time.Sleep(500 * time.Millisecond)
 	after := rssKiB()
+	fdsAfter := openFDs()
 	_ = keep // held open until here
 
 	out, _ := json.Marshal(map[string]any{
 		"throughput_mb_s":   rates[len(rates)/2],
 		"throughput_runs":   rates,
 		"setup_per_s":       setup,
+		"stalls":            countOver(lat, 1000),
+		"setup_ms":          percentiles(lat),
+		"dial_ms":           percentiles(dialOnly),
 		"idle_conns":        *idle,
 		"idle_rss_kib":      after - before,
 		"idle_kib_per_conn": float64(after-before) / float64(*idle),
+		"fds_per_conn":      float64(fdsAfter-fdsBefore) / float64(*idle),
 	})
 	fmt.Println(string(out))
 }
@@ -216,10 +226,10 @@ func up(ctx context.Context, dir, host, controlURL string) *tsnet.Server {
 	if _, err := s.Up(ctx); err != nil {
 		log.Fatalf("%s up: %v", host, err)
 	}
-	// The same 2 s TCP TIME_WAIT the shim sets (capi/node.go, timeWait), so
+	// The same TCP TIME_WAIT the shim sets (capi/node.go, timeWait), so
 	// the baseline differs from the Rust side only by the shim itself.
 	if ns, ok := s.Sys().Netstack.GetOK(); ok {
-		opt := tcpip.TCPTimeWaitTimeoutOption(2 * time.Second)
+		opt := tcpip.TCPTimeWaitTimeoutOption(100 * time.Millisecond)
 		if err := ns.(*netstack.Impl).SetTransportProtocolOption(tcp.ProtocolNumber, &opt); err != nil {
 			log.Fatal(err)
 		}
@@ -239,4 +249,31 @@ func rssKiB() int64 {
 		}
 	}
 	return 0
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// percentiles returns p50, p90 and p99 the way benches/tailnet.rs does.
+func percentiles(v []float64) []float64 {
+	sort.Float64s(v)
+	at := func(p float64) float64 { return v[int(float64(len(v)-1)*p+0.5)] }
+	return []float64{at(0.5), at(0.9), at(0.99)}
+}
+
+func openFDs() int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return 0
+	}
+	return len(ents)
+}
+
+func countOver(v []float64, limit float64) int {
+	n := 0
+	for _, x := range v {
+		if x > limit {
+			n++
+		}
+	}
+	return n
 }
