@@ -159,6 +159,26 @@ impl Tailpass {
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
+    /// Distinct warnings and errors of the log, and the end of a listener.
+    fn log_problems(&self) -> Vec<String> {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let mut seen = std::collections::BTreeMap::<String, usize>::new();
+        for l in s.lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else {
+                continue;
+            };
+            let level = v["level"].as_str().unwrap_or("");
+            let msg = v["fields"]["message"].as_str().unwrap_or("");
+            if level == "WARN" || level == "ERROR" || msg.contains("listener ended") {
+                let what = format!("{level} {msg}: {}", v["fields"]["error"]);
+                *seen.entry(what).or_default() += 1;
+            }
+        }
+        seen.into_iter()
+            .map(|(what, n)| format!("log, {n}x: {what}"))
+            .collect()
+    }
+
     /// Waits until `/healthz` on the admin listener answers 200.
     fn wait_healthy(&mut self, admin: SocketAddr) {
         let t = Instant::now();
@@ -248,7 +268,10 @@ fn raise_nofile() -> (u64, u64) {
 struct Figures {
     opened: u64,
     failed: u64,
+    /// Until the last websocket that opened did.
     open_secs: f64,
+    /// Including retries of failures at the end.
+    wall_secs: f64,
     rss_before: i64,
     rss_after: i64,
     fds_before: i64,
@@ -311,7 +334,8 @@ impl Run<'_> {
         Figures {
             opened: num(&r["opened"]),
             failed: num(&r["failed"]),
-            open_secs: r["seconds"].as_f64().unwrap_or(0.0),
+            open_secs: r["last_open_seconds"].as_f64().unwrap_or(0.0),
+            wall_secs: r["seconds"].as_f64().unwrap_or(0.0),
             rss_before,
             rss_after,
             fds_before,
@@ -361,9 +385,8 @@ access = "tailnet"
             &self.net.fqdn("tp"),
             &state.join("local-ca/ca.pem"),
         );
-        if f.opened < self.n {
-            eprintln!("tailpass log (last lines):\n{}", tp.log_tail());
-        }
+        let mut f = f;
+        f.errors.extend(tp.log_problems());
         f
     }
 
@@ -448,6 +471,12 @@ async fn run() {
     row("websockets open", tp.opened as f64, go.opened as f64, 0);
     row("time to open them, s", tp.open_secs, go.open_secs, 1);
     row(
+        "  with retries of failures, s",
+        tp.wall_secs,
+        go.wall_secs,
+        1,
+    );
+    row(
         "RSS before, KiB",
         tp.rss_before as f64,
         go.rss_before as f64,
@@ -479,7 +508,14 @@ async fn run() {
     );
     for (side, f) in [("tailpass", &tp), ("go", &go)] {
         for e in &f.errors {
-            println!("{side} error: {e}");
+            println!("{side}: {e}");
+        }
+        if f.opened > 0 && f.opened < n {
+            println!(
+                "{side}: {:.0} descriptors per websocket; the hard limit of {hard} fits about {:.0}",
+                f.fds_per_ws(),
+                hard as f64 / f.fds_per_ws().max(1.0)
+            );
         }
     }
 }

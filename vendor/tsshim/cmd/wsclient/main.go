@@ -7,7 +7,7 @@
 // Once one websocket has echoed (the proxy is reachable), it prints
 // {"ready":true} and then answers commands on stdin, one JSON line each:
 //
-//	open N   open N more websockets → {"opened":..,"failed":..,"open":..,"seconds":..,"errors":[..]}
+//	open N   open N more websockets → {"opened":..,"failed":..,"open":..,"seconds":..,"last_open_seconds":..,"errors":[..]}
 //	echo K   echo on K sockets spread over the open ones → {"sampled":K,"ok":..,"errors":[..]}
 //	close    close every socket → {"closed":N}
 //
@@ -165,6 +165,7 @@ func (c *client) openMany(n int) map[string]any {
 		stop   atomic.Bool
 		jobs   = make(chan struct{})
 		t0     = time.Now()
+		last   time.Duration // when the last websocket that opened did
 		start  = len(c.open)
 	)
 	for range c.workers {
@@ -184,6 +185,7 @@ func (c *client) openMany(n int) map[string]any {
 					}
 				} else {
 					c.open = append(c.open, ws)
+					last = time.Since(t0)
 					if k := len(c.open) - start; k%1000 == 0 {
 						fmt.Fprintf(os.Stderr, "wsclient: %d open (%.1f s)\n", k, time.Since(t0).Seconds())
 					}
@@ -202,7 +204,9 @@ func (c *client) openMany(n int) map[string]any {
 		"failed":  failed,
 		"open":    len(c.open),
 		"seconds": time.Since(t0).Seconds(),
-		"errors":  errs,
+		// Differs from seconds when failures were retried at the end.
+		"last_open_seconds": last.Seconds(),
+		"errors":            errs,
 	}
 }
 
