@@ -29,8 +29,7 @@
 //!
 //! Environment: `TAILPASS_BENCH_WS` (count), `TAILPASS_BENCH_WS_CONCURRENCY`
 //! (opens in flight, default 32), `TAILPASS_BENCH_WS_SETTLE` (seconds before
-//! reading the figures, default 5), `TAILPASS_BENCH_WS_ONLY=tailpass|go`,
-//! `TAILPASS_BENCH_LIMITS=1` (adds the `[limits]` table; see LIMITS_TABLE).
+//! reading the figures, default 5), `TAILPASS_BENCH_WS_ONLY=tailpass|go`.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -43,12 +42,10 @@ use std::time::{Duration, Instant};
 
 use support::{TSNET_TEST_KNOBS, TestNet, env_num, free_port, go_program, stop_child};
 
-/// Whether tailpass's config parser knows the `[limits]` table. Until it
-/// does (unknown tables are rejected), the table is left out unless
-/// `TAILPASS_BENCH_LIMITS=1`. Once `[limits]` is in main, flip this to
-/// `true`: every websocket comes from one client node, which a default
-/// per-source cap would otherwise stop long before N.
-const LIMITS_TABLE: bool = false;
+/// Whether the config gets the `[limits]` table: every websocket comes
+/// from one client node, which the default per-source cap (1024) would stop
+/// long before N. (`false` only for a binary older than `[limits]`.)
+const LIMITS_TABLE: bool = true;
 
 const LIMITS: &str = "
 [limits]
@@ -170,7 +167,9 @@ impl Tailpass {
             let level = v["level"].as_str().unwrap_or("");
             let msg = v["fields"]["message"].as_str().unwrap_or("");
             if level == "WARN" || level == "ERROR" || msg.contains("listener ended") {
-                let what = format!("{level} {msg}: {}", v["fields"]["error"]);
+                let f = &v["fields"];
+                let why = f.get("error").or_else(|| f.get("reason"));
+                let what = format!("{level} {msg}: {}", why.unwrap_or(&"-".into()));
                 *seen.entry(what).or_default() += 1;
             }
         }
@@ -349,7 +348,6 @@ impl Run<'_> {
     fn tailpass(&self) -> Figures {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let state = self.dir.join("tp");
-        let limits = LIMITS_TABLE || std::env::var_os("TAILPASS_BENCH_LIMITS").is_some();
         let config = format!(
             r#"
 [tailnet]
@@ -373,7 +371,7 @@ access = "tailnet"
             control = self.net.control_url,
             state = state.display(),
             upstream = self.upstream,
-            limits = if limits { LIMITS } else { "" },
+            limits = if LIMITS_TABLE { LIMITS } else { "" },
         );
         let file = self.dir.join("tailpass.toml");
         std::fs::write(&file, config).unwrap();
