@@ -169,15 +169,15 @@ struct Live {
 }
 
 impl Live {
-    /// A new listener's admission and health. `reserve`: whether it yields
-    /// to the descriptor reserve (every listener but admin).
-    fn door(&self, name: &str, sources: Sources, reserve: bool) -> Door {
+    /// A client listener's admission (the `[limits]` caps, the descriptor
+    /// reserve) and health. The admin listener has its own.
+    fn door(&self, name: &str, sources: Sources) -> Door {
         let gate = Gate::new(
             name,
             self.limits.max_connections,
             self.limits.max_connections_per_source,
             sources,
-            reserve.then(|| self.fds.clone()),
+            Some(self.fds.clone()),
             self.metrics.clone(),
         );
         Door::new(&self.health, gate, self.metrics.clone())
@@ -238,7 +238,7 @@ impl Gateway {
             Some(addr) => {
                 let (l, bound) = bind("loopback", addr).await?;
                 tracing::info!(addr = %bound, "loopback listener");
-                let door = live.door("loopback", Sources::Any, true);
+                let door = live.door("loopback", Sources::Any);
                 tasks.spawn(loopback(l, door, live.clone(), stop.clone()));
                 Some(bound)
             }
@@ -275,7 +275,7 @@ impl Gateway {
             Some(pl) => Some(
                 crate::public::start(
                     pl,
-                    live.door("public", Sources::Public, true),
+                    live.door("public", Sources::Public),
                     live.limits.handshake_timeout,
                     shared_handler(live.clone()),
                     stop.clone(),
@@ -493,7 +493,7 @@ async fn start_node(
         base: format!("https://{fqdn}{}", port_suffix(spec.https_port)),
         https_port: spec.https_port,
     });
-    let door = live.door(&format!("{name} https"), Sources::Exact, true);
+    let door = live.door(&format!("{name} https"), Sources::Exact);
     tasks.spawn(tailnet_https(
         https,
         door,
@@ -507,7 +507,7 @@ async fn start_node(
         let l80 = TailnetAcceptor::open(&node, 80, Kind::Tailnet, None)
             .await
             .map_err(te)?;
-        let door = live.door(&format!("{name} http"), Sources::Exact, true);
+        let door = live.door(&format!("{name} http"), Sources::Exact);
         tasks.spawn(redirect(
             l80,
             door,
@@ -533,7 +533,7 @@ async fn start_node(
                 push_cert(&current, &c);
             }
         });
-        let door = live.door(&format!("{name} funnel"), Sources::Public, true);
+        let door = live.door(&format!("{name} funnel"), Sources::Public);
         tasks.spawn(funnel(f, door, name.clone(), live.clone(), stop.clone()));
     }
     Ok(RunningNode {

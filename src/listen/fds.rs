@@ -125,10 +125,10 @@ impl Fds {
     /// Whether a new client connection would leave fewer than the reserve.
     /// A reserve of 0 turns the check off.
     pub(crate) fn short(&self) -> bool {
+        self.maybe_sample();
         if self.reserve == 0 {
             return false;
         }
-        self.maybe_sample();
         let est = self.sampled.load(Ordering::Acquire)
             + self.since.load(Ordering::Acquire) * FDS_PER_CONNECTION;
         let limit = self.limit.load(Ordering::Acquire);

@@ -29,7 +29,7 @@ use tokio::sync::watch;
 
 pub(crate) use fds::Fds;
 pub use fds::{FdLimit, raise_limit};
-pub(crate) use gate::{Gate, Sources, Ticket};
+pub(crate) use gate::{Gate, Refusal, Sources, Ticket};
 pub(crate) use tailnet::{Kind, TailnetAcceptor, push_cert};
 pub(crate) use watchdog::{Activity, Guarded, Timeouts, Watched};
 
@@ -376,7 +376,11 @@ pub(crate) async fn run<A, F>(
                     Err(why) => {
                         drop(io);
                         door.metrics.refused(&name, why.label());
-                        let b = &mut refusals[why as usize];
+                        let b = &mut refusals[match why {
+                            Refusal::ListenerFull => 0,
+                            Refusal::SourceFull => 1,
+                            Refusal::FdReserve => 2,
+                        }];
                         if let Some(left_out) = b.hit() {
                             tracing::warn!(listener = %name, %peer, reason = why.label(), open = door.gate.open(), not_logged = left_out, "refused a connection");
                         }
