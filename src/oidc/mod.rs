@@ -129,7 +129,7 @@ fn token_error<E: std::error::Error + 'static>(
     match e {
         RequestTokenError::ServerResponse(r) => {
             let code = r.error().to_string();
-            let ended = code == "invalid_grant";
+            let ended = refusal_ends_session(&code);
             let desc = r
                 .error_description()
                 .map(|d| format!(" ({d})"))
@@ -140,6 +140,18 @@ fn token_error<E: std::error::Error + 'static>(
         RequestTokenError::Parse(e, _) => (false, format!("unreadable answer: {e}")),
         RequestTokenError::Other(s) => (false, s),
     }
+}
+
+/// Whether an OAuth error answer to a refresh ends the session (security
+/// invariant 11): every answer does but the two that say "try later". Only
+/// standard codes can be trusted to mean "later"; providers spell refusals
+/// their own way (Pocket ID answers a disabled, deleted or revoked user with
+/// `400 {"error":"Refresh token is invalid or expired"}`, not
+/// `invalid_grant`). Network failures and answers that are not an OAuth
+/// error (an HTML 502 from a proxy) never reach here: they are
+/// "unreachable", and the session is kept.
+fn refusal_ends_session(code: &str) -> bool {
+    !matches!(code, "temporarily_unavailable" | "server_error")
 }
 
 impl Client {
@@ -485,4 +497,50 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_says(body: &str) -> (bool, String) {
+        let r: openidconnect::StandardErrorResponse<openidconnect::core::CoreErrorResponseType> =
+            serde_json::from_str(body).unwrap();
+        token_error::<std::io::Error>(RequestTokenError::ServerResponse(r))
+    }
+
+    #[test]
+    fn every_refusal_ends_the_session_but_try_later() {
+        for body in [
+            r#"{"error":"invalid_grant"}"#,
+            // Pocket ID (v2.3 to v2.9) for a disabled or deleted user.
+            r#"{"error":"Refresh token is invalid or expired"}"#,
+            r#"{"error":"invalid_client"}"#,
+            r#"{"error":"unauthorized_client","error_description":"access revoked"}"#,
+        ] {
+            assert!(server_says(body).0, "{body} must end the session");
+        }
+        for body in [
+            r#"{"error":"temporarily_unavailable"}"#,
+            r#"{"error":"server_error"}"#,
+        ] {
+            assert!(!server_says(body).0, "{body} means try later");
+        }
+        let (_, why) = server_says(r#"{"error":"invalid_grant","error_description":"gone"}"#);
+        assert_eq!(why, "invalid_grant (gone)");
+    }
+
+    #[test]
+    fn unreadable_answers_and_network_failures_keep_the_session() {
+        let e = RequestTokenError::<
+            std::io::Error,
+            openidconnect::StandardErrorResponse<openidconnect::core::CoreErrorResponseType>,
+        >::Other("empty".into());
+        assert!(!token_error(e).0);
+        let e = RequestTokenError::<
+            std::io::Error,
+            openidconnect::StandardErrorResponse<openidconnect::core::CoreErrorResponseType>,
+        >::Request(std::io::Error::other("connection refused"));
+        assert!(!token_error(e).0);
+    }
 }
