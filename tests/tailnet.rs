@@ -676,6 +676,9 @@ async fn accept_survives_a_full_descriptor_table_and_recovers() {
     s.read_to_string(&mut got).await.unwrap();
     assert_eq!(got, "served:hello");
     expect("done").await;
+    // Only now may the child exit: its shim forwards the answer after the
+    // child's own write returned, and an exiting process takes it along.
+    stdin.write_all(b"bye\n").await.unwrap();
     let status = child.wait().await.unwrap();
     assert!(status.success(), "child failed: {status}");
 }
@@ -750,4 +753,5 @@ async fn fd_pressure_child() {
     s.write_all(&buf).await.unwrap();
     s.shutdown().await.unwrap();
     println!("child: done");
+    stdin.next_line().await.unwrap();
 }
