@@ -229,7 +229,7 @@ func up(ctx context.Context, dir, host, controlURL string) *tsnet.Server {
 	// The same TCP TIME_WAIT the shim sets (capi/node.go, timeWait), so
 	// the baseline differs from the Rust side only by the shim itself.
 	if ns, ok := s.Sys().Netstack.GetOK(); ok {
-		opt := tcpip.TCPTimeWaitTimeoutOption(100 * time.Millisecond)
+		opt := tcpip.TCPTimeWaitTimeoutOption(2 * time.Second)
 		if err := ns.(*netstack.Impl).SetTransportProtocolOption(tcp.ProtocolNumber, &opt); err != nil {
 			log.Fatal(err)
 		}
