@@ -22,7 +22,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
-use support::binary::Tailpass;
+use support::binary::{Tailpass, admin_get};
 use support::client::H1;
 use support::{TestNet, free_port, upstream};
 use tailpass::config::Config;
@@ -421,22 +421,6 @@ access = "public"
     )
 }
 
-async fn admin_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
-        .await
-        .ok()?
-        .ok()?;
-    let r = tokio::time::timeout(Duration::from_secs(10), async {
-        H1::try_over(s).await?.try_get("admin", path).await
-    })
-    .await
-    .ok()??;
-    Some((
-        r.status().as_u16(),
-        String::from_utf8_lossy(r.body()).into_owned(),
-    ))
-}
-
 /// One GET over any stream; the status, or `None` if the connection broke.
 async fn try_status<S>(io: S, host: &str) -> Option<u16>
 where
@@ -465,15 +449,7 @@ async fn every_listener_survives_running_out_of_descriptors() {
     let loopback: SocketAddr = format!("127.0.0.1:{}", ports.0).parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", ports.1).parse().unwrap();
     let public: SocketAddr = format!("127.0.0.1:{}", ports.2).parse().unwrap();
-    let t = Instant::now();
-    while !matches!(admin_get(admin, "/healthz").await, Some((200, _))) {
-        assert!(
-            t.elapsed() < Duration::from_secs(90),
-            "never healthy:\n{}",
-            tp.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    tp.wait_healthy(admin).await;
     let t = Instant::now();
     while alice.status().await.unwrap().peer("gw").is_none() {
         assert!(t.elapsed() < Duration::from_secs(60), "gw never seen");
@@ -634,15 +610,7 @@ async fn near_the_descriptor_limit_new_connections_are_refused_and_open_ones_wor
     let tp = Tailpass::start_limited(&cfg, Some(400));
     let loopback: SocketAddr = format!("127.0.0.1:{}", ports.0).parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", ports.1).parse().unwrap();
-    let t = Instant::now();
-    while !matches!(admin_get(admin, "/healthz").await, Some((200, _))) {
-        assert!(
-            t.elapsed() < Duration::from_secs(90),
-            "never healthy:\n{}",
-            tp.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    tp.wait_healthy(admin).await;
     // A keep-alive connection opened before the pressure.
     let mut open = H1::over(tokio::net::TcpStream::connect(loopback).await.unwrap()).await;
     assert_eq!(open.get("localhost", "/", &[]).await.status(), 200);

@@ -9,19 +9,10 @@ mod support;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use support::binary::Tailpass;
+use support::binary::{Tailpass, admin_get};
 use support::client::H1;
 use support::{TestNet, free_port, upstream};
 use tailpass::tailnet::Node;
-
-async fn admin_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
-    let s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let r = H1::over(s).await.get("admin", path, &[]).await;
-    Some((
-        r.status().as_u16(),
-        String::from_utf8_lossy(r.body()).into_owned(),
-    ))
-}
 
 async fn wait_peer(node: &Node, host: &str) {
     let t = Instant::now();
@@ -105,21 +96,9 @@ async fn binary_two_nodes_reload_health_metrics_and_graceful_shutdown() {
     let tp = Tailpass::start(&cfg);
 
     // Health turns 200 once both nodes run.
-    let t = Instant::now();
-    loop {
-        if let Some((200, body)) = admin_get(admin, "/healthz").await {
-            let j: serde_json::Value = serde_json::from_str(&body).unwrap();
-            assert_eq!(j["nodes"]["gw"], "Running");
-            assert_eq!(j["nodes"]["files"], "Running");
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(90),
-            "never healthy:\n{}",
-            tp.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let j = tp.wait_healthy(admin).await;
+    assert_eq!(j["nodes"]["gw"], "Running");
+    assert_eq!(j["nodes"]["files"], "Running");
     for n in [&alice, &bob] {
         wait_peer(n, "gw").await;
         wait_peer(n, "files").await;

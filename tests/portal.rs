@@ -23,41 +23,6 @@ use tailpass::server::{Gateway, Options};
 use tailpass::tailnet::Node;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-/// Log lines of this test binary, to check *why* something was refused.
-static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
-
-struct LogWriter;
-impl std::io::Write for LogWriter {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        LOGS.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn capture_logs() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter("tailpass=info")
-            .with_ansi(false)
-            .with_writer(|| LogWriter)
-            .try_init();
-    });
-}
-
-/// Log text written since `mark` (a length of [`LOGS`]).
-fn logs_since(mark: usize) -> String {
-    let l = LOGS.lock().unwrap();
-    String::from_utf8_lossy(&l[mark.min(l.len())..]).into_owned()
-}
-
-fn log_mark() -> usize {
-    LOGS.lock().unwrap().len()
-}
-
 const SECRET: &str = "test-session-secret-0123456789-abcdefghijklmnop";
 const CLIENT_ID: &str = "tailpass";
 const CLIENT_SECRET: &str = "forge-client-secret";
@@ -549,7 +514,7 @@ async fn forged_tokens_bad_callbacks_roles_and_step_up() {
     let _permit = support::heavy().await;
     let s = stack("session_lifetime = \"6s\"").await;
 
-    capture_logs();
+    support::logs::capture();
     // Control: a correct token signs in.
     let mut b = s.browser(&s.alice);
     let end = b
@@ -574,7 +539,7 @@ async fn forged_tokens_bad_callbacks_roles_and_step_up() {
         (Fault::WrongAtHash, "at_hash"),
     ] {
         s.forge.set_fault(f);
-        let mark = log_mark();
+        let mark = support::logs::mark();
         let mut b = s.browser(&s.alice);
         let end = b.follow(&s.url("/app/")).await;
         // The login page first, then the provider button.
@@ -587,7 +552,7 @@ async fn forged_tokens_bad_callbacks_roles_and_step_up() {
             .follow(&s.url("/auth/oauth2/forge/authorize?rd=%2Fapp%2F"))
             .await;
         assert_eq!(end.status, 502, "{f:?} was accepted: {}", end.url);
-        let logs = logs_since(mark);
+        let logs = support::logs::since(mark);
         let line = logs
             .lines()
             .find(|l| l.contains("sign-in rejected"))

@@ -98,3 +98,42 @@ impl Drop for Tailpass {
         let _ = self.child.wait();
     }
 }
+
+/// `GET path` on the admin listener: status and body, `None` if the
+/// connection cannot be made or breaks (bounded in time).
+pub async fn admin_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    let s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await
+        .ok()?
+        .ok()?;
+    let r = tokio::time::timeout(Duration::from_secs(10), async {
+        super::client::H1::try_over(s)
+            .await?
+            .try_get("admin", path)
+            .await
+    })
+    .await
+    .ok()??;
+    Some((
+        r.status().as_u16(),
+        String::from_utf8_lossy(r.body()).into_owned(),
+    ))
+}
+
+impl Tailpass {
+    /// Waits until `/healthz` on `admin` answers 200; returns its JSON.
+    pub async fn wait_healthy(&self, admin: std::net::SocketAddr) -> serde_json::Value {
+        let t = Instant::now();
+        loop {
+            if let Some((200, body)) = admin_get(admin, "/healthz").await {
+                return serde_json::from_str(&body).unwrap();
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(90),
+                "never healthy:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
