@@ -13,13 +13,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openidconnect::core::{
-    CoreAuthPrompt, CoreAuthenticationFlow, CoreClient, CoreGenderClaim, CoreIdToken,
+    CoreAuthDisplay, CoreAuthPrompt, CoreAuthenticationFlow, CoreClaimName, CoreClaimType,
+    CoreClient, CoreClientAuthMethod, CoreGenderClaim, CoreGrantType, CoreIdToken, CoreJsonWebKey,
+    CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm, CoreResponseMode,
+    CoreResponseType, CoreSubjectIdentifierType,
 };
 use openidconnect::{
-    AccessTokenHash, AdditionalClaims, AuthorizationCode, ClientId, ClientSecret, CsrfToken,
-    EndSessionUrl, IssuerUrl, LogoutRequest, Nonce, OAuth2TokenResponse, PkceCodeChallenge,
-    PkceCodeVerifier, PostLogoutRedirectUrl, ProviderMetadataWithLogout, RedirectUrl, RefreshToken,
-    RequestTokenError, Scope, TokenResponse, UserInfoClaims,
+    AccessTokenHash, AdditionalClaims, AdditionalProviderMetadata, AuthorizationCode, ClientId,
+    ClientSecret, CsrfToken, EndSessionUrl, IssuerUrl, LogoutProviderMetadata, LogoutRequest,
+    Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, PostLogoutRedirectUrl,
+    ProviderMetadata, RedirectUrl, RefreshToken, RequestTokenError, Scope, TokenResponse,
+    UserInfoClaims,
 };
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +35,32 @@ pub use http::{Dialer, HttpClient, HttpError};
 const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
 /// Allowed clock difference for `iat` in the future.
 const SKEW: i64 = 120;
+
+/// Discovery fields beyond the library's: `prompt_values_supported`
+/// (OpenID Connect Prompt Create), read to know whether the provider honours
+/// `prompt=login`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+struct PromptMetadata {
+    #[serde(default)]
+    prompt_values_supported: Option<Vec<String>>,
+}
+impl AdditionalProviderMetadata for PromptMetadata {}
+
+/// A provider's discovery document, with RP-initiated logout and prompt values.
+type Meta = ProviderMetadata<
+    LogoutProviderMetadata<PromptMetadata>,
+    CoreAuthDisplay,
+    CoreClientAuthMethod,
+    CoreClaimName,
+    CoreClaimType,
+    CoreGrantType,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm,
+    CoreJsonWebKey,
+    CoreResponseMode,
+    CoreResponseType,
+    CoreSubjectIdentifierType,
+>;
 
 /// What went wrong talking to a provider. Messages carry no secrets.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +110,8 @@ pub struct Pending {
     pub nonce: String,
     /// The PKCE verifier.
     pub verifier: String,
+    /// `prompt=login` was sent (a new sign-in was asked for).
+    pub prompted_login: bool,
 }
 
 /// A successful login.
@@ -93,8 +125,12 @@ pub struct Login {
     pub id_token: String,
     /// Refresh token, if granted.
     pub refresh_token: Option<String>,
-    /// When the user authenticated (`auth_time`, else now).
-    pub auth_time: i64,
+    /// When the user authenticated, as the provider proved it: the ID
+    /// token's `auth_time`, or (only for a provider configured with
+    /// `trust_prompt_login` that advertises `prompt=login`) the time of a
+    /// sign-in that answered a `prompt=login` request. `None`: unknown,
+    /// which never satisfies a step-up.
+    pub auth_time: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -108,7 +144,7 @@ impl AdditionalClaims for RawClaims {}
 pub struct Client {
     cfg: config::Provider,
     http: HttpClient,
-    meta: tokio::sync::Mutex<Option<(Arc<ProviderMetadataWithLogout>, Instant)>>,
+    meta: tokio::sync::Mutex<Option<(Arc<Meta>, Instant)>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -169,7 +205,7 @@ impl Client {
         &self.cfg
     }
 
-    async fn metadata(&self, force: bool) -> Result<Arc<ProviderMetadataWithLogout>, OidcError> {
+    async fn metadata(&self, force: bool) -> Result<Arc<Meta>, OidcError> {
         let mut cache = self.meta.lock().await;
         if let Some((m, at)) = cache.as_ref()
             && !force
@@ -182,7 +218,7 @@ impl Client {
             reason,
         };
         let issuer = IssuerUrl::new(self.cfg.issuer.clone()).map_err(|e| derr(e.to_string()))?;
-        let m = ProviderMetadataWithLogout::discover_async(issuer, &self.http)
+        let m = Meta::discover_async(issuer, &self.http)
             .await
             .map_err(|e| derr(error_chain(&e)))?;
         let m = Arc::new(m);
@@ -190,7 +226,7 @@ impl Client {
         Ok(m)
     }
 
-    fn client(&self, meta: &ProviderMetadataWithLogout, redirect: &str) -> Result<Core, OidcError> {
+    fn client(&self, meta: &Meta, redirect: &str) -> Result<Core, OidcError> {
         let c = CoreClient::from_provider_metadata(
             meta.clone(),
             ClientId::new(self.cfg.client_id.clone()),
@@ -232,7 +268,8 @@ impl Client {
         if let Some(a) = max_age {
             req = req.set_max_age(Duration::from_secs(a));
         }
-        if fresh || max_age.is_some() {
+        let prompted_login = fresh || max_age.is_some();
+        if prompted_login {
             req = req.add_prompt(CoreAuthPrompt::Login);
         }
         let (url, _, _) = req.url();
@@ -242,6 +279,7 @@ impl Client {
                 state,
                 nonce,
                 verifier: verifier.secret().clone(),
+                prompted_login,
             },
         ))
     }
@@ -277,7 +315,39 @@ impl Client {
                 }
                 r => r.map(|c| (c, client)),
             };
-        let (mut claims, client) = verified.map_err(OidcError::IdToken)?;
+        let (claims, client) = verified.map_err(OidcError::IdToken)?;
+        // Only the signed ID token may say when the user authenticated.
+        let signed_auth_time = claims.get("auth_time").and_then(|v| v.as_i64());
+        let (sub, claims) = self
+            .with_userinfo(&client, claims, token.access_token())
+            .await?;
+        let auth_time = match signed_auth_time {
+            Some(t) => Some(t),
+            None if pending.prompted_login && self.cfg.trust_prompt_login => {
+                // Explicitly trusted (config) and advertised (discovery):
+                // this sign-in answered our `prompt=login` just now.
+                advertises_prompt_login(&meta).then(now)
+            }
+            None => None,
+        };
+        Ok(Login {
+            sub,
+            claims,
+            id_token: id_token.to_string(),
+            refresh_token: token.refresh_token().map(|r| r.secret().clone()),
+            auth_time,
+        })
+    }
+
+    /// The subject of verified ID-token claims, and those claims with the
+    /// userinfo answer added (userinfo adds to, never replaces, what the
+    /// signed ID token says).
+    async fn with_userinfo(
+        &self,
+        client: &Core,
+        mut claims: BTreeMap<String, serde_json::Value>,
+        access: &openidconnect::AccessToken,
+    ) -> Result<(String, BTreeMap<String, serde_json::Value>), OidcError> {
         let sub = claims
             .get("sub")
             .and_then(|v| v.as_str())
@@ -286,14 +356,13 @@ impl Client {
         if client.user_info_url().is_some() {
             let info: UserInfoClaims<RawClaims, CoreGenderClaim> = client
                 .user_info(
-                    token.access_token().clone(),
+                    access.clone(),
                     Some(openidconnect::SubjectIdentifier::new(sub.clone())),
                 )
                 .map_err(|e| OidcError::UserInfo(e.to_string()))?
                 .request_async(&self.http)
                 .await
                 .map_err(|e| OidcError::UserInfo(error_chain(&e)))?;
-            // Userinfo adds to, never replaces, what the signed ID token says.
             for (k, v) in info.additional_claims().map.clone() {
                 claims.entry(k).or_insert(v);
             }
@@ -301,17 +370,7 @@ impl Client {
                 claims.entry(k).or_insert(v);
             }
         }
-        let auth_time = claims
-            .get("auth_time")
-            .and_then(|v| v.as_i64())
-            .unwrap_or_else(now);
-        Ok(Login {
-            sub,
-            claims,
-            id_token: id_token.to_string(),
-            refresh_token: token.refresh_token().map(|r| r.secret().clone()),
-            auth_time,
-        })
+        Ok((sub, claims))
     }
 
     /// Verifies an ID token (and `at_hash` when present); returns its raw claims.
@@ -380,6 +439,13 @@ impl Client {
                         "refreshed ID token names another subject".into(),
                     ));
                 }
+                // The whole claim set again (ID token and userinfo), so a
+                // claim the provider dropped (the last group removed) is
+                // dropped here too.
+                let (_, claims) = self
+                    .with_userinfo(&client, claims, token.access_token())
+                    .await
+                    .map_err(|e| RefreshError::Unavailable(e.to_string()))?;
                 Some((idt.to_string(), claims))
             }
             None => None,
@@ -413,6 +479,15 @@ impl Client {
         }
         Some(req.http_get_url().to_string())
     }
+}
+
+/// Whether discovery lists `login` in `prompt_values_supported`.
+fn advertises_prompt_login(meta: &Meta) -> bool {
+    meta.additional_metadata()
+        .additional_metadata
+        .prompt_values_supported
+        .as_ref()
+        .is_some_and(|v| v.iter().any(|p| p == "login"))
 }
 
 type Core = CoreClient<

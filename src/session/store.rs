@@ -35,8 +35,10 @@ pub struct Record {
     pub refresh_token: Option<String>,
     /// Created (unix seconds).
     pub created: i64,
-    /// Last authentication at the provider (unix seconds).
-    pub auth_time: i64,
+    /// Last authentication at the provider (unix seconds), as far as the
+    /// provider proved it (`None`: unknown; never satisfies a step-up).
+    #[serde(default)]
+    pub auth_time: Option<i64>,
     /// Ends at (unix seconds).
     pub expires: i64,
     /// Last successful refresh or login (unix seconds).
@@ -296,7 +298,7 @@ mod tests {
             id_token: "x.y.z".into(),
             refresh_token: Some("rt".into()),
             created: 1,
-            auth_time: 1,
+            auth_time: Some(1),
             expires,
             refreshed: 1,
         }
