@@ -102,7 +102,8 @@ pub enum RefreshError {
 }
 
 /// Everything the callback must remember between redirect and callback.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Its `Debug` leaves out the PKCE verifier.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Pending {
     /// The `state` sent.
     pub state: String,
@@ -114,8 +115,18 @@ pub struct Pending {
     pub prompted_login: bool,
 }
 
-/// A successful login.
-#[derive(Debug, Clone)]
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("state", &self.state)
+            .field("verifier", &"<redacted>")
+            .field("prompted_login", &self.prompted_login)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A successful login. Its `Debug` leaves out the tokens.
+#[derive(Clone)]
 pub struct Login {
     /// Subject.
     pub sub: String,
@@ -131,6 +142,21 @@ pub struct Login {
     /// sign-in that answered a `prompt=login` request. `None`: unknown,
     /// which never satisfies a step-up.
     pub auth_time: Option<i64>,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login")
+            .field("sub", &self.sub)
+            .field("claims", &self.claims)
+            .field("id_token", &"<redacted>")
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("auth_time", &self.auth_time)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -582,6 +608,26 @@ mod tests {
         let r: openidconnect::StandardErrorResponse<openidconnect::core::CoreErrorResponseType> =
             serde_json::from_str(body).unwrap();
         token_error::<std::io::Error>(RequestTokenError::ServerResponse(r))
+    }
+
+    #[test]
+    fn debug_never_shows_the_verifier_or_tokens() {
+        let p = Pending {
+            state: "st".into(),
+            nonce: "n".into(),
+            verifier: "verifier-secret".into(),
+            prompted_login: false,
+        };
+        let l = Login {
+            sub: "alice".into(),
+            claims: BTreeMap::new(),
+            id_token: "id-secret".into(),
+            refresh_token: Some("refresh-secret".into()),
+            auth_time: None,
+        };
+        let d = format!("{p:?} {l:?}");
+        assert!(d.contains("alice") && d.contains("<redacted>"), "{d}");
+        assert!(!d.contains("secret"), "{d}");
     }
 
     #[test]

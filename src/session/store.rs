@@ -18,8 +18,8 @@ use tokio::sync::watch;
 
 use super::{Binding, Session};
 
-/// One session as kept on disk.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One session as kept on disk. Its `Debug` leaves out the tokens.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     /// Provider name.
     pub provider: String,
@@ -43,6 +43,26 @@ pub struct Record {
     pub expires: i64,
     /// Last successful refresh or login (unix seconds).
     pub refreshed: i64,
+}
+
+impl std::fmt::Debug for Record {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Record")
+            .field("provider", &self.provider)
+            .field("sub", &self.sub)
+            .field("binding", &self.binding)
+            .field("claims", &self.claims)
+            .field("id_token", &"<redacted>")
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("created", &self.created)
+            .field("auth_time", &self.auth_time)
+            .field("expires", &self.expires)
+            .field("refreshed", &self.refreshed)
+            .finish()
+    }
 }
 
 impl Record {
@@ -302,6 +322,16 @@ mod tests {
             expires,
             refreshed: 1,
         }
+    }
+
+    #[test]
+    fn debug_never_shows_tokens() {
+        let mut r = rec(1);
+        r.id_token = "eyJ-id-token-secret".into();
+        r.refresh_token = Some("refresh-token-secret".into());
+        let d = format!("{r:?}");
+        assert!(d.contains("alice") && d.contains("<redacted>"), "{d}");
+        assert!(!d.contains("secret"), "{d}");
     }
 
     #[test]
