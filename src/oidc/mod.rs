@@ -205,15 +205,17 @@ fn token_error<E: std::error::Error + 'static>(
 }
 
 /// Whether an OAuth error answer to a refresh ends the session (security
-/// invariant 11): every answer does but the two that say "try later". Only
-/// standard codes can be trusted to mean "later"; providers spell refusals
-/// their own way (Pocket ID answers a disabled, deleted or revoked user with
+/// invariant 11): every 4xx answer does but `temporarily_unavailable`, the
+/// one standard code that says "try later". Providers spell refusals their
+/// own way (Pocket ID answers a disabled, deleted or revoked user with
 /// `400 {"error":"Refresh token is invalid or expired"}`, not
-/// `invalid_grant`). Network failures and answers that are not an OAuth
-/// error (an HTML 502 from a proxy) never reach here: they are
-/// "unreachable", and the session is kept.
+/// `invalid_grant`), so nothing else may be read as "later". Network
+/// failures, 5xx answers (whatever their body: the HTTP client turns them
+/// into transport errors) and answers that are not an OAuth error (an HTML
+/// page from a proxy) never reach here: they are "unreachable", and the
+/// session is kept for a while.
 fn refusal_ends_session(code: &str) -> bool {
-    !matches!(code, "temporarily_unavailable" | "server_error")
+    code != "temporarily_unavailable"
 }
 
 impl Client {
@@ -638,15 +640,15 @@ mod tests {
             r#"{"error":"Refresh token is invalid or expired"}"#,
             r#"{"error":"invalid_client"}"#,
             r#"{"error":"unauthorized_client","error_description":"access revoked"}"#,
+            // A 5xx never gets here; in a 4xx it is not a "later".
+            r#"{"error":"server_error"}"#,
         ] {
             assert!(server_says(body).0, "{body} must end the session");
         }
-        for body in [
-            r#"{"error":"temporarily_unavailable"}"#,
-            r#"{"error":"server_error"}"#,
-        ] {
-            assert!(!server_says(body).0, "{body} means try later");
-        }
+        assert!(
+            !server_says(r#"{"error":"temporarily_unavailable"}"#).0,
+            "temporarily_unavailable means try later"
+        );
         let (_, why) = server_says(r#"{"error":"invalid_grant","error_description":"gone"}"#);
         assert_eq!(why, "invalid_grant (gone)");
     }
