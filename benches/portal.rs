@@ -99,7 +99,7 @@ fn decision_bench(ops: u64) -> (f64, f64) {
                 id_token: "h.p.s".into(),
                 refresh_token: None,
                 created: t,
-                auth_time: t,
+                auth_time: Some(t),
                 expires: t + 3600,
                 refreshed: t,
             },

@@ -298,8 +298,40 @@ pub fn describe(c: &Config) -> String {
         for r in &c.rules {
             let _ = writeln!(o, "  rule[{}] grants {}", r.index, r.roles.join(", "));
         }
+        let step_up: Vec<_> = c
+            .routes
+            .iter()
+            .filter_map(|r| Some((r, r.login.as_ref()?.max_auth_age?)))
+            .collect();
+        if !step_up.is_empty() {
+            let _ = writeln!(o, "  step-up (proof of a fresh sign-in):");
+        }
+        for (r, age) in &step_up {
+            for p in &c.providers {
+                let how = if p.trust_prompt_login {
+                    "auth_time in its ID tokens, or a sign-in answering prompt=login if its discovery lists it (trust_prompt_login)"
+                } else {
+                    "auth_time in its ID tokens (Pocket ID up to 2.9 sends none: set trust_prompt_login = true for Pocket ID 2.6+)"
+                };
+                let _ = writeln!(
+                    o,
+                    "    {} needs a sign-in at most {} old; {} must prove it with {how}",
+                    r.path,
+                    humantime::format_duration(*age),
+                    p.name
+                );
+            }
+        }
     }
-    let warnings = crate::policy::unsatisfiable(&c.routes, &c.rules);
+    let mut warnings = crate::policy::unsatisfiable(&c.routes, &c.rules);
+    for r in &c.rules {
+        if !r.emails.is_empty() || !r.domains.is_empty() {
+            warnings.push(format!(
+                "rule[{}] matches emails or domains: an email the provider marks email_verified = false never matches. Pocket ID marks every email unverified unless its admin turns on \"Emails verified\" (Application Configuration); a groups rule works without it",
+                r.index
+            ));
+        }
+    }
     if !warnings.is_empty() {
         let _ = writeln!(o);
         for w in warnings {

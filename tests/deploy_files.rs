@@ -6,7 +6,8 @@
 //!   sections and keys it needs; quadlet keys are ones Podman knows;
 //! - every absolute path a unit uses is created by the unit or documented in
 //!   `docs/deploy.md`; every repository file the files mention exists;
-//! - Pocket ID runs the v2 image with `APP_URL` and `ENCRYPTION_KEY`, and none
+//! - Pocket ID runs the v2 image with `APP_URL`, `ENCRYPTION_KEY_FILE` (a
+//!   mounted podman secret) and `ANALYTICS_DISABLED`, and none
 //!   of the variables v2 removed appear anywhere;
 //! - no tailnet sidecar image or container is left anywhere under `deploy/`;
 //! - the example config parses and validates with tailpass's own parser,
@@ -507,14 +508,18 @@ fn pocket_id_container_is_v2_with_its_required_settings() {
         get("ENCRYPTION_KEY").is_none(),
         "ENCRYPTION_KEY must come from a secret"
     );
+    // The key from a podman secret mounted as a file (ENCRYPTION_KEY_FILE,
+    // upstream's recommendation), not an environment variable.
+    let key_file = get("ENCRYPTION_KEY_FILE").expect("ENCRYPTION_KEY_FILE");
     let secrets = u.all("Container", "Secret");
     assert!(
         secrets.iter().any(|s| {
             let opts: BTreeSet<&str> = s.split(',').skip(1).collect();
-            opts.contains("type=env") && opts.contains("target=ENCRYPTION_KEY")
+            opts.contains("type=mount") && opts.contains(format!("target={key_file}").as_str())
         }),
-        "ENCRYPTION_KEY from a podman secret: {secrets:?}"
+        "ENCRYPTION_KEY_FILE from a podman secret mounted there: {secrets:?}"
     );
+    assert_eq!(get("ANALYTICS_DISABLED"), Some("true"), "no heartbeat");
     let ports = u.all("Container", "PublishPort");
     assert_eq!(ports, ["127.0.0.1:1411:1411"], "loopback only");
     assert!(
@@ -541,6 +546,7 @@ fn pocket_id_container_is_v2_with_its_required_settings() {
         "{POCKET_ID_ENV}: APP_URL={app_url}"
     );
     assert!(settings.contains(&("TRUST_PROXY", "true")));
+    assert!(settings.contains(&("ANALYTICS_DISABLED", "true")));
     for (k, _) in &settings {
         assert!(
             !k.contains("KEY") && !k.contains("SECRET") && !k.contains("PASSWORD"),

@@ -14,7 +14,7 @@ mod support;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use support::browser::{Browser, query_param, urlenc};
+use support::browser::{Browser, link_href, query_param, urlenc};
 use support::client::H1;
 use support::forge::{Fault, Forge};
 use support::{TestNet, upstream};
@@ -54,6 +54,8 @@ async fn stack(portal_extra: &str) -> Stack {
     let echo = upstream::start_echo().await;
     let ws = upstream::start_ws_echo().await;
     let dir = tempfile::tempdir().unwrap();
+    // `{issuer}` in the extra lines stands for the forge (more providers).
+    let portal_extra = portal_extra.replace("{issuer}", &forge.issuer);
     let toml = format!(
         r#"
 [[node]]
@@ -441,8 +443,11 @@ async fn login_keeps_the_url_passes_identity_and_logout_ends_everything() {
             &[],
         )
         .await;
-    assert_eq!(out.status, 303);
-    let to = out.location().unwrap();
+    // tailpass's own page says the session ended, whatever the provider
+    // does next; the provider's end-session is a link on it.
+    assert_eq!(out.status, 200, "{}", out.body);
+    assert!(out.body.contains(r#"id="signed-out""#), "{}", out.body);
+    let to = link_href(&out.body, "provider-logout").expect("a link to the provider's sign-out");
     assert!(
         to.starts_with(&format!("{}/logout?", s.forge.issuer)),
         "{to}"
@@ -463,6 +468,29 @@ async fn login_keeps_the_url_passes_identity_and_logout_ends_everything() {
     );
     // The old cookie is dead (revoked server-side, not just cleared).
     assert_eq!(s.app_status_with(&s.alice, &cookie).await, 302);
+
+    // The next sign-in from that browser asks the provider for a new
+    // authentication (a provider session that lives on cannot undo the
+    // sign-out silently), and only that one.
+    let end = b
+        .follow(&s.url("/auth/oauth2/forge/authorize?rd=%2Fapp%2F"))
+        .await;
+    assert_eq!(end.status, 200);
+    let prompts: Vec<Option<String>> = s
+        .forge
+        .authorize_requests()
+        .iter()
+        .rev()
+        .take(1)
+        .map(|a| a["prompt"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(prompts, [Some("login".to_string())], "after a sign-out");
+    let end = b
+        .follow(&s.url("/auth/oauth2/forge/authorize?rd=%2Fapp%2F"))
+        .await;
+    assert_eq!(end.status, 200);
+    let last = s.forge.authorize_requests().pop().unwrap();
+    assert!(last["prompt"].is_null(), "marker not cleared: {last}");
 
     // A session still alive survives a restart; the revoked one stays revoked.
     let mut b2 = s.browser(&s.alice);
@@ -714,4 +742,192 @@ roles = ["admn"]
         "{text}"
     );
     assert!(!text.contains("very-secret"), "secret printed: {text}");
+}
+
+/// Issue #11: a refresh refused with any OAuth error ends the session and
+/// closes its websocket; failures that may pass (5xx whatever its body,
+/// `temporarily_unavailable`) keep it, back off (never a token call per
+/// request), and end it once `refresh_interval + refresh_grace` has passed.
+/// The forging provider is used because no real provider can be told to
+/// fail on cue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_failures_back_off_and_end_the_session_when_they_must() {
+    let _permit = support::heavy().await;
+    let s = stack("refresh_interval = \"1s\"\nrefresh_grace = \"5s\"").await;
+    support::logs::capture();
+    let login = async |b: &mut Browser| {
+        let end = b
+            .follow(&s.url("/auth/oauth2/forge/authorize?rd=%2Fapp%2F"))
+            .await;
+        assert_eq!(
+            (end.status, end.url.as_str()),
+            (200, s.url("/app/").as_str())
+        );
+    };
+    let mut b = s.browser(&s.alice);
+    login(&mut b).await;
+
+    // A due refresh happens, with the rotated token.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(b.get(&s.url("/app/")).await.status, 200);
+    assert_eq!(s.forge.refresh_requests(), 1);
+    let last_ok = std::time::Instant::now();
+
+    // The provider fails in ways that may pass: the session is kept, and
+    // 40 requests over 4 s cause a handful of token calls, not 40.
+    s.forge
+        .set_refresh_answer(Some((503, serde_json::json!({"error": "invalid_grant"}))));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for i in 0..40 {
+        if i == 20 {
+            s.forge.set_refresh_answer(Some((
+                400,
+                serde_json::json!({"error": "temporarily_unavailable"}),
+            )));
+        }
+        assert_eq!(b.get(&s.url("/app/")).await.status, 200, "request {i}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let calls = s.forge.refresh_requests() - 1;
+    assert!(
+        (1..=4).contains(&calls),
+        "{calls} token calls for 40 requests"
+    );
+    assert!(support::logs::since(0).contains("cannot refresh the session now; kept"));
+
+    // Past refresh_interval + refresh_grace without a successful refresh,
+    // the session ends.
+    let ended = loop {
+        let st = b.get(&s.url("/app/")).await.status;
+        if st == 302 {
+            break last_ok.elapsed();
+        }
+        assert_eq!(st, 200);
+        assert!(last_ok.elapsed() < Duration::from_secs(15), "never ended");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(
+        ended >= Duration::from_secs(5),
+        "ended after {ended:?}, before refresh_interval + refresh_grace"
+    );
+    assert!(support::logs::since(0).contains("within refresh_interval + refresh_grace; ending it"));
+    let calls = s.forge.refresh_requests() - 1;
+    assert!(
+        calls <= 6,
+        "{calls} token calls while the provider was down"
+    );
+
+    // A refusal in the provider's own words (Pocket ID's, for a disabled
+    // user) ends the session at once, websocket included.
+    s.forge.set_refresh_answer(None);
+    let mut b = s.browser(&s.alice);
+    login(&mut b).await;
+    let cookie = s.session_cookie(&b).unwrap();
+    let mut ws = open_ws(&s, &s.alice, &cookie).await;
+    s.forge.set_refresh_answer(Some((
+        400,
+        serde_json::json!({"error": "Refresh token is invalid or expired"}),
+    )));
+    let t = std::time::Instant::now();
+    assert!(
+        closed_within(&mut ws, Duration::from_secs(6)).await,
+        "websocket outlived the provider's refusal"
+    );
+    assert_eq!(b.get(&s.url("/app/")).await.status, 302);
+    assert!(
+        support::logs::since(0).contains("Refresh token is invalid or expired"),
+        "the provider's words are logged"
+    );
+    eprintln!("refusal to session end: {:?}", t.elapsed());
+    s.gw.shutdown().await;
+}
+
+/// Issue #11: step-up is satisfied only by proof of a fresh sign-in. An ID
+/// token without `auth_time` (Pocket ID up to 2.9) gets a clear 403, not a
+/// silent pass and not a redirect loop; `trust_prompt_login` accepts a
+/// sign-in that answered `prompt=login` only when discovery says the
+/// provider supports it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_up_needs_proof_of_a_fresh_sign_in() {
+    let _permit = support::heavy().await;
+    let trusting = |name: &str| {
+        format!(
+            "\n[[provider]]\nname = \"{name}\"\nissuer = \"{{issuer}}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = {{ env = \"CLIENT_SECRET\" }}\ntrust_prompt_login = true\n"
+        )
+    };
+    let s = stack(&format!(
+        "{}{}",
+        trusting("trusting-old"),
+        trusting("trusting")
+    ))
+    .await;
+    s.forge
+        .set_claims(serde_json::json!({"groups": ["admins"]}));
+    s.forge.omit_auth_time(true);
+
+    let step_up = async |b: &mut Browser, provider: &str| {
+        let end = b
+            .follow(&s.url(&format!("/auth/oauth2/{provider}/authorize?rd=%2Fapp%2F")))
+            .await;
+        assert_eq!(
+            (end.status, end.url.as_str()),
+            (200, s.url("/app/").as_str())
+        );
+        let p = b.get(&s.url("/admin/")).await;
+        assert_eq!(p.status, 302, "no auth_time must not count as fresh");
+        let to = p.location().unwrap();
+        assert!(to.contains("max_age=3"), "{to}");
+        let visited = b.visited.len();
+        let end = b.follow(&to).await;
+        let last = s.forge.authorize_requests().pop().unwrap();
+        assert_eq!(last["prompt"], "login");
+        assert_eq!(last["max_age"], "3");
+        (end, b.visited.len() - visited)
+    };
+
+    // No auth_time, provider not trusted for prompt=login: refused plainly.
+    let mut b = s.browser(&s.alice);
+    let (end, hops) = step_up(&mut b, "forge").await;
+    assert_eq!(end.status, 403, "{}", end.body);
+    assert!(
+        end.body.contains(r#"id="no-fresh-sign-in""#),
+        "{}",
+        end.body
+    );
+    assert!(
+        end.body
+            .contains("cannot prove a fresh sign-in: its ID token has no auth_time")
+    );
+    assert!(hops <= 4, "a redirect loop: {hops} hops");
+    // The session is unchanged: what needs no fresh sign-in still works.
+    assert_eq!(b.get(&s.url("/app/")).await.status, 200);
+    assert_eq!(b.get(&s.url("/admin/")).await.status, 302);
+
+    // Trusted, but discovery does not list prompt=login (Pocket ID 2.3):
+    // still refused.
+    let mut b = s.browser(&s.alice);
+    let (end, _) = step_up(&mut b, "trusting-old").await;
+    assert_eq!(end.status, 403, "{}", end.body);
+    assert!(
+        end.body.contains("does not list prompt=login"),
+        "{}",
+        end.body
+    );
+
+    // Trusted and advertised (Pocket ID 2.6+): the sign-in that answered
+    // prompt=login counts as fresh, for max_auth_age and no longer.
+    s.forge
+        .set_prompt_values(Some(&["none", "login", "consent"]));
+    let mut b = s.browser(&s.alice);
+    let (end, _) = step_up(&mut b, "trusting").await;
+    assert_eq!(
+        (end.status, end.url.as_str()),
+        (200, s.url("/admin/").as_str()),
+        "{}",
+        end.body
+    );
+    assert_eq!(b.get(&s.url("/admin/")).await.status, 200);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(b.get(&s.url("/admin/")).await.status, 302, "fresh for ever");
+    s.gw.shutdown().await;
 }

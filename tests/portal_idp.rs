@@ -9,7 +9,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::browser::{Browser, parse_form, query_param};
+use support::browser::{Browser, link_href, parse_form, query_param};
 use support::stack::{Seed, SeedOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,7 +123,8 @@ async fn seed_topology_login_groups_refresh_step_up_and_logout() {
     let t2 = auth_time(&mut b).await;
     assert!(t2 > t1, "auth_time did not move: {t1} → {t2}");
 
-    // Logout chains to the provider's end_session with id_token_hint and comes back.
+    // Logout: tailpass's page first, then the provider's end_session (with
+    // id_token_hint) from its link, and back.
     let out = b
         .send(
             "POST",
@@ -132,8 +133,9 @@ async fn seed_topology_login_groups_refresh_step_up_and_logout() {
             &[],
         )
         .await;
-    assert_eq!(out.status, 303);
-    let to = out.location().unwrap();
+    assert_eq!(out.status, 200, "{}", out.body);
+    assert!(out.body.contains(r#"id="signed-out""#), "{}", out.body);
+    let to = link_href(&out.body, "provider-logout").expect("a link to the provider's sign-out");
     assert!(
         to.starts_with(&format!("https://{auth_host}/session/end?")),
         "{to}"

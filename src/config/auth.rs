@@ -23,6 +23,7 @@ pub(super) struct RawPortal {
     retired_session_secrets: Vec<SecretRef>,
     session_lifetime: Option<String>,
     refresh_interval: Option<String>,
+    refresh_grace: Option<String>,
     cookie_name: Option<String>,
     cookie_domain: Option<String>,
     #[serde(default)]
@@ -42,6 +43,8 @@ pub(super) struct RawProvider {
     client_secret: Option<SecretRef>,
     scopes: Option<Vec<String>>,
     ca_file: Option<PathBuf>,
+    #[serde(default)]
+    trust_prompt_login: bool,
 }
 
 #[derive(Deserialize)]
@@ -85,6 +88,10 @@ pub struct Portal {
     /// How often a session is refreshed at its provider (when it granted a
     /// refresh token); bounds how long a session ended there lives here.
     pub refresh_interval: Duration,
+    /// How long a session whose refresh keeps failing for a reason that may
+    /// pass (network, 5xx, `temporarily_unavailable`) lives on past its
+    /// refresh interval before it ends too.
+    pub refresh_grace: Duration,
     /// Cookie name.
     pub cookie_name: String,
     /// Cookie domain (`None`: host-only cookie).
@@ -115,6 +122,12 @@ pub struct Provider {
     pub scopes: Vec<String>,
     /// Extra CA (PEM) trusted for the provider's HTTPS.
     pub ca_file: Option<PathBuf>,
+    /// Count a sign-in that answered a `prompt=login` request as fresh
+    /// even without `auth_time` in the ID token, provided the provider's
+    /// discovery document lists `login` in `prompt_values_supported`
+    /// (Pocket ID 2.6 to 2.9 re-authenticate on `prompt=login` but send no
+    /// `auth_time`; earlier versions ignore `prompt` and do not list it).
+    pub trust_prompt_login: bool,
 }
 
 /// Default scopes: what Pocket ID needs for email, name and groups, plus
@@ -238,6 +251,12 @@ pub(super) fn validate_portal(
         Duration::from_secs(300),
         p,
     );
+    let refresh_grace = parse_duration(
+        "portal.refresh_grace",
+        &raw.refresh_grace,
+        Duration::from_secs(600),
+        p,
+    );
     let cookie_name = raw.cookie_name.unwrap_or_else(|| "tailpass_session".into());
     if cookie_name.is_empty()
         || !cookie_name
@@ -263,6 +282,7 @@ pub(super) fn validate_portal(
         retired_session_secrets: retired,
         session_lifetime,
         refresh_interval,
+        refresh_grace,
         cookie_name,
         cookie_domain,
         redirect_hosts: raw
@@ -347,6 +367,7 @@ pub(super) fn validate_providers(
             client_secret,
             scopes,
             ca_file: r.ca_file,
+            trust_prompt_login: r.trust_prompt_login,
         });
     }
     out

@@ -59,6 +59,15 @@ pub enum HttpError {
     /// No answer in time.
     #[error("{0} did not answer within 15 s")]
     Timeout(String),
+    /// The provider answered with a server error (5xx): whatever its body
+    /// says, it is a failure that may pass, never a verdict on the session.
+    #[error("{host} answered {status}")]
+    ServerError {
+        /// Host.
+        host: String,
+        /// The status.
+        status: u16,
+    },
 }
 
 /// Where tailnet names are dialed from.
@@ -244,7 +253,20 @@ impl<'c> openidconnect::AsyncHttpClient<'c> for HttpClient {
         Pin<Box<dyn Future<Output = Result<http::Response<Vec<u8>>, HttpError>> + Send + 'c>>;
 
     fn call(&'c self, request: http::Request<Vec<u8>>) -> Self::Future {
-        Box::pin(self.send(request))
+        // The OIDC library reads any non-200 answer with a JSON `error` as
+        // the provider's verdict; a 5xx is not one (a proxy's 502, a
+        // provider restarting), so it becomes a transport failure here.
+        let host = request.uri().host().unwrap_or_default().to_string();
+        Box::pin(async move {
+            let r = self.send(request).await?;
+            if r.status().is_server_error() {
+                return Err(HttpError::ServerError {
+                    host,
+                    status: r.status().as_u16(),
+                });
+            }
+            Ok(r)
+        })
     }
 }
 

@@ -13,13 +13,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openidconnect::core::{
-    CoreAuthPrompt, CoreAuthenticationFlow, CoreClient, CoreGenderClaim, CoreIdToken,
+    CoreAuthDisplay, CoreAuthPrompt, CoreAuthenticationFlow, CoreClaimName, CoreClaimType,
+    CoreClient, CoreClientAuthMethod, CoreGenderClaim, CoreGrantType, CoreIdToken, CoreJsonWebKey,
+    CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm, CoreResponseMode,
+    CoreResponseType, CoreSubjectIdentifierType,
 };
 use openidconnect::{
-    AccessTokenHash, AdditionalClaims, AuthorizationCode, ClientId, ClientSecret, CsrfToken,
-    EndSessionUrl, IssuerUrl, LogoutRequest, Nonce, OAuth2TokenResponse, PkceCodeChallenge,
-    PkceCodeVerifier, PostLogoutRedirectUrl, ProviderMetadataWithLogout, RedirectUrl, RefreshToken,
-    RequestTokenError, Scope, TokenResponse, UserInfoClaims,
+    AccessTokenHash, AdditionalClaims, AdditionalProviderMetadata, AuthorizationCode, ClientId,
+    ClientSecret, CsrfToken, EndSessionUrl, IssuerUrl, LogoutProviderMetadata, LogoutRequest,
+    Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, PostLogoutRedirectUrl,
+    ProviderMetadata, RedirectUrl, RefreshToken, RequestTokenError, Scope, TokenResponse,
+    UserInfoClaims,
 };
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +35,32 @@ pub use http::{Dialer, HttpClient, HttpError};
 const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
 /// Allowed clock difference for `iat` in the future.
 const SKEW: i64 = 120;
+
+/// Discovery fields beyond the library's: `prompt_values_supported`
+/// (OpenID Connect Prompt Create), read to know whether the provider honours
+/// `prompt=login`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+struct PromptMetadata {
+    #[serde(default)]
+    prompt_values_supported: Option<Vec<String>>,
+}
+impl AdditionalProviderMetadata for PromptMetadata {}
+
+/// A provider's discovery document, with RP-initiated logout and prompt values.
+type Meta = ProviderMetadata<
+    LogoutProviderMetadata<PromptMetadata>,
+    CoreAuthDisplay,
+    CoreClientAuthMethod,
+    CoreClaimName,
+    CoreClaimType,
+    CoreGrantType,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm,
+    CoreJsonWebKey,
+    CoreResponseMode,
+    CoreResponseType,
+    CoreSubjectIdentifierType,
+>;
 
 /// What went wrong talking to a provider. Messages carry no secrets.
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +102,8 @@ pub enum RefreshError {
 }
 
 /// Everything the callback must remember between redirect and callback.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Its `Debug` leaves out the PKCE verifier.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Pending {
     /// The `state` sent.
     pub state: String,
@@ -80,10 +111,22 @@ pub struct Pending {
     pub nonce: String,
     /// The PKCE verifier.
     pub verifier: String,
+    /// `prompt=login` was sent (a new sign-in was asked for).
+    pub prompted_login: bool,
 }
 
-/// A successful login.
-#[derive(Debug, Clone)]
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("state", &self.state)
+            .field("verifier", &"<redacted>")
+            .field("prompted_login", &self.prompted_login)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A successful login. Its `Debug` leaves out the tokens.
+#[derive(Clone)]
 pub struct Login {
     /// Subject.
     pub sub: String,
@@ -93,8 +136,27 @@ pub struct Login {
     pub id_token: String,
     /// Refresh token, if granted.
     pub refresh_token: Option<String>,
-    /// When the user authenticated (`auth_time`, else now).
-    pub auth_time: i64,
+    /// When the user authenticated, as the provider proved it: the ID
+    /// token's `auth_time`, or (only for a provider configured with
+    /// `trust_prompt_login` that advertises `prompt=login`) the time of a
+    /// sign-in that answered a `prompt=login` request. `None`: unknown,
+    /// which never satisfies a step-up.
+    pub auth_time: Option<i64>,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login")
+            .field("sub", &self.sub)
+            .field("claims", &self.claims)
+            .field("id_token", &"<redacted>")
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("auth_time", &self.auth_time)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -108,7 +170,7 @@ impl AdditionalClaims for RawClaims {}
 pub struct Client {
     cfg: config::Provider,
     http: HttpClient,
-    meta: tokio::sync::Mutex<Option<(Arc<ProviderMetadataWithLogout>, Instant)>>,
+    meta: tokio::sync::Mutex<Option<(Arc<Meta>, Instant)>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -143,15 +205,17 @@ fn token_error<E: std::error::Error + 'static>(
 }
 
 /// Whether an OAuth error answer to a refresh ends the session (security
-/// invariant 11): every answer does but the two that say "try later". Only
-/// standard codes can be trusted to mean "later"; providers spell refusals
-/// their own way (Pocket ID answers a disabled, deleted or revoked user with
+/// invariant 11): every 4xx answer does but `temporarily_unavailable`, the
+/// one standard code that says "try later". Providers spell refusals their
+/// own way (Pocket ID answers a disabled, deleted or revoked user with
 /// `400 {"error":"Refresh token is invalid or expired"}`, not
-/// `invalid_grant`). Network failures and answers that are not an OAuth
-/// error (an HTML 502 from a proxy) never reach here: they are
-/// "unreachable", and the session is kept.
+/// `invalid_grant`), so nothing else may be read as "later". Network
+/// failures, 5xx answers (whatever their body: the HTTP client turns them
+/// into transport errors) and answers that are not an OAuth error (an HTML
+/// page from a proxy) never reach here: they are "unreachable", and the
+/// session is kept for a while.
 fn refusal_ends_session(code: &str) -> bool {
-    !matches!(code, "temporarily_unavailable" | "server_error")
+    code != "temporarily_unavailable"
 }
 
 impl Client {
@@ -169,7 +233,7 @@ impl Client {
         &self.cfg
     }
 
-    async fn metadata(&self, force: bool) -> Result<Arc<ProviderMetadataWithLogout>, OidcError> {
+    async fn metadata(&self, force: bool) -> Result<Arc<Meta>, OidcError> {
         let mut cache = self.meta.lock().await;
         if let Some((m, at)) = cache.as_ref()
             && !force
@@ -182,7 +246,7 @@ impl Client {
             reason,
         };
         let issuer = IssuerUrl::new(self.cfg.issuer.clone()).map_err(|e| derr(e.to_string()))?;
-        let m = ProviderMetadataWithLogout::discover_async(issuer, &self.http)
+        let m = Meta::discover_async(issuer, &self.http)
             .await
             .map_err(|e| derr(error_chain(&e)))?;
         let m = Arc::new(m);
@@ -190,7 +254,7 @@ impl Client {
         Ok(m)
     }
 
-    fn client(&self, meta: &ProviderMetadataWithLogout, redirect: &str) -> Result<Core, OidcError> {
+    fn client(&self, meta: &Meta, redirect: &str) -> Result<Core, OidcError> {
         let c = CoreClient::from_provider_metadata(
             meta.clone(),
             ClientId::new(self.cfg.client_id.clone()),
@@ -232,7 +296,8 @@ impl Client {
         if let Some(a) = max_age {
             req = req.set_max_age(Duration::from_secs(a));
         }
-        if fresh || max_age.is_some() {
+        let prompted_login = fresh || max_age.is_some();
+        if prompted_login {
             req = req.add_prompt(CoreAuthPrompt::Login);
         }
         let (url, _, _) = req.url();
@@ -242,6 +307,7 @@ impl Client {
                 state,
                 nonce,
                 verifier: verifier.secret().clone(),
+                prompted_login,
             },
         ))
     }
@@ -277,7 +343,39 @@ impl Client {
                 }
                 r => r.map(|c| (c, client)),
             };
-        let (mut claims, client) = verified.map_err(OidcError::IdToken)?;
+        let (claims, client) = verified.map_err(OidcError::IdToken)?;
+        // Only the signed ID token may say when the user authenticated.
+        let signed_auth_time = claims.get("auth_time").and_then(|v| v.as_i64());
+        let (sub, claims) = self
+            .with_userinfo(&client, claims, token.access_token())
+            .await?;
+        let auth_time = match signed_auth_time {
+            Some(t) => Some(t),
+            None if pending.prompted_login && self.cfg.trust_prompt_login => {
+                // Explicitly trusted (config) and advertised (discovery):
+                // this sign-in answered our `prompt=login` just now.
+                advertises_prompt_login(&meta).then(now)
+            }
+            None => None,
+        };
+        Ok(Login {
+            sub,
+            claims,
+            id_token: id_token.to_string(),
+            refresh_token: token.refresh_token().map(|r| r.secret().clone()),
+            auth_time,
+        })
+    }
+
+    /// The subject of verified ID-token claims, and those claims with the
+    /// userinfo answer added (userinfo adds to, never replaces, what the
+    /// signed ID token says).
+    async fn with_userinfo(
+        &self,
+        client: &Core,
+        mut claims: BTreeMap<String, serde_json::Value>,
+        access: &openidconnect::AccessToken,
+    ) -> Result<(String, BTreeMap<String, serde_json::Value>), OidcError> {
         let sub = claims
             .get("sub")
             .and_then(|v| v.as_str())
@@ -286,14 +384,13 @@ impl Client {
         if client.user_info_url().is_some() {
             let info: UserInfoClaims<RawClaims, CoreGenderClaim> = client
                 .user_info(
-                    token.access_token().clone(),
+                    access.clone(),
                     Some(openidconnect::SubjectIdentifier::new(sub.clone())),
                 )
                 .map_err(|e| OidcError::UserInfo(e.to_string()))?
                 .request_async(&self.http)
                 .await
                 .map_err(|e| OidcError::UserInfo(error_chain(&e)))?;
-            // Userinfo adds to, never replaces, what the signed ID token says.
             for (k, v) in info.additional_claims().map.clone() {
                 claims.entry(k).or_insert(v);
             }
@@ -301,17 +398,7 @@ impl Client {
                 claims.entry(k).or_insert(v);
             }
         }
-        let auth_time = claims
-            .get("auth_time")
-            .and_then(|v| v.as_i64())
-            .unwrap_or_else(now);
-        Ok(Login {
-            sub,
-            claims,
-            id_token: id_token.to_string(),
-            refresh_token: token.refresh_token().map(|r| r.secret().clone()),
-            auth_time,
-        })
+        Ok((sub, claims))
     }
 
     /// Verifies an ID token (and `at_hash` when present); returns its raw claims.
@@ -380,6 +467,13 @@ impl Client {
                         "refreshed ID token names another subject".into(),
                     ));
                 }
+                // The whole claim set again (ID token and userinfo), so a
+                // claim the provider dropped (the last group removed) is
+                // dropped here too.
+                let (_, claims) = self
+                    .with_userinfo(&client, claims, token.access_token())
+                    .await
+                    .map_err(|e| RefreshError::Unavailable(e.to_string()))?;
                 Some((idt.to_string(), claims))
             }
             None => None,
@@ -413,6 +507,15 @@ impl Client {
         }
         Some(req.http_get_url().to_string())
     }
+}
+
+/// Whether discovery lists `login` in `prompt_values_supported`.
+fn advertises_prompt_login(meta: &Meta) -> bool {
+    meta.additional_metadata()
+        .additional_metadata
+        .prompt_values_supported
+        .as_ref()
+        .is_some_and(|v| v.iter().any(|p| p == "login"))
 }
 
 type Core = CoreClient<
@@ -510,6 +613,26 @@ mod tests {
     }
 
     #[test]
+    fn debug_never_shows_the_verifier_or_tokens() {
+        let p = Pending {
+            state: "st".into(),
+            nonce: "n".into(),
+            verifier: "verifier-secret".into(),
+            prompted_login: false,
+        };
+        let l = Login {
+            sub: "alice".into(),
+            claims: BTreeMap::new(),
+            id_token: "id-secret".into(),
+            refresh_token: Some("refresh-secret".into()),
+            auth_time: None,
+        };
+        let d = format!("{p:?} {l:?}");
+        assert!(d.contains("alice") && d.contains("<redacted>"), "{d}");
+        assert!(!d.contains("secret"), "{d}");
+    }
+
+    #[test]
     fn every_refusal_ends_the_session_but_try_later() {
         for body in [
             r#"{"error":"invalid_grant"}"#,
@@ -517,15 +640,15 @@ mod tests {
             r#"{"error":"Refresh token is invalid or expired"}"#,
             r#"{"error":"invalid_client"}"#,
             r#"{"error":"unauthorized_client","error_description":"access revoked"}"#,
+            // A 5xx never gets here; in a 4xx it is not a "later".
+            r#"{"error":"server_error"}"#,
         ] {
             assert!(server_says(body).0, "{body} must end the session");
         }
-        for body in [
-            r#"{"error":"temporarily_unavailable"}"#,
-            r#"{"error":"server_error"}"#,
-        ] {
-            assert!(!server_says(body).0, "{body} means try later");
-        }
+        assert!(
+            !server_says(r#"{"error":"temporarily_unavailable"}"#).0,
+            "temporarily_unavailable means try later"
+        );
         let (_, why) = server_says(r#"{"error":"invalid_grant","error_description":"gone"}"#);
         assert_eq!(why, "invalid_grant (gone)");
     }

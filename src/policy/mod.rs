@@ -204,8 +204,10 @@ fn login_check(route: &Route, c: &Caller<'_>) -> Option<LoginCheck> {
             c.roles.iter().cloned().collect::<Vec<_>>().join(", ")
         )));
     }
+    // An unknown sign-in time (no `auth_time` from the provider) is never
+    // fresh enough.
     if let Some(max) = req.max_auth_age
-        && c.now - s.auth_time > max.as_secs() as i64
+        && s.auth_time.is_none_or(|t| c.now - t > max.as_secs() as i64)
     {
         return Some(LoginCheck::Stale(max.as_secs()));
     }

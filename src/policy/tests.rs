@@ -47,7 +47,7 @@ fn session(provider: &str, email: &str, claims: serde_json::Value, auth_time: i6
         email: Some(email.to_ascii_lowercase()),
         name: None,
         claims: c,
-        auth_time,
+        auth_time: Some(auth_time),
         expires: 2_000_000,
     }
 }
@@ -307,6 +307,18 @@ access = "login"
     ));
     assert!(matches!(
         eval(admin_r, M::GET, &alice, Some(&old_admin)),
+        Login {
+            max_age: Some(600),
+            ..
+        }
+    ));
+    // A sign-in time the provider did not prove is never fresh.
+    let unproven = Session {
+        auth_time: None,
+        ..fresh_admin.clone()
+    };
+    assert!(matches!(
+        eval(admin_r, M::GET, &alice, Some(&unproven)),
         Login {
             max_age: Some(600),
             ..

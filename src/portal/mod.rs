@@ -69,6 +69,25 @@ pub struct Portal {
     // refreshes in progress carry over.
     pending: Arc<Mutex<pending::Pending<PendingLogin>>>,
     refreshing: Arc<tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    // Sessions whose last refresh failed for a reason that may pass: when
+    // to try again (never a token call per request while it is down).
+    retry: Arc<Mutex<HashMap<String, Retry>>>,
+}
+
+/// Backoff of a session whose refresh keeps failing.
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    failures: u32,
+    next: Instant,
+}
+
+/// The wait after `failures` failed refreshes in a row: 2 s, doubling, at
+/// most the refresh interval (at least 5 s, at most 5 min).
+fn retry_delay(failures: u32, interval: Duration) -> Duration {
+    let cap = interval.clamp(Duration::from_secs(5), Duration::from_secs(300));
+    Duration::from_secs(2)
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(cap)
 }
 
 impl std::fmt::Debug for Portal {
@@ -106,6 +125,28 @@ fn login_cookie(cfg: &config::Portal, value: &str, max_age: i64) -> String {
         .max_age(cookie::time::Duration::seconds(max_age))
         .build()
         .to_string()
+}
+
+/// The `Set-Cookie` value of the marker a sign-out leaves: the browser's
+/// next sign-in asks the provider for a new authentication
+/// (`prompt=login`), so signing out here is never undone by a silent
+/// sign-in at a provider whose own session lives on. Scoped like the
+/// session cookie's domain, to the sign-in URLs.
+fn signed_out_cookie(cfg: &config::Portal, on: bool) -> String {
+    let mut c = cookie::Cookie::build((signed_out_cookie_name(cfg), if on { "1" } else { "" }))
+        .path(format!("{}/oauth2/", cfg.prefix))
+        .http_only(true)
+        .secure(true)
+        .same_site(cookie::SameSite::Lax)
+        .max_age(cookie::time::Duration::seconds(if on { 86_400 } else { 0 }));
+    if let Some(d) = &cfg.cookie_domain {
+        c = c.domain(d.clone());
+    }
+    c.build().to_string()
+}
+
+fn signed_out_cookie_name(cfg: &config::Portal) -> String {
+    format!("{}_signed_out", cfg.cookie_name)
 }
 
 fn login_cookie_name(cfg: &config::Portal) -> String {
@@ -216,6 +257,7 @@ impl Portal {
             cfg,
             pending: previous.map(|p| p.pending.clone()).unwrap_or_default(),
             refreshing: previous.map(|p| p.refreshing.clone()).unwrap_or_default(),
+            retry: previous.map(|p| p.retry.clone()).unwrap_or_default(),
         }))
     }
 
@@ -284,13 +326,32 @@ impl Portal {
     }
 
     /// Refreshes `rec` at its provider when the refresh interval has passed
-    /// (or `force`). Returns `None` when the provider ended the session
-    /// (it is then revoked here too).
+    /// (or `force`). Returns `None` when the session ended: the provider
+    /// refused the refresh (any OAuth error answer but "try later"), or it
+    /// could not be refreshed for longer than `refresh_grace` past its
+    /// interval. It is then revoked here too, which closes its websockets.
+    /// Failures that may pass keep the session and back off per session.
     async fn maybe_refresh(&self, sid: &str, rec: Record, force: bool) -> Option<Record> {
-        let due =
-            |r: &Record| force || now() - r.refreshed >= self.cfg.refresh_interval.as_secs() as i64;
+        let interval = self.cfg.refresh_interval.as_secs() as i64;
+        let due = |r: &Record| force || now() - r.refreshed >= interval;
         if rec.refresh_token.is_none() || !due(&rec) {
             return Some(rec);
+        }
+        let overdue =
+            |r: &Record| now() - r.refreshed > interval + self.cfg.refresh_grace.as_secs() as i64;
+        let backing_off = |sid: &str| {
+            self.retry
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(sid)
+                .is_some_and(|r| Instant::now() < r.next)
+        };
+        if backing_off(sid) {
+            return if overdue(&rec) {
+                self.end_unrefreshable(sid, &rec)
+            } else {
+                Some(rec)
+            };
         }
         // One refresh per session at a time: refresh tokens may rotate, and
         // a second use of the old one would end the session.
@@ -301,13 +362,20 @@ impl Portal {
         };
         let _g = lock.lock().await;
         let rec = self.store.get(sid, now())?;
-        if !due(&rec) {
+        if !due(&rec) || backing_off(sid) {
             return Some(rec);
         }
         let (Some(rt), Some(p)) = (rec.refresh_token.clone(), self.provider(&rec.provider)) else {
             return Some(rec);
         };
-        match p.refresh(&rt, &rec.sub).await {
+        let outcome = p.refresh(&rt, &rec.sub).await;
+        if !matches!(outcome, Err(RefreshError::Unavailable(_))) {
+            self.retry
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(sid);
+        }
+        match outcome {
             Ok((new_rt, id)) => {
                 let mut r = rec.clone();
                 r.refreshed = now();
@@ -316,9 +384,9 @@ impl Portal {
                 }
                 if let Some((idt, claims)) = id {
                     r.id_token = idt;
-                    for (k, v) in claims {
-                        r.claims.insert(k, v);
-                    }
+                    // The provider's current claims replace the old ones
+                    // (a group removed there is removed here).
+                    r.claims = claims;
                 }
                 if let Err(e) = self.store.put(sid, r.clone()) {
                     tracing::error!(error = %e, "cannot persist a refreshed session");
@@ -328,16 +396,50 @@ impl Portal {
             }
             Err(RefreshError::Ended(why)) => {
                 tracing::info!(provider = %rec.provider, sub = %rec.sub, reason = %why, "provider ended the session; revoking");
-                if let Err(e) = self.store.revoke(sid) {
-                    tracing::error!(error = %e, "cannot persist a revocation");
-                }
+                self.revoke_ended(sid);
                 None
             }
             Err(RefreshError::Unavailable(why)) => {
-                // Keep the session; try again at the next request.
-                tracing::warn!(provider = %rec.provider, reason = %why, "cannot refresh the session now");
+                if overdue(&rec) {
+                    tracing::warn!(provider = %rec.provider, reason = %why, "cannot refresh the session now");
+                    return self.end_unrefreshable(sid, &rec);
+                }
+                let wait = {
+                    let mut m = self.retry.lock().unwrap_or_else(|e| e.into_inner());
+                    let r = m.entry(sid.to_string()).or_insert(Retry {
+                        failures: 0,
+                        next: Instant::now(),
+                    });
+                    r.failures += 1;
+                    let wait = retry_delay(r.failures, self.cfg.refresh_interval);
+                    r.next = Instant::now() + wait;
+                    wait
+                };
+                tracing::warn!(provider = %rec.provider, reason = %why, retry_in = ?wait, "cannot refresh the session now; kept, trying again later");
                 Some(rec)
             }
+        }
+    }
+
+    /// Ends a session that could not be refreshed within its grace period.
+    fn end_unrefreshable(&self, sid: &str, rec: &Record) -> Option<Record> {
+        tracing::warn!(
+            provider = %rec.provider,
+            sub = %rec.sub,
+            grace = ?self.cfg.refresh_grace,
+            "the session could not be refreshed within refresh_interval + refresh_grace; ending it"
+        );
+        self.revoke_ended(sid);
+        None
+    }
+
+    fn revoke_ended(&self, sid: &str) {
+        self.retry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(sid);
+        if let Err(e) = self.store.revoke(sid) {
+            tracing::error!(error = %e, "cannot persist a revocation");
         }
     }
 
@@ -348,6 +450,10 @@ impl Portal {
         if let Err(e) = self.store.purge_expired(now()) {
             tracing::error!(error = %e, "session store upkeep");
         }
+        self.retry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|sid, _| self.store.get(sid, now()).is_some());
         for sid in self.store.watched() {
             if let Some(rec) = self.store.get(&sid, now()) {
                 let _ = self.maybe_refresh(&sid, rec, false).await;
@@ -469,7 +575,10 @@ impl Portal {
                 email: s.email.clone(),
                 name: s.name.clone(),
                 groups: s.groups().iter().map(|g| g.to_string()).collect(),
-                auth_time: rfc3339(s.auth_time),
+                auth_time: s
+                    .auth_time
+                    .map(rfc3339)
+                    .unwrap_or_else(|| "unknown (the provider did not say)".into()),
                 expires: rfc3339(s.expires),
             }),
             roles: roles.iter().cloned().collect(),
@@ -582,7 +691,9 @@ impl Portal {
                     origin,
                     q("rd"),
                     q("max_age"),
-                    q("fresh").is_some(),
+                    q("fresh").is_some()
+                        || headers::cookie(req.headers(), &signed_out_cookie_name(&self.cfg))
+                            == Some("1"),
                     html,
                 )
                 .await
@@ -902,18 +1013,32 @@ impl Portal {
             }
         };
         let t0 = now();
-        if let Some(max) = pl.max_age
-            && t0 - login.auth_time > max as i64 + 60
-        {
-            tracing::warn!(peer = %who, provider = name, "provider did not authenticate again for a step-up");
-            return (
-                fail(
-                    StatusCode::FORBIDDEN,
-                    "Sign-in too old",
-                    "This page needs a recent sign-in, and the identity provider did not ask you to sign in again.",
+        if let Some(max) = pl.max_age {
+            // Step-up: only proof of a fresh sign-in will do (security
+            // invariant 11); without it a redirect back would loop, and
+            // counting "now" would let a silent sign-in pass.
+            let why = match login.auth_time {
+                None if provider.config().trust_prompt_login => Some(
+                    "its ID token has no auth_time, and its discovery document does not list prompt=login as supported".to_string(),
                 ),
-                "login-fail",
-            );
+                None => Some("its ID token has no auth_time".to_string()),
+                Some(at) if t0 - at > max as i64 + 60 => Some(format!(
+                    "it says you signed in {} s ago, and this page needs a sign-in at most {max} s old",
+                    t0 - at
+                )),
+                Some(_) => None,
+            };
+            if let Some(why) = why {
+                tracing::warn!(peer = %who, provider = name, reason = %why, "step-up refused: no proof of a fresh sign-in");
+                let mut r = html_response(
+                    StatusCode::FORBIDDEN,
+                    pages::no_fresh_sign_in(p, t, &provider.config().label, &why),
+                );
+                if let Ok(v) = HeaderValue::from_str(&login_cookie(&self.cfg, "", 0)) {
+                    r.headers_mut().append(header::SET_COOKIE, v);
+                }
+                return (r, "login-unproven");
+            }
         }
         let sid = random_token();
         let expires = t0 + self.cfg.session_lifetime.as_secs() as i64;
@@ -976,10 +1101,22 @@ impl Portal {
         if let Ok(v) = HeaderValue::from_str(&login_cookie(&self.cfg, "", 0)) {
             h.append(header::SET_COOKIE, v);
         }
+        if headers::cookie(headers, &signed_out_cookie_name(&self.cfg)).is_some()
+            && let Ok(v) = HeaderValue::from_str(&signed_out_cookie(&self.cfg, false))
+        {
+            h.append(header::SET_COOKIE, v);
+        }
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         (r, "login-ok")
     }
 
+    /// Signs out: the session is revoked (its websockets close) and the
+    /// answer is tailpass's own page saying so, whatever the provider would
+    /// do with an end-session request (Pocket ID shows its login page when
+    /// its own session already ended). The page links to the provider's
+    /// end-session endpoint to end the session there too, and the browser
+    /// keeps a marker that makes its next sign-in ask for a new
+    /// authentication.
     async fn logout(
         &self,
         headers: &HeaderMap,
@@ -988,7 +1125,8 @@ impl Portal {
     ) -> (Response<Body>, &'static str) {
         let p = &self.cfg.prefix;
         let done = format!("{}{p}/logged-out", origin.base);
-        let mut to = done.clone();
+        let mut provider_logout = None;
+        let mut signed_in = false;
         if let (Some(token), Some(binding)) = (
             headers::cookie(headers, &self.cfg.cookie_name),
             Binding::of(who),
@@ -996,13 +1134,14 @@ impl Portal {
         {
             match self.store.revoke(&c.sid) {
                 Ok(Some(rec)) => {
+                    signed_in = true;
                     tracing::info!(peer = %who, provider = %rec.provider, "signed out");
                     if let Some(pr) = self.provider(&rec.provider)
                         && let Some(u) = pr
                             .end_session_url(&rec.id_token, &done, &random_token())
                             .await
                     {
-                        to = u;
+                        provider_logout = Some((pr.config().label.clone(), u));
                     }
                 }
                 Ok(None) => {}
@@ -1023,12 +1162,27 @@ impl Portal {
                 }
             }
         }
-        let mut r = redirect(StatusCode::SEE_OTHER, &to);
-        if let Ok(v) = HeaderValue::from_str(&session_cookie(&self.cfg, "", 0)) {
-            r.headers_mut().append(header::SET_COOKIE, v);
+        let mut r = html_response(
+            StatusCode::OK,
+            pages::signed_out(
+                p,
+                &self.cfg.title,
+                signed_in,
+                provider_logout
+                    .as_ref()
+                    .map(|(l, u)| (l.as_str(), u.as_str())),
+            ),
+        );
+        let h = r.headers_mut();
+        for c in [
+            session_cookie(&self.cfg, "", 0),
+            signed_out_cookie(&self.cfg, true),
+        ] {
+            if let Ok(v) = HeaderValue::from_str(&c) {
+                h.append(header::SET_COOKIE, v);
+            }
         }
-        r.headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         (r, "logout")
     }
 }
@@ -1064,6 +1218,18 @@ pub fn registration_uris(config: &Config) -> Vec<(String, String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refresh_retries_back_off_up_to_the_interval() {
+        let secs = |n, i| retry_delay(n, Duration::from_secs(i)).as_secs();
+        assert_eq!(
+            (1..=9).map(|n| secs(n, 300)).collect::<Vec<_>>(),
+            [2, 4, 8, 16, 32, 64, 128, 256, 300]
+        );
+        assert_eq!(secs(40, 300), 300, "no overflow");
+        assert_eq!(secs(3, 1), 5, "at least 5 s between tries");
+        assert_eq!(secs(30, 3600), 300, "at most 5 min");
+    }
 
     fn portal_cfg(extra: &str) -> config::Portal {
         let text = format!(

@@ -188,7 +188,34 @@ pub fn logout(prefix: &str, title: &str, signed_in: bool) -> Markup {
     )
 }
 
-/// After sign-out.
+/// The answer to a sign-out: tailpass's session has ended, said first and
+/// plainly; the provider's own session is a separate, offered step.
+pub fn signed_out(
+    prefix: &str,
+    title: &str,
+    was_signed_in: bool,
+    provider_logout: Option<(&str, &str)>,
+) -> Markup {
+    layout(
+        prefix,
+        &format!("Signed out · {title}"),
+        html! {
+            h1 #signed-out { "You are signed out of " (title) }
+            @if was_signed_in {
+                p { "Your session has ended, and every page and connection that used it has been closed." }
+            } @else {
+                p { "There was no session to end." }
+            }
+            @if let Some((label, url)) = provider_logout {
+                p { "You may still be signed in at " (label) ", which would let the next sign-in here pass without asking. The next sign-in from this browser asks " (label) " to check it is you again." }
+                p { a #provider-logout .provider href=(url) { "Sign out of " (label) " too" } }
+            }
+            p { a href={ (prefix) "/login" } { "Sign in again" } }
+        },
+    )
+}
+
+/// Where the provider sends the browser after its end-session.
 pub fn logged_out(prefix: &str, title: &str) -> Markup {
     layout(
         prefix,
@@ -237,6 +264,28 @@ pub fn problem(prefix: &str, title: &str, heading: &str, detail: &str) -> Markup
             h1 #problem { (heading) }
             p { (detail) }
             p { a href={ (prefix) "/login" } { "Start again" } }
+        },
+    )
+}
+
+/// A step-up the provider answered without proof of a fresh sign-in: said
+/// plainly, with what the provider needs, instead of a silent pass or a
+/// redirect loop.
+pub fn no_fresh_sign_in(prefix: &str, title: &str, provider: &str, why: &str) -> Markup {
+    layout(
+        prefix,
+        &format!("Fresh sign-in needed · {title}"),
+        html! {
+            h1 { "This page needs a fresh sign-in" }
+            p #no-fresh-sign-in { (provider) " cannot prove a fresh sign-in: " (why) "." }
+            p { "Your session is unchanged; pages that do not need a recent sign-in still work." }
+            p {
+                "For the administrator: the provider must put " code { "auth_time" }
+                " in its ID tokens (OpenID Connect requires it when " code { "max_age" }
+                " is asked for). Pocket ID up to 2.9 does not; from 2.6 on it asks for the passkey again on "
+                code { "prompt=login" } ", which tailpass accepts with " code { "trust_prompt_login = true" }
+                " in the provider's table. Pocket ID before 2.6 cannot do step-up at all."
+            }
         },
     )
 }

@@ -64,7 +64,8 @@ pub struct Session {
     /// Every claim of the ID token and userinfo, merged.
     pub claims: BTreeMap<String, serde_json::Value>,
     /// When the user last authenticated at the provider (unix seconds).
-    pub auth_time: i64,
+    /// `None`: the provider did not prove it (no `auth_time`).
+    pub auth_time: Option<i64>,
     /// When the session ends (unix seconds).
     pub expires: i64,
 }

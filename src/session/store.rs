@@ -18,8 +18,8 @@ use tokio::sync::watch;
 
 use super::{Binding, Session};
 
-/// One session as kept on disk.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One session as kept on disk. Its `Debug` leaves out the tokens.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     /// Provider name.
     pub provider: String,
@@ -35,12 +35,34 @@ pub struct Record {
     pub refresh_token: Option<String>,
     /// Created (unix seconds).
     pub created: i64,
-    /// Last authentication at the provider (unix seconds).
-    pub auth_time: i64,
+    /// Last authentication at the provider (unix seconds), as far as the
+    /// provider proved it (`None`: unknown; never satisfies a step-up).
+    #[serde(default)]
+    pub auth_time: Option<i64>,
     /// Ends at (unix seconds).
     pub expires: i64,
     /// Last successful refresh or login (unix seconds).
     pub refreshed: i64,
+}
+
+impl std::fmt::Debug for Record {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Record")
+            .field("provider", &self.provider)
+            .field("sub", &self.sub)
+            .field("binding", &self.binding)
+            .field("claims", &self.claims)
+            .field("id_token", &"<redacted>")
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("created", &self.created)
+            .field("auth_time", &self.auth_time)
+            .field("expires", &self.expires)
+            .field("refreshed", &self.refreshed)
+            .finish()
+    }
 }
 
 impl Record {
@@ -296,10 +318,20 @@ mod tests {
             id_token: "x.y.z".into(),
             refresh_token: Some("rt".into()),
             created: 1,
-            auth_time: 1,
+            auth_time: Some(1),
             expires,
             refreshed: 1,
         }
+    }
+
+    #[test]
+    fn debug_never_shows_tokens() {
+        let mut r = rec(1);
+        r.id_token = "eyJ-id-token-secret".into();
+        r.refresh_token = Some("refresh-token-secret".into());
+        let d = format!("{r:?}");
+        assert!(d.contains("alice") && d.contains("<redacted>"), "{d}");
+        assert!(!d.contains("secret"), "{d}");
     }
 
     #[test]

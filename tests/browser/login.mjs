@@ -268,12 +268,17 @@ async function login(browser, context) {
     return { status };
   });
 
-  // 7. Sign out in a second page, through the IdP's end-session page.
+  // 7. Sign out in a second page: tailpass's own "signed out" page first,
+  // then the IdP's end-session page through the link on it.
   const page2 = watch(await context.newPage());
   await step('logout', page2, async () => {
     await goto(page2, PORTAL + '/');
     await mustHave(page2, 'form #logout', 'a sign-out button in a form');
     await page2.locator('form #logout').first().click({ timeout: TIMEOUT });
+    await page2.waitForLoadState('load');
+    await mustHave(page2, '#signed-out', "tailpass's signed-out page");
+    await mustHave(page2, 'a#provider-logout', "a link to sign out at the provider too");
+    await page2.locator('a#provider-logout').first().click({ timeout: TIMEOUT });
     const loggedOut = PORTAL + '/logged-out';
     const deadline = Date.now() + TIMEOUT;
     let clicked = false;

@@ -345,3 +345,12 @@ pub fn parse_form(html: &str, id: &str) -> (String, String, Vec<(String, String)
         inputs,
     )
 }
+
+/// The `href` of the element with `id` (e.g. the sign-out page's
+/// `#provider-logout` link), unescaped.
+pub fn link_href(html: &str, id: &str) -> Option<String> {
+    let at = html.find(&format!(" id=\"{id}\""))?;
+    let open = html[..at].rfind('<')?;
+    let close = at + html[at..].find('>')?;
+    attr(&html[open..close], "href")
+}

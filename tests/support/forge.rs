@@ -127,6 +127,14 @@ struct Mutable {
     authorize_log: Vec<Value>,
     token_log: Vec<Value>,
     logout_log: Vec<Value>,
+    /// Refresh tokens still valid (they rotate on every use).
+    refresh_tokens: std::collections::HashSet<String>,
+    /// What a valid refresh request gets instead of new tokens.
+    refresh_answer: Option<(u16, Value)>,
+    /// ID tokens carry no `auth_time` (as Pocket ID up to 2.9).
+    omit_auth_time: bool,
+    /// `prompt_values_supported` in discovery (absent when `None`).
+    prompt_values: Option<Vec<String>>,
 }
 
 #[derive(Clone)]
@@ -176,6 +184,10 @@ impl Forge {
                 authorize_log: Vec::new(),
                 token_log: Vec::new(),
                 logout_log: Vec::new(),
+                refresh_tokens: Default::default(),
+                refresh_answer: None,
+                omit_auth_time: false,
+                prompt_values: None,
             }),
         });
 
@@ -233,6 +245,31 @@ impl Forge {
             "claims must be a JSON object"
         );
         self.state.m.lock().unwrap().claims = merged_claims(&claims);
+    }
+
+    /// Makes every later refresh with a valid refresh token answer
+    /// `status` with the JSON `body` (`None`: new tokens again).
+    pub fn set_refresh_answer(&self, answer: Option<(u16, Value)>) {
+        self.state.m.lock().unwrap().refresh_answer = answer;
+    }
+
+    /// Later ID tokens carry no `auth_time` (`true`), as Pocket ID's up to 2.9.
+    pub fn omit_auth_time(&self, omit: bool) {
+        self.state.m.lock().unwrap().omit_auth_time = omit;
+    }
+
+    /// Discovery lists these `prompt_values_supported` (`None`: no such field).
+    pub fn set_prompt_values(&self, values: Option<&[&str]>) {
+        self.state.m.lock().unwrap().prompt_values =
+            values.map(|v| v.iter().map(|s| s.to_string()).collect());
+    }
+
+    /// How many `/token` requests used the refresh grant.
+    pub fn refresh_requests(&self) -> usize {
+        self.token_requests()
+            .iter()
+            .filter(|t| t["form"]["grant_type"] == "refresh_token")
+            .count()
     }
 
     /// Every `/token` request so far, oldest first: its form fields (`code`,
@@ -402,7 +439,7 @@ impl State {
 
     fn discovery(&self) -> Value {
         let i = &self.issuer;
-        json!({
+        let mut d = json!({
             "issuer": i,
             "authorization_endpoint": format!("{i}/authorize"),
             "token_endpoint": format!("{i}/token"),
@@ -420,7 +457,11 @@ impl State {
                 "iss", "sub", "aud", "exp", "iat", "auth_time", "nonce",
                 "email", "email_verified", "name", "groups"
             ],
-        })
+        });
+        if let Some(p) = &self.m.lock().unwrap().prompt_values {
+            d["prompt_values_supported"] = json!(p);
+        }
+        d
     }
 
     fn authorize(&self, query: &str) -> Response<Body> {
@@ -567,6 +608,9 @@ impl State {
             None => return unauthorized(),
         };
         let ok = |r| (r, Some(method));
+        if param(f, "grant_type") == Some("refresh_token") {
+            return ok(self.refresh(f));
+        }
         if param(f, "grant_type") != Some("authorization_code") {
             return ok(oauth_error(
                 StatusCode::BAD_REQUEST,
@@ -604,24 +648,63 @@ impl State {
         if fault == Fault::UserinfoSubMismatch {
             userinfo.insert("sub".into(), IMPOSTOR_SUB.into());
         }
+        ok(self.tokens(id_token, userinfo))
+    }
+
+    /// A token response: a new access token answering `/userinfo` with
+    /// `userinfo`, the ID token, and a new refresh token.
+    fn tokens(&self, id_token: String, userinfo: Map<String, Value>) -> Response<Body> {
         let access_token = self.random();
-        self.m
-            .lock()
-            .unwrap()
-            .access_tokens
+        let refresh_token = self.random();
+        let mut m = self.m.lock().unwrap();
+        m.access_tokens
             .insert(access_token.clone(), Value::Object(userinfo));
-        ok(json_response(
+        m.refresh_tokens.insert(refresh_token.clone());
+        json_response(
             StatusCode::OK,
             &json!({
                 "access_token": access_token,
                 "token_type": "Bearer",
                 "expires_in": 300,
                 "id_token": id_token,
+                "refresh_token": refresh_token,
             }),
-        ))
+        )
     }
 
-    /// The ID token per `fault`.
+    /// The refresh grant: unknown or used tokens get `invalid_grant`; a
+    /// valid one is used up and answered per [`Forge::set_refresh_answer`].
+    fn refresh(&self, f: &Map<String, Value>) -> Response<Body> {
+        let (valid, answer, claims) = {
+            let mut m = self.m.lock().unwrap();
+            let valid = param(f, "refresh_token").is_some_and(|t| m.refresh_tokens.contains(t));
+            let answer = m.refresh_answer.clone();
+            if valid && answer.is_none() {
+                m.refresh_tokens.remove(param(f, "refresh_token").unwrap());
+            }
+            (valid, answer, m.claims.clone())
+        };
+        if !valid {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_grant",
+                "unknown refresh token",
+            );
+        }
+        if let Some((status, body)) = answer {
+            return json_response(StatusCode::from_u16(status).unwrap(), &body);
+        }
+        // No nonce in a refreshed ID token (OIDC Core 12.2).
+        let id = self.id_token_without_nonce(&claims);
+        self.tokens(id, claims)
+    }
+
+    /// A correct ID token for a refresh: no `nonce`.
+    fn id_token_without_nonce(&self, user: &Map<String, Value>) -> String {
+        self.id_token(Fault::None, user, "")
+    }
+
+    /// The ID token per `fault` (no `nonce` claim when `nonce` is empty).
     fn id_token(&self, fault: Fault, user: &Map<String, Value>, nonce: &str) -> String {
         let t = now();
         let mut c = Map::new();
@@ -629,8 +712,12 @@ impl State {
         c.insert("aud".into(), self.client_id.clone().into());
         c.insert("exp".into(), (t + 300).into());
         c.insert("iat".into(), t.into());
-        c.insert("auth_time".into(), t.into());
-        c.insert("nonce".into(), nonce.into());
+        if !self.m.lock().unwrap().omit_auth_time {
+            c.insert("auth_time".into(), t.into());
+        }
+        if !nonce.is_empty() {
+            c.insert("nonce".into(), nonce.into());
+        }
         for (k, v) in user {
             c.insert(k.clone(), v.clone());
         }
