@@ -1,5 +1,5 @@
 //! Headless Chromium (Debian's package) driven by playwright-core
-//! (tests/browser/login.mjs): where it is, where screenshots go, and running
+//! (tests/browser/*.mjs): where it is, where screenshots go, and running
 //! the script. Browser tests skip loudly when Chromium is absent, unless
 //! `TAILPASS_REQUIRE_BROWSER` is set (CI sets it).
 #![allow(dead_code)]
@@ -81,10 +81,22 @@ pub fn browser_available(test: &str) -> bool {
 
 /// Runs tests/browser/login.mjs with `envs`; returns its final JSON line.
 pub async fn run_login_mjs(test: &str, envs: &[(&str, String)]) -> serde_json::Value {
+    run_script("login.mjs", test, envs, Duration::from_secs(240)).await
+}
+
+/// Runs the playwright script `script` of tests/browser with `envs`
+/// (`ARTIFACTS` and `CHROMIUM` set) within `limit`; asserts it succeeded
+/// and returns its final JSON line.
+pub async fn run_script(
+    script: &str,
+    test: &str,
+    envs: &[(&str, String)],
+    limit: Duration,
+) -> serde_json::Value {
     let dir = browser_scripts().await;
     let artifacts = artifacts_dir(test);
     let mut cmd = tokio::process::Command::new("node");
-    cmd.arg(dir.join("login.mjs"))
+    cmd.arg(dir.join(script))
         .current_dir(&dir)
         .env("ARTIFACTS", &artifacts)
         .env("CHROMIUM", chromium_path())
@@ -94,14 +106,14 @@ pub async fn run_login_mjs(test: &str, envs: &[(&str, String)]) -> serde_json::V
         cmd.env(k, v);
     }
     let t0 = Instant::now();
-    let out = tokio::time::timeout(Duration::from_secs(240), cmd.output())
+    let out = tokio::time::timeout(limit, cmd.output())
         .await
-        .expect("login.mjs finished within 240 s")
+        .unwrap_or_else(|_| panic!("{script} finished within {limit:?}"))
         .expect("running node (is Node.js installed?)");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!(
-        "login.mjs ({:?}, {}): artifacts in {}\n--- stderr\n{stderr}--- stdout\n{stdout}",
+        "{script} ({:?}, {}): artifacts in {}\n--- stderr\n{stderr}--- stdout\n{stdout}",
         t0.elapsed(),
         out.status,
         artifacts.display()
@@ -110,12 +122,12 @@ pub async fn run_login_mjs(test: &str, envs: &[(&str, String)]) -> serde_json::V
         .lines()
         .rev()
         .find(|l| !l.trim().is_empty())
-        .unwrap_or_else(|| panic!("login.mjs printed nothing ({})", out.status));
+        .unwrap_or_else(|| panic!("{script} printed nothing ({})", out.status));
     let v: serde_json::Value =
-        serde_json::from_str(last).unwrap_or_else(|e| panic!("login.mjs said {last:?}: {e}"));
+        serde_json::from_str(last).unwrap_or_else(|e| panic!("{script} said {last:?}: {e}"));
     assert!(
         out.status.success() && v["ok"] == true,
-        "login.mjs failed at step {}: {}",
+        "{script} failed at step {}: {}",
         v["step"],
         v["error"].as_str().unwrap_or("?")
     );

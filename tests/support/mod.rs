@@ -22,6 +22,7 @@ pub mod client;
 pub mod forge;
 pub mod idp;
 pub mod logs;
+pub mod pocket_id;
 pub mod stack;
 pub mod upstream;
 
