@@ -65,6 +65,9 @@ pub fn build(version: &str) -> Result<PathBuf, String> {
         .stderr(Stdio::inherit())
         .output()
         .map_err(|e| format!("running {}: {e}", script.display()))?;
+    if out.status.code() == Some(2) {
+        return Err(format!("pocket-id-v{version}.tar.gz not found"));
+    }
     if !out.status.success() {
         return Err(format!(
             "scripts/pocket-id {version} failed ({})",
