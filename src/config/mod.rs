@@ -525,93 +525,22 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
     if raw.node.is_empty() {
         p.push("node: at least one [[node]] is required".into());
     }
-    let mut nodes = Vec::new();
-    let mut hostnames = HashSet::new();
-    let mut state_dirs = HashSet::new();
-    for (i, n) in raw.node.into_iter().enumerate() {
-        let f = |k: &str| format!("node[{i}].{k}");
-        if !valid_hostname(&n.hostname) {
-            p.push(format!(
-                "{}: {:?} is not a valid host name (letters, digits, '-', at most 63)",
-                f("hostname"),
-                n.hostname
-            ));
-        } else if !hostnames.insert(n.hostname.to_ascii_lowercase()) {
-            p.push(format!(
-                "{}: {:?} is used by two nodes",
-                f("hostname"),
-                n.hostname
-            ));
-        }
-        if n.state_dir.as_os_str().is_empty() {
-            p.push(format!("{}: must not be empty", f("state_dir")));
-        } else if !state_dirs.insert(n.state_dir.clone()) {
-            p.push(format!(
-                "{}: {} is used by two nodes (each needs its own)",
-                f("state_dir"),
-                n.state_dir.display()
-            ));
-        }
-        let auth_key = match &n.auth_key {
-            Some(r) => match r.load(env) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    p.push(format!("{}: {e}", f("auth_key")));
-                    None
-                }
-            },
-            None => None,
-        };
-        let control_url = n.control_url.or_else(|| raw.tailnet.control_url.clone());
-        if let Some(u) = &control_url {
-            check_url(&f("control_url"), u, &mut p);
-        }
-        for t in &n.tags {
-            if !valid_tag(t) {
-                p.push(format!(
-                    "{}: {t:?} is not a tag like \"tag:web\"",
-                    f("tags")
-                ));
-            }
-        }
-        if n.https_port == 0 {
-            p.push(format!("{}: must not be 0", f("https_port")));
-        }
-        let cert = match n.cert {
-            None => CertSource::Tailnet,
-            Some(RawCert::Named(s)) if s == "tailnet" => CertSource::Tailnet,
-            Some(RawCert::Named(s)) if s == "local-ca" => CertSource::LocalCa,
-            Some(RawCert::Named(s)) => {
-                p.push(format!(
-                    "{}: {s:?} is not \"tailnet\", \"local-ca\" or {{ cert_file, key_file }}",
-                    f("cert")
-                ));
-                CertSource::Tailnet
-            }
-            Some(RawCert::Files {
-                cert_file,
-                key_file,
-            }) => {
-                check_pem_files(&f("cert"), &cert_file, &key_file, &mut p);
-                CertSource::Files {
-                    cert_file,
-                    key_file,
-                }
-            }
-        };
-        nodes.push(NodeSpec {
-            hostname: n.hostname,
-            state_dir: n.state_dir,
-            auth_key,
-            control_url,
-            tags: n.tags,
-            ephemeral: n.ephemeral,
-            https_port: n.https_port,
-            http_redirect: n.http_redirect,
-            funnel: n.funnel,
-            cert,
-        });
-    }
+    let mut seen_nodes = Default::default();
+    let nodes: Vec<NodeSpec> = raw
+        .node
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| {
+            validate_node(
+                i,
+                n,
+                raw.tailnet.control_url.as_ref(),
+                &mut seen_nodes,
+                env,
+                &mut p,
+            )
+        })
+        .collect();
 
     let loopback = raw
         .loopback
@@ -623,190 +552,13 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
     let public = raw.public.and_then(|pl| validate_public(pl, &mut p));
     let limits = limits::validate(raw.limits, &mut p);
 
-    let mut routes = Vec::new();
-    let mut seen: HashSet<(Option<String>, Option<String>, String)> = HashSet::new();
-    for (i, r) in raw.route.into_iter().enumerate() {
-        let f = |k: &str| format!("route[{i}].{k}");
-        let path = match normalize_prefix(&r.path) {
-            Ok(pth) => pth,
-            Err(e) => {
-                p.push(format!("{}: {e}", f("path")));
-                continue;
-            }
-        };
-        if let Some(n) = &r.node
-            && !nodes.iter().any(|x| &x.hostname == n)
-        {
-            p.push(format!("{}: no [[node]] has hostname {n:?}", f("node")));
-        }
-        let host = r.host.map(|h| h.to_ascii_lowercase());
-        if !seen.insert((r.node.clone(), host.clone(), path.clone())) {
-            p.push(format!(
-                "{}: another route already has path {path:?} on the same node and host",
-                f("path")
-            ));
-        }
-        let upstream = match r.upstream.parse::<http::Uri>() {
-            Ok(u)
-                if matches!(u.scheme_str(), Some("http"))
-                    && u.authority().is_some()
-                    && u.query().is_none() =>
-            {
-                u
-            }
-            Ok(u) if matches!(u.scheme_str(), Some("https")) => {
-                p.push(format!(
-                    "{}: {u} uses https; upstreams are local services, give an http:// URL",
-                    f("upstream")
-                ));
-                continue;
-            }
-            _ => {
-                p.push(format!(
-                    "{}: {:?} is not a URL like \"http://127.0.0.1:7681\"",
-                    f("upstream"),
-                    r.upstream
-                ));
-                continue;
-            }
-        };
-        let wants_login = matches!(r.access.as_deref(), Some("login"))
-            || !r.roles.is_empty()
-            || r.max_auth_age.is_some();
-        let access = match r.access.as_deref() {
-            Some("public") if wants_login => {
-                p.push(format!(
-                    "{}: a public route cannot have roles or max_auth_age",
-                    f("access")
-                ));
-                Access::Public
-            }
-            Some("public") => {
-                if !r.allow_users.is_empty()
-                    || !r.allow_tags.is_empty()
-                    || !r.allow_capabilities.is_empty()
-                {
-                    p.push(format!(
-                        "{}: a public route cannot have allow_users, allow_tags or allow_capabilities",
-                        f("access")
-                    ));
-                }
-                Access::Public
-            }
-            Some("tailnet" | "login") | None => {
-                for t in &r.allow_tags {
-                    if !valid_tag(t) {
-                        p.push(format!(
-                            "{}: {t:?} is not a tag like \"tag:web\"",
-                            f("allow_tags")
-                        ));
-                    }
-                }
-                Access::Tailnet {
-                    users: r.allow_users,
-                    tags: r.allow_tags,
-                    capabilities: r.allow_capabilities,
-                }
-            }
-            Some(other) => {
-                p.push(format!(
-                    "{}: {other:?} is not \"public\", \"tailnet\" or \"login\"",
-                    f("access")
-                ));
-                continue;
-            }
-        };
-        let mut identity_headers = IdentityHeaders::default();
-        for (k, v) in r.identity_headers {
-            if !valid_header_name(&v) {
-                p.push(format!(
-                    "{}: {v:?} is not a valid header name",
-                    f(&format!("identity_headers.{k}"))
-                ));
-                continue;
-            }
-            match k.as_str() {
-                "login" => identity_headers.login = v,
-                "name" => identity_headers.name = v,
-                "profile_pic" => identity_headers.profile_pic = v,
-                "node" => identity_headers.node = v,
-                "tags" => identity_headers.tags = v,
-                "email" => identity_headers.email = v,
-                "user" => identity_headers.user = v,
-                "login_name" => identity_headers.login_name = v,
-                "groups" => identity_headers.groups = v,
-                "roles" => identity_headers.roles = v,
-                _ => p.push(format!(
-                    "{}: unknown key (login, name, profile_pic, node, tags, email, user, login_name, groups, roles)",
-                    f(&format!("identity_headers.{k}"))
-                )),
-            }
-        }
-        let connect_timeout = parse_duration(
-            &f("connect_timeout"),
-            &r.connect_timeout,
-            Duration::from_secs(5),
-            &mut p,
-        );
-        let response_timeout = parse_duration(
-            &f("response_timeout"),
-            &r.response_timeout,
-            Duration::from_secs(60),
-            &mut p,
-        );
-        let login = (wants_login && access != Access::Public).then(|| LoginRequirement {
-            roles: r.roles.clone(),
-            max_auth_age: r.max_auth_age.as_ref().map(|_| {
-                parse_duration(&f("max_auth_age"), &r.max_auth_age, Duration::ZERO, &mut p)
-            }),
-        });
-        let require = match r.require.as_deref() {
-            None | Some("all") => Combine::All,
-            Some("any") => Combine::Any,
-            Some(other) => {
-                p.push(format!(
-                    "{}: {other:?} is not \"all\" or \"any\"",
-                    f("require")
-                ));
-                Combine::All
-            }
-        };
-        let mut methods = Vec::new();
-        for m in &r.methods {
-            match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
-                Ok(m) => methods.push(m),
-                Err(_) => p.push(format!("{}: {m:?} is not an HTTP method", f("methods"))),
-            }
-        }
-        routes.push(Route {
-            login,
-            require,
-            methods,
-            title: r.title,
-            index: i,
-            path,
-            node: r.node,
-            host,
-            upstream,
-            strip_prefix: r.strip_prefix,
-            access,
-            loopback: r.loopback,
-            connect_timeout,
-            response_timeout,
-            identity_headers,
-            allow_underscore_headers: match r.allow_underscore_headers {
-                None => false,
-                Some(toml::Value::Boolean(b)) => b,
-                Some(other) => {
-                    p.push(format!(
-                        "{}: {other} is not true or false",
-                        f("allow_underscore_headers")
-                    ));
-                    false
-                }
-            },
-        });
-    }
+    let mut seen_routes = HashSet::new();
+    let routes: Vec<Route> = raw
+        .route
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, r)| validate_route(i, r, &nodes, &mut seen_routes, &mut p))
+        .collect();
 
     let providers = auth::validate_providers(raw.provider, env, &mut p);
     let rules = auth::validate_rules(raw.rule, &providers, &mut p);
@@ -818,47 +570,7 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
         env,
         &mut p,
     );
-    if let Some(pt) = &portal {
-        for n in &pt.nodes {
-            if !nodes.iter().any(|x| &x.hostname == n) {
-                p.push(format!("portal.nodes: no [[node]] has hostname {n:?}"));
-            }
-        }
-        if providers.is_empty() {
-            p.push("provider: the portal needs at least one [[provider]]".into());
-        }
-    }
-    for r in &routes {
-        if r.login.is_some() && providers.is_empty() {
-            p.push(format!(
-                "route[{}].roles: this route needs a login, but no [[provider]] is configured",
-                r.index
-            ));
-        }
-        if let (Some(pt), Some(_)) = (&portal, &r.login)
-            && !pt.nodes.is_empty()
-        {
-            match &r.node {
-                Some(n) if !pt.nodes.contains(n) => p.push(format!(
-                    "route[{}].node: this route needs a login, but node {n:?} does not serve the portal (portal.nodes)",
-                    r.index
-                )),
-                None => p.push(format!(
-                    "route[{}].node: this route needs a login; set node to one of portal.nodes {:?} (the other nodes have no portal)",
-                    r.index, pt.nodes
-                )),
-                _ => {}
-            }
-        }
-        if let Some(pt) = &portal
-            && path::under(&pt.prefix, &r.path)
-        {
-            p.push(format!(
-                "route[{}].path: {:?} is inside the portal prefix {:?}",
-                r.index, r.path, pt.prefix
-            ));
-        }
-    }
+    check_login_routes(&nodes, &routes, &providers, portal.as_ref(), &mut p);
 
     if !p.is_empty() {
         return Err(ConfigError {
@@ -878,6 +590,391 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
         rules,
         limits,
     })
+}
+
+/// A node's `cert`: "tailnet" (the default), "local-ca" or PEM files.
+fn node_cert(field: &str, raw: Option<RawCert>, p: &mut Vec<String>) -> CertSource {
+    match raw {
+        None => CertSource::Tailnet,
+        Some(RawCert::Named(s)) if s == "tailnet" => CertSource::Tailnet,
+        Some(RawCert::Named(s)) if s == "local-ca" => CertSource::LocalCa,
+        Some(RawCert::Named(s)) => {
+            p.push(format!(
+                "{}: {s:?} is not \"tailnet\", \"local-ca\" or {{ cert_file, key_file }}",
+                field
+            ));
+            CertSource::Tailnet
+        }
+        Some(RawCert::Files {
+            cert_file,
+            key_file,
+        }) => {
+            check_pem_files(field, &cert_file, &key_file, p);
+            CertSource::Files {
+                cert_file,
+                key_file,
+            }
+        }
+    }
+}
+
+/// One `[[node]]`; `seen` (host names, state directories) catches
+/// duplicates.
+fn validate_node(
+    i: usize,
+    n: RawNode,
+    default_control_url: Option<&String>,
+    seen: &mut (HashSet<String>, HashSet<PathBuf>),
+    env: &dyn Fn(&str) -> Option<String>,
+    p: &mut Vec<String>,
+) -> NodeSpec {
+    let (hostnames, state_dirs) = seen;
+    let f = |k: &str| format!("node[{i}].{k}");
+    if !valid_hostname(&n.hostname) {
+        p.push(format!(
+            "{}: {:?} is not a valid host name (letters, digits, '-', at most 63)",
+            f("hostname"),
+            n.hostname
+        ));
+    } else if !hostnames.insert(n.hostname.to_ascii_lowercase()) {
+        p.push(format!(
+            "{}: {:?} is used by two nodes",
+            f("hostname"),
+            n.hostname
+        ));
+    }
+    if n.state_dir.as_os_str().is_empty() {
+        p.push(format!("{}: must not be empty", f("state_dir")));
+    } else if !state_dirs.insert(n.state_dir.clone()) {
+        p.push(format!(
+            "{}: {} is used by two nodes (each needs its own)",
+            f("state_dir"),
+            n.state_dir.display()
+        ));
+    }
+    let auth_key = match &n.auth_key {
+        Some(r) => match r.load(env) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                p.push(format!("{}: {e}", f("auth_key")));
+                None
+            }
+        },
+        None => None,
+    };
+    let control_url = n.control_url.or_else(|| default_control_url.cloned());
+    if let Some(u) = &control_url {
+        check_url(&f("control_url"), u, p);
+    }
+    for t in &n.tags {
+        if !valid_tag(t) {
+            p.push(format!(
+                "{}: {t:?} is not a tag like \"tag:web\"",
+                f("tags")
+            ));
+        }
+    }
+    if n.https_port == 0 {
+        p.push(format!("{}: must not be 0", f("https_port")));
+    }
+    let cert = node_cert(&f("cert"), n.cert, p);
+    NodeSpec {
+        hostname: n.hostname,
+        state_dir: n.state_dir,
+        auth_key,
+        control_url,
+        tags: n.tags,
+        ephemeral: n.ephemeral,
+        https_port: n.https_port,
+        http_redirect: n.http_redirect,
+        funnel: n.funnel,
+        cert,
+    }
+}
+
+/// A route's upstream: an `http://host:port[/path]` URL without a query.
+fn route_upstream(field: &str, v: &str, p: &mut Vec<String>) -> Option<http::Uri> {
+    match v.parse::<http::Uri>() {
+        Ok(u)
+            if matches!(u.scheme_str(), Some("http"))
+                && u.authority().is_some()
+                && u.query().is_none() =>
+        {
+            Some(u)
+        }
+        Ok(u) if matches!(u.scheme_str(), Some("https")) => {
+            p.push(format!(
+                "{field}: {u} uses https; upstreams are local services, give an http:// URL"
+            ));
+            None
+        }
+        _ => {
+            p.push(format!(
+                "{field}: {v:?} is not a URL like \"http://127.0.0.1:7681\""
+            ));
+            None
+        }
+    }
+}
+
+/// A route's `access` with its `allow_*` lists (`None`: unusable).
+fn route_access(
+    f: &dyn Fn(&str) -> String,
+    access: Option<&str>,
+    wants_login: bool,
+    allow: (Vec<String>, Vec<String>, Vec<String>),
+    p: &mut Vec<String>,
+) -> Option<Access> {
+    let (allow_users, allow_tags, allow_capabilities) = allow;
+    Some(match access {
+        Some("public") if wants_login => {
+            p.push(format!(
+                "{}: a public route cannot have roles or max_auth_age",
+                f("access")
+            ));
+            Access::Public
+        }
+        Some("public") => {
+            if !allow_users.is_empty() || !allow_tags.is_empty() || !allow_capabilities.is_empty() {
+                p.push(format!(
+                    "{}: a public route cannot have allow_users, allow_tags or allow_capabilities",
+                    f("access")
+                ));
+            }
+            Access::Public
+        }
+        Some("tailnet" | "login") | None => {
+            for t in &allow_tags {
+                if !valid_tag(t) {
+                    p.push(format!(
+                        "{}: {t:?} is not a tag like \"tag:web\"",
+                        f("allow_tags")
+                    ));
+                }
+            }
+            Access::Tailnet {
+                users: allow_users,
+                tags: allow_tags,
+                capabilities: allow_capabilities,
+            }
+        }
+        Some(other) => {
+            p.push(format!(
+                "{}: {other:?} is not \"public\", \"tailnet\" or \"login\"",
+                f("access")
+            ));
+            return None;
+        }
+    })
+}
+
+/// A route's renamed identity headers.
+fn route_identity_headers(
+    f: &dyn Fn(&str) -> String,
+    raw: BTreeMap<String, String>,
+    p: &mut Vec<String>,
+) -> IdentityHeaders {
+    let mut identity_headers = IdentityHeaders::default();
+    for (k, v) in raw {
+        if !valid_header_name(&v) {
+            p.push(format!(
+                "{}: {v:?} is not a valid header name",
+                f(&format!("identity_headers.{k}"))
+            ));
+            continue;
+        }
+        match k.as_str() {
+            "login" => identity_headers.login = v,
+            "name" => identity_headers.name = v,
+            "profile_pic" => identity_headers.profile_pic = v,
+            "node" => identity_headers.node = v,
+            "tags" => identity_headers.tags = v,
+            "email" => identity_headers.email = v,
+            "user" => identity_headers.user = v,
+            "login_name" => identity_headers.login_name = v,
+            "groups" => identity_headers.groups = v,
+            "roles" => identity_headers.roles = v,
+            _ => p.push(format!(
+                "{}: unknown key (login, name, profile_pic, node, tags, email, user, login_name, groups, roles)",
+                f(&format!("identity_headers.{k}"))
+            )),
+        }
+    }
+    identity_headers
+}
+
+/// One `[[route]]` (`None` when it cannot be used at all); `seen` catches
+/// two routes with the same node, host and path.
+fn validate_route(
+    i: usize,
+    r: RawRoute,
+    nodes: &[NodeSpec],
+    seen: &mut HashSet<(Option<String>, Option<String>, String)>,
+    p: &mut Vec<String>,
+) -> Option<Route> {
+    let f = |k: &str| format!("route[{i}].{k}");
+    let path = match normalize_prefix(&r.path) {
+        Ok(pth) => pth,
+        Err(e) => {
+            p.push(format!("{}: {e}", f("path")));
+            return None;
+        }
+    };
+    if let Some(n) = &r.node
+        && !nodes.iter().any(|x| &x.hostname == n)
+    {
+        p.push(format!("{}: no [[node]] has hostname {n:?}", f("node")));
+    }
+    let host = r.host.map(|h| h.to_ascii_lowercase());
+    if !seen.insert((r.node.clone(), host.clone(), path.clone())) {
+        p.push(format!(
+            "{}: another route already has path {path:?} on the same node and host",
+            f("path")
+        ));
+    }
+    let upstream = route_upstream(&f("upstream"), &r.upstream, p)?;
+    let wants_login = matches!(r.access.as_deref(), Some("login"))
+        || !r.roles.is_empty()
+        || r.max_auth_age.is_some();
+    let access = route_access(
+        &f,
+        r.access.as_deref(),
+        wants_login,
+        (r.allow_users, r.allow_tags, r.allow_capabilities),
+        p,
+    )?;
+    let identity_headers = route_identity_headers(&f, r.identity_headers, p);
+    let connect_timeout = parse_duration(
+        &f("connect_timeout"),
+        &r.connect_timeout,
+        Duration::from_secs(5),
+        p,
+    );
+    let response_timeout = parse_duration(
+        &f("response_timeout"),
+        &r.response_timeout,
+        Duration::from_secs(60),
+        p,
+    );
+    let login = (wants_login && access != Access::Public).then(|| LoginRequirement {
+        roles: r.roles.clone(),
+        max_auth_age: r
+            .max_auth_age
+            .as_ref()
+            .map(|_| parse_duration(&f("max_auth_age"), &r.max_auth_age, Duration::ZERO, p)),
+    });
+    let require = route_require(&f("require"), r.require.as_deref(), p);
+    let methods = route_methods(&f("methods"), &r.methods, p);
+    Some(Route {
+        login,
+        require,
+        methods,
+        title: r.title,
+        index: i,
+        path,
+        node: r.node,
+        host,
+        upstream,
+        strip_prefix: r.strip_prefix,
+        access,
+        loopback: r.loopback,
+        connect_timeout,
+        response_timeout,
+        identity_headers,
+        allow_underscore_headers: flag(
+            &f("allow_underscore_headers"),
+            r.allow_underscore_headers,
+            p,
+        ),
+    })
+}
+
+/// `require`: "all" (the default) or "any".
+fn route_require(field: &str, v: Option<&str>, p: &mut Vec<String>) -> Combine {
+    match v {
+        None | Some("all") => Combine::All,
+        Some("any") => Combine::Any,
+        Some(other) => {
+            p.push(format!("{field}: {other:?} is not \"all\" or \"any\""));
+            Combine::All
+        }
+    }
+}
+
+/// `methods`: HTTP method names, any case.
+fn route_methods(field: &str, v: &[String], p: &mut Vec<String>) -> Vec<http::Method> {
+    let mut methods = Vec::new();
+    for m in v {
+        match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+            Ok(m) => methods.push(m),
+            Err(_) => p.push(format!("{field}: {m:?} is not an HTTP method")),
+        }
+    }
+    methods
+}
+
+/// A boolean read as any TOML value, so a wrong type names its field.
+fn flag(field: &str, v: Option<toml::Value>, p: &mut Vec<String>) -> bool {
+    match v {
+        None => false,
+        Some(toml::Value::Boolean(b)) => b,
+        Some(other) => {
+            p.push(format!("{field}: {other} is not true or false"));
+            false
+        }
+    }
+}
+
+/// What one section cannot see alone: portal nodes, login routes without
+/// a provider or off the portal's nodes, routes inside the portal prefix.
+fn check_login_routes(
+    nodes: &[NodeSpec],
+    routes: &[Route],
+    providers: &[Provider],
+    portal: Option<&Portal>,
+    p: &mut Vec<String>,
+) {
+    if let Some(pt) = portal {
+        for n in &pt.nodes {
+            if !nodes.iter().any(|x| &x.hostname == n) {
+                p.push(format!("portal.nodes: no [[node]] has hostname {n:?}"));
+            }
+        }
+        if providers.is_empty() {
+            p.push("provider: the portal needs at least one [[provider]]".into());
+        }
+    }
+    for r in routes {
+        if r.login.is_some() && providers.is_empty() {
+            p.push(format!(
+                "route[{}].roles: this route needs a login, but no [[provider]] is configured",
+                r.index
+            ));
+        }
+        if let (Some(pt), Some(_)) = (portal, &r.login)
+            && !pt.nodes.is_empty()
+        {
+            match &r.node {
+                Some(n) if !pt.nodes.contains(n) => p.push(format!(
+                    "route[{}].node: this route needs a login, but node {n:?} does not serve the portal (portal.nodes)",
+                    r.index
+                )),
+                None => p.push(format!(
+                    "route[{}].node: this route needs a login; set node to one of portal.nodes {:?} (the other nodes have no portal)",
+                    r.index, pt.nodes
+                )),
+                _ => {}
+            }
+        }
+        if let Some(pt) = portal
+            && path::under(&pt.prefix, &r.path)
+        {
+            p.push(format!(
+                "route[{}].path: {:?} is inside the portal prefix {:?}",
+                r.index, r.path, pt.prefix
+            ));
+        }
+    }
 }
 
 fn loopback_addr(field: &str, v: &str, p: &mut Vec<String>) -> Option<SocketAddr> {

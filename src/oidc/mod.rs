@@ -38,11 +38,12 @@ const SKEW: i64 = 120;
 
 /// Discovery fields beyond the library's: `prompt_values_supported`
 /// (OpenID Connect Prompt Create), read to know whether the provider honours
-/// `prompt=login`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+/// `prompt=login`. Kept as raw JSON so a malformed value means "not
+/// advertised", never a failed discovery.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 struct PromptMetadata {
     #[serde(default)]
-    prompt_values_supported: Option<Vec<String>>,
+    prompt_values_supported: Option<serde_json::Value>,
 }
 impl AdditionalProviderMetadata for PromptMetadata {}
 
@@ -515,6 +516,7 @@ fn advertises_prompt_login(meta: &Meta) -> bool {
         .additional_metadata
         .prompt_values_supported
         .as_ref()
+        .and_then(|v| v.as_array())
         .is_some_and(|v| v.iter().any(|p| p == "login"))
 }
 
@@ -610,6 +612,41 @@ mod tests {
         let r: openidconnect::StandardErrorResponse<openidconnect::core::CoreErrorResponseType> =
             serde_json::from_str(body).unwrap();
         token_error::<std::io::Error>(RequestTokenError::ServerResponse(r))
+    }
+
+    #[test]
+    fn prompt_login_counts_only_when_discovery_lists_it() {
+        let meta = |extra: serde_json::Value| -> Meta {
+            let mut d = serde_json::json!({
+                "issuer": "https://auth.example.ts.net",
+                "authorization_endpoint": "https://auth.example.ts.net/authorize",
+                "token_endpoint": "https://auth.example.ts.net/api/oidc/token",
+                "jwks_uri": "https://auth.example.ts.net/.well-known/jwks.json",
+                "response_types_supported": ["code"],
+                "subject_types_supported": ["public"],
+                "id_token_signing_alg_values_supported": ["RS256"],
+            });
+            for (k, v) in extra.as_object().unwrap() {
+                d[k] = v.clone();
+            }
+            serde_json::from_value(d).expect("discovery parses")
+        };
+        use serde_json::json;
+        // Pocket ID 2.9 lists it; 2.3 has no such field.
+        assert!(advertises_prompt_login(&meta(
+            json!({"prompt_values_supported": ["none", "login", "consent", "select_account"]})
+        )));
+        assert!(!advertises_prompt_login(&meta(json!({}))));
+        assert!(!advertises_prompt_login(&meta(
+            json!({"prompt_values_supported": ["none", "consent"]})
+        )));
+        // Malformed: not advertised, and discovery still works.
+        assert!(!advertises_prompt_login(&meta(
+            json!({"prompt_values_supported": "login"})
+        )));
+        assert!(!advertises_prompt_login(&meta(
+            json!({"prompt_values_supported": [1, null]})
+        )));
     }
 
     #[test]
