@@ -390,6 +390,8 @@ async function story(context) {
 
   // 6. Background refresh: well past refresh_interval, with the websocket
   //    open and no request, the session is alive and the socket still open.
+  //    (That the ticker refreshes such sessions shows in step 11: there the
+  //    socket closes while the page makes no request at all.)
   await step('background-refresh', tab, async () => {
     await sleep(REFRESH_MS * 2.5);
     if (await wsClosed()) fail(`the websocket closed: ${await text(tab, '#closed')}`);
@@ -474,6 +476,7 @@ async function story(context) {
     await page.locator('form #logout').first().click({ timeout: TIMEOUT });
     await mustHave(page, 'h1#signed-out', 'the signed-out heading');
     const target = GW + '/admin/strict';
+    const before = await signCount();
     await goto(page, target);
     await waitUrl(page, onPortalLogin, 'the portal login page');
     await page.locator('a.provider[data-provider="strict"]').first().click({ timeout: TIMEOUT });
@@ -481,9 +484,10 @@ async function story(context) {
     await mustHave(page, '#no-fresh-sign-in', 'the "cannot prove a fresh sign-in" page');
     const body = await excerpt(page);
     if (!body.includes('cannot prove a fresh sign-in')) fail(`the page does not say "cannot prove a fresh sign-in": ${body}`);
+    const after = await signCount();
     // Whatever that left, the next steps start from a `pocketid` session.
     await context.clearCookies({ domain: new URL(GW).hostname });
-    return {};
+    return { sign_count_before: before, sign_count_after: after };
   });
 
   // 11. Admin actions at Pocket ID end the session within refresh_interval:
