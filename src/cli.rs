@@ -177,6 +177,22 @@ pub fn describe(c: &Config) -> String {
     use std::fmt::Write;
     let mut o = String::new();
     let _ = writeln!(o, "config OK");
+    describe_nodes(&mut o, c);
+    describe_routes(&mut o, c);
+    describe_portal(&mut o, c);
+    describe_warnings(&mut o, c);
+    if let Some(l) = c.loopback {
+        let _ = writeln!(
+            o,
+            "\nloopback listener: http://{l}/ (public routes and routes with loopback = true)"
+        );
+    }
+    o
+}
+
+/// Each node: URL, state, auth key (never its value), certificate, Funnel.
+fn describe_nodes(o: &mut String, c: &Config) {
+    use std::fmt::Write;
     for n in &c.nodes {
         let fqdn = c.node_fqdn(n);
         let port = if n.https_port == 443 {
@@ -227,6 +243,11 @@ pub fn describe(c: &Config) -> String {
             }
         }
     }
+}
+
+/// Each route: path, host, upstream and who may use it.
+fn describe_routes(o: &mut String, c: &Config) {
+    use std::fmt::Write;
     let _ = writeln!(o, "\nroutes");
     for r in &c.routes {
         let mut access = match &r.access {
@@ -273,6 +294,11 @@ pub fn describe(c: &Config) -> String {
             if r.loopback { ", also loopback" } else { "" }
         );
     }
+}
+
+/// The portal: providers, the URLs to register, rules, step-up.
+fn describe_portal(o: &mut String, c: &Config) {
+    use std::fmt::Write;
     if let Some(pt) = &c.portal {
         let _ = writeln!(
             o,
@@ -323,6 +349,11 @@ pub fn describe(c: &Config) -> String {
             }
         }
     }
+}
+
+/// Routes nobody can reach, and rules a default provider setup never matches.
+fn describe_warnings(o: &mut String, c: &Config) {
+    use std::fmt::Write;
     let mut warnings = crate::policy::unsatisfiable(&c.routes, &c.rules);
     for r in &c.rules {
         if !r.emails.is_empty() || !r.domains.is_empty() {
@@ -338,11 +369,4 @@ pub fn describe(c: &Config) -> String {
             let _ = writeln!(o, "warning: {w}");
         }
     }
-    if let Some(l) = c.loopback {
-        let _ = writeln!(
-            o,
-            "\nloopback listener: http://{l}/ (public routes and routes with loopback = true)"
-        );
-    }
-    o
 }

@@ -708,10 +708,14 @@ client_secret = { env = "TP_TEST_CLIENT" }
 [[rule]]
 roles = ["admin"]
 groups = ["admins"]
+[[rule]]
+roles = ["user"]
+domains = ["example.com"]
 [[route]]
 path = "/ttyd"
 upstream = "http://127.0.0.1:7681"
 roles = ["admn"]
+max_auth_age = "10m"
 "#,
     )
     .unwrap();
@@ -739,6 +743,17 @@ roles = ["admn"]
     );
     assert!(
         text.contains("warning: route[0] /ttyd: requires role admn, which no [[rule]] grants"),
+        "{text}"
+    );
+    // Issue #11: email/domain rules and Pocket ID's unverified emails;
+    // which provider must prove a fresh sign-in for which route.
+    assert!(
+        text.contains("warning: rule[1] matches emails or domains: an email the provider marks email_verified = false never matches")
+            && text.contains("\"Emails verified\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("/ttyd needs a sign-in at most 10m old; pocketid must prove it with auth_time in its ID tokens (Pocket ID up to 2.9 sends none: set trust_prompt_login = true for Pocket ID 2.6+)"),
         "{text}"
     );
     assert!(!text.contains("very-secret"), "secret printed: {text}");
