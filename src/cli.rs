@@ -135,7 +135,7 @@ async fn run(config: Config, path: PathBuf) -> ExitCode {
         }
     };
     for n in &gw.nodes {
-        tracing::info!(node = %n.hostname, url = %format!("https://{}/", n.fqdn), "serving");
+        tracing::info!(node = %n.hostname, url = %format!("{}/", n.origin), "serving");
     }
     loop {
         tokio::select! {
@@ -195,13 +195,8 @@ fn describe_nodes(o: &mut String, c: &Config) {
     use std::fmt::Write;
     for n in &c.nodes {
         let fqdn = c.node_fqdn(n);
-        let port = if n.https_port == 443 {
-            String::new()
-        } else {
-            format!(":{}", n.https_port)
-        };
         let _ = writeln!(o, "\nnode {}", n.hostname);
-        let _ = writeln!(o, "  url:        https://{fqdn}{port}/");
+        let _ = writeln!(o, "  url:        {}/", c.node_origin(n));
         let _ = writeln!(o, "  state dir:  {}", n.state_dir.display());
         let _ = writeln!(
             o,

@@ -1239,12 +1239,7 @@ pub fn registration_uris(config: &Config) -> Vec<(String, String, String)> {
         if !(pt.nodes.is_empty() || pt.nodes.contains(&n.hostname)) {
             continue;
         }
-        let port = if n.https_port == 443 {
-            String::new()
-        } else {
-            format!(":{}", n.https_port)
-        };
-        let base = format!("https://{}{port}{}", config.node_fqdn(n), pt.prefix);
+        let base = format!("{}{}", config.node_origin(n), pt.prefix);
         for p in &config.providers {
             out.push((
                 p.name.clone(),
