@@ -135,7 +135,7 @@ async fn run(config: Config, path: PathBuf) -> ExitCode {
         }
     };
     for n in &gw.nodes {
-        tracing::info!(node = %n.hostname, url = %format!("https://{}/", n.fqdn), "serving");
+        tracing::info!(node = %n.hostname, url = %format!("{}/", n.origin), "serving");
     }
     loop {
         tokio::select! {
@@ -177,15 +177,26 @@ pub fn describe(c: &Config) -> String {
     use std::fmt::Write;
     let mut o = String::new();
     let _ = writeln!(o, "config OK");
+    describe_nodes(&mut o, c);
+    describe_routes(&mut o, c);
+    describe_portal(&mut o, c);
+    describe_warnings(&mut o, c);
+    if let Some(l) = c.loopback {
+        let _ = writeln!(
+            o,
+            "\nloopback listener: http://{l}/ (public routes and routes with loopback = true)"
+        );
+    }
+    o
+}
+
+/// Each node: URL, state, auth key (never its value), certificate, Funnel.
+fn describe_nodes(o: &mut String, c: &Config) {
+    use std::fmt::Write;
     for n in &c.nodes {
         let fqdn = c.node_fqdn(n);
-        let port = if n.https_port == 443 {
-            String::new()
-        } else {
-            format!(":{}", n.https_port)
-        };
         let _ = writeln!(o, "\nnode {}", n.hostname);
-        let _ = writeln!(o, "  url:        https://{fqdn}{port}/");
+        let _ = writeln!(o, "  url:        {}/", c.node_origin(n));
         let _ = writeln!(o, "  state dir:  {}", n.state_dir.display());
         let _ = writeln!(
             o,
@@ -227,6 +238,11 @@ pub fn describe(c: &Config) -> String {
             }
         }
     }
+}
+
+/// Each route: path, host, upstream and who may use it.
+fn describe_routes(o: &mut String, c: &Config) {
+    use std::fmt::Write;
     let _ = writeln!(o, "\nroutes");
     for r in &c.routes {
         let mut access = match &r.access {
@@ -273,6 +289,11 @@ pub fn describe(c: &Config) -> String {
             if r.loopback { ", also loopback" } else { "" }
         );
     }
+}
+
+/// The portal: providers, the URLs to register, rules, step-up.
+fn describe_portal(o: &mut String, c: &Config) {
+    use std::fmt::Write;
     if let Some(pt) = &c.portal {
         let _ = writeln!(
             o,
@@ -323,6 +344,11 @@ pub fn describe(c: &Config) -> String {
             }
         }
     }
+}
+
+/// Routes nobody can reach, and rules a default provider setup never matches.
+fn describe_warnings(o: &mut String, c: &Config) {
+    use std::fmt::Write;
     let mut warnings = crate::policy::unsatisfiable(&c.routes, &c.rules);
     for r in &c.rules {
         if !r.emails.is_empty() || !r.domains.is_empty() {
@@ -338,11 +364,4 @@ pub fn describe(c: &Config) -> String {
             let _ = writeln!(o, "warning: {w}");
         }
     }
-    if let Some(l) = c.loopback {
-        let _ = writeln!(
-            o,
-            "\nloopback listener: http://{l}/ (public routes and routes with loopback = true)"
-        );
-    }
-    o
 }

@@ -109,6 +109,8 @@ pub struct RunningNode {
     pub hostname: String,
     /// MagicDNS name (without trailing dot).
     pub fqdn: String,
+    /// `https://<fqdn>[:port]`.
+    pub origin: String,
     /// The node.
     pub node: Node,
     /// Its certificate resolver.
@@ -490,7 +492,7 @@ async fn start_node(
         .map_err(te)?;
     let origin = Arc::new(PortalOrigin {
         node: spec.hostname.clone(),
-        base: format!("https://{fqdn}{}", port_suffix(spec.https_port)),
+        base: crate::config::https_origin(&fqdn, spec.https_port),
         https_port: spec.https_port,
     });
     let door = live.door(&format!("{name} https"), Sources::Exact);
@@ -538,19 +540,11 @@ async fn start_node(
     }
     Ok(RunningNode {
         hostname: spec.hostname.clone(),
+        origin: crate::config::https_origin(&fqdn, spec.https_port),
         fqdn,
         node,
         certs,
     })
-}
-
-/// `:port` unless it is HTTPS's default.
-fn port_suffix(https_port: u16) -> String {
-    if https_port == 443 {
-        String::new()
-    } else {
-        format!(":{https_port}")
-    }
 }
 
 /// Tailnet HTTPS: WhoIs, then TLS, both within the handshake timeout, then
@@ -687,7 +681,7 @@ async fn redirect(
     live: Arc<Live>,
     stop: watch::Receiver<bool>,
 ) {
-    let base: Arc<str> = format!("https://{fqdn}{}", port_suffix(https_port)).into();
+    let base: Arc<str> = crate::config::https_origin(&fqdn, https_port).into();
     listen::run(acceptor, door, stop, move |s, _, ticket| {
         let base = base.clone();
         let svc = move |req: Request<Incoming>| {

@@ -463,6 +463,21 @@ impl Config {
             None => format!("{}.<your-tailnet>.ts.net", node.hostname),
         }
     }
+
+    /// `https://<node fqdn>[:port]` as configured (see [`https_origin`]).
+    pub fn node_origin(&self, node: &NodeSpec) -> String {
+        https_origin(&self.node_fqdn(node), node.https_port)
+    }
+}
+
+/// The origin of an HTTPS name: `https://host`, with `:port` unless it is
+/// HTTPS's default. The one place a node's origin is spelled.
+pub fn https_origin(host: &str, port: u16) -> String {
+    if port == 443 {
+        format!("https://{host}")
+    } else {
+        format!("https://{host}:{port}")
+    }
 }
 
 fn toml_problem(e: &toml::de::Error) -> String {

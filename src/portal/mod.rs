@@ -90,6 +90,29 @@ fn retry_delay(failures: u32, interval: Duration) -> Duration {
         .min(cap)
 }
 
+/// Why a sign-in that answered a step-up (`max_age` seconds) does not prove
+/// a fresh authentication (security invariant 11), or `None` when it does:
+/// without that proof a redirect back would loop, and counting "now" would
+/// let a silent sign-in pass.
+fn unproven_step_up(
+    max: u64,
+    auth_time: Option<i64>,
+    now: i64,
+    provider: &config::Provider,
+) -> Option<String> {
+    match auth_time {
+        None if provider.trust_prompt_login => Some(
+            "its ID token has no auth_time, and its discovery document does not list prompt=login as supported".into(),
+        ),
+        None => Some("its ID token has no auth_time".into()),
+        Some(at) if now - at > max as i64 + 60 => Some(format!(
+            "it says you signed in {} s ago, and this page needs a sign-in at most {max} s old",
+            now - at
+        )),
+        Some(_) => None,
+    }
+}
+
 impl std::fmt::Debug for Portal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Portal")
@@ -404,21 +427,25 @@ impl Portal {
                     tracing::warn!(provider = %rec.provider, reason = %why, "cannot refresh the session now");
                     return self.end_unrefreshable(sid, &rec);
                 }
-                let wait = {
-                    let mut m = self.retry.lock().unwrap_or_else(|e| e.into_inner());
-                    let r = m.entry(sid.to_string()).or_insert(Retry {
-                        failures: 0,
-                        next: Instant::now(),
-                    });
-                    r.failures += 1;
-                    let wait = retry_delay(r.failures, self.cfg.refresh_interval);
-                    r.next = Instant::now() + wait;
-                    wait
-                };
+                let wait = self.back_off(sid);
                 tracing::warn!(provider = %rec.provider, reason = %why, retry_in = ?wait, "cannot refresh the session now; kept, trying again later");
                 Some(rec)
             }
         }
+    }
+
+    /// Counts one more failed refresh of `sid`; returns the wait before the
+    /// next try.
+    fn back_off(&self, sid: &str) -> Duration {
+        let mut m = self.retry.lock().unwrap_or_else(|e| e.into_inner());
+        let r = m.entry(sid.to_string()).or_insert(Retry {
+            failures: 0,
+            next: Instant::now(),
+        });
+        r.failures += 1;
+        let wait = retry_delay(r.failures, self.cfg.refresh_interval);
+        r.next = Instant::now() + wait;
+        wait
     }
 
     /// Ends a session that could not be refreshed within its grace period.
@@ -929,6 +956,35 @@ impl Portal {
         (r, "login-start")
     }
 
+    /// The sign-in in flight that `state` names, if it is still valid and
+    /// this callback comes from the browser, node and provider that started
+    /// it. State is single-use: taken out whatever happens next.
+    fn take_pending(
+        &self,
+        name: &str,
+        state: &str,
+        headers: &HeaderMap,
+        who: &PeerIdentity,
+    ) -> Option<PendingLogin> {
+        let pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(state);
+        let Some(pl) = pending.filter(|l| l.started.elapsed() < LOGIN_TTL) else {
+            tracing::warn!(peer = %who, provider = name, "callback with unknown or used state");
+            return None;
+        };
+        if pl.provider != name
+            || headers::cookie(headers, &login_cookie_name(&self.cfg)) != Some(pl.browser.as_str())
+            || Binding::of(who).as_ref() != Some(&pl.binding)
+        {
+            tracing::warn!(peer = %who, provider = name, "callback from another browser, node or provider than the sign-in started");
+            return None;
+        }
+        Some(pl)
+    }
+
     async fn callback(
         &self,
         name: &str,
@@ -946,30 +1002,13 @@ impl Portal {
             r
         };
         let stale = "This sign-in link is not valid any more: it was used already, it expired, or it was started in another browser or on another device.";
-        // State is single-use: taken out of the map whatever happens next.
         let state = q("state").unwrap_or_default();
-        let pending = self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take(&state);
-        let Some(pl) = pending.filter(|l| l.started.elapsed() < LOGIN_TTL) else {
-            tracing::warn!(peer = %who, provider = name, "callback with unknown or used state");
+        let Some(pl) = self.take_pending(name, &state, headers, who) else {
             return (
                 fail(StatusCode::BAD_REQUEST, "Sign-in expired", stale),
                 "login-stale",
             );
         };
-        if pl.provider != name
-            || headers::cookie(headers, &login_cookie_name(&self.cfg)) != Some(pl.browser.as_str())
-            || Binding::of(who).as_ref() != Some(&pl.binding)
-        {
-            tracing::warn!(peer = %who, provider = name, "callback from another browser, node or provider than the sign-in started");
-            return (
-                fail(StatusCode::BAD_REQUEST, "Sign-in expired", stale),
-                "login-stale",
-            );
-        }
         if let Some(err) = q("error") {
             let desc = q("error_description").unwrap_or_default();
             tracing::info!(peer = %who, provider = name, error = %err, description = %desc, "provider refused the sign-in");
@@ -1013,33 +1052,35 @@ impl Portal {
             }
         };
         let t0 = now();
-        if let Some(max) = pl.max_age {
-            // Step-up: only proof of a fresh sign-in will do (security
-            // invariant 11); without it a redirect back would loop, and
-            // counting "now" would let a silent sign-in pass.
-            let why = match login.auth_time {
-                None if provider.config().trust_prompt_login => Some(
-                    "its ID token has no auth_time, and its discovery document does not list prompt=login as supported".to_string(),
-                ),
-                None => Some("its ID token has no auth_time".to_string()),
-                Some(at) if t0 - at > max as i64 + 60 => Some(format!(
-                    "it says you signed in {} s ago, and this page needs a sign-in at most {max} s old",
-                    t0 - at
-                )),
-                Some(_) => None,
-            };
-            if let Some(why) = why {
-                tracing::warn!(peer = %who, provider = name, reason = %why, "step-up refused: no proof of a fresh sign-in");
-                let mut r = html_response(
-                    StatusCode::FORBIDDEN,
-                    pages::no_fresh_sign_in(p, t, &provider.config().label, &why),
-                );
-                if let Ok(v) = HeaderValue::from_str(&login_cookie(&self.cfg, "", 0)) {
-                    r.headers_mut().append(header::SET_COOKIE, v);
-                }
-                return (r, "login-unproven");
+        if let Some(why) = pl
+            .max_age
+            .and_then(|max| unproven_step_up(max, login.auth_time, t0, provider.config()))
+        {
+            tracing::warn!(peer = %who, provider = name, reason = %why, "step-up refused: no proof of a fresh sign-in");
+            let mut r = html_response(
+                StatusCode::FORBIDDEN,
+                pages::no_fresh_sign_in(p, t, &provider.config().label, &why),
+            );
+            if let Ok(v) = HeaderValue::from_str(&login_cookie(&self.cfg, "", 0)) {
+                r.headers_mut().append(header::SET_COOKIE, v);
             }
+            return (r, "login-unproven");
         }
+        self.open_session(name, pl, login, headers, who)
+    }
+
+    /// Opens the session a verified sign-in earned (none when it maps to
+    /// no role) and sends the browser to where it was going.
+    fn open_session(
+        &self,
+        name: &str,
+        pl: PendingLogin,
+        login: oidc::Login,
+        headers: &HeaderMap,
+        who: &PeerIdentity,
+    ) -> (Response<Body>, &'static str) {
+        let (p, t) = (&self.cfg.prefix, &self.cfg.title);
+        let t0 = now();
         let sid = random_token();
         let expires = t0 + self.cfg.session_lifetime.as_secs() as i64;
         let rec = Record {
@@ -1069,14 +1110,14 @@ impl Portal {
         }
         if let Err(e) = self.store.put(&sid, rec) {
             tracing::error!(error = %e, "cannot persist a new session");
-            return (
-                fail(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "Sign-in failed",
-                    "The session could not be stored.",
-                ),
-                "login-fail",
+            let mut r = html_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                pages::problem(p, t, "Sign-in failed", "The session could not be stored."),
             );
+            if let Ok(v) = HeaderValue::from_str(&login_cookie(&self.cfg, "", 0)) {
+                r.headers_mut().append(header::SET_COOKIE, v);
+            }
+            return (r, "login-fail");
         }
         // A new sign-in replaces the session this browser had.
         if let Some(old) = headers::cookie(headers, &self.cfg.cookie_name)
@@ -1198,12 +1239,7 @@ pub fn registration_uris(config: &Config) -> Vec<(String, String, String)> {
         if !(pt.nodes.is_empty() || pt.nodes.contains(&n.hostname)) {
             continue;
         }
-        let port = if n.https_port == 443 {
-            String::new()
-        } else {
-            format!(":{}", n.https_port)
-        };
-        let base = format!("https://{}{port}{}", config.node_fqdn(n), pt.prefix);
+        let base = format!("{}{}", config.node_origin(n), pt.prefix);
         for p in &config.providers {
             out.push((
                 p.name.clone(),
