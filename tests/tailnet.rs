@@ -595,6 +595,10 @@ const FD_CHILD_ENV: &str = "TAILPASS_TEST_FD_CHILD_CONTROL_URL";
 ///    drops the descriptor (MSG_CTRUNC), a retryable `Resource` error
 ///    (or `HandOff`, should the shim not have sent it yet);
 /// 3. descriptors released: the same listener accepts and serves.
+///
+/// On the node channel (the default data path) a connection needs no
+/// descriptor at all, so instead of 1 and 2 the connection that arrives
+/// with the table full is accepted and served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accept_survives_a_full_descriptor_table_and_recovers() {
     use tokio::io::AsyncBufReadExt;
@@ -643,29 +647,23 @@ async fn accept_survives_a_full_descriptor_table_and_recovers() {
 
     // 1. Full table, then a connection.
     expect("full").await;
-    let mut lost1 = dialer.dial(&addr).await.unwrap();
-    stdin.write_all(b"dialed\n").await.unwrap();
-    let phase1 = expect("phase1").await;
-    assert!(phase1.starts_with("HandOff"), "phase 1: {phase1}");
-    assert!(phase1.contains("too many open files"), "phase 1: {phase1}");
-    // The lost connection was closed, not left hanging.
-    let mut b = [0u8; 1];
-    let r = tokio::time::timeout(Duration::from_secs(30), lost1.read(&mut b)).await;
-    assert!(
-        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
-        "lost connection: {r:?}"
-    );
-
-    // 2. A connection whose hand-off is in flight when the table fills.
-    expect("room").await;
-    let _lost2 = dialer.dial(&addr).await.unwrap();
-    stdin.write_all(b"dialed\n").await.unwrap();
-    let phase2 = expect("phase2").await;
-    eprintln!("phase 1: {phase1}\nphase 2: {phase2}");
-    assert!(
-        phase2.starts_with("Resource") || phase2.starts_with("HandOff"),
-        "phase 2: {phase2}"
-    );
+    if support::data_path_for_tests() == tailpass::tailnet::DataPath::Channel {
+        // On the node channel a connection needs no descriptor: with the
+        // table full, the connection is accepted and served.
+        let mut s = dialer.dial(&addr).await.unwrap();
+        stdin.write_all(b"dialed\n").await.unwrap();
+        s.write_all(b"hello").await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut got = String::new();
+        tokio::time::timeout(Duration::from_secs(30), s.read_to_string(&mut got))
+            .await
+            .expect("no answer with a full descriptor table")
+            .unwrap();
+        assert_eq!(got, "served:hello");
+        assert_eq!(expect("phase1").await, "served with a full table");
+    } else {
+        socketpair_phases(&dialer, &addr, &mut stdin, &mut expect).await;
+    }
 
     // 3. Released: the same listener serves again.
     expect("released").await;
@@ -683,6 +681,39 @@ async fn accept_survives_a_full_descriptor_table_and_recovers() {
     assert!(status.success(), "child failed: {status}");
 }
 
+/// Phases 1 and 2 of `accept_survives_a_full_descriptor_table_and_recovers`
+/// on the socketpair data path, where each connection needs descriptors.
+async fn socketpair_phases(
+    dialer: &Node,
+    addr: &str,
+    stdin: &mut tokio::process::ChildStdin,
+    expect: &mut impl AsyncFnMut(&str) -> String,
+) {
+    let mut lost1 = dialer.dial(addr).await.unwrap();
+    stdin.write_all(b"dialed\n").await.unwrap();
+    let phase1 = expect("phase1").await;
+    assert!(phase1.starts_with("HandOff"), "phase 1: {phase1}");
+    assert!(phase1.contains("too many open files"), "phase 1: {phase1}");
+    // The lost connection was closed, not left hanging.
+    let mut b = [0u8; 1];
+    let r = tokio::time::timeout(Duration::from_secs(30), lost1.read(&mut b)).await;
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "lost connection: {r:?}"
+    );
+
+    // 2. A connection whose hand-off is in flight when the table fills.
+    expect("room").await;
+    let _lost2 = dialer.dial(addr).await.unwrap();
+    stdin.write_all(b"dialed\n").await.unwrap();
+    let phase2 = expect("phase2").await;
+    eprintln!("phase 1: {phase1}\nphase 2: {phase2}");
+    assert!(
+        phase2.starts_with("Resource") || phase2.starts_with("HandOff"),
+        "phase 2: {phase2}"
+    );
+}
+
 /// The accepting side of `accept_survives_a_full_descriptor_table_and_recovers`;
 /// does nothing unless that test started it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -696,6 +727,7 @@ async fn fd_pressure_child() {
     let mut cfg = tailpass::tailnet::NodeConfig::new("fd-child", dir.path().join("n"));
     cfg.control_url = Some(control_url);
     cfg.ephemeral = true;
+    cfg.data_path = support::data_path_for_tests();
     let node = Node::new(cfg).unwrap();
     let st = node.up(Duration::from_secs(60)).await.unwrap();
     let ln = node.listen(7100).await.unwrap();
@@ -728,6 +760,22 @@ async fn fd_pressure_child() {
     fill(&mut held);
     println!("child: full");
     stdin.next_line().await.unwrap();
+    if support::data_path_for_tests() == tailpass::tailnet::DataPath::Channel {
+        match ln.accept().await {
+            Ok((mut s, _)) => {
+                let mut buf = Vec::new();
+                s.read_to_end(&mut buf).await.unwrap();
+                s.write_all(b"served:").await.unwrap();
+                s.write_all(&buf).await.unwrap();
+                s.shutdown().await.unwrap();
+                println!("child: phase1 served with a full table");
+            }
+            Err(e) => println!("child: FAIL phase 1 on the channel: {e}"),
+        }
+        held.clear();
+        println!("child: released");
+        return serve_once(&ln, &mut stdin).await;
+    }
     match ln.accept().await {
         Err(e) => println!("child: phase1 {}", describe(&e)),
         Ok(_) => println!("child: FAIL phase 1 accepted with a full table"),
@@ -746,6 +794,14 @@ async fn fd_pressure_child() {
 
     held.clear();
     println!("child: released");
+    serve_once(&ln, &mut stdin).await;
+}
+
+/// The child's last phase: serve one connection, then wait for "bye".
+async fn serve_once(
+    ln: &tailpass::tailnet::Listener,
+    stdin: &mut tokio::io::Lines<tokio::io::BufReader<tokio::io::Stdin>>,
+) {
     let (mut s, _) = ln.accept().await.unwrap();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.unwrap();

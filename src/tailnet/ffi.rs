@@ -240,7 +240,9 @@ pub(crate) fn node_open_channel(node: i64) -> Result<OwnedFd, Error> {
         i64::from(unsafe { sys::tsshim_node_open_channel(node, &mut fd, err) })
     })?;
     if fd < 0 {
-        return Err(Error::Protocol("open channel returned no descriptor".into()));
+        return Err(Error::Protocol(
+            "open channel returned no descriptor".into(),
+        ));
     }
     // SAFETY: on success the shim hands us the only copy of fd.
     Ok(unsafe { own_fd(fd) })

@@ -265,11 +265,7 @@ impl Node {
     /// is quick (a socketpair and two goroutines): no blocking pool.
     fn channel(&self) -> Result<Channel> {
         let h = self.handle()?;
-        let mut slot = self
-            .inner
-            .channel
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut slot = self.inner.channel.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(ch) = slot.as_ref().filter(|c| c.is_alive()) {
             return Ok(ch.clone());
         }

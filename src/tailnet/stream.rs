@@ -137,7 +137,10 @@ impl AsyncWrite for TailnetStream {
         match &mut self.inner {
             Io::Socket(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Io::Channel(s) => {
-                let buf = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
+                let buf = bufs
+                    .iter()
+                    .find(|b| !b.is_empty())
+                    .map_or(&[][..], |b| &b[..]);
                 s.poll_write(cx, buf)
             }
         }

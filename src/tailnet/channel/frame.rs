@@ -261,9 +261,18 @@ mod tests {
         assert!(decode(&mut frame(0, 1, b"")).is_err(), "type 0");
         assert!(decode(&mut frame(11, 1, b"")).is_err(), "type 11");
         assert!(decode(&mut frame(255, 1, b"")).is_err(), "type 255");
-        assert!(decode(&mut frame(DIAL, 1, b"")).is_err(), "DIAL from the shim");
-        assert!(decode(&mut frame(WINDOW, 1, b"abc")).is_err(), "short WINDOW");
-        assert!(decode(&mut frame(OPEN, 1, b"ab")).is_err(), "OPEN without listener");
+        assert!(
+            decode(&mut frame(DIAL, 1, b"")).is_err(),
+            "DIAL from the shim"
+        );
+        assert!(
+            decode(&mut frame(WINDOW, 1, b"abc")).is_err(),
+            "short WINDOW"
+        );
+        assert!(
+            decode(&mut frame(OPEN, 1, b"ab")).is_err(),
+            "OPEN without listener"
+        );
     }
 
     proptest! {

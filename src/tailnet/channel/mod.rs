@@ -193,7 +193,9 @@ impl Channel {
             }
         }
         let _forget = Forget(&self.shared, id);
-        let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX).max(1);
+        let ms = u32::try_from(timeout.as_millis())
+            .unwrap_or(u32::MAX)
+            .max(1);
         let mut p = Vec::with_capacity(8 + addr.len());
         p.extend_from_slice(&ms.to_be_bytes());
         p.extend_from_slice(b"tcp\n");
@@ -340,7 +342,10 @@ impl Shared {
             Frame::DialErr { stream, message } => {
                 let tx = lock(&self.state).dials.remove(&stream);
                 if let Some(tx) = tx {
-                    let _ = tx.send(Err(Error::Go { op: "dial", message }));
+                    let _ = tx.send(Err(Error::Go {
+                        op: "dial",
+                        message,
+                    }));
                 }
             }
             Frame::Data { stream, data } => {
@@ -657,7 +662,11 @@ impl ChannelStream {
         Poll::Ready(Ok(()))
     }
 
-    pub(crate) fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    pub(crate) fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }

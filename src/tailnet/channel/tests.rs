@@ -169,7 +169,10 @@ async fn a_stalled_stream_stops_at_its_window_while_another_keeps_flowing() {
     });
     let got = shim.data(1, INITIAL_WINDOW as usize).await;
     assert_eq!(got.len(), INITIAL_WINDOW as usize);
-    assert!(shim.silent_for(Duration::from_millis(300)).await, "wrote past the window");
+    assert!(
+        shim.silent_for(Duration::from_millis(300)).await,
+        "wrote past the window"
+    );
     assert!(!writer.is_finished());
 
     // Meanwhile the other stream flows both ways, many windows' worth.
@@ -188,7 +191,10 @@ async fn a_stalled_stream_stops_at_its_window_while_another_keeps_flowing() {
         credited += u64::from(u32::from_be_bytes(p.try_into().unwrap()));
         frames += 1;
     }
-    assert!(credited <= 20 * 60_000 && frames > 1, "{credited} in {frames}");
+    assert!(
+        credited <= 20 * 60_000 && frames > 1,
+        "{credited} in {frames}"
+    );
 
     // Credit for the stalled stream releases the rest.
     shim.send(WINDOW, 1, &1000u32.to_be_bytes()).await;
@@ -282,9 +288,13 @@ async fn dials_are_answered_asynchronously() {
     let ch2 = ch.clone();
     let d = tokio::spawn(async move { ch2.dial("nobody:1", Duration::from_secs(3)).await });
     let (_, id2, _) = shim.next().await;
-    shim.send(DIAL_ERR, id2, b"dial nobody:1: no such host").await;
+    shim.send(DIAL_ERR, id2, b"dial nobody:1: no such host")
+        .await;
     match d.await.unwrap() {
-        Err(Error::Go { op: "dial", message }) => assert!(message.contains("no such host")),
+        Err(Error::Go {
+            op: "dial",
+            message,
+        }) => assert!(message.contains("no such host")),
         other => panic!("{:?}", other.map(|_| ())),
     }
 
@@ -321,14 +331,17 @@ async fn many_streams_open_echo_and_close_concurrently() {
     let l = ch.add_listener().unwrap();
     const N: u32 = 400;
     for i in 0..N {
-        shim.open(l.id(), i + 1, &format!("100.64.0.2:{}", 1000 + i)).await;
+        shim.open(l.id(), i + 1, &format!("100.64.0.2:{}", 1000 + i))
+            .await;
     }
     let mut tasks = Vec::new();
     for _ in 0..N {
         let mut s = accept(&l).await;
         tasks.push(tokio::spawn(async move {
             let port = s.peer_addr().port();
-            s.write_all(format!("from {port}").as_bytes()).await.unwrap();
+            s.write_all(format!("from {port}").as_bytes())
+                .await
+                .unwrap();
             s.shutdown().await.unwrap();
             let mut rest = Vec::new();
             s.read_to_end(&mut rest).await.unwrap();
@@ -343,7 +356,8 @@ async fn many_streams_open_echo_and_close_concurrently() {
                 assert_eq!(p, format!("from {}", 1000 + id - 1).into_bytes());
             }
             FIN => {
-                shim.send(DATA, id, format!("to {}", 1000 + id - 1).as_bytes()).await;
+                shim.send(DATA, id, format!("to {}", 1000 + id - 1).as_bytes())
+                    .await;
                 shim.send(FIN, id, b"").await;
                 seen.insert(id);
             }
@@ -359,10 +373,10 @@ async fn many_streams_open_echo_and_close_concurrently() {
 #[tokio::test]
 async fn garbage_fails_the_channel_and_everything_on_it_ends() {
     for garbage in [
-        vec![0u8; 9],                                  // type 0
+        vec![0u8; 9],                                   // type 0
         vec![DATA, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff], // oversize
-        vec![DIAL, 0x80, 0, 0, 1, 0, 0, 0, 0],         // DIAL from the shim
-        vec![WINDOW, 0, 0, 0, 1, 0, 0, 0, 1, 9],       // short WINDOW
+        vec![DIAL, 0x80, 0, 0, 1, 0, 0, 0, 0],          // DIAL from the shim
+        vec![WINDOW, 0, 0, 0, 1, 0, 0, 0, 1, 9],        // short WINDOW
     ] {
         let (ch, mut shim) = Shim::new();
         let l = ch.add_listener().unwrap();
@@ -380,17 +394,32 @@ async fn garbage_fails_the_channel_and_everything_on_it_ends() {
         shim.io.write_all(&garbage).await.unwrap();
 
         let (mut s, r) = tokio::time::timeout(T, parked).await.unwrap().unwrap();
-        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::ConnectionReset, "{garbage:?}");
+        assert_eq!(
+            r.unwrap_err().kind(),
+            io::ErrorKind::ConnectionReset,
+            "{garbage:?}"
+        );
         assert!(s.write_all(b"x").await.is_err());
-        let e = tokio::time::timeout(T, dial).await.unwrap().unwrap().err().unwrap();
+        let e = tokio::time::timeout(T, dial)
+            .await
+            .unwrap()
+            .unwrap()
+            .err()
+            .unwrap();
         assert!(matches!(e, Error::Protocol(_)), "{e:?}");
-        let e = tokio::time::timeout(T, l.accept()).await.unwrap().err().unwrap();
+        let e = tokio::time::timeout(T, l.accept())
+            .await
+            .unwrap()
+            .err()
+            .unwrap();
         assert!(e.is_closed(), "{e:?}");
         assert!(!ch.is_alive());
         assert!(ch.add_listener().is_err());
         // Rust closed its end.
         let mut rest = Vec::new();
-        let n = tokio::time::timeout(T, shim.io.read_to_end(&mut rest)).await.unwrap();
+        let n = tokio::time::timeout(T, shim.io.read_to_end(&mut rest))
+            .await
+            .unwrap();
         assert!(n.is_ok() || n.is_err());
     }
 }
@@ -414,7 +443,8 @@ async fn the_shim_closing_the_channel_ends_streams_and_listeners_as_closed() {
 async fn listener_end_hand_off_errors_and_bad_opens_reach_accept() {
     let (ch, mut shim) = Shim::new();
     let l = ch.add_listener().unwrap();
-    shim.send(HANDOFF_ERROR, l.id(), b"100.64.0.3:42000\nnode is closing").await;
+    shim.send(HANDOFF_ERROR, l.id(), b"100.64.0.3:42000\nnode is closing")
+        .await;
     match l.accept().await {
         Err(Error::HandOff { peer, reason }) => {
             assert_eq!(peer, "100.64.0.3:42000");
@@ -451,7 +481,9 @@ async fn a_full_backlog_resets_and_reports_instead_of_growing() {
         rst += 1;
     }
     match l.accept().await {
-        Err(e @ Error::HandOff { .. }) => assert!(e.is_retryable() && e.to_string().contains("3 connection")),
+        Err(e @ Error::HandOff { .. }) => {
+            assert!(e.is_retryable() && e.to_string().contains("3 connection"))
+        }
         other => panic!("{:?}", other.map(|_| ())),
     }
     for _ in 0..BACKLOG {

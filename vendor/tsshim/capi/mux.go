@@ -315,7 +315,7 @@ func (m *mux) register(id uint32, c net.Conn) (*mstream, error) {
 	} else if m.streams[id] != nil {
 		return fail(fmt.Errorf("stream id %d is in use", id))
 	}
-	s := &mstream{m: m, id: id, c: c, credit: initialWindow}
+	s := &mstream{m: m, id: id, c: c, credit: initialWindow, rxCredit: initialWindow}
 	s.cond = sync.NewCond(&s.mu)
 	m.streams[id] = s
 	return s, nil
@@ -394,7 +394,9 @@ type mstream struct {
 	cond   *sync.Cond // credit arrived or the stream died
 	credit int        // bytes we may still send to Rust
 	queue  [][]byte   // from Rust, not yet written to c
-	queued int
+	// rxCredit: bytes Rust may still send us (the window we granted
+	// minus what it sent, plus what we credited back).
+	rxCredit int
 	// writing: a writer goroutine runs. finIn: Rust sent FIN. wdone: c's
 	// write side is closed. rdone: c read EOF and FIN went to Rust.
 	writing, finIn, wdone, rdone, dead bool
@@ -501,13 +503,13 @@ func (s *mstream) pushData(p []byte) {
 		s.mu.Unlock()
 		return
 	}
-	if s.finIn || s.queued+len(p) > initialWindow {
+	if s.finIn || len(p) > s.rxCredit {
 		s.mu.Unlock()
 		s.abort(true)
 		return
 	}
 	s.queue = append(s.queue, p)
-	s.queued += len(p)
+	s.rxCredit -= len(p)
 	start := !s.writing
 	s.writing = true
 	s.mu.Unlock()
@@ -551,7 +553,7 @@ func (s *mstream) writeLoop() {
 			return
 		}
 		s.mu.Lock()
-		s.queued -= len(p)
+		s.rxCredit += len(p)
 		s.mu.Unlock()
 		s.m.sendWindow(s.id, len(p))
 	}
