@@ -442,13 +442,11 @@ impl Shared {
         let cs = self.new_stream(&mut st, stream);
         drop(st);
         let ts = TailnetStream::from_channel(cs, addrs.peer, addrs.local, addrs.origin);
-        if let Err(e) = tx.try_send(Ok((ts, addrs.peer))) {
-            // Dropping the stream (inside `e`) resets it.
-            if let mpsc::error::TrySendError::Full(_) = e {
-                let mut l = lock(&lost);
-                l.count += 1;
-                l.last_peer = addrs.peer.to_string();
-            }
+        // On failure, dropping the stream (inside the error) resets it.
+        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(Ok((ts, addrs.peer))) {
+            let mut l = lock(&lost);
+            l.count += 1;
+            l.last_peer = addrs.peer.to_string();
         }
         Ok(())
     }

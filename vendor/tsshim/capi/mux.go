@@ -72,7 +72,9 @@ func (n *node) openChannel() (int, error) {
 	if n.closed {
 		return -1, errUnknownNode
 	}
-	if n.mux != nil {
+	if n.mux != nil && !n.mux.isClosed() {
+		// A failed channel may be replaced (its streams and listeners
+		// have ended); a live one may not.
 		return -1, errors.New("the node's channel is already open")
 	}
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)

@@ -105,8 +105,9 @@ int tsshim_listener_set_cert(int64_t listener, char *cert_pem, char *key_pem,
 /* The channel data path: one framed SOCK_STREAM socket per node carries
  * every connection of the node (instead of a socketpair per connection).
  *
- * tsshim_node_open_channel makes the node's channel (once per node) and
- * returns the caller's end in *fd. Frames, both ways, are
+ * tsshim_node_open_channel makes the node's channel and returns the
+ * caller's end in *fd (close-on-exec). A node has one live channel at a
+ * time; after one ended, a new one may be opened. Frames, both ways, are
  *   [type u8][stream u32][len u32][len bytes of payload]   (big endian)
  * with len <= 65536. Stream ids with bit 31 set are allocated by the caller
  * (dials), the others by the shim (accepted connections). Types:
