@@ -71,6 +71,14 @@ impl TailnetStream {
         }
     }
 
+    /// Refuses the connection: reset now instead of closing gracefully.
+    pub(crate) fn reset(self) {
+        match self.inner {
+            Io::Channel(s) => s.reset(),
+            Io::Socket(s) => drop(s),
+        }
+    }
+
     pub(crate) fn from_fd(
         fd: OwnedFd,
         peer: SocketAddr,

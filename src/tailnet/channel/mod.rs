@@ -356,6 +356,11 @@ impl Shared {
                 if st.reset.is_some() {
                     return Ok(());
                 }
+                if st.dropped {
+                    drop(st);
+                    self.reset_stream(&s, "data for a closed stream");
+                    return Ok(());
+                }
                 if st.recv_fin || st.recv_len + data.len() > INITIAL_WINDOW as usize {
                     drop(st);
                     self.reset_stream(&s, "the shim sent more than the stream's window");
@@ -377,7 +382,7 @@ impl Shared {
                     let mut st = lock(&s.st);
                     st.recv_fin = true;
                     wake(&mut st.read_waker);
-                    let done = st.sent_fin;
+                    let done = st.sent_fin || st.dropped;
                     drop(st);
                     if done {
                         self.forget(stream);
@@ -429,6 +434,16 @@ impl Shared {
             .get(&listener)
             .map(|l| (l.tx.clone(), l.lost.clone()));
         let (tx, lost, addrs) = match (slot, addrs) {
+            (Some((tx, lost)), Ok(a)) if tx.capacity() == 0 => {
+                // Backlog full: refuse (reset) rather than queue without bound.
+                drop(st);
+                self.send(frame::RST, stream, &[]);
+                let mut l = lock(&lost);
+                l.count += 1;
+                l.last_peer = a.peer.to_string();
+                drop(tx);
+                return Ok(());
+            }
             (Some((tx, lost)), Ok(a)) => (tx, lost, a),
             (slot, addrs) => {
                 drop(st);
@@ -442,11 +457,13 @@ impl Shared {
         let cs = self.new_stream(&mut st, stream);
         drop(st);
         let ts = TailnetStream::from_channel(cs, addrs.peer, addrs.local, addrs.origin);
-        // On failure, dropping the stream (inside the error) resets it.
-        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(Ok((ts, addrs.peer))) {
-            let mut l = lock(&lost);
-            l.count += 1;
-            l.last_peer = addrs.peer.to_string();
+        // Only this task sends, so there is room; a listener that closed
+        // meanwhile gets its stream reset.
+        if let Err(e) = tx.try_send(Ok((ts, addrs.peer))) {
+            if let Ok((ts, _)) = e.into_inner() {
+                ts.reset();
+            }
+            drop(lost);
         }
         Ok(())
     }
@@ -556,7 +573,14 @@ impl Drop for ChannelListener {
     fn drop(&mut self) {
         let slot = lock(&self.shared.state).listeners.remove(&self.id);
         drop(slot);
-        // Streams still queued are dropped with `rx`: each is reset.
+        // Connections never accepted are refused (reset).
+        let rx = self.rx.get_mut();
+        rx.close();
+        while let Ok(r) = rx.try_recv() {
+            if let Ok((ts, _)) = r {
+                ts.reset();
+            }
+        }
     }
 }
 
@@ -580,7 +604,10 @@ struct StreamState {
     credit: u32,
     write_waker: Option<Waker>,
     sent_fin: bool,
-    /// Why the stream is gone (reset, channel failed, dropped).
+    /// The owner dropped the stream after a graceful FIN: data the shim
+    /// still sends is answered with RST (like TCP after `close`).
+    dropped: bool,
+    /// Why the stream is gone (reset, channel failed).
     reset: Option<&'static str>,
 }
 
@@ -712,18 +739,65 @@ impl ChannelStream {
     }
 }
 
-impl Drop for ChannelStream {
-    fn drop(&mut self) {
-        let clean = {
+impl ChannelStream {
+    /// Resets the stream now (a refused connection).
+    pub(crate) fn reset(self) {
+        let fresh = {
             let mut st = lock(&self.s.st);
-            let clean = (st.sent_fin && st.recv_fin) || st.reset.is_some();
-            st.reset.get_or_insert("dropped");
-            st.recv.clear();
-            clean
+            let fresh = st.reset.is_none();
+            st.reset.get_or_insert("refused");
+            fresh
         };
         self.ch.forget(self.s.id);
-        if !clean {
+        if fresh {
             self.ch.send(frame::RST, self.s.id, &[]);
+        }
+        // Drop sees the reset and sends nothing more.
+    }
+}
+
+/// What dropping a stream sends.
+enum Close {
+    Nothing,
+    Fin,
+    Rst,
+}
+
+/// Dropping a stream closes it like `close` on a TCP socket: bytes written
+/// before are delivered, then FIN; if received bytes were never read, or
+/// the peer sends more afterwards, the connection is reset.
+impl Drop for ChannelStream {
+    fn drop(&mut self) {
+        let (close, forget) = {
+            let mut st = lock(&self.s.st);
+            let close = if st.reset.is_some() {
+                Close::Nothing
+            } else if !st.recv.is_empty() {
+                st.reset = Some("dropped");
+                Close::Rst
+            } else if !st.sent_fin {
+                st.sent_fin = true;
+                Close::Fin
+            } else {
+                Close::Nothing
+            };
+            st.dropped = true;
+            st.recv.clear();
+            // Kept until the shim's FIN, so later data can be refused.
+            let forget = st.reset.is_some() || st.recv_fin;
+            (close, forget)
+        };
+        if forget {
+            self.ch.forget(self.s.id);
+        }
+        match close {
+            Close::Nothing => {}
+            Close::Fin => {
+                self.ch.send(frame::FIN, self.s.id, &[]);
+            }
+            Close::Rst => {
+                self.ch.send(frame::RST, self.s.id, &[]);
+            }
         }
     }
 }

@@ -256,13 +256,36 @@ async fn a_peer_reset_mid_stream_errors_reads_and_writes() {
 }
 
 #[tokio::test]
-async fn dropping_an_open_stream_resets_it() {
+async fn dropping_a_stream_closes_it_like_tcp() {
     let (ch, mut shim) = Shim::new();
     let l = ch.add_listener().unwrap();
+    // Written, then dropped: the bytes go out, then FIN (not a reset).
     shim.open(l.id(), 11, "100.64.0.2:11").await;
-    let s = accept(&l).await;
+    let mut s = accept(&l).await;
+    s.write_all(&[1]).await.unwrap();
     drop(s);
-    assert_eq!(shim.next().await, (RST, 11, vec![]));
+    assert_eq!(shim.next().await, (DATA, 11, vec![1]));
+    assert_eq!(shim.next().await, (FIN, 11, vec![]));
+    // The peer's FIN ends it.
+    shim.send(FIN, 11, b"").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(ch.open_streams(), 0);
+
+    // Dropped, and the peer keeps sending: reset.
+    shim.open(l.id(), 13, "100.64.0.2:13").await;
+    drop(accept(&l).await);
+    assert_eq!(shim.next().await, (FIN, 13, vec![]));
+    shim.send(DATA, 13, b"more").await;
+    assert_eq!(shim.next().await, (RST, 13, vec![]));
+    assert_eq!(ch.open_streams(), 0);
+
+    // Dropped with received bytes unread: reset at once.
+    shim.open(l.id(), 15, "100.64.0.2:15").await;
+    let s = accept(&l).await;
+    shim.send(DATA, 15, b"unread").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(s);
+    assert_eq!(shim.next().await, (RST, 15, vec![]));
     assert_eq!(ch.open_streams(), 0);
 }
 
