@@ -727,7 +727,6 @@ async fn fd_pressure_child() {
     let mut cfg = tailpass::tailnet::NodeConfig::new("fd-child", dir.path().join("n"));
     cfg.control_url = Some(control_url);
     cfg.ephemeral = true;
-    cfg.data_path = support::data_path_for_tests();
     let node = Node::new(cfg).unwrap();
     let st = node.up(Duration::from_secs(60)).await.unwrap();
     let ln = node.listen(7100).await.unwrap();

@@ -44,7 +44,8 @@ pub struct NodeConfig {
     pub logs: LogSink,
     /// Timeout for dial, whois, status, cert and listen calls.
     pub call_timeout: Duration,
-    /// How connections travel between the shim and Rust.
+    /// How connections travel between the shim and Rust
+    /// (default: [`DataPath::from_env`]).
     pub data_path: DataPath,
 }
 
@@ -60,7 +61,7 @@ impl NodeConfig {
             tags: Vec::new(),
             logs: LogSink::Discard,
             call_timeout: Duration::from_secs(15),
-            data_path: DataPath::default(),
+            data_path: DataPath::from_env(),
         }
     }
 }

@@ -30,6 +30,20 @@ pub enum DataPath {
     SocketPair,
 }
 
+impl DataPath {
+    /// Environment variable that picks the data path for every node whose
+    /// config does not set one: `socketpair` or `channel` (the default).
+    pub const ENV: &'static str = "TAILPASS_TAILNET_DATA_PATH";
+
+    /// [`DataPath::Channel`], unless [`DataPath::ENV`] says `socketpair`.
+    pub fn from_env() -> DataPath {
+        match std::env::var(Self::ENV).as_deref() {
+            Ok("socketpair") => DataPath::SocketPair,
+            _ => DataPath::Channel,
+        }
+    }
+}
+
 /// Where an accepted connection came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Origin {

@@ -232,13 +232,12 @@ impl TestNet {
     }
 
     /// A node config pointing at this tailnet, with its own state dir.
-    /// `TAILPASS_TEST_DATA_PATH=socketpair` runs it on the socketpair data
-    /// path instead of the default channel.
+    /// `TAILPASS_TAILNET_DATA_PATH=socketpair` runs it (and any tailpass
+    /// binary a test starts) on the socketpair data path.
     pub fn node_config(&self, hostname: &str) -> NodeConfig {
         let mut c = NodeConfig::new(hostname, self.dir.path().join(hostname));
         c.control_url = Some(self.control_url.clone());
         c.ephemeral = true;
-        c.data_path = data_path_for_tests();
         if std::env::var_os("TAILPASS_TEST_TSNET_LOGS").is_some() {
             let fd = std::io::stderr().as_fd_owned();
             c.logs = LogSink::Fd(fd);
@@ -403,12 +402,8 @@ pub fn rss_kib() -> i64 {
         .unwrap_or(0)
 }
 
-/// The data path tests run on: the default unless
-/// `TAILPASS_TEST_DATA_PATH=socketpair`.
+/// The data path tests run on (`TAILPASS_TAILNET_DATA_PATH`).
 #[allow(dead_code)]
 pub fn data_path_for_tests() -> tailpass::tailnet::DataPath {
-    match std::env::var("TAILPASS_TEST_DATA_PATH").as_deref() {
-        Ok("socketpair") => tailpass::tailnet::DataPath::SocketPair,
-        _ => tailpass::tailnet::DataPath::default(),
-    }
+    tailpass::tailnet::DataPath::from_env()
 }
