@@ -22,13 +22,13 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, ReadBuf};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -58,6 +58,9 @@ pub(crate) struct Channel {
 
 struct Shared {
     state: Mutex<State>,
+    /// Our end's write half: frames are written straight from `send` when
+    /// nothing is queued (no hand-off to the writer task), else queued.
+    wr: OwnedWriteHalf,
     out: Mutex<Outbox>,
     /// The writer task has frames to write (or the channel closed).
     out_ready: Notify,
@@ -66,7 +69,10 @@ struct Shared {
 }
 
 struct Outbox {
+    /// Frames waiting for the writer task (the socket buffer was full).
     buf: BytesMut,
+    /// The writer task holds a batch taken from `buf`: writes must queue.
+    writing: bool,
     closed: bool,
 }
 
@@ -115,15 +121,17 @@ impl Channel {
         let (rd, wr) = tokio::net::UnixStream::from_std(std)?.into_split();
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
+            wr,
             out: Mutex::new(Outbox {
                 buf: BytesMut::new(),
+                writing: false,
                 closed: false,
             }),
             out_ready: Notify::new(),
             stop_reader: Notify::new(),
         });
         tokio::spawn(read_loop(shared.clone(), rd));
-        tokio::spawn(write_loop(shared.clone(), wr));
+        tokio::spawn(write_loop(shared.clone()));
         Ok(Channel { shared })
     }
 
@@ -231,15 +239,42 @@ fn closed_error(why: &str) -> Error {
 }
 
 impl Shared {
-    /// Queues one frame for the writer; false when the channel is closed.
+    /// Sends one frame: written at once when nothing is queued and the
+    /// socket takes it, else queued for the writer task. False when the
+    /// channel is closed. Never blocks.
     fn send(&self, kind: u8, stream: u32, payload: &[u8]) -> bool {
-        {
-            let mut out = lock(&self.out);
-            if out.closed {
-                return false;
-            }
-            frame::put_frame(&mut out.buf, kind, stream, payload);
+        let mut out = lock(&self.out);
+        if out.closed {
+            return false;
         }
+        let mut written = 0;
+        if !out.writing && out.buf.is_empty() {
+            let mut hdr = [0u8; frame::HEADER];
+            hdr[0] = kind;
+            hdr[1..5].copy_from_slice(&stream.to_be_bytes());
+            hdr[5..9].copy_from_slice(&(payload.len() as u32).to_be_bytes());
+            let bufs = [io::IoSlice::new(&hdr), io::IoSlice::new(payload)];
+            match self.wr.try_write_vectored(&bufs) {
+                Ok(n) if n == hdr.len() + payload.len() => return true,
+                Ok(n) => written = n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    drop(out);
+                    self.fail(format!("writing the channel: {e}"));
+                    return false;
+                }
+            }
+        }
+        let mut f = BytesMut::new();
+        let rest: &[u8] = if written == 0 {
+            frame::put_frame(&mut out.buf, kind, stream, payload);
+            &[]
+        } else {
+            frame::put_frame(&mut f, kind, stream, payload);
+            &f[written..]
+        };
+        out.buf.extend_from_slice(rest);
+        drop(out);
         self.out_ready.notify_one();
         true
     }
@@ -267,6 +302,12 @@ impl Shared {
             out.closed = true;
             out.buf = BytesMut::new();
         }
+        // The shim sees end of stream at once, however many streams still
+        // hold this channel.
+        let _ = nix::sys::socket::shutdown(
+            self.wr.as_ref().as_raw_fd(),
+            nix::sys::socket::Shutdown::Both,
+        );
         self.out_ready.notify_one();
         self.stop_reader.notify_one();
         for s in streams.into_values() {
@@ -506,27 +547,35 @@ async fn read_loop(shared: Arc<Shared>, mut rd: OwnedReadHalf) {
     shared.fail(why);
 }
 
-async fn write_loop(shared: Arc<Shared>, mut wr: OwnedWriteHalf) {
+async fn write_loop(shared: Arc<Shared>) {
     loop {
         let batch = {
             let mut out = lock(&shared.out);
             if out.buf.is_empty() {
+                out.writing = false;
                 if out.closed {
                     return;
                 }
                 None
             } else {
+                out.writing = true;
                 Some(out.buf.split())
             }
         };
-        match batch {
-            Some(b) => {
-                if let Err(e) = wr.write_all(&b).await {
-                    shared.fail(format!("writing the channel: {e}"));
-                    return;
-                }
+        let Some(b) = batch else {
+            shared.out_ready.notified().await;
+            continue;
+        };
+        let mut off = 0;
+        while off < b.len() {
+            if let Err(e) = shared.wr.writable().await {
+                return shared.fail(format!("writing the channel: {e}"));
             }
-            None => shared.out_ready.notified().await,
+            match shared.wr.try_write(&b[off..]) {
+                Ok(n) => off += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return shared.fail(format!("writing the channel: {e}")),
+            }
         }
     }
 }

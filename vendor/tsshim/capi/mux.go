@@ -53,9 +53,13 @@ type mux struct {
 	node *node
 	conn *net.UnixConn
 
+	// Frames go out write-through: the sender that finds nobody writing
+	// writes them itself (no hand-off to another goroutine); senders that
+	// come while it writes append to wbuf, and it writes those too.
 	wmu     sync.Mutex
-	wcond   *sync.Cond
 	wbuf    []byte
+	spare   []byte
+	writing bool
 	wclosed bool
 
 	mu      sync.Mutex
@@ -95,8 +99,6 @@ func (n *node) openChannel() (int, error) {
 
 func newMux(n *node, c *net.UnixConn) *mux {
 	m := &mux{node: n, conn: c, streams: map[uint32]*mstream{}}
-	m.wcond = sync.NewCond(&m.wmu)
-	go m.writeLoop()
 	go m.readLoop()
 	return m
 }
@@ -113,22 +115,48 @@ func (m *mux) isClosed() bool {
 	return m.closed
 }
 
-// send queues one frame; false when the channel is closed.
+// send writes one frame (or queues it behind the frames being written);
+// false when the channel is closed. It blocks while the channel's socket
+// buffer is full: Rust reads the channel without ever blocking, so that
+// is only ever a short wait.
 func (m *mux) send(typ byte, id uint32, payload []byte) bool {
 	var hdr [frameHeader]byte
 	hdr[0] = typ
 	binary.BigEndian.PutUint32(hdr[1:], id)
 	binary.BigEndian.PutUint32(hdr[5:], uint32(len(payload)))
 	m.wmu.Lock()
-	defer m.wmu.Unlock()
 	if m.wclosed {
+		m.wmu.Unlock()
 		return false
 	}
-	wake := len(m.wbuf) == 0
 	m.wbuf = append(m.wbuf, hdr[:]...)
 	m.wbuf = append(m.wbuf, payload...)
-	if wake {
-		m.wcond.Signal()
+	if m.writing {
+		m.wmu.Unlock()
+		return true
+	}
+	m.writing = true
+	for len(m.wbuf) > 0 && !m.wclosed {
+		buf := m.wbuf
+		m.wbuf, m.spare = m.spare[:0], nil
+		m.wmu.Unlock()
+		_, err := m.conn.Write(buf)
+		m.wmu.Lock()
+		if cap(buf) <= 1<<20 {
+			m.spare = buf[:0] // a burst's big buffer is not kept
+		}
+		if err != nil {
+			m.writing = false
+			m.wmu.Unlock()
+			m.fail(fmt.Errorf("channel write: %w", err))
+			return true
+		}
+	}
+	m.writing = false
+	closeNow := m.wclosed
+	m.wmu.Unlock()
+	if closeNow {
+		m.conn.Close() // close() came while we wrote
 	}
 	return true
 }
@@ -137,37 +165,6 @@ func (m *mux) sendWindow(id uint32, n int) bool {
 	var p [4]byte
 	binary.BigEndian.PutUint32(p[:], uint32(n))
 	return m.send(frWindow, id, p[:])
-}
-
-// writeLoop writes queued frames in batches; after close it flushes what
-// is queued, then closes the socket.
-func (m *mux) writeLoop() {
-	defer func() {
-		if r := recover(); r != nil {
-			m.fail(fmt.Errorf("channel writer panic: %v", r))
-		}
-	}()
-	var buf []byte
-	for {
-		m.wmu.Lock()
-		for len(m.wbuf) == 0 && !m.wclosed {
-			m.wcond.Wait()
-		}
-		if len(m.wbuf) == 0 {
-			m.wmu.Unlock()
-			m.conn.Close()
-			return
-		}
-		buf, m.wbuf = m.wbuf, buf[:0]
-		m.wmu.Unlock()
-		if _, err := m.conn.Write(buf); err != nil {
-			m.fail(fmt.Errorf("channel write: %w", err))
-			return
-		}
-		if cap(buf) > 1<<20 {
-			buf = nil // a burst's buffer is not kept while idle
-		}
-	}
 }
 
 // readLoop decodes frames from Rust until the channel ends. Anything it
@@ -252,21 +249,23 @@ func (m *mux) fail(err error) {
 		m.wmu.Lock()
 		m.wclosed = true
 		m.wbuf = nil
-		m.wcond.Broadcast()
 		m.wmu.Unlock()
 		m.conn.Close()
 		m.abortAll()
 	})
 }
 
-// close ends the channel gracefully: frames already queued are written.
+// close ends the channel; a frame being written is finished first.
 func (m *mux) close() {
 	m.once.Do(func() {
 		m.abortAll()
 		m.wmu.Lock()
 		m.wclosed = true
-		m.wcond.Broadcast()
+		writing := m.writing
 		m.wmu.Unlock()
+		if !writing {
+			m.conn.Close()
+		}
 	})
 }
 
