@@ -85,6 +85,104 @@ async fn two_nodes_dial_by_name_and_ip_both_ways_with_half_close() {
     b.close().await.unwrap();
 }
 
+/// Flow control end to end (issue #9): a stream whose reader never reads
+/// stops its writer at the windows (gVisor's and the channel's) while
+/// another stream of the same two nodes keeps moving megabytes both ways;
+/// then the stalled reader drains everything, byte for byte, and a reset
+/// mid-stream reaches the other side as an error, not a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_stream_never_blocks_another_on_the_same_nodes() {
+    let _permit = support::light().await;
+    let net = TestNet::start();
+    let (a, b) = tokio::join!(net.node("stall-a"), net.node("stall-b"));
+    net.settle(&[&a, &b]).await;
+    let ln = b.listen(7300).await.unwrap();
+    let addr = format!("{}:7300", net.fqdn("stall-b"));
+
+    // Stream 1: A writes 16 MiB (more than every window and buffer on the
+    // way: channel credit on both nodes, gVisor's send and receive
+    // buffers); B accepts it and does not read yet.
+    let mut s1 = a.dial(&addr).await.unwrap();
+    let (mut r1, _) = ln.accept().await.unwrap();
+    let payload: Vec<u8> = (0..(16 << 20)).map(|i| (i % 253) as u8).collect();
+    let p1 = payload.clone();
+    let writer = tokio::spawn(async move {
+        s1.write_all(&p1).await.unwrap();
+        s1.shutdown().await.unwrap();
+        s1
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!writer.is_finished(), "16 MiB went out with nobody reading");
+
+    // Stream 2 on the same nodes: 2 MiB each way, while stream 1 is stuck.
+    let mut s2 = a.dial(&addr).await.unwrap();
+    let (mut r2, _) = ln.accept().await.unwrap();
+    let echo = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = r2.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            r2.write_all(&buf[..n]).await.unwrap();
+        }
+        r2.shutdown().await.unwrap();
+    });
+    let two = payload[..2 << 20].to_vec();
+    let t0 = Instant::now();
+    let (mut rd2, mut wr2) = tokio::io::split(s2);
+    let sender = tokio::spawn(async move {
+        wr2.write_all(&two).await.unwrap();
+        wr2.shutdown().await.unwrap();
+    });
+    let mut back = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), rd2.read_to_end(&mut back))
+        .await
+        .expect("stream 2 blocked behind the stalled stream 1")
+        .unwrap();
+    sender.await.unwrap();
+    echo.await.unwrap();
+    assert_eq!(back, payload[..2 << 20], "stream 2 echo");
+    eprintln!("stream 2: 2 MiB each way in {:?}", t0.elapsed());
+    assert!(!writer.is_finished(), "stream 1 should still be stuck");
+
+    // Now B reads stream 1: every byte arrives, in order.
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), r1.read_to_end(&mut got))
+        .await
+        .expect("stream 1 never drained")
+        .unwrap();
+    assert!(
+        got == payload,
+        "stream 1: {} of {} bytes",
+        got.len(),
+        payload.len()
+    );
+    let _s1 = writer.await.unwrap();
+
+    // A reset mid-stream: A drops a stream with B's data unread; B's
+    // reads and writes end with an error or EOF, never hang.
+    let mut s3 = a.dial(&addr).await.unwrap();
+    let (mut r3, _) = ln.accept().await.unwrap();
+    r3.write_all(b"unread by A").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s3.write_all(b"x").await.unwrap();
+    drop(s3);
+    let r = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut b = [0u8; 16];
+        loop {
+            match r3.read(&mut b).await {
+                Ok(0) => return "eof",
+                Ok(_) => continue,
+                Err(_) => return "error",
+            }
+        }
+    })
+    .await
+    .expect("reset never reached the other side");
+    eprintln!("after the reset, B saw {r}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accept_reports_exact_peer_and_whois_names_it() {
     let _permit = support::light().await;
