@@ -115,7 +115,7 @@ async fn a_stalled_stream_never_blocks_another_on_the_same_nodes() {
     assert!(!writer.is_finished(), "16 MiB went out with nobody reading");
 
     // Stream 2 on the same nodes: 2 MiB each way, while stream 1 is stuck.
-    let mut s2 = a.dial(&addr).await.unwrap();
+    let s2 = a.dial(&addr).await.unwrap();
     let (mut r2, _) = ln.accept().await.unwrap();
     let echo = tokio::spawn(async move {
         let mut buf = vec![0u8; 64 << 10];
