@@ -14,6 +14,10 @@
 //!
 //! The test tailnet relays through its DERP server on 127.0.0.1 (no direct
 //! UDP, see tests/support), for both sides alike.
+//!
+//! The Rust side runs once per data path (the node channel, the default;
+//! and a socketpair per connection), each in its own process like the Go
+//! baseline, so one run's memory does not flatter the next.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -21,7 +25,9 @@ mod support;
 use std::process::Command;
 use std::time::Instant;
 
+use std::time::Duration;
 use support::{TestNet, env_num, rss_kib};
+use tailpass::tailnet::{DataPath, Node, NodeConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Figures {
@@ -60,8 +66,58 @@ fn from_json3(v: &serde_json::Value) -> [f64; 3] {
     [0, 1, 2].map(|i| a[i].as_f64().unwrap())
 }
 
-async fn rust_side(net: &TestNet, bytes: u64, runs: usize, dials: usize, idle: usize) -> Figures {
-    let (a, b) = tokio::join!(net.node("rs-a"), net.node("rs-b"));
+/// The test tailnet as a bench child sees it: its control URL.
+struct Tailnet {
+    control_url: String,
+    dir: tempfile::TempDir,
+}
+
+impl Tailnet {
+    fn node_config(&self, name: &str) -> NodeConfig {
+        let mut c = NodeConfig::new(name, self.dir.path().join(name));
+        c.control_url = Some(self.control_url.clone());
+        c.ephemeral = true;
+        c
+    }
+
+    async fn join(&self, c: NodeConfig) -> Node {
+        let node = Node::new(c).unwrap();
+        node.up(Duration::from_secs(60)).await.unwrap();
+        node
+    }
+
+    /// Waits until both nodes see each other (see `TestNet::settle`).
+    async fn settle(&self, nodes: &[&Node]) {
+        for n in nodes {
+            for _ in 0..1200 {
+                let st = n.status().await.unwrap();
+                if nodes
+                    .iter()
+                    .all(|o| o.hostname() == n.hostname() || st.peer(o.hostname()).is_some())
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn rust_side(
+    net: &Tailnet,
+    path: DataPath,
+    bytes: u64,
+    runs: usize,
+    dials: usize,
+    idle: usize,
+) -> Figures {
+    let tag = format!("{path:?}").to_lowercase();
+    let node = |name: &str| {
+        let mut c = net.node_config(&format!("rs-{tag}-{name}"));
+        c.data_path = path;
+        net.join(c)
+    };
+    let (a, b) = tokio::join!(node("a"), node("b"));
     net.settle(&[&a, &b]).await;
     let b_ip = b.status().await.unwrap().ip().unwrap();
 
@@ -168,6 +224,66 @@ async fn rust_side(net: &TestNet, bytes: u64, runs: usize, dials: usize, idle: u
     }
 }
 
+impl Figures {
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "throughput_mb_s": self.throughput_mb_s,
+            "throughput_runs": self.runs,
+            "setup_per_s": self.setup_per_s,
+            "idle_kib_per_conn": self.idle_kib_per_conn,
+            "idle_rss_kib": self.idle_rss_kib,
+            "failed_dials": self.failed_dials,
+            "fds_per_conn": self.fds_per_conn,
+            "stalls": self.stalls,
+            "setup_ms": self.setup_ms,
+            "dial_ms": self.dial_ms,
+        })
+    }
+
+    fn from_json(v: &serde_json::Value) -> Figures {
+        Figures {
+            throughput_mb_s: v["throughput_mb_s"].as_f64().unwrap(),
+            runs: v["throughput_runs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect(),
+            setup_per_s: v["setup_per_s"].as_f64().unwrap(),
+            idle_kib_per_conn: v["idle_kib_per_conn"].as_f64().unwrap(),
+            idle_rss_kib: v["idle_rss_kib"].as_i64().unwrap(),
+            failed_dials: v["failed_dials"].as_u64().unwrap_or(0) as usize,
+            fds_per_conn: v["fds_per_conn"].as_f64().unwrap(),
+            stalls: v["stalls"].as_u64().unwrap() as usize,
+            setup_ms: from_json3(&v["setup_ms"]),
+            dial_ms: from_json3(&v["dial_ms"]),
+        }
+    }
+}
+
+/// Environment of the child process that measures one Rust data path.
+const CHILD_ENV: &str = "TAILPASS_BENCH_RUST_CHILD";
+
+fn rust_child(net: &TestNet, path: DataPath, args: &[usize; 4]) -> Figures {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .env(CHILD_ENV, format!("{path:?}"))
+        .env("TAILPASS_BENCH_CONTROL_URL", &net.control_url)
+        .env("TAILPASS_BENCH_MB", args[0].to_string())
+        .env("TAILPASS_BENCH_RUNS", args[1].to_string())
+        .env("TAILPASS_BENCH_DIALS", args[2].to_string())
+        .env("TAILPASS_BENCH_IDLE", args[3].to_string())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("running the bench child");
+    assert!(out.status.success(), "bench child for {path:?} failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rfind(|l| l.starts_with('{'))
+        .expect("bench child printed no figures");
+    Figures::from_json(&serde_json::from_str(line).unwrap())
+}
+
 fn go_side(net: &TestNet, bytes: u64, runs: usize, dials: usize, idle: usize) -> Figures {
     let bin = support::go_program("./cmd/gobench", "gobench");
     let out = Command::new(bin)
@@ -209,71 +325,98 @@ fn main() {
     let dials = env_num("TAILPASS_BENCH_DIALS", 300) as usize;
     let idle = env_num("TAILPASS_BENCH_IDLE", 1000) as usize;
     let bytes = mb << 20;
+    let rt = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+
+    if let Ok(path) = std::env::var(CHILD_ENV) {
+        let path = if path == "SocketPair" {
+            DataPath::SocketPair
+        } else {
+            DataPath::Channel
+        };
+        support::init_process_for_tests();
+        let net = Tailnet {
+            control_url: std::env::var("TAILPASS_BENCH_CONTROL_URL").unwrap(),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let f = rt().block_on(rust_side(&net, path, bytes, runs, dials, idle));
+        println!("{}", f.to_json());
+        // Not closed: see rust_side; exit ends the forgotten connections.
+        std::process::exit(0);
+    }
 
     let net = TestNet::start();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    // Go baseline first, in its own process, then Rust in this one.
+    // Go baseline first, then each Rust data path, each in its own process.
     let go = go_side(&net, bytes, runs, dials, idle);
-    let rs = rt.block_on(rust_side(&net, bytes, runs, dials, idle));
+    let args = [mb as usize, runs, dials, idle];
+    let sp = rust_child(&net, DataPath::SocketPair, &args);
+    let rs = rust_child(&net, DataPath::Channel, &args);
 
     println!("tailnet benchmark ({mb} MiB x {runs} runs, {dials} dials, {idle} idle conns)");
+    println!("rust = node channel (default data path); ratios are rust/go");
     println!(
-        "{:<34} {:>14} {:>14} {:>8}",
-        "", "rust (tsshim)", "pure go tsnet", "ratio"
+        "{:<34} {:>14} {:>14} {:>8} {:>14}",
+        "", "rust (channel)", "pure go tsnet", "ratio", "rust socketpr"
     );
-    println!(
-        "{:<34} {:>14.1} {:>14.1} {:>8.2}",
+    let row = |name: &str, r: f64, g: f64, s: f64| {
+        println!("{name:<34} {r:>14.2} {g:>14.2} {:>8.2} {s:>14.2}", r / g);
+    };
+    row(
         "throughput A->B, MB/s (median)",
         rs.throughput_mb_s,
         go.throughput_mb_s,
-        rs.throughput_mb_s / go.throughput_mb_s
+        sp.throughput_mb_s,
     );
-    println!(
-        "{:<34} {:>14.1} {:>14.1} {:>8.2}",
+    row(
         "connection set-up, conns/s",
         rs.setup_per_s,
         go.setup_per_s,
-        rs.setup_per_s / go.setup_per_s
+        sp.setup_per_s,
     );
     for (i, p) in ["p50", "p90", "p99"].iter().enumerate() {
-        println!(
-            "{:<34} {:>14.2} {:>14.2} {:>8.2}",
-            format!("  set-up latency {p}, ms"),
+        row(
+            &format!("  set-up latency {p}, ms"),
             rs.setup_ms[i],
             go.setup_ms[i],
-            rs.setup_ms[i] / go.setup_ms[i]
+            sp.setup_ms[i],
         );
     }
     for (i, p) in ["p50", "p90", "p99"].iter().enumerate() {
-        println!(
-            "{:<34} {:>14.2} {:>14.2} {:>8.2}",
-            format!("  of which dial call {p}, ms"),
+        row(
+            &format!("  of which dial call {p}, ms"),
             rs.dial_ms[i],
             go.dial_ms[i],
-            rs.dial_ms[i] / go.dial_ms[i]
+            sp.dial_ms[i],
         );
     }
-    println!(
-        "{:<34} {:>14.1} {:>14.1} {:>8.2}",
+    row(
         "idle conn memory, KiB per conn",
         rs.idle_kib_per_conn,
-        go.idle_kib_per_conn,
-        rs.idle_kib_per_conn / go.idle_kib_per_conn.max(0.001)
+        go.idle_kib_per_conn.max(0.001),
+        sp.idle_kib_per_conn,
     );
     println!(
-        "{:<34} {:>14} {:>14}",
-        "  set-ups over 1 s (SYN retransmit)", rs.stalls, go.stalls
+        "{:<34} {:>14} {:>14} {:>8} {:>14}",
+        "  set-ups over 1 s (SYN retransmit)", rs.stalls, go.stalls, "", sp.stalls
     );
     println!(
-        "{:<34} {:>14.1} {:>14.1}",
-        "idle conn descriptors, per conn", rs.fds_per_conn, go.fds_per_conn,
+        "{:<34} {:>14.1} {:>14.1} {:>8} {:>14.1}",
+        "idle conn descriptors, per conn", rs.fds_per_conn, go.fds_per_conn, "", sp.fds_per_conn
     );
     println!(
-        "runs MB/s: rust {:?} go {:?}; idle RSS added: rust {} KiB, go {} KiB; failed dials: rust {} go {}",
-        rs.runs, go.runs, rs.idle_rss_kib, go.idle_rss_kib, rs.failed_dials, go.failed_dials
+        "runs MB/s: channel {:?} go {:?} socketpair {:?}; idle RSS added: channel {} KiB, go {} KiB, socketpair {} KiB; failed dials: channel {} socketpair {}",
+        rs.runs,
+        go.runs,
+        sp.runs,
+        rs.idle_rss_kib,
+        go.idle_rss_kib,
+        sp.idle_rss_kib,
+        rs.failed_dials,
+        sp.failed_dials
     );
 }

@@ -564,7 +564,14 @@ async fn every_listener_survives_running_out_of_descriptors() {
         .collect();
     assert!(!warns.is_empty(), "{logs}");
     assert!(warns.iter().all(|l| l.contains("\"WARN\"")), "{warns:?}");
-    for listener in ["loopback", "public", "gw https"] {
+    // The tailnet listener needs descriptors only on the socketpair data
+    // path; on the node channel its connections take none, so it has no
+    // descriptor errors to survive.
+    let mut hit = vec!["loopback", "public"];
+    if support::data_path_for_tests() == tailpass::tailnet::DataPath::SocketPair {
+        hit.push("gw https");
+    }
+    for listener in hit {
         assert!(
             logs.lines().any(
                 |l| l.contains("accept") && l.contains(&format!("\"listener\":\"{listener}\""))

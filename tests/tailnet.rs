@@ -85,6 +85,104 @@ async fn two_nodes_dial_by_name_and_ip_both_ways_with_half_close() {
     b.close().await.unwrap();
 }
 
+/// Flow control end to end (issue #9): a stream whose reader never reads
+/// stops its writer at the windows (gVisor's and the channel's) while
+/// another stream of the same two nodes keeps moving megabytes both ways;
+/// then the stalled reader drains everything, byte for byte, and a reset
+/// mid-stream reaches the other side as an error, not a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_stream_never_blocks_another_on_the_same_nodes() {
+    let _permit = support::light().await;
+    let net = TestNet::start();
+    let (a, b) = tokio::join!(net.node("stall-a"), net.node("stall-b"));
+    net.settle(&[&a, &b]).await;
+    let ln = b.listen(7300).await.unwrap();
+    let addr = format!("{}:7300", net.fqdn("stall-b"));
+
+    // Stream 1: A writes 16 MiB (more than every window and buffer on the
+    // way: channel credit on both nodes, gVisor's send and receive
+    // buffers); B accepts it and does not read yet.
+    let mut s1 = a.dial(&addr).await.unwrap();
+    let (mut r1, _) = ln.accept().await.unwrap();
+    let payload: Vec<u8> = (0..(16 << 20)).map(|i| (i % 253) as u8).collect();
+    let p1 = payload.clone();
+    let writer = tokio::spawn(async move {
+        s1.write_all(&p1).await.unwrap();
+        s1.shutdown().await.unwrap();
+        s1
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!writer.is_finished(), "16 MiB went out with nobody reading");
+
+    // Stream 2 on the same nodes: 2 MiB each way, while stream 1 is stuck.
+    let s2 = a.dial(&addr).await.unwrap();
+    let (mut r2, _) = ln.accept().await.unwrap();
+    let echo = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = r2.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            r2.write_all(&buf[..n]).await.unwrap();
+        }
+        r2.shutdown().await.unwrap();
+    });
+    let two = payload[..2 << 20].to_vec();
+    let t0 = Instant::now();
+    let (mut rd2, mut wr2) = tokio::io::split(s2);
+    let sender = tokio::spawn(async move {
+        wr2.write_all(&two).await.unwrap();
+        wr2.shutdown().await.unwrap();
+    });
+    let mut back = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), rd2.read_to_end(&mut back))
+        .await
+        .expect("stream 2 blocked behind the stalled stream 1")
+        .unwrap();
+    sender.await.unwrap();
+    echo.await.unwrap();
+    assert_eq!(back, payload[..2 << 20], "stream 2 echo");
+    eprintln!("stream 2: 2 MiB each way in {:?}", t0.elapsed());
+    assert!(!writer.is_finished(), "stream 1 should still be stuck");
+
+    // Now B reads stream 1: every byte arrives, in order.
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), r1.read_to_end(&mut got))
+        .await
+        .expect("stream 1 never drained")
+        .unwrap();
+    assert!(
+        got == payload,
+        "stream 1: {} of {} bytes",
+        got.len(),
+        payload.len()
+    );
+    let _s1 = writer.await.unwrap();
+
+    // A reset mid-stream: A drops a stream with B's data unread; B's
+    // reads and writes end with an error or EOF, never hang.
+    let mut s3 = a.dial(&addr).await.unwrap();
+    let (mut r3, _) = ln.accept().await.unwrap();
+    r3.write_all(b"unread by A").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s3.write_all(b"x").await.unwrap();
+    drop(s3);
+    let r = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut b = [0u8; 16];
+        loop {
+            match r3.read(&mut b).await {
+                Ok(0) => return "eof",
+                Ok(_) => continue,
+                Err(_) => return "error",
+            }
+        }
+    })
+    .await
+    .expect("reset never reached the other side");
+    eprintln!("after the reset, B saw {r}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accept_reports_exact_peer_and_whois_names_it() {
     let _permit = support::light().await;
@@ -595,6 +693,10 @@ const FD_CHILD_ENV: &str = "TAILPASS_TEST_FD_CHILD_CONTROL_URL";
 ///    drops the descriptor (MSG_CTRUNC), a retryable `Resource` error
 ///    (or `HandOff`, should the shim not have sent it yet);
 /// 3. descriptors released: the same listener accepts and serves.
+///
+/// On the node channel (the default data path) a connection needs no
+/// descriptor at all, so instead of 1 and 2 the connection that arrives
+/// with the table full is accepted and served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accept_survives_a_full_descriptor_table_and_recovers() {
     use tokio::io::AsyncBufReadExt;
@@ -643,29 +745,23 @@ async fn accept_survives_a_full_descriptor_table_and_recovers() {
 
     // 1. Full table, then a connection.
     expect("full").await;
-    let mut lost1 = dialer.dial(&addr).await.unwrap();
-    stdin.write_all(b"dialed\n").await.unwrap();
-    let phase1 = expect("phase1").await;
-    assert!(phase1.starts_with("HandOff"), "phase 1: {phase1}");
-    assert!(phase1.contains("too many open files"), "phase 1: {phase1}");
-    // The lost connection was closed, not left hanging.
-    let mut b = [0u8; 1];
-    let r = tokio::time::timeout(Duration::from_secs(30), lost1.read(&mut b)).await;
-    assert!(
-        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
-        "lost connection: {r:?}"
-    );
-
-    // 2. A connection whose hand-off is in flight when the table fills.
-    expect("room").await;
-    let _lost2 = dialer.dial(&addr).await.unwrap();
-    stdin.write_all(b"dialed\n").await.unwrap();
-    let phase2 = expect("phase2").await;
-    eprintln!("phase 1: {phase1}\nphase 2: {phase2}");
-    assert!(
-        phase2.starts_with("Resource") || phase2.starts_with("HandOff"),
-        "phase 2: {phase2}"
-    );
+    if support::data_path_for_tests() == tailpass::tailnet::DataPath::Channel {
+        // On the node channel a connection needs no descriptor: with the
+        // table full, the connection is accepted and served.
+        let mut s = dialer.dial(&addr).await.unwrap();
+        stdin.write_all(b"dialed\n").await.unwrap();
+        s.write_all(b"hello").await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut got = String::new();
+        tokio::time::timeout(Duration::from_secs(30), s.read_to_string(&mut got))
+            .await
+            .expect("no answer with a full descriptor table")
+            .unwrap();
+        assert_eq!(got, "served:hello");
+        assert_eq!(expect("phase1").await, "served with a full table");
+    } else {
+        socketpair_phases(&dialer, &addr, &mut stdin, &mut expect).await;
+    }
 
     // 3. Released: the same listener serves again.
     expect("released").await;
@@ -681,6 +777,39 @@ async fn accept_survives_a_full_descriptor_table_and_recovers() {
     stdin.write_all(b"bye\n").await.unwrap();
     let status = child.wait().await.unwrap();
     assert!(status.success(), "child failed: {status}");
+}
+
+/// Phases 1 and 2 of `accept_survives_a_full_descriptor_table_and_recovers`
+/// on the socketpair data path, where each connection needs descriptors.
+async fn socketpair_phases(
+    dialer: &Node,
+    addr: &str,
+    stdin: &mut tokio::process::ChildStdin,
+    expect: &mut impl AsyncFnMut(&str) -> String,
+) {
+    let mut lost1 = dialer.dial(addr).await.unwrap();
+    stdin.write_all(b"dialed\n").await.unwrap();
+    let phase1 = expect("phase1").await;
+    assert!(phase1.starts_with("HandOff"), "phase 1: {phase1}");
+    assert!(phase1.contains("too many open files"), "phase 1: {phase1}");
+    // The lost connection was closed, not left hanging.
+    let mut b = [0u8; 1];
+    let r = tokio::time::timeout(Duration::from_secs(30), lost1.read(&mut b)).await;
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "lost connection: {r:?}"
+    );
+
+    // 2. A connection whose hand-off is in flight when the table fills.
+    expect("room").await;
+    let _lost2 = dialer.dial(addr).await.unwrap();
+    stdin.write_all(b"dialed\n").await.unwrap();
+    let phase2 = expect("phase2").await;
+    eprintln!("phase 1: {phase1}\nphase 2: {phase2}");
+    assert!(
+        phase2.starts_with("Resource") || phase2.starts_with("HandOff"),
+        "phase 2: {phase2}"
+    );
 }
 
 /// The accepting side of `accept_survives_a_full_descriptor_table_and_recovers`;
@@ -728,6 +857,22 @@ async fn fd_pressure_child() {
     fill(&mut held);
     println!("child: full");
     stdin.next_line().await.unwrap();
+    if support::data_path_for_tests() == tailpass::tailnet::DataPath::Channel {
+        match ln.accept().await {
+            Ok((mut s, _)) => {
+                let mut buf = Vec::new();
+                s.read_to_end(&mut buf).await.unwrap();
+                s.write_all(b"served:").await.unwrap();
+                s.write_all(&buf).await.unwrap();
+                s.shutdown().await.unwrap();
+                println!("child: phase1 served with a full table");
+            }
+            Err(e) => println!("child: FAIL phase 1 on the channel: {e}"),
+        }
+        held.clear();
+        println!("child: released");
+        return serve_once(&ln, &mut stdin).await;
+    }
     match ln.accept().await {
         Err(e) => println!("child: phase1 {}", describe(&e)),
         Ok(_) => println!("child: FAIL phase 1 accepted with a full table"),
@@ -746,6 +891,14 @@ async fn fd_pressure_child() {
 
     held.clear();
     println!("child: released");
+    serve_once(&ln, &mut stdin).await;
+}
+
+/// The child's last phase: serve one connection, then wait for "bye".
+async fn serve_once(
+    ln: &tailpass::tailnet::Listener,
+    stdin: &mut tokio::io::Lines<tokio::io::BufReader<tokio::io::Stdin>>,
+) {
     let (mut s, _) = ln.accept().await.unwrap();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.unwrap();

@@ -232,6 +232,49 @@ pub(crate) fn listen(
     Ok((h, unsafe { own_fd(ctl) }))
 }
 
+/// Opens the node's channel; returns our end of it.
+pub(crate) fn node_open_channel(node: i64) -> Result<OwnedFd, Error> {
+    let mut fd: c_int = -1;
+    check("open channel", |err| {
+        // SAFETY: fd and err are valid out-pointers.
+        i64::from(unsafe { sys::tsshim_node_open_channel(node, &mut fd, err) })
+    })?;
+    if fd < 0 {
+        return Err(Error::Protocol(
+            "open channel returned no descriptor".into(),
+        ));
+    }
+    // SAFETY: on success the shim hands us the only copy of fd.
+    Ok(unsafe { own_fd(fd) })
+}
+
+/// Listens with connections delivered on the node's channel as
+/// `listener_id`; returns the listener handle.
+pub(crate) fn listen_channel(
+    node: i64,
+    network: &str,
+    addr: &str,
+    funnel: Option<bool>,
+    listener_id: u32,
+) -> Result<i64, Error> {
+    let a = cstring("listen address", addr)?;
+    let n = cstring("network", network)?;
+    check("listen", |err| {
+        // SAFETY: a, n outlive the call; err is a valid out-pointer.
+        unsafe {
+            sys::tsshim_listen_channel(
+                node,
+                n.as_ptr().cast_mut(),
+                a.as_ptr().cast_mut(),
+                c_int::from(funnel.is_some()),
+                c_int::from(funnel == Some(true)),
+                listener_id,
+                err,
+            )
+        }
+    })
+}
+
 pub(crate) fn listener_set_cert(listener: i64, cert_pem: &str, key_pem: &str) -> Result<(), Error> {
     let c = cstring("certificate PEM", cert_pem)?;
     let k = cstring("key PEM", key_pem)?;

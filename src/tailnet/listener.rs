@@ -10,6 +10,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 use tokio::io::unix::AsyncFd;
 
+use super::channel::ChannelListener;
 use super::node::Node;
 use super::stream::{Origin, TailnetStream};
 use super::{Error, Result, ffi};
@@ -18,8 +19,16 @@ use super::{Error, Result, ffi};
 pub struct Listener {
     node: Node,
     handle: i64,
-    ctl: AsyncFd<OwnedFd>,
+    source: Source,
     addr: String,
+}
+
+/// Where accepted connections come from.
+enum Source {
+    /// One SOCK_SEQPACKET message per connection (socketpair data path).
+    Socket(AsyncFd<OwnedFd>),
+    /// OPEN frames on the node's channel.
+    Channel(ChannelListener),
 }
 
 impl fmt::Debug for Listener {
@@ -54,9 +63,18 @@ impl Listener {
         Ok(Listener {
             node,
             handle,
-            ctl,
+            source: Source::Socket(ctl),
             addr,
         })
+    }
+
+    pub(crate) fn on_channel(node: Node, handle: i64, ch: ChannelListener, addr: String) -> Self {
+        Listener {
+            node,
+            handle,
+            source: Source::Channel(ch),
+            addr,
+        }
     }
 
     /// The node this listener belongs to.
@@ -90,8 +108,12 @@ impl Listener {
     /// could not hand the connection over) and transient I/O errors are
     /// [`Error::is_retryable`]; log them, back off and call `accept` again.
     pub async fn accept(&self) -> Result<(TailnetStream, SocketAddr)> {
+        let ctl = match &self.source {
+            Source::Channel(ch) => return ch.accept().await,
+            Source::Socket(ctl) => ctl,
+        };
         loop {
-            let mut guard = self.ctl.readable().await?;
+            let mut guard = ctl.readable().await?;
             match guard.try_io(|fd| recv_conn(fd.get_ref())) {
                 Ok(Ok(Ok(Received::Conn(fd, peer, local, origin)))) => {
                     let stream = TailnetStream::from_fd(fd, peer, local, origin)?;

@@ -12,6 +12,7 @@
 //! block an async worker thread on a Go call, or hold an OS thread per
 //! connection. All `unsafe` code of the crate lives in `ffi`.
 
+mod channel;
 mod error;
 mod ffi;
 mod listener;
@@ -25,7 +26,7 @@ pub use error::{Error, Result};
 pub use listener::Listener;
 pub use node::{CertPair, LogSink, Node, NodeConfig, global};
 pub use status::{Peer, SelfNode, Status};
-pub use stream::{Origin, TailnetStream};
+pub use stream::{DataPath, Origin, TailnetStream};
 pub use whois::{
     CapMap, PeerNode, Principal, StableNodeId, TAGGED_DEVICES, UserId, UserProfile, WhoIs,
 };

@@ -5,12 +5,13 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::channel::Channel;
 use super::listener::Listener;
-use super::stream::TailnetStream;
+use super::stream::{DataPath, TailnetStream};
 use super::{Error, Result, Status, WhoIs, ffi};
 
 /// Where a node's tsnet logs go.
@@ -43,6 +44,9 @@ pub struct NodeConfig {
     pub logs: LogSink,
     /// Timeout for dial, whois, status, cert and listen calls.
     pub call_timeout: Duration,
+    /// How connections travel between the shim and Rust
+    /// (default: [`DataPath::from_env`]).
+    pub data_path: DataPath,
 }
 
 impl NodeConfig {
@@ -57,6 +61,7 @@ impl NodeConfig {
             tags: Vec::new(),
             logs: LogSink::Discard,
             call_timeout: Duration::from_secs(15),
+            data_path: DataPath::from_env(),
         }
     }
 }
@@ -72,6 +77,7 @@ impl fmt::Debug for NodeConfig {
             .field("tags", &self.tags)
             .field("logs", &self.logs)
             .field("call_timeout", &self.call_timeout)
+            .field("data_path", &self.data_path)
             .finish()
     }
 }
@@ -90,6 +96,10 @@ struct Inner {
     hostname: String,
     call_timeout: Duration,
     closed: AtomicBool,
+    data_path: DataPath,
+    /// The node's channel (channel data path), opened on first use and
+    /// again after it failed.
+    channel: Mutex<Option<Channel>>,
 }
 
 impl fmt::Debug for Node {
@@ -149,6 +159,8 @@ impl Node {
                 hostname: config.hostname.clone(),
                 call_timeout: config.call_timeout,
                 closed: AtomicBool::new(false),
+                data_path: config.data_path,
+                channel: Mutex::new(None),
             }),
         };
         // On any error below, dropping `node` closes the half-made handle.
@@ -250,6 +262,20 @@ impl Node {
             .await
     }
 
+    /// The node's channel, opened (again) if there is none alive. Opening
+    /// is quick (a socketpair and two goroutines): no blocking pool.
+    fn channel(&self) -> Result<Channel> {
+        let h = self.handle()?;
+        let mut slot = self.inner.channel.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ch) = slot.as_ref().filter(|c| c.is_alive()) {
+            return Ok(ch.clone());
+        }
+        let fd = ffi::node_open_channel(h).map_err(|e| self.closed_or(e))?;
+        let ch = Channel::start(fd)?;
+        *slot = Some(ch.clone());
+        Ok(ch)
+    }
+
     async fn listen_on(
         &self,
         network: &'static str,
@@ -257,6 +283,14 @@ impl Node {
         funnel: Option<bool>,
     ) -> Result<Listener> {
         let h = self.handle()?;
+        if self.inner.data_path == DataPath::Channel {
+            let cl = self.channel()?.add_listener()?;
+            let (a, id) = (addr.clone(), cl.id());
+            let lh = blocking(move || ffi::listen_channel(h, network, &a, funnel, id))
+                .await
+                .map_err(|e| self.closed_or(e))?;
+            return Ok(Listener::on_channel(self.clone(), lh, cl, addr));
+        }
         let a = addr.clone();
         let (lh, ctl) = blocking(move || ffi::listen(h, network, &a, funnel))
             .await
@@ -267,8 +301,21 @@ impl Node {
     /// Dials `addr` (`host:port`, host a MagicDNS name or tailnet IP).
     pub async fn dial(&self, addr: &str) -> Result<TailnetStream> {
         let h = self.handle()?;
-        let a = addr.to_string();
         let timeout = self.inner.call_timeout;
+        if self.inner.data_path == DataPath::Channel {
+            let (s, peer) = self
+                .channel()?
+                .dial(addr, timeout)
+                .await
+                .map_err(|e| self.closed_or(e))?;
+            return Ok(TailnetStream::from_channel(
+                s,
+                peer,
+                None,
+                super::stream::Origin::Tailnet,
+            ));
+        }
+        let a = addr.to_string();
         let (fd, remote) = blocking(move || ffi::dial(h, "tcp", &a, Some(timeout)))
             .await
             .map_err(|e| self.closed_or(e))?;

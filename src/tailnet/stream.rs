@@ -1,8 +1,10 @@
 //! [`TailnetStream`]: the bytes of one tailnet connection.
 //!
-//! The shim pumps each tsnet connection through a unix stream socket, so
-//! this is a tokio `UnixStream` plus the tailnet addresses it stands for.
-//! `shutdown` half-closes: the peer reads end of stream and can still reply.
+//! By default a stream of the node's channel (`super::channel`: no
+//! descriptor per connection); with [`DataPath::SocketPair`] a unix stream
+//! socket the shim pumps. Either way it carries the tailnet addresses it
+//! stands for, and `shutdown` half-closes: the peer reads end of stream
+//! and can still reply.
 
 use std::io;
 use std::net::SocketAddr;
@@ -14,6 +16,33 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UnixStream;
 
 use super::Result;
+use super::channel::ChannelStream;
+
+/// How a node's connections travel between the shim and Rust.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DataPath {
+    /// One framed channel per node carries every connection: no descriptor
+    /// per connection, asynchronous dials (see docs/tailnet.md).
+    #[default]
+    Channel,
+    /// A unix socketpair per connection (two descriptors each), handed over
+    /// with SCM_RIGHTS; dials are blocking calls on tokio's blocking pool.
+    SocketPair,
+}
+
+impl DataPath {
+    /// Environment variable that picks the data path for every node whose
+    /// config does not set one: `socketpair` or `channel` (the default).
+    pub const ENV: &'static str = "TAILPASS_TAILNET_DATA_PATH";
+
+    /// [`DataPath::Channel`], unless [`DataPath::ENV`] says `socketpair`.
+    pub fn from_env() -> DataPath {
+        match std::env::var(Self::ENV).as_deref() {
+            Ok("socketpair") => DataPath::SocketPair,
+            _ => DataPath::Channel,
+        }
+    }
+}
 
 /// Where an accepted connection came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,13 +58,41 @@ pub enum Origin {
 /// A tailnet TCP connection.
 #[derive(Debug)]
 pub struct TailnetStream {
-    inner: UnixStream,
+    inner: Io,
     peer: SocketAddr,
     local: Option<SocketAddr>,
     origin: Origin,
 }
 
+#[derive(Debug)]
+enum Io {
+    Socket(UnixStream),
+    Channel(ChannelStream),
+}
+
 impl TailnetStream {
+    pub(crate) fn from_channel(
+        s: ChannelStream,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+        origin: Origin,
+    ) -> Self {
+        TailnetStream {
+            inner: Io::Channel(s),
+            peer,
+            local,
+            origin,
+        }
+    }
+
+    /// Refuses the connection: reset now instead of closing gracefully.
+    pub(crate) fn reset(self) {
+        match self.inner {
+            Io::Channel(s) => s.reset(),
+            Io::Socket(s) => drop(s),
+        }
+    }
+
     pub(crate) fn from_fd(
         fd: OwnedFd,
         peer: SocketAddr,
@@ -45,7 +102,7 @@ impl TailnetStream {
         let std = std::os::unix::net::UnixStream::from(fd);
         std.set_nonblocking(true)?;
         Ok(TailnetStream {
-            inner: UnixStream::from_std(std)?,
+            inner: Io::Socket(UnixStream::from_std(std)?),
             peer,
             local,
             origin,
@@ -75,7 +132,10 @@ impl AsyncRead for TailnetStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        match &mut self.inner {
+            Io::Socket(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Channel(s) => s.poll_read(cx, buf),
+        }
     }
 }
 
@@ -85,7 +145,10 @@ impl AsyncWrite for TailnetStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        match &mut self.inner {
+            Io::Socket(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Channel(s) => s.poll_write(cx, buf),
+        }
     }
 
     fn poll_write_vectored(
@@ -93,18 +156,38 @@ impl AsyncWrite for TailnetStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        match &mut self.inner {
+            Io::Socket(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Channel(s) => {
+                let buf = bufs
+                    .iter()
+                    .find(|b| !b.is_empty())
+                    .map_or(&[][..], |b| &b[..]);
+                s.poll_write(cx, buf)
+            }
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        match &self.inner {
+            Io::Socket(s) => s.is_write_vectored(),
+            Io::Channel(_) => false,
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        match &mut self.inner {
+            Io::Socket(s) => Pin::new(s).poll_flush(cx),
+            // Bytes handed to the channel are on their way, like bytes in
+            // a socket's send buffer.
+            Io::Channel(_) => Poll::Ready(Ok(())),
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        match &mut self.inner {
+            Io::Socket(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Channel(s) => s.poll_shutdown(),
+        }
     }
 }

@@ -233,6 +233,8 @@ impl TestNet {
     }
 
     /// A node config pointing at this tailnet, with its own state dir.
+    /// `TAILPASS_TAILNET_DATA_PATH=socketpair` runs it (and any tailpass
+    /// binary a test starts) on the socketpair data path.
     pub fn node_config(&self, hostname: &str) -> NodeConfig {
         let mut c = NodeConfig::new(hostname, self.dir.path().join(hostname));
         c.control_url = Some(self.control_url.clone());
@@ -399,4 +401,10 @@ pub fn rss_kib() -> i64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
+}
+
+/// The data path tests run on (`TAILPASS_TAILNET_DATA_PATH`).
+#[allow(dead_code)]
+pub fn data_path_for_tests() -> tailpass::tailnet::DataPath {
+    tailpass::tailnet::DataPath::from_env()
 }

@@ -204,6 +204,36 @@ func tsshim_listen_funnel(h C.int64_t, addr *C.char, funnelOnly C.int, ctlFD *C.
 	return listenCommon(h, "tcp", C.GoString(addr), true, funnelOnly != 0, ctlFD, errp)
 }
 
+//export tsshim_node_open_channel
+func tsshim_node_open_channel(h C.int64_t, fd *C.int, errp **C.char) C.int {
+	return onNode(h, errp, func(n *node) error {
+		cfd, err := n.openChannel()
+		if err != nil {
+			return err
+		}
+		*fd = C.int(cfd)
+		return nil
+	})
+}
+
+//export tsshim_listen_channel
+func tsshim_listen_channel(h C.int64_t, network, addr *C.char, funnel, funnelOnly C.int, lid C.uint32_t, errp **C.char) C.int64_t {
+	nw, a := C.GoString(network), C.GoString(addr)
+	lh := int64(-1)
+	rc := onNode(h, errp, func(n *node) error {
+		if lid == 0 || uint32(lid)&rustIDBit != 0 {
+			return fmt.Errorf("listen: invalid channel listener id %d", uint32(lid))
+		}
+		l, err := n.listenChannel(nw, a, funnel != 0, funnelOnly != 0, uint32(lid))
+		lh = l
+		return err
+	})
+	if rc != 0 {
+		return -1
+	}
+	return C.int64_t(lh)
+}
+
 //export tsshim_listener_set_cert
 func tsshim_listener_set_cert(h C.int64_t, certPEM, keyPEM *C.char, errp **C.char) C.int {
 	c, k := C.GoString(certPEM), C.GoString(keyPEM)

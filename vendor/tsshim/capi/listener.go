@@ -24,7 +24,11 @@ import (
 type listener struct {
 	node *node
 	ln   net.Listener
-	ctl  *net.UnixConn
+	ctl  *net.UnixConn // per-listener hand-off socket (socketpair data path)
+	// mux and lid: connections go to Rust as OPEN frames on the node's
+	// channel, tagged with the listener id Rust chose (channel data path).
+	mux  *mux
+	lid  uint32
 	once sync.Once
 	done chan struct{} // closed by close
 	// cert is what Funnel listeners present; set (and renewed) by the
@@ -43,19 +47,52 @@ func (l *listener) close() {
 	l.once.Do(func() {
 		close(l.done)
 		l.ln.Close()
-		l.ctl.Close()
+		if l.ctl != nil {
+			l.ctl.Close()
+		}
 	})
 }
 
-func (n *node) listen(network, addr string, funnel, funnelOnly bool) (int64, int, error) {
-	if err := n.ensureStarted(); err != nil {
-		return -1, -1, err
+// listenChannel listens and delivers connections on the node's channel as
+// listener lid.
+func (n *node) listenChannel(network, addr string, funnel, funnelOnly bool, lid uint32) (int64, error) {
+	n.mu.Lock()
+	m := n.mux
+	n.mu.Unlock()
+	if m == nil || m.isClosed() {
+		return -1, errors.New("listen: the node's channel is not open")
 	}
+	if err := n.ensureStarted(); err != nil {
+		return -1, err
+	}
+	l := &listener{node: n, done: make(chan struct{}), mux: m, lid: lid}
+	ln, err := n.netListen(l, network, addr, funnel, funnelOnly)
+	if err != nil {
+		return -1, err
+	}
+	l.ln = ln
+	return n.register(l)
+}
+
+func (n *node) register(l *listener) (int64, error) {
+	h := newHandle()
+	registryMu.Lock()
+	if nodes[n.handle] != n { // closed while we were setting up
+		registryMu.Unlock()
+		l.close()
+		return -1, errUnknownNode
+	}
+	listeners[h] = l
+	registryMu.Unlock()
+	go l.acceptLoop(h)
+	return h, nil
+}
+
+func (n *node) netListen(l *listener, network, addr string, funnel, funnelOnly bool) (net.Listener, error) {
 	var (
 		ln  net.Listener
 		err error
 	)
-	l := &listener{node: n, done: make(chan struct{})}
 	if funnel {
 		opts := []tsnet.FunnelOption{tsnet.FunnelTLSConfig(&tls.Config{
 			GetCertificate: l.getCert,
@@ -70,7 +107,19 @@ func (n *node) listen(network, addr string, funnel, funnelOnly bool) (int64, int
 		ln, err = n.srv.Listen(network, addr)
 	}
 	if err != nil {
-		return -1, -1, fmt.Errorf("listen %s %s: %w", network, addr, err)
+		return nil, fmt.Errorf("listen %s %s: %w", network, addr, err)
+	}
+	return ln, nil
+}
+
+func (n *node) listen(network, addr string, funnel, funnelOnly bool) (int64, int, error) {
+	if err := n.ensureStarted(); err != nil {
+		return -1, -1, err
+	}
+	l := &listener{node: n, done: make(chan struct{})}
+	ln, err := n.netListen(l, network, addr, funnel, funnelOnly)
+	if err != nil {
+		return -1, -1, err
 	}
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_SEQPACKET|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -86,17 +135,11 @@ func (n *node) listen(network, addr string, funnel, funnelOnly bool) (int64, int
 		return -1, -1, fmt.Errorf("listen: control socket: %w", err)
 	}
 	l.ln, l.ctl = ln, fc.(*net.UnixConn)
-	h := newHandle()
-	registryMu.Lock()
-	if nodes[n.handle] != n { // closed while we were setting up
-		registryMu.Unlock()
-		l.close()
+	h, err := n.register(l)
+	if err != nil {
 		syscall.Close(fds[1])
-		return -1, -1, errUnknownNode
+		return -1, -1, err
 	}
-	listeners[h] = l
-	registryMu.Unlock()
-	go l.acceptLoop(h)
 	return h, fds[1], nil
 }
 
@@ -109,6 +152,9 @@ func (l *listener) acceptLoop(h int64) {
 		registryMu.Lock()
 		delete(listeners, h)
 		registryMu.Unlock()
+		if l.mux != nil {
+			l.mux.send(frListenerEnd, l.lid, nil)
+		}
 	}()
 	var backoff time.Duration
 	for {
@@ -181,6 +227,9 @@ func (l *listener) sleep(d time.Duration) bool {
 // It returns an error only when the control socket is unusable (Rust
 // dropped the listener): then the listener ends.
 func (l *listener) deliver(c net.Conn) error {
+	if l.mux != nil {
+		return l.mux.deliver(l.lid, c)
+	}
 	remote, origin := connOrigin(c)
 	fd, err := handOff(c, &l.node.conns)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"sort"
@@ -47,6 +48,8 @@ type node struct {
 
 	listeners map[int64]*listener
 	conns     connSet
+	// mux is the node's channel to Rust (openChannel), nil until opened.
+	mux *mux
 }
 
 // closeWatchdog bounds tsnet.Server.Close. In tailscale v1.94.1 Close can
@@ -305,11 +308,18 @@ func closeNode(h int64) error {
 	started := n.started
 	logFile := n.logFile
 	n.logFile = nil
+	m := n.mux
 	n.mu.Unlock()
 
 	// End our connections while the netstack still runs, so their FINs go
 	// out through the live queue instead of piling up as resets in Close.
-	if closed := n.conns.closeAll(); closed > 256 && started {
+	closed := n.conns.closeAll()
+	if m != nil {
+		// Rust sees the channel end: every stream and listener of the node
+		// ends there.
+		m.close()
+	}
+	if closed > 256 && started {
 		// Let their FIN exchanges finish and TIME_WAIT (timeWait) run out while
 		// the stack still drains packets, so Close has few endpoints left
 		// to reset (see closeWatchdog).
@@ -333,18 +343,27 @@ func closeNode(h int64) error {
 	return err
 }
 
-func (n *node) dial(network, addr string, timeoutMS int64) (fd int, remote string, err error) {
+// dialConn dials over the tailnet; errors name the address.
+func (n *node) dialConn(network, addr string, timeoutMS int64) (net.Conn, error) {
 	if err := n.ensureStarted(); err != nil {
-		return -1, "", err
+		return nil, err
 	}
 	ctx, cancel := withTimeout(n.ctx, timeoutMS)
 	defer cancel()
 	c, err := n.srv.Dial(ctx, network, addr)
 	if err != nil {
 		if ctx.Err() != nil && n.ctx.Err() == nil {
-			return -1, "", fmt.Errorf("dial %s: timed out after %v", addr, time.Duration(timeoutMS)*time.Millisecond)
+			return nil, fmt.Errorf("dial %s: timed out after %v", addr, time.Duration(timeoutMS)*time.Millisecond)
 		}
-		return -1, "", fmt.Errorf("dial %s: %w", addr, err)
+		return nil, fmt.Errorf("dial %s: %w", addr, err)
+	}
+	return c, nil
+}
+
+func (n *node) dial(network, addr string, timeoutMS int64) (fd int, remote string, err error) {
+	c, err := n.dialConn(network, addr, timeoutMS)
+	if err != nil {
+		return -1, "", err
 	}
 	fd, err = handOff(c, &n.conns)
 	if err != nil {

@@ -102,6 +102,41 @@ int64_t tsshim_listen_funnel(int64_t node, char *addr, int funnel_only,
 int tsshim_listener_set_cert(int64_t listener, char *cert_pem, char *key_pem,
                              char **err);
 
+/* The channel data path: one framed SOCK_STREAM socket per node carries
+ * every connection of the node (instead of a socketpair per connection).
+ *
+ * tsshim_node_open_channel makes the node's channel and returns the
+ * caller's end in *fd (close-on-exec). A node has one live channel at a
+ * time; after one ended, a new one may be opened. Frames, both ways, are
+ *   [type u8][stream u32][len u32][len bytes of payload]   (big endian)
+ * with len <= 65536. Stream ids with bit 31 set are allocated by the caller
+ * (dials), the others by the shim (accepted connections). Types:
+ *   1 OPEN      shim->caller  stream opened by a listener; payload:
+ *               listener id u32, then "<remote ip:port>\n<local ip:port>\n<origin>"
+ *               (origin as for tsshim_listen): the address arrives with the stream.
+ *   2 DIAL      caller->shim  payload: timeout_ms u32, then "<network>\n<addr>"
+ *   3 DIAL_OK   shim->caller  payload: the peer's "ip:port"
+ *   4 DIAL_ERR  shim->caller  payload: the error text; the stream id is free again
+ *   5 DATA      both          payload: bytes of the stream
+ *   6 WINDOW    both          payload: u32, more bytes the sender may now send
+ *   7 FIN       both          the sender sends no more data (half-close)
+ *   8 RST       both          the stream is gone; nothing more on it either way
+ *   9 HANDOFF_ERROR shim->caller  stream = listener id; "<remote ip:port>\n<reason>":
+ *               a connection the listener accepted was lost before it opened
+ *  10 LISTENER_END  shim->caller  stream = listener id; the listener ended
+ * Each side starts every stream with 262144 bytes of credit for DATA it may
+ * send and returns credit (WINDOW) as its application consumes the bytes; a
+ * peer sending beyond its credit gets the stream reset. A frame the shim
+ * cannot decode ends the channel. When the channel ends (either side
+ * closes it, or the node closes), every stream and listener on it ends. */
+int tsshim_node_open_channel(int64_t node, int *fd, char **err);
+/* Like tsshim_listen / tsshim_listen_funnel (funnel != 0), but connections
+ * arrive as OPEN frames on the node's channel tagged with listener_id
+ * (1..2^31-1, chosen by the caller, unique among its listeners). */
+int64_t tsshim_listen_channel(int64_t node, char *network, char *addr,
+                              int funnel, int funnel_only,
+                              uint32_t listener_id, char **err);
+
 /* Stops a listener. Its ctl_fd then reads end of stream. */
 int tsshim_listener_close(int64_t listener, char **err);
 
