@@ -42,10 +42,6 @@ struct Expect {
     /// tokens and answers userinfo, so tailpass cannot notice them and the
     /// session lives on (the test proves it does, as a known limit).
     ignored: &'static [&'static str],
-    /// Admin actions the session ends for only at a second refresh: the
-    /// first still succeeds but userinfo fails (v2.3.0's revoke: userinfo
-    /// 404), and the retry after the back-off is refused.
-    second_refresh: &'static [&'static str],
 }
 
 fn ends_or_ignored(e: Expect, action: &str) -> &'static str {
@@ -191,12 +187,6 @@ async fn story(test: &str, version: &str, expect: Expect) {
             t["websocket_closed_ms"], t["sign_in_required_ms"]
         );
         let closed = t["websocket_closed_ms"].as_u64().unwrap();
-        // One more tick and the refresh back-off (2 s) for a second refresh.
-        let bound_ms = if expect.second_refresh.contains(&what) {
-            bound_ms + refresh_ms / 2 + 2000
-        } else {
-            bound_ms
-        };
         // A session with a websocket is refreshed by the upkeep tick
         // (every refresh_interval / 2) once refresh_interval has passed:
         // at most refresh_interval plus one tick, plus a token call on a
@@ -277,7 +267,6 @@ async fn pocket_id_v2_9_0() {
     let expect = Expect {
         step_up_fresh: true,
         ignored: &[],
-        second_refresh: &[],
     };
     story("pocket_id_v2_9_0", "2.9.0", expect).await;
 }
@@ -287,11 +276,11 @@ async fn pocket_id_v2_3_0() {
     // prompt=login is ignored and not advertised: step-up is refused even
     // with trust_prompt_login. Its token endpoint and userinfo never look
     // at `disabled`: a disabled user's session lives on. A revoked app is
-    // still refreshed, but its userinfo answers 404; the retry is refused.
+    // still refreshed, but its userinfo refuses the new access token (404),
+    // which ends the session at that first refresh.
     let expect = Expect {
         step_up_fresh: false,
         ignored: &["disable"],
-        second_refresh: &["revoke"],
     };
     story("pocket_id_v2_3_0", "2.3.0", expect).await;
 }

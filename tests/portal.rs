@@ -840,6 +840,38 @@ async fn refresh_failures_back_off_and_end_the_session_when_they_must() {
         "{calls} token calls while the provider was down"
     );
 
+    // The token endpoint rotates the refresh token but userinfo cannot be
+    // asked (503): the session is refreshed (the rotated token kept: the
+    // next refresh uses it, and the forge refuses a used one), its claims
+    // stay. Userinfo refusing the new access token (Pocket ID 2.3 answers
+    // 404 for a revoked app) ends it.
+    s.forge.set_refresh_answer(None);
+    let mut b = s.browser(&s.alice);
+    login(&mut b).await;
+    s.forge
+        .set_userinfo_answer(Some((503, serde_json::json!({"error": "down"}))));
+    let before = s.forge.token_requests().len();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert_eq!(b.get(&s.url("/app/")).await.status, 200);
+    }
+    let statuses: Vec<u64> = s.forge.token_requests()[before..]
+        .iter()
+        .filter(|t| t["form"]["grant_type"] == "refresh_token")
+        .map(|t| t["status"].as_u64().unwrap())
+        .collect();
+    assert!(
+        statuses.len() >= 2 && statuses.iter().all(|s| *s == 200),
+        "each refresh used the rotated token: {statuses:?}"
+    );
+    s.forge.set_userinfo_answer(Some((
+        404,
+        serde_json::json!({"error": "record not found"}),
+    )));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(b.get(&s.url("/app/")).await.status, 302, "userinfo refused");
+    s.forge.set_userinfo_answer(None);
+
     // A refusal in the provider's own words (Pocket ID's, for a disabled
     // user) ends the session at once, websocket included.
     s.forge.set_refresh_answer(None);

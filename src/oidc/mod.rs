@@ -89,6 +89,15 @@ pub enum OidcError {
     Config(String),
 }
 
+/// Why userinfo did not answer.
+#[derive(Debug)]
+enum UserInfoFailure {
+    /// The provider refused (a 4xx, or claims for another subject).
+    Refused(String),
+    /// It could not be asked now (network, 5xx, an unreadable answer).
+    Unavailable(String),
+}
+
 /// Refresh outcomes that end a session.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -347,9 +356,19 @@ impl Client {
         let (claims, client) = verified.map_err(OidcError::IdToken)?;
         // Only the signed ID token may say when the user authenticated.
         let signed_auth_time = claims.get("auth_time").and_then(|v| v.as_i64());
-        let (sub, claims) = self
-            .with_userinfo(&client, claims, token.access_token())
-            .await?;
+        let sub = claims
+            .get("sub")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| OidcError::IdToken("no sub".into()))?
+            .to_string();
+        let claims = self
+            .with_userinfo(&client, claims, &sub, token.access_token())
+            .await
+            .map_err(|e| match e {
+                UserInfoFailure::Refused(m) | UserInfoFailure::Unavailable(m) => {
+                    OidcError::UserInfo(m)
+                }
+            })?;
         let auth_time = match signed_auth_time {
             Some(t) => Some(t),
             None if pending.prompted_login && self.cfg.trust_prompt_login => {
@@ -368,30 +387,41 @@ impl Client {
         })
     }
 
-    /// The subject of verified ID-token claims, and those claims with the
-    /// userinfo answer added (userinfo adds to, never replaces, what the
-    /// signed ID token says).
+    /// Verified ID-token claims of `sub` with the userinfo answer added
+    /// (userinfo adds to, never replaces, what the signed ID token says).
     async fn with_userinfo(
         &self,
         client: &Core,
         mut claims: BTreeMap<String, serde_json::Value>,
+        sub: &str,
         access: &openidconnect::AccessToken,
-    ) -> Result<(String, BTreeMap<String, serde_json::Value>), OidcError> {
-        let sub = claims
-            .get("sub")
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| OidcError::IdToken("no sub".into()))?
-            .to_string();
+    ) -> Result<BTreeMap<String, serde_json::Value>, UserInfoFailure> {
         if client.user_info_url().is_some() {
             let info: UserInfoClaims<RawClaims, CoreGenderClaim> = client
                 .user_info(
                     access.clone(),
-                    Some(openidconnect::SubjectIdentifier::new(sub.clone())),
+                    Some(openidconnect::SubjectIdentifier::new(sub.to_string())),
                 )
-                .map_err(|e| OidcError::UserInfo(e.to_string()))?
+                .map_err(|e| UserInfoFailure::Unavailable(e.to_string()))?
                 .request_async(&self.http)
                 .await
-                .map_err(|e| OidcError::UserInfo(error_chain(&e)))?;
+                .map_err(|e| {
+                    let m = format!("userinfo: {}", error_chain(&e));
+                    match e {
+                        // The provider refuses the access token it just
+                        // issued (Pocket ID 2.3 answers 404 for a revoked
+                        // app), or answers for someone else.
+                        openidconnect::UserInfoError::Response(status, ..)
+                            if status.is_client_error() =>
+                        {
+                            UserInfoFailure::Refused(m)
+                        }
+                        openidconnect::UserInfoError::ClaimsVerification(_) => {
+                            UserInfoFailure::Refused(m)
+                        }
+                        _ => UserInfoFailure::Unavailable(m),
+                    }
+                })?;
             for (k, v) in info.additional_claims().map.clone() {
                 claims.entry(k).or_insert(v);
             }
@@ -399,7 +429,7 @@ impl Client {
                 claims.entry(k).or_insert(v);
             }
         }
-        Ok((sub, claims))
+        Ok(claims)
     }
 
     /// Verifies an ID token (and `at_hash` when present); returns its raw claims.
@@ -470,12 +500,20 @@ impl Client {
                 }
                 // The whole claim set again (ID token and userinfo), so a
                 // claim the provider dropped (the last group removed) is
-                // dropped here too.
-                let (_, claims) = self
-                    .with_userinfo(&client, claims, token.access_token())
+                // dropped here too. A userinfo that cannot be asked now
+                // must not lose the rotated refresh token: the session is
+                // refreshed, its claims stay as they were until next time.
+                match self
+                    .with_userinfo(&client, claims, sub, token.access_token())
                     .await
-                    .map_err(|e| RefreshError::Unavailable(e.to_string()))?;
-                Some((idt.to_string(), claims))
+                {
+                    Ok(claims) => Some((idt.to_string(), claims)),
+                    Err(UserInfoFailure::Refused(m)) => return Err(RefreshError::Ended(m)),
+                    Err(UserInfoFailure::Unavailable(m)) => {
+                        tracing::warn!(provider = %self.cfg.name, reason = %m, "refreshed, but the claims could not be updated now");
+                        None
+                    }
+                }
             }
             None => None,
         };

@@ -133,6 +133,8 @@ struct Mutable {
     refresh_answer: Option<(u16, Value)>,
     /// ID tokens carry no `auth_time` (as Pocket ID up to 2.9).
     omit_auth_time: bool,
+    /// What `/userinfo` answers instead of the claims.
+    userinfo_answer: Option<(u16, Value)>,
     /// `prompt_values_supported` in discovery (absent when `None`).
     prompt_values: Option<Vec<String>>,
 }
@@ -187,6 +189,7 @@ impl Forge {
                 refresh_tokens: Default::default(),
                 refresh_answer: None,
                 omit_auth_time: false,
+                userinfo_answer: None,
                 prompt_values: None,
             }),
         });
@@ -251,6 +254,12 @@ impl Forge {
     /// `status` with the JSON `body` (`None`: new tokens again).
     pub fn set_refresh_answer(&self, answer: Option<(u16, Value)>) {
         self.state.m.lock().unwrap().refresh_answer = answer;
+    }
+
+    /// Makes `/userinfo` answer `status` with the JSON `body` (`None`: the
+    /// claims again), as Pocket ID 2.3 answers 404 for a revoked app.
+    pub fn set_userinfo_answer(&self, answer: Option<(u16, Value)>) {
+        self.state.m.lock().unwrap().userinfo_answer = answer;
     }
 
     /// Later ID tokens carry no `auth_time` (`true`), as Pocket ID's up to 2.9.
@@ -766,6 +775,9 @@ impl State {
     }
 
     fn userinfo(&self, headers: &http::HeaderMap) -> Response<Body> {
+        if let Some((status, body)) = self.m.lock().unwrap().userinfo_answer.clone() {
+            return json_response(StatusCode::from_u16(status).unwrap(), &body);
+        }
         let token = headers
             .get(AUTHORIZATION)
             .and_then(|h| h.to_str().ok())
