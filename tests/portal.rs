@@ -785,7 +785,10 @@ async fn refresh_failures_back_off_and_end_the_session_when_they_must() {
     // A due refresh happens, with the rotated token.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(b.get(&s.url("/app/")).await.status, 200);
-    assert_eq!(s.forge.refresh_requests(), 1);
+    // (One or two: on a loaded machine the sign-in's own landing request
+    // may come after refresh_interval already.)
+    let base = s.forge.refresh_requests();
+    assert!((1..=2).contains(&base), "{base} refreshes");
     let last_ok = std::time::Instant::now();
 
     // The provider fails in ways that may pass: the session is kept, and
@@ -811,7 +814,7 @@ async fn refresh_failures_back_off_and_end_the_session_when_they_must() {
         requests += 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let calls = s.forge.refresh_requests() - 1;
+    let calls = s.forge.refresh_requests() - base;
     assert!(
         (1..=4).contains(&calls) && calls * 2 < requests,
         "{calls} token calls for {requests} requests"
@@ -834,7 +837,7 @@ async fn refresh_failures_back_off_and_end_the_session_when_they_must() {
         "ended after {ended:?}, before refresh_interval + refresh_grace"
     );
     assert!(support::logs::since(0).contains("within refresh_interval + refresh_grace; ending it"));
-    let calls = s.forge.refresh_requests() - 1;
+    let calls = s.forge.refresh_requests() - base;
     assert!(
         calls <= 6,
         "{calls} token calls while the provider was down"
