@@ -22,26 +22,24 @@ use super::channel::ChannelStream;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum DataPath {
     /// One framed channel per node carries every connection: no descriptor
-    /// per connection, asynchronous dials (see docs/tailnet.md). Opt-in
-    /// until a dial timeout seen once under 300 concurrent dials is
-    /// understood.
+    /// per connection, asynchronous dials (see docs/tailnet.md).
+    #[default]
     Channel,
     /// A unix socketpair per connection (two descriptors each), handed over
     /// with SCM_RIGHTS; dials are blocking calls on tokio's blocking pool.
-    #[default]
     SocketPair,
 }
 
 impl DataPath {
     /// Environment variable that picks the data path for every node whose
-    /// config does not set one: `channel` or `socketpair` (the default).
+    /// config does not set one: `socketpair` or `channel` (the default).
     pub const ENV: &'static str = "TAILPASS_TAILNET_DATA_PATH";
 
-    /// [`DataPath::SocketPair`], unless [`DataPath::ENV`] says `channel`.
+    /// [`DataPath::Channel`], unless [`DataPath::ENV`] says `socketpair`.
     pub fn from_env() -> DataPath {
         match std::env::var(Self::ENV).as_deref() {
-            Ok("channel") => DataPath::Channel,
-            _ => DataPath::SocketPair,
+            Ok("socketpair") => DataPath::SocketPair,
+            _ => DataPath::Channel,
         }
     }
 }
