@@ -17,10 +17,53 @@
 //!
 //! The Rust side runs once per data path (the node channel, the default;
 //! and a socketpair per connection), each in its own process like the Go
-//! baseline, so one run's memory does not flatter the next.
+//! baseline, so one run's memory does not flatter the next; the three
+//! sides are interleaved over `TAILPASS_BENCH_ROUNDS` rounds (default 3).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+// The one unsafe outside src/tailnet/ffi.rs: a global allocator must be
+// an `unsafe impl`; it only forwards to the system allocator.
+#[allow(unsafe_code)]
+mod counting {
+    /// Counts the Rust heap in use, so the memory figure can say how much of a
+    /// connection's cost is Rust's and how much the embedded Go runtime's.
+    struct Counting;
+
+    static RUST_HEAP: std::sync::atomic::AtomicIsize = std::sync::atomic::AtomicIsize::new(0);
+
+    // SAFETY: forwards every call to the system allocator unchanged; only
+    // counts sizes.
+    unsafe impl std::alloc::GlobalAlloc for Counting {
+        unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+            RUST_HEAP.fetch_add(l.size() as isize, std::sync::atomic::Ordering::Relaxed);
+            // SAFETY: the caller's contract is the system allocator's.
+            unsafe { std::alloc::System.alloc(l) }
+        }
+        unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+            RUST_HEAP.fetch_sub(l.size() as isize, std::sync::atomic::Ordering::Relaxed);
+            // SAFETY: as above.
+            unsafe { std::alloc::System.dealloc(p, l) }
+        }
+        unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, new: usize) -> *mut u8 {
+            RUST_HEAP.fetch_add(
+                new as isize - l.size() as isize,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            // SAFETY: as above.
+            unsafe { std::alloc::System.realloc(p, l, new) }
+        }
+    }
+
+    #[global_allocator]
+    static ALLOC: Counting = Counting;
+
+    pub(crate) fn rust_heap_kib() -> f64 {
+        RUST_HEAP.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0
+    }
+}
+use counting::rust_heap_kib;
 
 use std::process::Command;
 use std::time::Instant;
@@ -36,6 +79,10 @@ struct Figures {
     setup_per_s: f64,
     idle_kib_per_conn: f64,
     idle_rss_kib: i64,
+    /// RSS added per pair by the second half of the idle connections.
+    marginal_kib_per_conn: f64,
+    /// Rust heap added per idle connection pair (0 for the Go baseline).
+    rust_heap_kib_per_conn: f64,
     failed_dials: usize,
     /// Connections whose set-up took over 1 s (a SYN retransmission).
     stalls: usize,
@@ -194,19 +241,33 @@ async fn rust_side(
 
     // Memory with idle connections.
     let ln3 = b.listen(7003).await.unwrap();
+    // As the Go baseline does (debug.FreeOSMemory before and after): the
+    // figure is what the connections hold, not the Go heap's garbage from
+    // the throughput runs.
+    tailpass::tailnet::global::release_memory();
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let before = rss_kib();
     let fds_before = open_fds();
     let mut keep = Vec::with_capacity(2 * idle);
-    for _ in 0..idle {
+    let heap_before = rust_heap_kib();
+    let mut half = 0;
+    for i in 0..idle {
+        if i == idle / 2 {
+            // As gobench: the second half's cost is the marginal one.
+            tailpass::tailnet::global::release_memory();
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            half = rss_kib();
+        }
         let c = a.dial(&format!("{b_ip}:7003")).await.unwrap();
         let (s, _) = ln3.accept().await.unwrap();
         keep.push(c);
         keep.push(s);
     }
+    tailpass::tailnet::global::release_memory();
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let after = rss_kib();
     let fds_after = open_fds();
+    let heap_kib_per_conn = (rust_heap_kib() - heap_before) / idle as f64;
     // Not closed: with this many TCP endpoints tsnet's Close stalls until
     // the shim's watchdog gives up (see docs/tailnet.md); exit ends them.
     std::mem::forget(keep);
@@ -216,6 +277,8 @@ async fn rust_side(
         setup_per_s: setup,
         idle_kib_per_conn: (after - before) as f64 / idle as f64,
         idle_rss_kib: after - before,
+        marginal_kib_per_conn: (after - half) as f64 / (idle - idle / 2) as f64,
+        rust_heap_kib_per_conn: heap_kib_per_conn,
         failed_dials: failed,
         fds_per_conn: (fds_after - fds_before) as f64 / idle as f64,
         stalls: lat.iter().filter(|&&ms| ms > 1000.0).count(),
@@ -224,7 +287,33 @@ async fn rust_side(
     }
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 impl Figures {
+    /// One side's rounds as one figure: throughput is the median of all
+    /// runs, the rest the median of the rounds' figures (counts summed).
+    fn merge(all: Vec<Figures>) -> Figures {
+        let med = |f: &dyn Fn(&Figures) -> f64| median(all.iter().map(f).collect());
+        let runs: Vec<f64> = all.iter().flat_map(|f| f.runs.clone()).collect();
+        Figures {
+            throughput_mb_s: median(runs.clone()),
+            runs,
+            setup_per_s: med(&|f| f.setup_per_s),
+            idle_kib_per_conn: med(&|f| f.idle_kib_per_conn),
+            idle_rss_kib: med(&|f| f.idle_rss_kib as f64) as i64,
+            rust_heap_kib_per_conn: med(&|f| f.rust_heap_kib_per_conn),
+            marginal_kib_per_conn: med(&|f| f.marginal_kib_per_conn),
+            failed_dials: all.iter().map(|f| f.failed_dials).sum(),
+            fds_per_conn: med(&|f| f.fds_per_conn),
+            stalls: all.iter().map(|f| f.stalls).sum(),
+            setup_ms: [0, 1, 2].map(|i| med(&|f| f.setup_ms[i])),
+            dial_ms: [0, 1, 2].map(|i| med(&|f| f.dial_ms[i])),
+        }
+    }
+
     fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "throughput_mb_s": self.throughput_mb_s,
@@ -232,6 +321,8 @@ impl Figures {
             "setup_per_s": self.setup_per_s,
             "idle_kib_per_conn": self.idle_kib_per_conn,
             "idle_rss_kib": self.idle_rss_kib,
+            "rust_heap_kib_per_conn": self.rust_heap_kib_per_conn,
+            "marginal_kib_per_conn": self.marginal_kib_per_conn,
             "failed_dials": self.failed_dials,
             "fds_per_conn": self.fds_per_conn,
             "stalls": self.stalls,
@@ -252,6 +343,8 @@ impl Figures {
             setup_per_s: v["setup_per_s"].as_f64().unwrap(),
             idle_kib_per_conn: v["idle_kib_per_conn"].as_f64().unwrap(),
             idle_rss_kib: v["idle_rss_kib"].as_i64().unwrap(),
+            rust_heap_kib_per_conn: v["rust_heap_kib_per_conn"].as_f64().unwrap_or(0.0),
+            marginal_kib_per_conn: v["marginal_kib_per_conn"].as_f64().unwrap_or(f64::NAN),
             failed_dials: v["failed_dials"].as_u64().unwrap_or(0) as usize,
             fds_per_conn: v["fds_per_conn"].as_f64().unwrap(),
             stalls: v["stalls"].as_u64().unwrap() as usize,
@@ -309,6 +402,8 @@ fn go_side(net: &TestNet, bytes: u64, runs: usize, dials: usize, idle: usize) ->
         setup_per_s: v["setup_per_s"].as_f64().unwrap(),
         idle_kib_per_conn: v["idle_kib_per_conn"].as_f64().unwrap(),
         idle_rss_kib: v["idle_rss_kib"].as_i64().unwrap(),
+        rust_heap_kib_per_conn: 0.0,
+        marginal_kib_per_conn: v["marginal_kib_per_conn"].as_f64().unwrap_or(f64::NAN),
         failed_dials: 0, // gobench exits on any failed dial
         fds_per_conn: v["fds_per_conn"].as_f64().unwrap(),
         stalls: v["stalls"].as_u64().unwrap() as usize,
@@ -350,14 +445,39 @@ fn main() {
         std::process::exit(0);
     }
 
+    let rounds = env_num("TAILPASS_BENCH_ROUNDS", 3).max(1) as usize;
     let net = TestNet::start();
-    // Go baseline first, then each Rust data path, each in its own process.
-    let go = go_side(&net, bytes, runs, dials, idle);
+    // Each side in its own process, interleaved: every round runs all
+    // three, starting with a different one, so that load drifting on a
+    // shared machine falls on all of them alike.
     let args = [mb as usize, runs, dials, idle];
-    let sp = rust_child(&net, DataPath::SocketPair, &args);
-    let rs = rust_child(&net, DataPath::Channel, &args);
+    let (mut go, mut sp, mut rs) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        for side in 0..3 {
+            match (round + side) % 3 {
+                0 => go.push(go_side(&net, bytes, runs, dials, idle)),
+                1 => sp.push(rust_child(&net, DataPath::SocketPair, &args)),
+                _ => rs.push(rust_child(&net, DataPath::Channel, &args)),
+            }
+        }
+    }
+    let per_round = |v: &[Figures]| -> Vec<String> {
+        v.iter()
+            .map(|f| format!("{:.1}", f.throughput_mb_s))
+            .collect()
+    };
+    println!(
+        "throughput medians per round, MB/s: channel {:?} go {:?} socketpair {:?}",
+        per_round(&rs),
+        per_round(&go),
+        per_round(&sp)
+    );
+    let (go, sp, rs) = (Figures::merge(go), Figures::merge(sp), Figures::merge(rs));
 
-    println!("tailnet benchmark ({mb} MiB x {runs} runs, {dials} dials, {idle} idle conns)");
+    println!(
+        "tailnet benchmark ({rounds} rounds of: {mb} MiB x {runs} runs, {dials} dials, {idle} idle conns)"
+    );
+    println!("figures: median over rounds (throughput: over all runs)");
     println!("rust = node channel (default data path); ratios are rust/go");
     println!(
         "{:<34} {:>14} {:>14} {:>8} {:>14}",
@@ -399,6 +519,20 @@ fn main() {
         rs.idle_kib_per_conn,
         go.idle_kib_per_conn.max(0.001),
         sp.idle_kib_per_conn,
+    );
+    row(
+        "  marginal (second half), KiB/conn",
+        rs.marginal_kib_per_conn,
+        go.marginal_kib_per_conn,
+        sp.marginal_kib_per_conn,
+    );
+    println!(
+        "{:<34} {:>14.2} {:>14} {:>8} {:>14.2}",
+        "  of which Rust heap, KiB per conn",
+        rs.rust_heap_kib_per_conn,
+        "-",
+        "",
+        sp.rust_heap_kib_per_conn
     );
     println!(
         "{:<34} {:>14} {:>14} {:>8} {:>14}",

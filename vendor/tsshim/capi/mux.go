@@ -7,9 +7,10 @@ package main
 // in each direction, so a stream whose reader is slow stops only itself
 // and the memory it can pin is bounded by the window.
 //
-// Per stream, one goroutine reads the tsnet conn (gonet has no readiness
-// API, so a parked read needs a small buffer) and a writer goroutine runs
-// only while bytes from Rust are queued.
+// Per stream, a tsnet (gonet) conn is read through gVisor's waiter queue
+// by a goroutine that runs only while there is something to read
+// (evread.go); other conns by a reader goroutine with a small buffer. A
+// writer goroutine runs only while bytes from Rust are queued.
 
 import (
 	"bufio"
@@ -187,7 +188,7 @@ func (m *mux) readLoop() {
 			m.fail(fmt.Errorf("channel: frame of %d bytes (limit %d)", n, maxPayload))
 			return
 		}
-		payload := make([]byte, n)
+		payload := framePayload(typ, n)
 		if _, err := io.ReadFull(br, payload); err != nil {
 			m.fail(fmt.Errorf("channel: truncated frame: %w", err))
 			return
@@ -354,7 +355,7 @@ func (m *mux) dial(id uint32, network, addr string, timeoutMS int64) {
 		s.abort(false)
 		return
 	}
-	go s.readLoop()
+	s.startReading()
 }
 
 // deliver hands an accepted connection to Rust as an OPEN frame carrying
@@ -381,7 +382,7 @@ func (m *mux) deliver(lid uint32, c net.Conn) error {
 		s.abort(false)
 		return errChannelClosed
 	}
-	go s.readLoop()
+	s.startReading()
 	return nil
 }
 
@@ -401,6 +402,9 @@ type mstream struct {
 	// writing: a writer goroutine runs. finIn: Rust sent FIN. wdone: c's
 	// write side is closed. rdone: c read EOF and FIN went to Rust.
 	writing, finIn, wdone, rdone, dead bool
+	// ev reads c without a goroutine while idle (evread.go); nil when c
+	// is read by readLoop.
+	ev *evReader
 }
 
 // waitCredit blocks until Rust granted credit; -1 when the stream died.
@@ -418,12 +422,18 @@ func (s *mstream) waitCredit() int {
 
 func (s *mstream) addCredit(n int) {
 	s.mu.Lock()
+	unblocked := s.credit <= 0 && s.credit+n > 0
 	s.credit += n
 	over := s.credit > 1<<30
 	s.cond.Broadcast()
+	evented := s.ev != nil
 	s.mu.Unlock()
 	if over {
 		s.abort(true) // a peer granting absurd credit is broken
+		return
+	}
+	if evented && unblocked {
+		s.schedule() // it went idle for want of credit
 	}
 }
 
@@ -509,8 +519,8 @@ func (s *mstream) pushData(p []byte) {
 		s.abort(true)
 		return
 	}
-	s.queue = append(s.queue, p)
 	s.rxCredit -= len(p)
+	s.queue = append(s.queue, p)
 	start := !s.writing
 	s.writing = true
 	s.mu.Unlock()
@@ -549,7 +559,9 @@ func (s *mstream) writeLoop() {
 		s.queue[0] = nil
 		s.queue = s.queue[1:]
 		s.mu.Unlock()
-		if _, err := s.c.Write(p); err != nil {
+		_, err := s.c.Write(p)
+		releasePayload(p)
+		if err != nil {
 			s.abort(true)
 			return
 		}
@@ -602,11 +614,14 @@ func (s *mstream) finish() {
 	s.queue = nil
 	s.cond.Broadcast()
 	s.mu.Unlock()
+	s.stopEvents()
 	s.c.Close()
 	s.m.remove(s)
 }
 
-// abort drops the stream; with rst, Rust is told.
+// abort drops the stream; with rst, Rust is told. The tailnet peer is
+// reset, not closed: a stream that ends this way did not end cleanly, and
+// a peer that read EOF could take a cut-off answer for a whole one.
 func (s *mstream) abort(rst bool) {
 	s.mu.Lock()
 	if s.dead {
@@ -617,9 +632,28 @@ func (s *mstream) abort(rst bool) {
 	s.queue = nil
 	s.cond.Broadcast()
 	s.mu.Unlock()
+	s.stopEvents()
+	resetConn(s.c)
 	s.c.Close()
 	s.m.remove(s)
 	if rst {
 		s.m.send(frRst, s.id, nil)
+	}
+}
+
+// framePayload is the buffer a frame's payload is read into: DATA frames
+// borrow a pooled 64 KiB buffer (given back once written to the tsnet
+// conn, releasePayload), so a stream from Rust makes no garbage per frame.
+func framePayload(typ byte, n uint32) []byte {
+	if typ == frData && n > smallBuf {
+		return (*bigPool.Get().(*[]byte))[:n]
+	}
+	return make([]byte, n)
+}
+
+func releasePayload(p []byte) {
+	if cap(p) == bigBuf {
+		p = p[:bigBuf]
+		bigPool.Put(&p)
 	}
 }

@@ -76,14 +76,29 @@ func window(n int) []byte {
 
 // A stream sends at most its window to Rust, resumes on WINDOW, writes
 // Rust's bytes to the connection returning credit, and half-closes both ways.
+// Run over a host TCP pair (the reader goroutine) and over a gVisor pair
+// (the event-driven reader, as every tsnet connection).
 func TestMuxStreamWindowsAndHalfClose(t *testing.T) {
+	t.Run("reader goroutine", func(t *testing.T) {
+		ours, peer := tcpPair(t)
+		testWindowsAndHalfClose(t, ours, peer, false)
+	})
+	t.Run("gvisor events", func(t *testing.T) {
+		ours, peer := newGonetNet(t).pair(t)
+		testWindowsAndHalfClose(t, ours, peer, true)
+	})
+}
+
+func testWindowsAndHalfClose(t *testing.T, ours, peer net.Conn, evented bool) {
 	m, r := newTestMux(t)
-	ours, peer := tcpPair(t)
 	s, err := m.register(0, ours)
 	if err != nil {
 		t.Fatal(err)
 	}
-	go s.readLoop()
+	s.startReading()
+	if (s.ev != nil) != evented {
+		t.Fatalf("event-driven reader: %v, want %v", s.ev != nil, evented)
+	}
 
 	big := bytes.Repeat([]byte{7}, initialWindow+5000)
 	go peer.Write(big)
