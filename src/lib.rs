@@ -24,6 +24,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod entry;
+pub(crate) mod gateway;
 pub mod http;
 pub mod identity;
 pub mod listen;

@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 
 use crate::config::{self, Config, Route, Rule};
 use crate::http::headers;
@@ -42,6 +41,30 @@ pub struct PortalOrigin {
     pub base: String,
     /// The node's HTTPS port.
     pub https_port: u16,
+}
+
+/// Where a caller who must sign in is sent (see [`Portal::sign_in`]).
+#[derive(Debug, Clone)]
+pub(crate) struct SignIn {
+    /// This node's login page, named in the 401's `WWW-Authenticate`.
+    pub(crate) login: String,
+    /// Where a browser's GET or HEAD is redirected (302).
+    pub(crate) redirect: Option<String>,
+}
+
+/// The portal's 403 page for a denied request, short of the reason.
+#[derive(Debug, Clone)]
+pub(crate) struct ForbiddenPage {
+    prefix: String,
+    title: String,
+    relogin: Option<String>,
+}
+
+impl ForbiddenPage {
+    /// The page naming `reason` (the failed requirement and the caller).
+    pub(crate) fn markup(&self, reason: &str) -> maud::Markup {
+        pages::forbidden(&self.prefix, &self.title, reason, self.relogin.as_deref())
+    }
 }
 
 struct PendingLogin {
@@ -210,7 +233,7 @@ fn enc(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
-fn html_response(status: StatusCode, markup: maud::Markup) -> Response<Body> {
+pub(crate) fn html_response(status: StatusCode, markup: maud::Markup) -> Response<Body> {
     let mut r = with_type(status, "text/html; charset=utf-8", markup.into_string());
     let h = r.headers_mut();
     // No referrer leaves for another origin (the provider never sees a
@@ -509,9 +532,10 @@ impl Portal {
         }
     }
 
-    /// The response for a request that needs a (fresh) login: browsers are
-    /// sent to sign in with their URL kept; other clients get 401.
-    pub fn login_required(
+    /// Where a request that needs a (fresh) login is sent: browsers
+    /// (GET/HEAD) to sign in with their URL kept, straight to the provider
+    /// for a step-up; other clients are told the login page's address.
+    pub(crate) fn sign_in(
         &self,
         origin: &PortalOrigin,
         req_method: &Method,
@@ -519,47 +543,30 @@ impl Portal {
         html: bool,
         session: Option<&Session>,
         max_age: Option<u64>,
-    ) -> Response<Body> {
+    ) -> SignIn {
         let login = format!("{}{}/login", origin.base, self.cfg.prefix);
-        if html && (req_method == Method::GET || req_method == Method::HEAD) {
+        let browser = html && (req_method == Method::GET || req_method == Method::HEAD);
+        let redirect = browser.then(|| {
             let rd = enc(path_and_query);
-            // Step-up with a known provider goes straight to it.
-            let to = match (session, max_age) {
+            match (session, max_age) {
                 (Some(s), Some(a)) if self.provider(&s.provider).is_some() => format!(
                     "{}{}/oauth2/{}/authorize?rd={rd}&max_age={a}",
                     origin.base, self.cfg.prefix, s.provider
                 ),
                 _ => format!("{login}?rd={rd}"),
-            };
-            return redirect(StatusCode::FOUND, &to);
-        }
-        let mut r = crate::http::response::error(
-            StatusCode::UNAUTHORIZED,
-            "Sign-in required",
-            &format!("sign in at {login}"),
-            html,
-        );
-        if let Ok(v) =
-            HeaderValue::from_str(&format!("Cookie realm=\"tailpass\", login=\"{login}\""))
-        {
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-        }
-        r
+            }
+        });
+        SignIn { login, redirect }
     }
 
-    /// A 403 page naming the failed requirement and the caller, with a way
-    /// to sign in as someone else when a login could help.
-    pub fn forbidden(
+    /// The 403 page's frame: this portal's look, and a way to sign in as
+    /// someone else when a login could help.
+    pub(crate) fn forbidden_page(
         &self,
         origin: &PortalOrigin,
-        reason: &str,
         path_and_query: &str,
-        html: bool,
         login_route: bool,
-    ) -> Response<Body> {
-        if !html {
-            return crate::http::response::error(StatusCode::FORBIDDEN, "Forbidden", reason, false);
-        }
+    ) -> ForbiddenPage {
         let relogin = login_route.then(|| {
             format!(
                 "{}{}/login?rd={}&fresh=1",
@@ -568,15 +575,11 @@ impl Portal {
                 enc(path_and_query)
             )
         });
-        html_response(
-            StatusCode::FORBIDDEN,
-            pages::forbidden(
-                &self.cfg.prefix,
-                &self.cfg.title,
-                reason,
-                relogin.as_deref(),
-            ),
-        )
+        ForbiddenPage {
+            prefix: self.cfg.prefix.clone(),
+            title: self.cfg.title.clone(),
+            relogin,
+        }
     }
 
     fn identity(
@@ -613,9 +616,10 @@ impl Portal {
     }
 
     /// Serves a request under the portal prefix. `path` is normalized.
-    pub async fn handle(
+    /// Only the request head is read (no portal page takes a body).
+    pub async fn handle<B: Send>(
         &self,
-        req: Request<Incoming>,
+        req: Request<B>,
         path: &str,
         who: &PeerIdentity,
         origin: &PortalOrigin,
