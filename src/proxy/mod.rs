@@ -3,7 +3,7 @@
 //! only from the verified [`PeerIdentity`]; client-sent copies never pass.
 //!
 //! What it must not do: choose a status code for a failure. It says what
-//! went wrong ([`UpstreamError`]); `gateway::Outcome` answers.
+//! went wrong (`UpstreamError`); `gateway::Outcome` answers.
 
 use std::net::SocketAddr;
 use std::time::Duration;

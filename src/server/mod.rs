@@ -1,13 +1,13 @@
 //! Wiring: joins every configured node, obtains certificates, starts every
 //! listener (tailnet HTTPS and the :80 redirect per node, Funnel, loopback,
 //! public, admin), reloads and shuts down. Each listener is one
-//! [`accept::run`] with its own handshake and service; each request on a
+//! `accept::run` with its own handshake and service; each request on a
 //! client listener goes through `gateway::handle`.
 //!
 //! A request's path through the modules (details in `docs/architecture.md`):
-//! `listen` admits the connection → [`accept`] fixes who is calling (WhoIs
+//! `listen` admits the connection → `accept` fixes who is calling (WhoIs
 //! on the accepting node, or the kind of listener) and terminates TLS →
-//! [`conn`] serves HTTP under the watchdog → `gateway` normalizes, routes,
+//! `conn` serves HTTP under the watchdog → `gateway` normalizes, routes,
 //! authenticates, decides and forwards (`proxy`), and writes the access log.
 
 mod accept;
