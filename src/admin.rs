@@ -16,8 +16,11 @@ use tokio::sync::watch;
 
 use crate::config::Limits;
 use crate::http::response::{Body, with_type};
-use crate::listen::{self, Door, Health, TcpAcceptor};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::listen::{Health, Ticket};
 use crate::metrics::Metrics;
+use crate::server::{Service, serve_http};
 use crate::tailnet::Node;
 
 /// What the admin endpoints report on.
@@ -33,33 +36,37 @@ pub struct State {
     pub limits: Arc<Limits>,
 }
 
-/// Serves the admin endpoints until `stop`.
-pub(crate) async fn serve(
-    l: tokio::net::TcpListener,
-    door: Door,
-    state: State,
+/// The admin endpoints on every connection of the admin listener (the
+/// server's one accept loop runs it).
+pub(crate) struct Admin {
+    state: Arc<State>,
     stop: watch::Receiver<bool>,
-) {
-    let state = Arc::new(state);
-    let s2 = stop.clone();
-    listen::run(
-        TcpAcceptor::new(l, true),
-        door,
-        stop,
-        move |s, _, ticket| {
-            let (state, stop) = (state.clone(), s2.clone());
-            tokio::spawn(async move {
-                let _ticket = ticket;
-                let limits = state.limits.clone();
-                crate::server::serve_http(s, &limits, stop, false, move |req| {
-                    let state = state.clone();
-                    async move { answer(req, &state).await }
-                })
-                .await;
-            });
-        },
-    )
-    .await;
+}
+
+impl Admin {
+    pub(crate) fn new(state: State, stop: watch::Receiver<bool>) -> Admin {
+        Admin {
+            state: Arc::new(state),
+            stop,
+        }
+    }
+}
+
+impl<S, W> Service<S, W> for Admin
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    W: Send + 'static,
+{
+    async fn serve(&self, io: S, _who: W, _h2: bool, ticket: Ticket) {
+        let _ticket = ticket;
+        let state = self.state.clone();
+        let limits = state.limits.clone();
+        serve_http(io, &limits, self.stop.clone(), false, move |req| {
+            let state = state.clone();
+            async move { answer(req, &state).await }
+        })
+        .await;
+    }
 }
 
 async fn answer(req: Request<Incoming>, state: &State) -> Response<Body> {

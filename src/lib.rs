@@ -1,20 +1,28 @@
 //! tailpass: passkey single sign-on in front of private web services on a
 //! Tailscale network, in one binary.
 //!
-//! Map of the crate (one concern per module, in request order):
+//! Map of the crate, in the order a request meets it (the whole path, with
+//! before/after, is in `docs/architecture.md`):
 //!
-//! - [`tailnet`]: joins the tailnet through an embedded tsnet (Go c-archive
-//!   over FFI), accepts and dials connections, identifies peers with WhoIs.
-//! - [`config`]: the TOML file, validated with every error naming its field.
-//! - [`tls`]: certificate sources (the node's ts.net cert, PEM files, a local
-//!   CA) behind one hot-swappable rustls resolver.
-//! - [`identity`]: who is calling, fixed per connection (WhoIs, Funnel, loopback).
-//! - [`http`]: path normalization, header hygiene, error responses.
-//! - [`policy`]: route access decisions with reasons.
-//! - [`proxy`]: forwarding to upstreams (streaming, websockets, SSE).
 //! - [`listen`]: the door: accept loops that never die, connection caps,
 //!   the file-descriptor reserve, per-connection timeouts, listener health.
-//! - [`server`]: listeners and the wiring of all of the above.
+//! - [`server`]: wiring (start, reload, shutdown) and the one accept loop
+//!   every listener runs: a handshake fixes who is calling (WhoIs on the
+//!   accepting node via [`tailnet`], or the kind of listener) and
+//!   terminates TLS ([`tls`]; [`public`] for custom domains), then HTTP is
+//!   served under the watchdog.
+//! - [`identity`]: who is calling, fixed per connection (WhoIs, Funnel,
+//!   public, loopback).
+//! - `gateway`: the request pipeline — normalize ([`http`]), route,
+//!   authenticate ([`portal`], [`session`]), decide ([`policy`]), forward
+//!   ([`proxy`]) — and the `Outcome` that alone picks each answer's status,
+//!   page, access-log word and metric labels.
+//! - [`portal`]: the login portal's pages and the session check; [`oidc`]:
+//!   the OpenID Connect relying party behind it; [`session`]: signed
+//!   cookies and the persisted session store.
+//! - [`config`]: the TOML file, validated with every error naming its field.
+//! - [`admin`], [`metrics`]: `/healthz` and Prometheus metrics.
+//! - [`cli`]: the binary's commands.
 //! - [`entry`]: a loopback HTTP proxy that carries a local browser into the
 //!   tailnet through a node (demo and browser tests).
 //!
@@ -24,6 +32,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod entry;
+pub(crate) mod gateway;
 pub mod http;
 pub mod identity;
 pub mod listen;

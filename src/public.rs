@@ -4,16 +4,16 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::StreamExt;
 use rustls_pki_types::pem::PemObject;
-use tokio::sync::watch;
+use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
 use crate::config::{PublicCert, PublicListener};
-use crate::listen::{self, Door, TcpAcceptor};
-use crate::server::{PublicHandler, StartError};
+use crate::identity::PeerIdentity;
+use crate::listen::TcpAcceptor;
+use crate::server::{Established, Handshake, StartError};
 use crate::tls::{self, provider, server_config};
 
 fn acme_client_config(ca_file: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, String> {
@@ -33,17 +33,66 @@ fn acme_client_config(ca_file: &std::path::Path) -> Result<Arc<rustls::ClientCon
     Ok(Arc::new(c))
 }
 
-/// Binds the listener, sets up its certificate and starts accepting.
+/// The public listener's handshake: TLS with the listener's certificate,
+/// or — for an ACME server validating us over TLS-ALPN-01 — the challenge
+/// certificate, which is the whole exchange.
+pub(crate) struct PublicTls {
+    main: Arc<rustls::ServerConfig>,
+    challenge: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl Handshake<TcpStream> for PublicTls {
+    type Stream = tokio_rustls::server::TlsStream<TcpStream>;
+    type Who = PeerIdentity;
+
+    async fn establish(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+    ) -> Option<Established<Self::Stream, PeerIdentity>> {
+        let start =
+            match tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
+                .await
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "public TLS hello");
+                    return None;
+                }
+            };
+        let is_challenge = start
+            .client_hello()
+            .alpn()
+            .is_some_and(|mut a| a.any(|p| p == rustls_acme::acme::ACME_TLS_ALPN_NAME));
+        if is_challenge {
+            if let Some(cc) = self.challenge.clone() {
+                let _ = start.into_stream(cc).await;
+            }
+            return None;
+        }
+        match start.into_stream(self.main.clone()).await {
+            Ok(io) => {
+                let h2 = io.get_ref().1.alpn_protocol() == Some(b"h2");
+                let who = PeerIdentity::Internet { addr: peer };
+                Some(Established { io, who, h2 })
+            }
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "public TLS handshake");
+                None
+            }
+        }
+    }
+}
+
+/// Sets up the listener's certificate (the ACME state machine or the PEM
+/// files' renewal run in `tasks`) and binds it; the server runs the accept
+/// loop.
 pub(crate) async fn start(
     pl: &PublicListener,
-    door: Door,
-    handshake_timeout: Duration,
-    handler: PublicHandler,
-    stop: watch::Receiver<bool>,
     tasks: &mut JoinSet<()>,
-) -> Result<SocketAddr, StartError> {
+) -> Result<(TcpAcceptor, PublicTls, SocketAddr), StartError> {
     let err = |e: String| StartError::Public(e);
-    let (main_cfg, challenge_cfg) = match &pl.cert {
+    let (main, challenge) = match &pl.cert {
         PublicCert::Files {
             cert_file,
             key_file,
@@ -97,59 +146,6 @@ pub(crate) async fn start(
         .map_err(|e| err(format!("{}: {e}", pl.listen)))?;
     let addr = listener.local_addr().map_err(|e| err(e.to_string()))?;
     tracing::info!(%addr, domains = ?pl.domains, "public listener");
-    tasks.spawn(listen::run(
-        TcpAcceptor::new(listener, false),
-        door,
-        stop,
-        move |tcp, peer, ticket| {
-            let (main_cfg, challenge_cfg, handler) =
-                (main_cfg.clone(), challenge_cfg.clone(), handler.clone());
-            tokio::spawn(async move {
-                // A client that never completes its handshake is dropped.
-                let tls = tokio::time::timeout(handshake_timeout, async {
-                    let start = match tokio_rustls::LazyConfigAcceptor::new(
-                        rustls::server::Acceptor::default(),
-                        tcp,
-                    )
-                    .await
-                    {
-                        Ok(s) => s,
-                        Err(e) => {
-                            tracing::debug!(%peer, error = %e, "public TLS hello");
-                            return None;
-                        }
-                    };
-                    let is_challenge = start
-                        .client_hello()
-                        .alpn()
-                        .is_some_and(|mut a| a.any(|p| p == rustls_acme::acme::ACME_TLS_ALPN_NAME));
-                    if is_challenge {
-                        if let Some(cc) = challenge_cfg {
-                            // The ACME server validating us: answering the
-                            // handshake is the whole exchange.
-                            let _ = start.into_stream(cc).await;
-                        }
-                        return None;
-                    }
-                    match start.into_stream(main_cfg).await {
-                        Ok(tls) => Some(tls),
-                        Err(e) => {
-                            tracing::debug!(%peer, error = %e, "public TLS handshake");
-                            None
-                        }
-                    }
-                })
-                .await;
-                match tls {
-                    Ok(Some(tls)) => {
-                        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                        handler(Box::pin(tls), peer, ticket, h2).await
-                    }
-                    Ok(None) => {}
-                    Err(_) => tracing::debug!(%peer, "public TLS handshake timed out"),
-                }
-            });
-        },
-    ));
-    Ok(addr)
+    let acceptor = TcpAcceptor::new(listener, false);
+    Ok((acceptor, PublicTls { main, challenge }, addr))
 }

@@ -13,7 +13,7 @@
 //! drop `;` parameters (`/admin;x`, `..;`), some decode twice (`%252e`),
 //! some fold Unicode compatibility forms (full-width `／`, `ａ`) or letter
 //! case. So that whatever the route matched is what the upstream acts on,
-//! two more rules apply after matching (see `server::handle`):
+//! two more rules apply after matching (see `gateway::route`):
 //!
 //! 1. **Strict form on non-public routes** ([`strict`]): a canonical path
 //!    with a `;`, an encoded `%` (`%25`), a non-ASCII character or an encoded

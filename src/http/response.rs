@@ -1,5 +1,7 @@
-//! The one place that turns gateway outcomes into HTTP responses. Users see
-//! plain words (HTML for browsers, text otherwise); details go to the log.
+//! Building blocks of responses: error pages, redirects, typed bodies.
+//! Which status a request's outcome gets is decided in one place,
+//! `gateway::outcome`; users see plain words (HTML for browsers, text
+//! otherwise), details go to the log.
 
 use bytes::Bytes;
 use http::{HeaderMap, Response, StatusCode, header};

@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 
 use crate::config::{self, Config, Route, Rule};
 use crate::http::headers;
@@ -42,6 +41,30 @@ pub struct PortalOrigin {
     pub base: String,
     /// The node's HTTPS port.
     pub https_port: u16,
+}
+
+/// Where a caller who must sign in is sent (see [`Portal::sign_in`]).
+#[derive(Debug, Clone)]
+pub(crate) struct SignIn {
+    /// This node's login page, named in the 401's `WWW-Authenticate`.
+    pub(crate) login: String,
+    /// Where a browser's GET or HEAD is redirected (302).
+    pub(crate) redirect: Option<String>,
+}
+
+/// The portal's 403 page for a denied request, short of the reason.
+#[derive(Debug, Clone)]
+pub(crate) struct ForbiddenPage {
+    prefix: String,
+    title: String,
+    relogin: Option<String>,
+}
+
+impl ForbiddenPage {
+    /// The page naming `reason` (the failed requirement and the caller).
+    pub(crate) fn markup(&self, reason: &str) -> maud::Markup {
+        pages::forbidden(&self.prefix, &self.title, reason, self.relogin.as_deref())
+    }
 }
 
 struct PendingLogin {
@@ -210,7 +233,24 @@ fn enc(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
-fn html_response(status: StatusCode, markup: maud::Markup) -> Response<Body> {
+fn stylesheet() -> Response<Body> {
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/css; charset=utf-8")
+        .header(header::CACHE_CONTROL, "max-age=3600")
+        .body(full(pages::CSS))
+        .expect("static response")
+}
+
+fn no_such_page(html: bool) -> Response<Body> {
+    crate::http::response::error(
+        StatusCode::NOT_FOUND,
+        "Not found",
+        "no such portal page",
+        html,
+    )
+}
+
+pub(crate) fn html_response(status: StatusCode, markup: maud::Markup) -> Response<Body> {
     let mut r = with_type(status, "text/html; charset=utf-8", markup.into_string());
     let h = r.headers_mut();
     // No referrer leaves for another origin (the provider never sees a
@@ -509,9 +549,10 @@ impl Portal {
         }
     }
 
-    /// The response for a request that needs a (fresh) login: browsers are
-    /// sent to sign in with their URL kept; other clients get 401.
-    pub fn login_required(
+    /// Where a request that needs a (fresh) login is sent: browsers
+    /// (GET/HEAD) to sign in with their URL kept, straight to the provider
+    /// for a step-up; other clients are told the login page's address.
+    pub(crate) fn sign_in(
         &self,
         origin: &PortalOrigin,
         req_method: &Method,
@@ -519,47 +560,30 @@ impl Portal {
         html: bool,
         session: Option<&Session>,
         max_age: Option<u64>,
-    ) -> Response<Body> {
+    ) -> SignIn {
         let login = format!("{}{}/login", origin.base, self.cfg.prefix);
-        if html && (req_method == Method::GET || req_method == Method::HEAD) {
+        let browser = html && (req_method == Method::GET || req_method == Method::HEAD);
+        let redirect = browser.then(|| {
             let rd = enc(path_and_query);
-            // Step-up with a known provider goes straight to it.
-            let to = match (session, max_age) {
+            match (session, max_age) {
                 (Some(s), Some(a)) if self.provider(&s.provider).is_some() => format!(
                     "{}{}/oauth2/{}/authorize?rd={rd}&max_age={a}",
                     origin.base, self.cfg.prefix, s.provider
                 ),
                 _ => format!("{login}?rd={rd}"),
-            };
-            return redirect(StatusCode::FOUND, &to);
-        }
-        let mut r = crate::http::response::error(
-            StatusCode::UNAUTHORIZED,
-            "Sign-in required",
-            &format!("sign in at {login}"),
-            html,
-        );
-        if let Ok(v) =
-            HeaderValue::from_str(&format!("Cookie realm=\"tailpass\", login=\"{login}\""))
-        {
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-        }
-        r
+            }
+        });
+        SignIn { login, redirect }
     }
 
-    /// A 403 page naming the failed requirement and the caller, with a way
-    /// to sign in as someone else when a login could help.
-    pub fn forbidden(
+    /// The 403 page's frame: this portal's look, and a way to sign in as
+    /// someone else when a login could help.
+    pub(crate) fn forbidden_page(
         &self,
         origin: &PortalOrigin,
-        reason: &str,
         path_and_query: &str,
-        html: bool,
         login_route: bool,
-    ) -> Response<Body> {
-        if !html {
-            return crate::http::response::error(StatusCode::FORBIDDEN, "Forbidden", reason, false);
-        }
+    ) -> ForbiddenPage {
         let relogin = login_route.then(|| {
             format!(
                 "{}{}/login?rd={}&fresh=1",
@@ -568,15 +592,11 @@ impl Portal {
                 enc(path_and_query)
             )
         });
-        html_response(
-            StatusCode::FORBIDDEN,
-            pages::forbidden(
-                &self.cfg.prefix,
-                &self.cfg.title,
-                reason,
-                relogin.as_deref(),
-            ),
-        )
+        ForbiddenPage {
+            prefix: self.cfg.prefix.clone(),
+            title: self.cfg.title.clone(),
+            relogin,
+        }
     }
 
     fn identity(
@@ -613,9 +633,10 @@ impl Portal {
     }
 
     /// Serves a request under the portal prefix. `path` is normalized.
-    pub async fn handle(
+    /// Only the request head is read (no portal page takes a body).
+    pub async fn handle<B: Send>(
         &self,
-        req: Request<Incoming>,
+        req: Request<B>,
         path: &str,
         who: &PeerIdentity,
         origin: &PortalOrigin,
@@ -641,89 +662,24 @@ impl Portal {
         // from other *.ts.net nodes, which are the same site.
         if !matches!(method, Method::GET | Method::HEAD) && !same_origin(req.headers(), origin) {
             tracing::warn!(peer = %who, method = %method, path = %path, origin = ?req.headers().get(header::ORIGIN), "cross-origin request to the portal refused");
-            let r = if html {
-                html_response(
-                    StatusCode::FORBIDDEN,
-                    pages::problem(
-                        p,
-                        t,
-                        "Request from another site refused",
-                        "This request did not come from a page of this portal, so nothing was changed. Use the portal's own buttons.",
-                    ),
-                )
-            } else {
-                crate::http::response::error(
-                    StatusCode::FORBIDDEN,
-                    "Forbidden",
-                    "cross-origin request refused; nothing was changed",
-                    false,
-                )
-            };
+            let r = self.cross_origin(html);
             return (r, "cross-origin");
         }
         match (method.clone(), sub.as_str()) {
-            (Method::GET | Method::HEAD, "/assets/portal.css") => (
-                Response::builder()
-                    .header(header::CONTENT_TYPE, "text/css; charset=utf-8")
-                    .header(header::CACHE_CONTROL, "max-age=3600")
-                    .body(full(pages::CSS))
-                    .expect("static response"),
-                "asset",
-            ),
+            (Method::GET | Method::HEAD, "/assets/portal.css") => (stylesheet(), "asset"),
             (Method::GET | Method::HEAD, "/login") => {
-                let rd = q("rd").unwrap_or_default();
-                let mut extra = String::new();
-                if let Some(a) = q("max_age").and_then(|a| a.parse::<u64>().ok()) {
-                    extra.push_str(&format!("&max_age={a}"));
-                }
-                if q("fresh").is_some() {
-                    extra.push_str("&fresh=1");
-                }
-                let links: Vec<pages::ProviderLink> = self
-                    .providers
-                    .iter()
-                    .map(|pr| pages::ProviderLink {
-                        name: pr.config().name.clone(),
-                        label: pr.config().label.clone(),
-                        href: format!(
-                            "{p}/oauth2/{}/authorize?rd={}{extra}",
-                            pr.config().name,
-                            enc(&rd)
-                        ),
-                    })
-                    .collect();
-                // The QR code carries the absolute login URL of this node,
-                // under the prefix (caddy-security encoded `<base>/login`).
-                let login_url = format!("{}{p}/login", origin.base);
-                let qr = qrcode::QrCode::new(login_url.as_bytes()).ok().map(|c| {
-                    c.render::<qrcode::render::svg::Color<'_>>()
-                        .min_dimensions(180, 180)
-                        .build()
-                });
-                (
-                    html_response(
-                        StatusCode::OK,
-                        pages::login(p, t, &links, qr.as_deref(), &login_url, &who.to_string()),
-                    ),
-                    "login-page",
-                )
+                (self.login_page(query.as_deref(), who, origin), "login-page")
             }
             (Method::GET, s) if s.starts_with("/oauth2/") && s.ends_with("/authorize") => {
                 let name = s
                     .trim_start_matches("/oauth2/")
                     .trim_end_matches("/authorize");
-                self.start_login(
-                    name,
-                    who,
-                    origin,
-                    q("rd"),
-                    q("max_age"),
-                    q("fresh").is_some()
-                        || headers::cookie(req.headers(), &signed_out_cookie_name(&self.cfg))
-                            == Some("1"),
-                    html,
-                )
-                .await
+                let signed_out = signed_out_cookie_name(&self.cfg);
+                let fresh = q("fresh").is_some()
+                    || headers::cookie(req.headers(), &signed_out) == Some("1");
+                let (rd, age) = (q("rd"), q("max_age"));
+                self.start_login(name, who, origin, rd, age, fresh, html)
+                    .await
             }
             (Method::GET, s)
                 if s.starts_with("/oauth2/") && s.ends_with("/authorization-code-callback") =>
@@ -736,60 +692,12 @@ impl Portal {
                 self.metrics.login(&name, what.trim_start_matches("login-"));
                 (r, what)
             }
-            (Method::GET | Method::HEAD, "/") => {
-                let s = self.session(req.headers(), who).await;
-                let roles = self.roles(who, s.as_ref());
-                let services = if s.is_some() {
-                    self.services(who, s.as_ref(), &roles, origin)
-                } else {
-                    Vec::new()
-                };
-                (
-                    html_response(
-                        StatusCode::OK,
-                        pages::dashboard(
-                            p,
-                            t,
-                            &self.identity(who, s.as_ref(), &roles),
-                            &services,
-                            &format!("{p}/login"),
-                        ),
-                    ),
-                    "dashboard",
-                )
-            }
+            (Method::GET | Method::HEAD, "/") => (
+                self.dashboard(req.headers(), who, origin).await,
+                "dashboard",
+            ),
             (Method::GET | Method::HEAD, "/whoami") => {
-                let s = self.session(req.headers(), who).await;
-                let roles = self.roles(who, s.as_ref());
-                let id = self.identity(who, s.as_ref(), &roles);
-                if html {
-                    (
-                        html_response(StatusCode::OK, pages::whoami(p, t, &id)),
-                        "whoami",
-                    )
-                } else {
-                    let j = serde_json::json!({
-                        "tailnet": {
-                            "caller": id.tailnet,
-                            "user": id.tailnet_user,
-                            "node": id.node,
-                            "tags": id.tags,
-                        },
-                        "session": id.session.as_ref().map(|s| serde_json::json!({
-                            "provider": s.provider, "sub": s.sub, "email": s.email, "name": s.name,
-                            "groups": s.groups, "auth_time": s.auth_time, "expires": s.expires,
-                        })),
-                        "roles": id.roles,
-                    });
-                    (
-                        Response::builder()
-                            .header(header::CONTENT_TYPE, "application/json")
-                            .header(header::CACHE_CONTROL, "no-store")
-                            .body(full(j.to_string()))
-                            .expect("static response"),
-                        "whoami",
-                    )
-                }
+                (self.whoami(req.headers(), who, html).await, "whoami")
             }
             (Method::GET | Method::HEAD, "/logout") => {
                 let signed_in = self.session(req.headers(), who).await.is_some();
@@ -803,16 +711,135 @@ impl Portal {
                 html_response(StatusCode::OK, pages::logged_out(p, t)),
                 "logged-out",
             ),
-            _ => (
-                crate::http::response::error(
-                    StatusCode::NOT_FOUND,
-                    "Not found",
-                    "no such portal page",
-                    html,
-                ),
-                "no-route",
-            ),
+            _ => (no_such_page(html), "no-route"),
         }
+    }
+
+    /// 403 for a state-changing request that did not come from a page of
+    /// this node.
+    fn cross_origin(&self, html: bool) -> Response<Body> {
+        let (p, t) = (&self.cfg.prefix, &self.cfg.title);
+        if html {
+            html_response(
+                StatusCode::FORBIDDEN,
+                pages::problem(
+                    p,
+                    t,
+                    "Request from another site refused",
+                    "This request did not come from a page of this portal, so nothing was changed. Use the portal's own buttons.",
+                ),
+            )
+        } else {
+            crate::http::response::error(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                "cross-origin request refused; nothing was changed",
+                false,
+            )
+        }
+    }
+
+    /// The login page: one link per provider (the target, step-up age and
+    /// `fresh` carried along) and a QR code of this node's login URL.
+    fn login_page(
+        &self,
+        query: Option<&str>,
+        who: &PeerIdentity,
+        origin: &PortalOrigin,
+    ) -> Response<Body> {
+        let q = |n: &str| query_param(query, n);
+        let (p, t) = (&self.cfg.prefix, &self.cfg.title);
+        let rd = q("rd").unwrap_or_default();
+        let mut extra = String::new();
+        if let Some(a) = q("max_age").and_then(|a| a.parse::<u64>().ok()) {
+            extra.push_str(&format!("&max_age={a}"));
+        }
+        if q("fresh").is_some() {
+            extra.push_str("&fresh=1");
+        }
+        let links: Vec<pages::ProviderLink> = self
+            .providers
+            .iter()
+            .map(|pr| pages::ProviderLink {
+                name: pr.config().name.clone(),
+                label: pr.config().label.clone(),
+                href: format!(
+                    "{p}/oauth2/{}/authorize?rd={}{extra}",
+                    pr.config().name,
+                    enc(&rd)
+                ),
+            })
+            .collect();
+        // The QR code carries the absolute login URL of this node, under
+        // the prefix (caddy-security encoded `<base>/login`).
+        let login_url = format!("{}{p}/login", origin.base);
+        let qr = qrcode::QrCode::new(login_url.as_bytes()).ok().map(|c| {
+            c.render::<qrcode::render::svg::Color<'_>>()
+                .min_dimensions(180, 180)
+                .build()
+        });
+        html_response(
+            StatusCode::OK,
+            pages::login(p, t, &links, qr.as_deref(), &login_url, &who.to_string()),
+        )
+    }
+
+    /// The dashboard: who you are, and the services you may open.
+    async fn dashboard(
+        &self,
+        headers: &HeaderMap,
+        who: &PeerIdentity,
+        origin: &PortalOrigin,
+    ) -> Response<Body> {
+        let (p, t) = (&self.cfg.prefix, &self.cfg.title);
+        let s = self.session(headers, who).await;
+        let roles = self.roles(who, s.as_ref());
+        let services = if s.is_some() {
+            self.services(who, s.as_ref(), &roles, origin)
+        } else {
+            Vec::new()
+        };
+        html_response(
+            StatusCode::OK,
+            pages::dashboard(
+                p,
+                t,
+                &self.identity(who, s.as_ref(), &roles),
+                &services,
+                &format!("{p}/login"),
+            ),
+        )
+    }
+
+    /// Both identities of the caller: a page for browsers, JSON otherwise.
+    async fn whoami(&self, headers: &HeaderMap, who: &PeerIdentity, html: bool) -> Response<Body> {
+        let s = self.session(headers, who).await;
+        let roles = self.roles(who, s.as_ref());
+        let id = self.identity(who, s.as_ref(), &roles);
+        if html {
+            return html_response(
+                StatusCode::OK,
+                pages::whoami(&self.cfg.prefix, &self.cfg.title, &id),
+            );
+        }
+        let j = serde_json::json!({
+            "tailnet": {
+                "caller": id.tailnet,
+                "user": id.tailnet_user,
+                "node": id.node,
+                "tags": id.tags,
+            },
+            "session": id.session.as_ref().map(|s| serde_json::json!({
+                "provider": s.provider, "sub": s.sub, "email": s.email, "name": s.name,
+                "groups": s.groups, "auth_time": s.auth_time, "expires": s.expires,
+            })),
+            "roles": id.roles,
+        });
+        Response::builder()
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CACHE_CONTROL, "no-store")
+            .body(full(j.to_string()))
+            .expect("static response")
     }
 
     fn services(
@@ -848,6 +875,28 @@ impl Portal {
             .collect()
     }
 
+    /// Where the browser goes after signing in: `rd` if it is a safe
+    /// target (same origin, a configured host), else the dashboard.
+    fn after_sign_in(&self, origin: &PortalOrigin, rd: Option<&str>) -> String {
+        let mut hosts = self.allowed_hosts.clone();
+        hosts.push(
+            origin
+                .base
+                .trim_start_matches("https://")
+                .split(':')
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase(),
+        );
+        rd.and_then(|t| target::safe_target(t, &hosts, origin.https_port))
+            .unwrap_or_else(|| format!("{}/", self.cfg.prefix))
+    }
+
+    fn problem_page(&self, status: StatusCode, heading: &str, detail: &str) -> Response<Body> {
+        let page = pages::problem(&self.cfg.prefix, &self.cfg.title, heading, detail);
+        html_response(status, page)
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn start_login(
         &self,
@@ -859,7 +908,6 @@ impl Portal {
         fresh: bool,
         html: bool,
     ) -> (Response<Body>, &'static str) {
-        let p = &self.cfg.prefix;
         let Some(provider) = self.provider(name) else {
             return (
                 crate::http::response::error(
@@ -874,38 +922,19 @@ impl Portal {
         let Some(binding) = Binding::of(who) else {
             return (not_found(html), "hide");
         };
-        let mut hosts = self.allowed_hosts.clone();
-        hosts.push(
-            origin
-                .base
-                .trim_start_matches("https://")
-                .split(':')
-                .next()
-                .unwrap_or_default()
-                .to_ascii_lowercase(),
-        );
-        let target = rd
-            .as_deref()
-            .and_then(|t| target::safe_target(t, &hosts, origin.https_port))
-            .unwrap_or_else(|| format!("{p}/"));
+        let target = self.after_sign_in(origin, rd.as_deref());
         let max_age = max_age.and_then(|a| a.parse::<u64>().ok());
         let redirect_uri = self.redirect_uri(origin, name);
         let (url, pending) = match provider.authorize_url(&redirect_uri, max_age, fresh).await {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(provider = name, error = %e, "cannot start sign-in");
-                return (
-                    html_response(
-                        StatusCode::BAD_GATEWAY,
-                        pages::problem(
-                            p,
-                            &self.cfg.title,
-                            "The identity provider is not reachable",
-                            "Try again in a moment; the administrator can see the reason in the log.",
-                        ),
-                    ),
-                    "login-error",
+                let r = self.problem_page(
+                    StatusCode::BAD_GATEWAY,
+                    "The identity provider is not reachable",
+                    "Try again in a moment; the administrator can see the reason in the log.",
                 );
+                return (r, "login-error");
             }
         };
         let browser = random_token();
@@ -929,18 +958,12 @@ impl Portal {
             if added.is_err() {
                 drop(m);
                 tracing::warn!(peer = %who, provider = name, "sign-in refused: too many sign-ins in flight from other nodes");
-                return (
-                    html_response(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        pages::problem(
-                            p,
-                            &self.cfg.title,
-                            "Too many sign-ins in progress",
-                            "Try again in a few minutes.",
-                        ),
-                    ),
-                    "login-busy",
+                let r = self.problem_page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Too many sign-ins in progress",
+                    "Try again in a few minutes.",
                 );
+                return (r, "login-busy");
             }
         }
         let mut r = redirect(StatusCode::FOUND, &url);

@@ -1,11 +1,14 @@
 //! Forwarding to upstreams: streamed bodies both ways (SSE included),
-//! websocket upgrades, header hygiene, timeouts, and 502/504 when the
-//! upstream fails. Identity headers are added only from the verified
-//! [`PeerIdentity`]; client-sent copies never pass.
+//! websocket upgrades, header hygiene, timeouts. Identity headers are added
+//! only from the verified [`PeerIdentity`]; client-sent copies never pass.
+//!
+//! What it must not do: choose a status code for a failure. It says what
+//! went wrong (`UpstreamError`); `gateway::Outcome` answers.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
@@ -17,18 +20,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use crate::config::Route;
 use crate::http::headers;
 use crate::http::path::upstream_path;
-use crate::http::response::{Body, error, wants_html};
+use crate::http::response::Body;
 use crate::identity::PeerIdentity;
 
 mod upload;
 
+pub(crate) use upload::BoxError;
 pub use upload::Stalled;
 use upload::Upload;
-
-/// Marks a response the proxy made because the upstream failed
-/// (`connect` or `timeout`), for metrics.
-#[derive(Debug, Clone, Copy)]
-pub struct UpstreamFailure(pub &'static str);
 
 /// An HTTP client for one route's upstream.
 #[derive(Clone, Debug)]
@@ -122,15 +121,44 @@ impl SessionEnd {
     }
 }
 
-/// Forwards `req` to the route's upstream and returns its response, or an
-/// error page if the upstream cannot be reached in time.
-pub async fn forward(
+/// Why the proxy could not hand back the upstream's answer. The response
+/// for each (status, page, metric label) is chosen in one place,
+/// `gateway::Outcome`; the details are logged here, where they are known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum UpstreamError {
+    /// The normalized path could not be written as an upstream URI.
+    #[error("the request path cannot be forwarded")]
+    BadUri,
+    /// The client's upload stopped sending for the body idle timeout.
+    #[error("the upload stopped sending data")]
+    Stalled,
+    /// The upstream refused, reset or broke the exchange.
+    #[error("the upstream is not answering")]
+    Connect,
+    /// No response head within the route's `response_timeout`, counted
+    /// from the end of the request body.
+    #[error("the upstream took too long to answer")]
+    Timeout,
+    /// The upstream switched protocols although no websocket upgrade was
+    /// asked and answered: a tunnel past routing and header hygiene.
+    #[error("the upstream switched to a protocol tailpass does not forward")]
+    SwitchedProtocols,
+}
+
+/// Forwards `req` to the route's upstream and returns its response, or why
+/// there is none. Generic over the body so the pipeline runs in-process in
+/// tests; only websocket upgrades are tunnelled.
+pub(crate) async fn forward<B>(
     up: &Upstream,
     route: &Route,
-    mut req: Request<Incoming>,
+    mut req: Request<B>,
     fwd: Forwarding<'_>,
-) -> Response<Body> {
-    let html = wants_html(req.headers());
+) -> Result<Response<Body>, UpstreamError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     // Only websocket is tunnelled; any other upgrade goes on as a plain
     // request (its `Upgrade`, `HTTP2-Settings` removed as hop-by-hop).
     let upgrade = headers::wants_upgrade(req.headers());
@@ -138,45 +166,14 @@ pub async fn forward(
         tracing::info!(route = %route.name(), peer = %fwd.who, upgrade = %asked, "upgrade not tunnelled; forwarded as a plain request");
     }
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-
     let original_host = req
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .map(str::to_string)
         .or_else(|| req.uri().authority().map(|a| a.to_string()));
-    let base = route.upstream.path();
-    let mut pq = upstream_path(base, &route.path, fwd.path, route.strip_prefix);
-    if let Some(q) = req.uri().query() {
-        pq.push('?');
-        pq.push_str(q);
-    }
-    let uri = match Uri::builder()
-        .scheme("http")
-        .authority(
-            route
-                .upstream
-                .authority()
-                .map(|a| a.as_str())
-                .unwrap_or("127.0.0.1"),
-        )
-        .path_and_query(pq)
-        .build()
-    {
-        Ok(u) => u,
-        Err(e) => {
-            tracing::warn!(route = %route.name(), error = %e, "cannot build upstream URI");
-            return error(
-                StatusCode::BAD_REQUEST,
-                "Bad request",
-                "the request path cannot be forwarded",
-                html,
-            );
-        }
-    };
-    *req.uri_mut() = uri;
+    *req.uri_mut() = upstream_uri(route, fwd.path, req.uri().query())?;
     *req.version_mut() = http::Version::HTTP_11;
-
     let h = req.headers_mut();
     let stripped = up.hygiene.strip(h);
     if !stripped.is_empty() {
@@ -185,8 +182,42 @@ pub async fn forward(
     headers::remove_hop_by_hop(h, upgrade);
     h.remove(header::HOST); // hyper sets it from the URI
     set_forwarded(h, fwd.who.addr(), fwd.scheme, original_host.as_deref());
+    set_identity(h, route, &fwd);
+    let resp = send(up, route, req, &fwd).await?;
+    answer(route, resp, client_upgrade, fwd.session_end)
+}
+
+/// The upstream URI: the route's upstream, the path the route authorized
+/// (prefix stripped if configured), the client's query.
+fn upstream_uri(route: &Route, path: &str, query: Option<&str>) -> Result<Uri, UpstreamError> {
+    let base = route.upstream.path();
+    let mut pq = upstream_path(base, &route.path, path, route.strip_prefix);
+    if let Some(q) = query {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    let authority = route
+        .upstream
+        .authority()
+        .map(|a| a.as_str())
+        .unwrap_or("127.0.0.1");
+    Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(pq)
+        .build()
+        .map_err(|e| {
+            tracing::warn!(route = %route.name(), error = %e, "cannot build upstream URI");
+            UpstreamError::BadUri
+        })
+}
+
+/// Identity headers from the verified identity only (client copies were
+/// stripped before): the WhoIs answer, then the signed-in user. The
+/// session cookie itself never goes upstream.
+fn set_identity(h: &mut http::HeaderMap, route: &Route, fwd: &Forwarding<'_>) {
+    let n = &route.identity_headers;
     if let Some(w) = fwd.who.whois() {
-        let n = &route.identity_headers;
         if !w.is_tagged() {
             headers::set_text(h, &n.login, &w.user.login_name);
             headers::set_text(h, &n.name, &w.user.display_name);
@@ -203,7 +234,6 @@ pub async fn forward(
         headers::remove_cookie(h, name);
     }
     if let Some(l) = fwd.login {
-        let n = &route.identity_headers;
         headers::set_text(h, &n.user, &l.user);
         if let Some(e) = &l.email {
             headers::set_text(h, &n.email, e);
@@ -218,111 +248,117 @@ pub async fn forward(
             headers::set_text(h, &n.roles, &l.roles.join(","));
         }
     }
+}
 
-    // The response timeout runs from the end of the request body: an
-    // upload may take as long as it keeps moving (body idle timeout).
+/// Sends the request; the response timeout runs from the end of the
+/// request body: an upload may take as long as it keeps moving (body idle
+/// timeout).
+async fn send<B>(
+    up: &Upstream,
+    route: &Route,
+    req: Request<B>,
+    fwd: &Forwarding<'_>,
+) -> Result<Response<Incoming>, UpstreamError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let (parts, body) = req.into_parts();
     let (body, progress) = Upload::new(body, fwd.body_idle_timeout);
-    let req = Request::from_parts(parts, body);
-    let answer = up.client.request(req);
+    let answer = up.client.request(Request::from_parts(parts, body));
     let sent = progress.clone();
     let deadline = async move {
         sent.finished().await;
         tokio::time::sleep(up.response_timeout).await;
     };
-    let resp = tokio::select! {
+    tokio::select! {
         r = answer => match r {
-            Ok(r) => r,
+            Ok(r) => Ok(r),
             Err(_) if progress.stalled() => {
                 tracing::warn!(route = %route.name(), peer = %fwd.who, idle = ?fwd.body_idle_timeout, "request body stalled; upload cut");
-                return error(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "Request timeout",
-                    "the upload stopped sending data",
-                    html,
-                );
+                Err(UpstreamError::Stalled)
             }
             Err(e) => {
                 tracing::warn!(route = %route.name(), upstream = %route.upstream, error = %e, "upstream request failed");
-                let mut r = error(
-                    StatusCode::BAD_GATEWAY,
-                    "Bad gateway",
-                    "the service behind this address is not answering",
-                    html,
-                );
-                r.extensions_mut().insert(UpstreamFailure("connect"));
-                return r;
+                Err(UpstreamError::Connect)
             }
         },
         _ = deadline => {
             tracing::warn!(route = %route.name(), upstream = %route.upstream, timeout = ?up.response_timeout, "upstream timed out");
-            let mut r = error(
-                StatusCode::GATEWAY_TIMEOUT,
-                "Gateway timeout",
-                "the service behind this address took too long to answer",
-                html,
-            );
-            r.extensions_mut().insert(UpstreamFailure("timeout"));
-            return r;
+            Err(UpstreamError::Timeout)
         }
-    };
+    }
+}
 
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-        && (client_upgrade.is_none() || !headers::switched_to_websocket(resp.headers()))
-    {
+/// The upstream's response as the client gets it: hop-by-hop headers
+/// removed, or — for an accepted websocket upgrade — the 101 with both
+/// sides spliced in a task of their own.
+fn answer(
+    route: &Route,
+    resp: Response<Incoming>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    session_end: Option<SessionEnd>,
+) -> Result<Response<Body>, UpstreamError> {
+    let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switched && (client_upgrade.is_none() || !headers::switched_to_websocket(resp.headers())) {
         // An upstream switching protocols unasked, or to anything but
         // websocket, would open a tunnel past routing and header hygiene.
         tracing::warn!(route = %route.name(), upstream = %route.upstream, "upstream switched protocols without a websocket upgrade; refused");
-        return error(
-            StatusCode::BAD_GATEWAY,
-            "Bad gateway",
-            "the service behind this address switched to a protocol tailpass does not forward",
-            html,
-        );
+        return Err(UpstreamError::SwitchedProtocols);
     }
     if let Some(client_upgrade) = client_upgrade
-        && resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && switched
     {
         let (mut parts, body) = resp.into_parts();
         let upstream_resp = Response::from_parts(parts.clone(), body);
-        let route_name = route.name();
-        let end = fwd.session_end.clone();
-        tokio::spawn(async move {
-            let (c, u) = match tokio::join!(client_upgrade, hyper::upgrade::on(upstream_resp)) {
-                (Ok(c), Ok(u)) => (c, u),
-                (c, u) => {
-                    tracing::debug!(route = %route_name, client = ?c.err(), upstream = ?u.err(), "upgrade failed");
-                    return;
-                }
-            };
-            let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-            match end {
-                // Websockets opened under a session close when it ends.
-                Some(end) => {
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut c, &mut u) => {}
-                        _ = end.ended() => {
-                            tracing::info!(route = %route_name, "session ended; closing its upgraded connection");
-                        }
-                    }
-                }
-                None => {
-                    let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
-                }
-            }
-        });
+        tokio::spawn(splice(
+            route.name(),
+            client_upgrade,
+            upstream_resp,
+            session_end,
+        ));
         parts
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        return Response::from_parts(
+        return Ok(Response::from_parts(
             parts,
             http_body_util::Empty::new().map_err(|n| match n {}).boxed(),
-        );
+        ));
     }
-
     let (mut parts, body) = resp.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers, false);
-    Response::from_parts(parts, body.boxed())
+    Ok(Response::from_parts(parts, body.boxed()))
+}
+
+/// Copies both ways between an upgraded client and upstream until either
+/// side ends — or, for websockets opened under a session, until it ends.
+async fn splice(
+    route_name: String,
+    client_upgrade: hyper::upgrade::OnUpgrade,
+    upstream_resp: Response<Incoming>,
+    end: Option<SessionEnd>,
+) {
+    let (c, u) = match tokio::join!(client_upgrade, hyper::upgrade::on(upstream_resp)) {
+        (Ok(c), Ok(u)) => (c, u),
+        (c, u) => {
+            tracing::debug!(route = %route_name, client = ?c.err(), upstream = ?u.err(), "upgrade failed");
+            return;
+        }
+    };
+    let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+    match end {
+        Some(end) => {
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut c, &mut u) => {}
+                _ = end.ended() => {
+                    tracing::info!(route = %route_name, "session ended; closing its upgraded connection");
+                }
+            }
+        }
+        None => {
+            let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+        }
+    }
 }
 
 fn set_forwarded(

@@ -10,7 +10,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::Notify;
 use tokio::time::Sleep;
 
@@ -50,9 +51,14 @@ impl Progress {
     }
 }
 
+/// The error of any request body, once boxed.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// The client's request body with an idle timeout between chunks.
 pub(crate) struct Upload {
-    inner: Incoming,
+    // Boxed once, so one upstream client serves every body type (hyper's
+    // `Incoming` in production, `Full`/`Empty` in the pipeline's tests).
+    inner: UnsyncBoxBody<Bytes, BoxError>,
     idle: Duration,
     timer: Pin<Box<Sleep>>,
     progress: Arc<Progress>,
@@ -60,7 +66,13 @@ pub(crate) struct Upload {
 }
 
 impl Upload {
-    pub(crate) fn new(inner: Incoming, idle: Duration) -> (Upload, Arc<Progress>) {
+    pub(crate) fn new<B>(inner: B, idle: Duration) -> (Upload, Arc<Progress>)
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        use http_body_util::BodyExt;
+        let inner = inner.map_err(Into::into).boxed_unsync();
         let progress = Arc::new(Progress::default());
         let done = inner.is_end_stream();
         if done {
@@ -103,7 +115,7 @@ impl Body for Upload {
                 self.progress.finish();
                 Poll::Ready(None)
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
             Poll::Pending => {
                 if self.timer.as_mut().poll(cx).is_ready() {
                     self.progress.stalled.store(true, Ordering::Release);

@@ -1,0 +1,271 @@
+//! One request, one pipeline. [`handle`] takes a request, the verified
+//! identity of the connection it came on and a config snapshot, and reads
+//! top to bottom:
+//!
+//! 1. **normalize** the path (`http::path`; ambiguous → 400);
+//! 2. **route**: the portal where it is served, else the longest-prefix
+//!    route of the node and host ([`route`]);
+//! 3. **authenticate**: the session cookie, for protected routes on a node
+//!    that serves the portal, and the caller's roles;
+//! 4. **decide**: `policy::evaluate` over both identities, then the path
+//!    rules of the route matched;
+//! 5. **forward** (`proxy`): header hygiene, identity headers from the
+//!    verified identity only, the upstream's answer streamed back.
+//!
+//! Every step ends in an [`Outcome`]; [`Outcome::answer`] alone turns it
+//! into the status, page, log word and metric labels, and [`log`] writes
+//! the access-log line when the body ends.
+//!
+//! The pipeline is generic over the request body, so it runs in-process in
+//! tests (`http_body_util::Full`) with no tailnet and no listener.
+//!
+//! What it must not do: read identity from anything the client sends, or
+//! forward a path other than the one the route and policy saw.
+
+pub(crate) mod log;
+pub(crate) mod outcome;
+pub(crate) mod route;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+
+use crate::config::{Access, Route};
+use crate::http::path;
+use crate::http::response::{Body, wants_html};
+use crate::identity::PeerIdentity;
+use crate::metrics::Metrics;
+use crate::policy::{self, Caller, Decision};
+use crate::portal::{Portal, PortalOrigin};
+use crate::proxy::{self, BoxError, Forwarding, SessionEnd, Upstream};
+use crate::session::{Session, now};
+
+pub(crate) use outcome::Outcome;
+pub(crate) use route::Snapshot;
+use route::Target;
+
+/// What every request on one connection shares, fixed when it was
+/// accepted: who is calling (never from a header), on which node, and how
+/// the client reached us.
+#[derive(Debug, Clone)]
+pub(crate) struct Connection {
+    pub(crate) who: Arc<PeerIdentity>,
+    /// The accepting node; `None` on the loopback and public listeners.
+    pub(crate) node: Option<String>,
+    /// The node's own HTTPS origin (tailnet connections only): absolute
+    /// URLs are built from it, never from the Host header.
+    pub(crate) origin: Option<Arc<PortalOrigin>>,
+    /// `https` or `http`, as the client sees it.
+    pub(crate) scheme: &'static str,
+}
+
+/// Runs one request through the pipeline and returns the response, whose
+/// body writes the access-log line (and counts the request metric) when it
+/// ends. `metrics` is `None` only in tests that do not look at them.
+pub(crate) async fn handle<B>(
+    req: Request<B>,
+    conn: &Connection,
+    snap: &Snapshot,
+    metrics: Option<&Arc<Metrics>>,
+) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let start = Instant::now();
+    let html = wants_html(req.headers());
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let (route, outcome) = pipeline(req, conn, snap, html).await;
+    log::logged(
+        outcome.answer(html),
+        log::AccessLog {
+            node: conn.node.clone(),
+            who: conn.who.clone(),
+            method,
+            path,
+            route,
+            start,
+            metrics: metrics.cloned(),
+        },
+    )
+}
+
+/// The steps, in order; returns the route's name for the log (`-` for no
+/// route, `portal`) and how the request ended.
+async fn pipeline<B>(
+    req: Request<B>,
+    conn: &Connection,
+    snap: &Snapshot,
+    html: bool,
+) -> (String, Outcome)
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    // 1. Normalize.
+    let p = match path::normalize(req.uri().path()) {
+        Ok(p) => p,
+        Err(e) => return ("-".into(), Outcome::BadPath(e)),
+    };
+    // 2. Route.
+    let host = route::host_of(&req);
+    let node = conn.node.as_deref();
+    let (route, up) = match snap.target(node, host.as_deref(), &p) {
+        Target::Portal(pt) => return ("portal".into(), portal(req, pt, &p, conn).await),
+        Target::Nothing => return ("-".into(), Outcome::NoRoute),
+        Target::Route(route, up) => (route, up),
+    };
+    // 3. Authenticate.
+    let auth = authenticate(req.headers(), route, conn, snap).await;
+    // 4. Decide.
+    let why = match decide(&req, route, &auth, conn, html) {
+        Verdict::Forward(why) => why,
+        Verdict::End(outcome) => return (route.name(), outcome),
+    };
+    // Checked only for what is forwarded: a hidden route stays a 404.
+    if let Err(e) = snap.path_rule(node, host.as_deref(), route, &p) {
+        return (route.name(), Outcome::BadPath(e));
+    }
+    // 5. Forward.
+    let outcome = forward(req, route, up, &auth, conn, snap, &p, why).await;
+    (route.name(), outcome)
+}
+
+/// The portal's pages exist for tailnet peers only; elsewhere (Funnel,
+/// loopback, the public listener) its paths are not found, and never fall
+/// through to a public route.
+async fn portal<B: Send>(req: Request<B>, pt: &Portal, p: &str, conn: &Connection) -> Outcome {
+    match &conn.origin {
+        Some(origin) => {
+            let (response, word) = pt.handle(req, p, &conn.who, origin).await;
+            Outcome::Portal { response, word }
+        }
+        None => Outcome::Hidden("portal asked outside the tailnet".into()),
+    }
+}
+
+/// The login side of the caller: the portal (when it serves this node and
+/// the route is protected), the verified session and the caller's roles.
+struct Auth<'a> {
+    portal: Option<&'a Portal>,
+    session: Option<Session>,
+    roles: BTreeSet<String>,
+}
+
+async fn authenticate<'a>(
+    headers: &HeaderMap,
+    route: &Route,
+    conn: &Connection,
+    snap: &'a Snapshot,
+) -> Auth<'a> {
+    let portal = snap.portal.as_deref().filter(|pt| {
+        !matches!(route.access, Access::Public)
+            && conn.node.as_deref().is_some_and(|n| pt.serves(n))
+    });
+    let session = match portal {
+        Some(pt) => pt.session(headers, &conn.who).await,
+        None => None,
+    };
+    let roles = match portal {
+        Some(pt) => pt.roles(&conn.who, session.as_ref()),
+        None => BTreeSet::new(),
+    };
+    Auth {
+        portal,
+        session,
+        roles,
+    }
+}
+
+/// What the policy said: forward (and why), or how the request ends.
+enum Verdict {
+    Forward(String),
+    End(Outcome),
+}
+
+fn decide<B>(
+    req: &Request<B>,
+    route: &Route,
+    auth: &Auth<'_>,
+    conn: &Connection,
+    html: bool,
+) -> Verdict {
+    let caller = Caller {
+        who: &conn.who,
+        session: auth.session.as_ref(),
+        roles: &auth.roles,
+        now: now(),
+    };
+    let pq = req.uri().path_and_query().map_or("/", |x| x.as_str());
+    let here = auth.portal.zip(conn.origin.as_deref());
+    let end = match policy::evaluate(route, req.method(), &caller) {
+        Decision::Allow(why) => return Verdict::Forward(why),
+        Decision::Login { reason, max_age } => Outcome::LoginNeeded {
+            reason,
+            sign_in: here.map(|(pt, origin)| {
+                let s = auth.session.as_ref();
+                pt.sign_in(origin, req.method(), pq, html, s, max_age)
+            }),
+        },
+        Decision::Method(why) => Outcome::MethodNotAllowed(why),
+        Decision::Hide(why) => Outcome::Hidden(why),
+        Decision::Deny(reason) => Outcome::Denied {
+            reason,
+            page: here.map(|(pt, o)| pt.forbidden_page(o, pq, route.login.is_some())),
+        },
+    };
+    Verdict::End(end)
+}
+
+/// Hands an allowed request to the proxy with the verified identities.
+#[allow(clippy::too_many_arguments)]
+async fn forward<B>(
+    req: Request<B>,
+    route: &Route,
+    up: &Upstream,
+    auth: &Auth<'_>,
+    conn: &Connection,
+    snap: &Snapshot,
+    p: &str,
+    why: String,
+) -> Outcome
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let login = auth
+        .session
+        .as_ref()
+        .map(|s| Portal::login_headers(s, &auth.roles));
+    // Websockets opened under a session close when it ends.
+    let session_end = match (auth.portal, &auth.session) {
+        (Some(pt), Some(s)) => Some(SessionEnd {
+            revoked: pt.store().watch(&s.sid),
+            expires: s.expires,
+        }),
+        _ => None,
+    };
+    let fwd = Forwarding {
+        who: &conn.who,
+        path: p,
+        scheme: conn.scheme,
+        login: login.as_ref(),
+        session_cookie: auth.portal.map(|pt| pt.cookie_name()),
+        session_end,
+        body_idle_timeout: snap.body_idle_timeout,
+    };
+    match proxy::forward(up, route, req, fwd).await {
+        Ok(response) => Outcome::Proxied {
+            response,
+            reason: why,
+        },
+        Err(error) => Outcome::UpstreamFailed { error, reason: why },
+    }
+}

@@ -1,0 +1,555 @@
+//! The pipeline in-process: `Full` request bodies, synthetic identities, a
+//! config snapshot from TOML and real upstreams on 127.0.0.1 — no tailnet,
+//! no listener, no TLS.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+
+use super::*;
+use crate::config::Config;
+use crate::oidc::Dialer;
+use crate::tailnet::WhoIs;
+
+/// An upstream that answers every request with what it received, as JSON:
+/// method, path and query, and every header (names as they arrived,
+/// lower-case).
+async fn echo_upstream() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                let headers: Vec<(String, String)> = req
+                    .headers()
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("?").to_string()))
+                    .collect();
+                let j = serde_json::json!({
+                    "method": req.method().as_str(),
+                    "uri": req.uri().to_string(),
+                    "headers": headers,
+                });
+                Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
+                    j.to_string(),
+                ))))
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc),
+            );
+        }
+    });
+    addr
+}
+
+/// A raw upstream that reads a request head and writes `answer` — or, when
+/// `answer` is empty, keeps the connection open and never answers.
+async fn raw_upstream(answer: &'static [u8]) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await;
+                if answer.is_empty() {
+                    std::future::pending::<()>().await;
+                }
+                let _ = s.write_all(answer).await;
+                let _ = s.flush().await;
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A port nothing listens on.
+async fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+struct Env {
+    snap: Snapshot,
+    metrics: Arc<Metrics>,
+    _dir: tempfile::TempDir,
+}
+
+/// A node `gw`, the portal under `/auth` with one provider, and `routes`
+/// (TOML; `{up}` is the echo upstream's address).
+async fn env(routes: &str) -> Env {
+    let up = echo_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"
+[[node]]
+hostname = "gw"
+state_dir = "{state}"
+[portal]
+session_secret = {{ env = "S" }}
+[[provider]]
+name = "pocketid"
+issuer = "https://auth.example.ts.net"
+client_id = "tailpass"
+{routes}
+"#,
+        state = dir.path().display(),
+        routes = routes.replace("{up}", &up.to_string()),
+    );
+    let config = Config::parse(&text, &|_| Some("x".repeat(40))).unwrap_or_else(|e| panic!("{e}"));
+    let metrics = Arc::new(Metrics::new());
+    let dialer = Dialer {
+        node: Default::default(),
+        tailnet_suffixes: vec!["ts.net".into()],
+    };
+    let portal = Portal::new(&config, dialer, None, metrics.clone())
+        .unwrap()
+        .map(Arc::new);
+    let snap = Snapshot::new(&config, portal, std::time::Duration::from_secs(5));
+    Env {
+        snap,
+        metrics,
+        _dir: dir,
+    }
+}
+
+fn whois(login: &str, tags: &[&str]) -> Arc<WhoIs> {
+    let j = serde_json::json!({
+        "Node": {"StableID": "n1", "Name": "laptop.example.ts.net.", "Tags": tags},
+        "UserProfile": {"ID": 1, "LoginName": login, "DisplayName": "Alice A"},
+    });
+    Arc::new(WhoIs::from_json(&j.to_string()).unwrap())
+}
+
+/// Alice's laptop on the tailnet, through node `gw`.
+fn alice() -> Connection {
+    Connection {
+        who: Arc::new(PeerIdentity::Tailnet {
+            addr: "100.64.0.9:41000".parse().unwrap(),
+            whois: whois("alice@example.com", &[]),
+        }),
+        node: Some("gw".into()),
+        origin: Some(Arc::new(PortalOrigin {
+            node: "gw".into(),
+            base: "https://gw.example.ts.net".into(),
+            https_port: 443,
+        })),
+        scheme: "https",
+    }
+}
+
+fn funnel() -> Connection {
+    Connection {
+        who: Arc::new(PeerIdentity::Funnel {
+            addr: "203.0.113.7:5000".parse().unwrap(),
+        }),
+        node: Some("gw".into()),
+        origin: None,
+        scheme: "https",
+    }
+}
+
+fn loopback() -> Connection {
+    Connection {
+        who: Arc::new(PeerIdentity::Loopback {
+            addr: "127.0.0.1:5000".parse().unwrap(),
+        }),
+        node: None,
+        origin: None,
+        scheme: "http",
+    }
+}
+
+fn get(path: &str) -> http::request::Builder {
+    Request::builder()
+        .method(Method::GET)
+        .uri(path)
+        .header("host", "gw.example.ts.net")
+}
+
+fn browser(path: &str) -> http::request::Builder {
+    get(path).header("accept", "text/html,application/xhtml+xml")
+}
+
+/// Status, headers and body text of the pipeline's answer (the body read
+/// to its end, so the access log and metrics are written).
+async fn send<B>(
+    e: &Env,
+    conn: &Connection,
+    req: Request<B>,
+) -> (StatusCode, http::HeaderMap, String)
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let resp = handle(req, conn, &e.snap, Some(&e.metrics)).await;
+    let (parts, body) = resp.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
+}
+
+fn empty(b: http::request::Builder) -> Request<Empty<Bytes>> {
+    b.body(Empty::new()).unwrap()
+}
+
+/// The echo upstream's view of a forwarded request.
+fn echoed(body: &str) -> (String, Vec<(String, String)>) {
+    let j: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    let headers = j["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h[0].as_str().unwrap().to_string(),
+                h[1].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    (j["uri"].as_str().unwrap().to_string(), headers)
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    headers
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+fn counted(e: &Env, route: &str, decision: &str, status: u16) -> bool {
+    let line = format!(
+        r#"tailpass_requests_total{{route="{route}",decision="{decision}",status="{status}"}} 1"#
+    );
+    e.metrics.render().contains(&line)
+}
+
+const ROUTES: &str = r#"
+[[route]]
+path = "/"
+upstream = "http://{up}"
+access = "public"
+[[route]]
+path = "/app"
+upstream = "http://{up}/base"
+strip_prefix = true
+[[route]]
+path = "/admin"
+upstream = "http://{up}"
+allow_users = ["bob@example.com"]
+[[route]]
+path = "/notes"
+upstream = "http://{up}"
+access = "login"
+[[route]]
+path = "/ro"
+upstream = "http://{up}"
+methods = ["GET"]
+"#;
+
+#[tokio::test]
+async fn routes_by_longest_prefix_and_forwards_the_normalized_path() {
+    let e = env(ROUTES).await;
+    let (s, _, body) = send(&e, &alice(), empty(get("/app/x/./y/../z?q=1"))).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (uri, _) = echoed(&body);
+    assert_eq!(
+        uri, "/base/x/z?q=1",
+        "prefix stripped, dot segments resolved"
+    );
+    assert!(counted(&e, "route[1] /app", "allow", 200));
+    let (s, _, body) = send(&e, &funnel(), empty(get("/blog/post"))).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(echoed(&body).0, "/blog/post");
+    assert!(counted(&e, "route[0] /", "allow", 200));
+}
+
+#[tokio::test]
+async fn no_route_is_404_with_its_own_word() {
+    let e = env("[[route]]\npath = \"/app\"\nupstream = \"http://{up}\"\n").await;
+    let (s, _, body) = send(&e, &alice(), empty(get("/elsewhere"))).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(body, "404 Not found: there is nothing here\n");
+    assert!(counted(&e, "-", "no-route", 404));
+}
+
+#[tokio::test]
+async fn protected_routes_and_the_portal_are_hidden_off_the_tailnet() {
+    let e = env(ROUTES).await;
+    for conn in [funnel(), loopback()] {
+        let (s, _, body) = send(&e, &conn, empty(get("/app/x"))).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{body}");
+        assert_eq!(body, "404 Not found: there is nothing here\n");
+        // The portal's paths never fall through to the public "/" route.
+        let (s, _, body) = send(&e, &conn, empty(get("/auth/login"))).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{body}");
+    }
+    let m = e.metrics.render();
+    assert!(
+        m.contains(
+            r#"tailpass_requests_total{route="route[1] /app",decision="hide",status="404"} 2"#
+        ),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"tailpass_requests_total{route="portal",decision="hide",status="404"} 2"#),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn login_needed_redirects_browsers_and_tells_others_where() {
+    let e = env(ROUTES).await;
+    let (s, h, _) = send(&e, &alice(), empty(browser("/notes/a?b=c"))).await;
+    assert_eq!(s, StatusCode::FOUND);
+    assert_eq!(
+        h["location"],
+        "https://gw.example.ts.net/auth/login?rd=%2Fnotes%2Fa%3Fb%3Dc"
+    );
+    assert!(counted(&e, "route[3] /notes", "login", 302));
+    let (s, h, body) = send(&e, &alice(), empty(get("/notes/a"))).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        h["www-authenticate"],
+        "Cookie realm=\"tailpass\", login=\"https://gw.example.ts.net/auth/login\""
+    );
+    assert_eq!(
+        body,
+        "401 Sign-in required: sign in at https://gw.example.ts.net/auth/login\n"
+    );
+    // A browser's POST is not redirected (its body would be lost).
+    let post = browser("/notes/a").method(Method::POST);
+    let (s, _, _) = send(
+        &e,
+        &alice(),
+        post.body(Full::new(Bytes::from("x"))).unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn denied_names_the_requirement_and_the_caller() {
+    let e = env(ROUTES).await;
+    let (s, _, body) = send(&e, &alice(), empty(get("/admin"))).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(
+        body,
+        "403 Forbidden: requires user bob@example.com; you are alice@example.com on laptop.example.ts.net\n"
+    );
+    assert!(counted(&e, "route[2] /admin", "deny", 403));
+    // Browsers get the portal's page, with the same reason.
+    let (s, h, body) = send(&e, &alice(), empty(browser("/admin"))).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(h["content-type"], "text/html; charset=utf-8");
+    assert!(body.contains("requires user bob@example.com"), "{body}");
+    // A method the route does not take.
+    let del = get("/ro").method(Method::DELETE);
+    let (s, _, body) = send(&e, &alice(), empty(del)).await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{body}");
+    assert!(counted(&e, "route[4] /ro", "method", 405));
+}
+
+#[tokio::test]
+async fn ambiguous_paths_are_refused_and_dot_segments_never_escape_a_route() {
+    let e = env(ROUTES).await;
+    for (path, why) in [
+        ("/app/a%2fb", "encoded slash"),
+        ("/app/a%5Cb", "encoded backslash"),
+        ("/app/x;jsessionid=1", "';' on a protected route"),
+        ("/app/%25", "encoded '%' on a protected route"),
+        ("/x/..;/admin", "'..;' read as /admin by some upstreams"),
+        ("/%252e%252e/admin", "doubly encoded dots"),
+        ("/ADMIN", "letter case"),
+    ] {
+        let (s, _, body) = send(&e, &alice(), empty(get(path))).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{why}: {path}: {body}");
+        assert!(body.starts_with("400 Bad request: "), "{body}");
+    }
+    // `..` resolves before routing: /app/../admin is /admin, and denied.
+    let (s, _, body) = send(&e, &alice(), empty(get("/app/../admin"))).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
+    let (s, _, body) = send(&e, &alice(), empty(get("/app/%2e%2e/admin"))).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
+    // An ambiguous path on a hidden route stays a 404 (nothing to learn).
+    let (s, _, _) = send(&e, &funnel(), empty(get("/app/x;y"))).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(
+        e.metrics
+            .render()
+            .contains(r#"decision="reject",status="400""#)
+    );
+}
+
+#[tokio::test]
+async fn identity_headers_come_only_from_the_verified_identity() {
+    let e = env(ROUTES).await;
+    let req = get("/app/h")
+        .header("Tailscale-User-Login", "mallory@example.com")
+        .header("tailscale_user_login", "mallory@example.com")
+        .header("Tailscale_User_Name", "Mallory")
+        .header("Remote-User", "mallory")
+        .header("remote_user", "mallory")
+        .header("Remote-Email", "mallory@example.com")
+        .header("X-Forwarded-For", "1.2.3.4")
+        .header("X-Original-URL", "/admin")
+        .header("X-Custom", "kept");
+    let (s, _, body) = send(&e, &alice(), empty(req)).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (_, h) = echoed(&body);
+    assert_eq!(header(&h, "tailscale-user-login"), ["alice@example.com"]);
+    assert_eq!(header(&h, "tailscale-user-name"), ["Alice A"]);
+    assert_eq!(header(&h, "tailscale-node-name"), ["laptop.example.ts.net"]);
+    assert_eq!(header(&h, "x-forwarded-for"), ["100.64.0.9"]);
+    assert_eq!(header(&h, "x-forwarded-proto"), ["https"]);
+    assert_eq!(header(&h, "x-forwarded-host"), ["gw.example.ts.net"]);
+    assert_eq!(header(&h, "x-custom"), ["kept"]);
+    for gone in [
+        "tailscale_user_login",
+        "tailscale_user_name",
+        "remote-user",
+        "remote_user",
+        "remote-email",
+        "x-original-url",
+    ] {
+        assert!(
+            header(&h, gone).is_empty(),
+            "{gone} reached the upstream: {h:?}"
+        );
+    }
+    // No tailnet identity (Funnel, public route): no identity header at all.
+    let req = get("/blog").header("Tailscale-User-Login", "mallory@example.com");
+    let (_, _, body) = send(&e, &funnel(), empty(req)).await;
+    let (_, h) = echoed(&body);
+    assert!(header(&h, "tailscale-user-login").is_empty(), "{h:?}");
+    assert_eq!(header(&h, "x-forwarded-for"), ["203.0.113.7"]);
+}
+
+#[tokio::test]
+async fn only_websocket_upgrades_are_tunnelled() {
+    let e = env(ROUTES).await;
+    let req = get("/app/up")
+        .header("connection", "Upgrade, HTTP2-Settings")
+        .header("upgrade", "h2c")
+        .header("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA");
+    let (s, _, body) = send(&e, &alice(), empty(req)).await;
+    assert_eq!(s, StatusCode::OK, "forwarded as a plain request: {body}");
+    let (_, h) = echoed(&body);
+    for gone in ["upgrade", "http2-settings", "connection"] {
+        assert!(
+            header(&h, gone).is_empty(),
+            "{gone} reached the upstream: {h:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_switching_protocols_unasked_is_refused() {
+    let up = raw_upstream(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n",
+    )
+    .await;
+    let e = env(&format!(
+        "[[route]]\npath = \"/sw\"\nupstream = \"http://{up}\"\n"
+    ))
+    .await;
+    let (s, _, body) = send(&e, &alice(), empty(get("/sw"))).await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        body,
+        "502 Bad gateway: the service behind this address switched to a protocol tailpass does not forward\n"
+    );
+    assert!(counted(&e, "route[0] /sw", "allow", 502));
+    assert!(
+        !e.metrics
+            .render()
+            .contains("tailpass_upstream_errors_total{")
+    );
+}
+
+#[tokio::test]
+async fn upstream_failures_are_502_and_504_with_their_metric_labels() {
+    let (down, silent) = (closed_port().await, raw_upstream(b"").await);
+    let e = env(&format!(
+        "[[route]]\npath = \"/down\"\nupstream = \"http://{down}\"\n\
+         [[route]]\npath = \"/slow\"\nupstream = \"http://{silent}\"\nresponse_timeout = \"300ms\"\n"
+    ))
+    .await;
+    let (s, _, body) = send(&e, &alice(), empty(get("/down"))).await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        body,
+        "502 Bad gateway: the service behind this address is not answering\n"
+    );
+    let (s, _, body) = send(&e, &alice(), empty(browser("/slow"))).await;
+    assert_eq!(s, StatusCode::GATEWAY_TIMEOUT);
+    assert!(body.contains("<h1>504 Gateway timeout</h1>"), "{body}");
+    let m = e.metrics.render();
+    for line in [
+        r#"tailpass_upstream_errors_total{route="route[0] /down",kind="connect"} 1"#,
+        r#"tailpass_upstream_errors_total{route="route[1] /slow",kind="timeout"} 1"#,
+        r#"tailpass_requests_total{route="route[0] /down",decision="allow",status="502"} 1"#,
+        r#"tailpass_requests_total{route="route[1] /slow",decision="allow",status="504"} 1"#,
+    ] {
+        assert!(m.contains(line), "{line}\n{m}");
+    }
+}
+
+#[test]
+fn every_outcome_has_one_status_and_word() {
+    let cases: Vec<(Outcome, u16, &str)> = vec![
+        (Outcome::BadPath(path::PathError::Parameter), 400, "reject"),
+        (Outcome::NoRoute, 404, "no-route"),
+        (Outcome::Hidden("h".into()), 404, "hide"),
+        (
+            Outcome::LoginNeeded {
+                reason: "r".into(),
+                sign_in: None,
+            },
+            401,
+            "login",
+        ),
+        (Outcome::MethodNotAllowed("m".into()), 405, "method"),
+        (
+            Outcome::Denied {
+                reason: "d".into(),
+                page: None,
+            },
+            403,
+            "deny",
+        ),
+    ];
+    for (o, status, word) in cases {
+        let a = o.answer(false);
+        assert_eq!((a.response.status().as_u16(), a.decision), (status, word));
+        assert_eq!(a.upstream_error, None);
+    }
+    for (e, status, label) in [
+        (proxy::UpstreamError::BadUri, 400, None),
+        (proxy::UpstreamError::Stalled, 408, None),
+        (proxy::UpstreamError::Connect, 502, Some("connect")),
+        (proxy::UpstreamError::Timeout, 504, Some("timeout")),
+        (proxy::UpstreamError::SwitchedProtocols, 502, None),
+    ] {
+        let a = Outcome::UpstreamFailed {
+            error: e,
+            reason: "why".into(),
+        }
+        .answer(true);
+        assert_eq!(a.response.status().as_u16(), status, "{e:?}");
+        assert_eq!((a.decision, a.upstream_error), ("allow", label), "{e:?}");
+        assert_eq!(a.reason, "why");
+    }
+}
