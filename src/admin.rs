@@ -25,15 +25,15 @@ use crate::tailnet::Node;
 
 /// What the admin endpoints report on.
 #[derive(Debug, Clone)]
-pub struct State {
+pub(crate) struct State {
     /// Nodes by host name.
-    pub nodes: Vec<(String, Node)>,
+    pub(crate) nodes: Vec<(String, Node)>,
     /// The process's metrics.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// Every listener's health.
-    pub health: Arc<Health>,
+    pub(crate) health: Arc<Health>,
     /// Timeouts for admin connections too.
-    pub limits: Arc<Limits>,
+    pub(crate) limits: Arc<Limits>,
 }
 
 /// The admin endpoints on every connection of the admin listener (the

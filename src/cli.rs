@@ -11,18 +11,18 @@ use crate::server::{Gateway, Options};
 /// Passkey single sign-on for private services on a Tailscale network.
 #[derive(Parser, Debug)]
 #[command(name = "tailpass", version, about)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
-    pub log_format: LogFormat,
+    pub(crate) log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// Human-readable lines.
     Text,
     /// One JSON object per line.
@@ -31,7 +31,7 @@ pub enum LogFormat {
 
 /// Subcommands.
 #[derive(Subcommand, Debug)]
-pub enum Command {
+pub(crate) enum Command {
     /// Join the tailnet and serve.
     Run {
         /// Config file (TOML).
@@ -48,7 +48,7 @@ pub enum Command {
 
 /// Exit code for an invalid config (EX_USAGE would be 64; EX_CONFIG is 78,
 /// but 64 is what most tooling expects from "bad invocation or config").
-pub const EXIT_CONFIG: u8 = 64;
+pub(crate) const EXIT_CONFIG: u8 = 64;
 
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TAILPASS_LOG")
@@ -173,7 +173,7 @@ fn reload(gw: &mut Gateway, path: &std::path::Path) {
 
 /// What `check` prints: nodes with their URLs, routes with their access.
 /// Never includes secret values.
-pub fn describe(c: &Config) -> String {
+pub(crate) fn describe(c: &Config) -> String {
     use std::fmt::Write;
     let mut o = String::new();
     let _ = writeln!(o, "config OK");

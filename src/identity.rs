@@ -36,7 +36,7 @@ pub enum PeerIdentity {
 
 impl PeerIdentity {
     /// The WhoIs answer, for tailnet peers.
-    pub fn whois(&self) -> Option<&WhoIs> {
+    pub(crate) fn whois(&self) -> Option<&WhoIs> {
         match self {
             PeerIdentity::Tailnet { whois, .. } => Some(whois),
             _ => None,
@@ -44,7 +44,7 @@ impl PeerIdentity {
     }
 
     /// The remote address.
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         match self {
             PeerIdentity::Tailnet { addr, .. }
             | PeerIdentity::Funnel { addr }

@@ -1,47 +1,62 @@
 //! tailpass: passkey single sign-on in front of private web services on a
 //! Tailscale network, in one binary.
 //!
-//! Map of the crate, in the order a request meets it (the whole path, with
-//! before/after, is in `docs/architecture.md`):
+//! Map of the crate. Every module, in the order a request meets it (the
+//! whole path, with before/after, is in `docs/architecture.md`):
 //!
-//! - [`listen`]: the door: accept loops that never die, connection caps,
-//!   the file-descriptor reserve, per-connection timeouts, listener health.
-//! - [`server`]: wiring (start, reload, shutdown) and the one accept loop
-//!   every listener runs: a handshake fixes who is calling (WhoIs on the
-//!   accepting node via [`tailnet`], or the kind of listener) and
-//!   terminates TLS ([`tls`]; [`public`] for custom domains), then HTTP is
-//!   served under the watchdog.
-//! - [`identity`]: who is calling, fixed per connection (WhoIs, Funnel,
-//!   public, loopback).
-//! - `gateway`: the request pipeline — normalize ([`http`]), route,
-//!   authenticate ([`portal`], [`session`]), decide ([`policy`]), forward
-//!   ([`proxy`]) — and the `Outcome` that alone picks each answer's status,
-//!   page, access-log word and metric labels.
-//! - [`portal`]: the login portal's pages and the session check; [`oidc`]:
-//!   the OpenID Connect relying party behind it; [`session`]: signed
-//!   cookies and the persisted session store.
-//! - [`config`]: the TOML file, validated with every error naming its field.
-//! - [`admin`], [`metrics`]: `/healthz` and Prometheus metrics.
-//! - [`cli`]: the binary's commands.
-//! - [`entry`]: a loopback HTTP proxy that carries a local browser into the
-//!   tailnet through a node (demo and browser tests).
+//! 1. `listen`: the door: accept loops that never die, admission (caps per
+//!    listener and per source, the file-descriptor reserve), back-off,
+//!    per-connection timeouts, listener health.
+//! 2. [`server`]: wiring (start, reload, shutdown) and the one accept loop
+//!    every listener runs (`server::accept`): a handshake fixes who is
+//!    calling — WhoIs on the accepting node via [`tailnet`], or the kind of
+//!    listener — and terminates TLS ([`tls`]; `public` for custom domains
+//!    with ACME); then HTTP is served under the watchdog (`server::conn`).
+//! 3. [`identity`]: who is calling, fixed per connection (WhoIs, Funnel,
+//!    public, loopback); never taken from what the client sends.
+//! 4. `gateway`: the request pipeline, one function generic over the body:
+//!    normalize ([`http`]`::path`) → route → authenticate ([`portal`]'s
+//!    session check over [`session`]) → decide ([`policy`]) → forward
+//!    (`proxy`, with [`http`]`::headers` hygiene); its `Outcome` alone
+//!    picks each answer's status, page, access-log word and metric labels.
+//! 5. [`portal`]: the login portal's pages, sign-in callback and logout;
+//!    `oidc`: the OpenID Connect relying party behind it (its HTTP goes out
+//!    through a node); [`session`]: signed cookies and the persisted
+//!    session store.
+//! 6. `admin` and [`metrics`]: `/healthz` and Prometheus metrics, on the
+//!    admin listener.
+//!
+//! Beside the request path: [`config`] (the TOML file, validated with every
+//! error naming its field, before any port is bound); [`cli`] (the
+//! binary's commands); [`entry`] (a loopback HTTP proxy that carries a
+//! local browser into the tailnet through a node, for the demo and the
+//! browser tests).
+//!
+//! Public are the modules the binary, the integration tests, the examples
+//! and the benches use, and in them only what those use; everything else is
+//! `pub(crate)`, so the compiler reports dead code (`unreachable_pub` keeps
+//! it that way).
 //!
 //! Design notes and threat model of the tailnet layer: `docs/tailnet.md`.
 
-pub mod admin;
+// Items are `pub(crate)` unless the binary, tests, examples or benches
+// need them; `pub` inside a private module is written `pub(crate)`.
+#![warn(unreachable_pub)]
+
+pub(crate) mod admin;
 pub mod cli;
 pub mod config;
 pub mod entry;
 pub(crate) mod gateway;
 pub mod http;
 pub mod identity;
-pub mod listen;
+pub(crate) mod listen;
 pub mod metrics;
-pub mod oidc;
+pub(crate) mod oidc;
 pub mod policy;
 pub mod portal;
-pub mod proxy;
-pub mod public;
+pub(crate) mod proxy;
+pub(crate) mod public;
 pub mod server;
 pub mod session;
 pub mod tailnet;

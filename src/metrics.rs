@@ -83,7 +83,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// A fresh set of metrics in its own registry.
-    pub fn new() -> Metrics {
+    pub(crate) fn new() -> Metrics {
         let mut registry = Registry::with_prefix("tailpass");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -176,7 +176,7 @@ impl Metrics {
     }
 
     /// Counts one finished request.
-    pub fn request(&self, route: &str, decision: &str, status: u16) {
+    pub(crate) fn request(&self, route: &str, decision: &str, status: u16) {
         self.requests
             .get_or_create(&RequestLabels {
                 route: route.to_string(),
@@ -187,7 +187,7 @@ impl Metrics {
     }
 
     /// Counts one sign-in outcome.
-    pub fn login(&self, provider: &str, outcome: &str) {
+    pub(crate) fn login(&self, provider: &str, outcome: &str) {
         self.logins
             .get_or_create(&LoginLabels {
                 provider: provider.to_string(),
@@ -197,7 +197,7 @@ impl Metrics {
     }
 
     /// Counts one upstream failure.
-    pub fn upstream_error(&self, route: &str, kind: &str) {
+    pub(crate) fn upstream_error(&self, route: &str, kind: &str) {
         self.upstream_errors
             .get_or_create(&UpstreamLabels {
                 route: route.to_string(),
@@ -207,12 +207,12 @@ impl Metrics {
     }
 
     /// Records one WhoIs lookup.
-    pub fn whois(&self, took: Duration) {
+    pub(crate) fn whois(&self, took: Duration) {
         self.whois.observe(took.as_secs_f64());
     }
 
     /// Sets a node's certificate expiry.
-    pub fn cert_expiry(&self, node: &str, not_after: std::time::SystemTime) {
+    pub(crate) fn cert_expiry(&self, node: &str, not_after: std::time::SystemTime) {
         let t = not_after
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
@@ -225,12 +225,12 @@ impl Metrics {
     }
 
     /// Sets the number of live sessions.
-    pub fn sessions(&self, n: usize) {
+    pub(crate) fn sessions(&self, n: usize) {
         self.sessions.set(n as i64);
     }
 
     /// Counts a configuration reload (`ok` or `rejected`).
-    pub fn reload(&self, outcome: &str) {
+    pub(crate) fn reload(&self, outcome: &str) {
         self.reloads
             .get_or_create(&LoginLabels {
                 provider: "-".into(),
@@ -240,7 +240,7 @@ impl Metrics {
     }
 
     /// Sets a listener's open connections.
-    pub fn open_connections(&self, listener: &str, n: i64) {
+    pub(crate) fn open_connections(&self, listener: &str, n: i64) {
         self.open_connections
             .get_or_create(&ListenerLabels {
                 listener: listener.to_string(),
@@ -249,7 +249,7 @@ impl Metrics {
     }
 
     /// Counts a connection refused at accept.
-    pub fn refused(&self, listener: &str, reason: &str) {
+    pub(crate) fn refused(&self, listener: &str, reason: &str) {
         self.refused
             .get_or_create(&RefusedLabels {
                 listener: listener.to_string(),
@@ -259,7 +259,7 @@ impl Metrics {
     }
 
     /// Counts an accept error.
-    pub fn accept_error(&self, listener: &str) {
+    pub(crate) fn accept_error(&self, listener: &str) {
         self.accept_errors
             .get_or_create(&ListenerLabels {
                 listener: listener.to_string(),
@@ -268,7 +268,7 @@ impl Metrics {
     }
 
     /// Whether a listener is open.
-    pub fn listener_up(&self, listener: &str, up: bool) {
+    pub(crate) fn listener_up(&self, listener: &str, up: bool) {
         self.listener_up
             .get_or_create(&ListenerLabels {
                 listener: listener.to_string(),
@@ -277,7 +277,7 @@ impl Metrics {
     }
 
     /// Open descriptors and their soft limit.
-    pub fn fds(&self, open: usize, limit: u64) {
+    pub(crate) fn fds(&self, open: usize, limit: u64) {
         self.open_fds.set(open as i64);
         self.fd_limit.set(i64::try_from(limit).unwrap_or(i64::MAX));
     }

@@ -50,12 +50,12 @@ pub enum TlsError {
 }
 
 /// The crypto provider every TLS config of tailpass uses (ring).
-pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// A rustls server config (HTTP/2 and HTTP/1.1 by ALPN) over any resolver.
-pub fn server_config(resolver: Arc<dyn ResolvesServerCert>) -> Arc<rustls::ServerConfig> {
+pub(crate) fn server_config(resolver: Arc<dyn ResolvesServerCert>) -> Arc<rustls::ServerConfig> {
     let mut c = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")
@@ -71,9 +71,9 @@ pub struct LoadedCert {
     key: Arc<CertifiedKey>,
     pem: Arc<(String, String)>,
     /// End of validity of the leaf.
-    pub not_after: SystemTime,
+    pub(crate) not_after: SystemTime,
     /// Start of validity of the leaf.
-    pub not_before: SystemTime,
+    pub(crate) not_before: SystemTime,
     /// Leaf serial number, hex (to tell renewals apart).
     pub serial: String,
 }
@@ -89,7 +89,7 @@ impl fmt::Debug for LoadedCert {
 
 impl LoadedCert {
     /// Parses a PEM chain and key.
-    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, TlsError> {
+    pub(crate) fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, TlsError> {
         let chain: Vec<CertificateDer<'static>> =
             CertificateDer::pem_slice_iter(cert_pem.as_bytes())
                 .collect::<Result<_, _>>()
@@ -125,12 +125,12 @@ impl LoadedCert {
 
     /// The certificate chain and key as PEM (for listeners whose TLS is
     /// terminated elsewhere, i.e. Funnel in the Go shim).
-    pub fn pem(&self) -> (&str, &str) {
+    pub(crate) fn pem(&self) -> (&str, &str) {
         (&self.pem.0, &self.pem.1)
     }
 
     /// When to renew: two thirds into the validity period.
-    pub fn renew_at(&self) -> SystemTime {
+    pub(crate) fn renew_at(&self) -> SystemTime {
         let life = self
             .not_after
             .duration_since(self.not_before)
@@ -171,13 +171,13 @@ impl ResolvesServerCert for Resolver {
 
 impl Resolver {
     /// Installs a certificate for new handshakes.
-    pub fn set(&self, cert: LoadedCert) {
+    pub(crate) fn set(&self, cert: LoadedCert) {
         self.current.store(Some(Arc::new(cert)));
         self.changed.send_modify(|g| *g += 1);
     }
 
     /// Notified after every [`Resolver::set`].
-    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+    pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changed.subscribe()
     }
 
@@ -187,7 +187,7 @@ impl Resolver {
     }
 
     /// A rustls server config (HTTP/2 and HTTP/1.1 by ALPN) using this resolver.
-    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+    pub(crate) fn server_config(&self) -> Arc<rustls::ServerConfig> {
         server_config(Arc::new(self.clone()))
     }
 }
@@ -315,17 +315,15 @@ fn write_private(path: &Path, data: &str) -> Result<(), TlsError> {
 
 /// Where one node's certificate comes from, ready to fetch.
 #[derive(Clone)]
-pub enum Source {
+pub(crate) enum Source {
     /// The node's own certificate for `domain`.
     Tailnet {
-        /// The node.
         node: Node,
         /// Its cert domain.
         domain: String,
     },
     /// Leaf certificates from a local CA.
     LocalCa {
-        /// The CA.
         ca: Arc<LocalCa>,
         /// Names on the certificate.
         names: Vec<String>,
@@ -336,7 +334,6 @@ pub enum Source {
     Files {
         /// Certificate chain.
         cert_file: PathBuf,
-        /// Key.
         key_file: PathBuf,
     },
 }
@@ -353,7 +350,7 @@ impl fmt::Debug for Source {
 
 impl Source {
     /// Fetches (or issues, or reads) the certificate.
-    pub async fn fetch(&self) -> Result<LoadedCert, TlsError> {
+    pub(crate) async fn fetch(&self) -> Result<LoadedCert, TlsError> {
         match self {
             Source::Tailnet { node, domain } => {
                 let pair = node.cert_pair(domain).await?;
@@ -399,7 +396,9 @@ impl Source {
 /// Fetches the first certificate (an error fails start-up) and spawns the
 /// task that keeps it fresh. Failed renewals are logged and retried, while
 /// the old certificate stays in service.
-pub async fn manage(source: Source) -> Result<(Resolver, tokio::task::JoinHandle<()>), TlsError> {
+pub(crate) async fn manage(
+    source: Source,
+) -> Result<(Resolver, tokio::task::JoinHandle<()>), TlsError> {
     let resolver = Resolver::default();
     let first = source.fetch().await?;
     tracing::info!(source = ?source, serial = %first.serial, "certificate loaded");

@@ -76,33 +76,32 @@ pub(super) struct RawRule {
 #[derive(Debug, Clone)]
 pub struct Portal {
     /// Path prefix of every portal page, link and asset (`/auth`).
-    pub prefix: String,
+    pub(crate) prefix: String,
     /// Where sessions (and their revocations) are kept across restarts.
     pub state_dir: PathBuf,
     /// Signs and verifies session cookies.
     pub session_secret: Secret,
     /// Older secrets still accepted for verification during a rotation.
-    pub retired_session_secrets: Vec<Secret>,
+    pub(crate) retired_session_secrets: Vec<Secret>,
     /// How long a session lasts.
-    pub session_lifetime: Duration,
+    pub(crate) session_lifetime: Duration,
     /// How often a session is refreshed at its provider (when it granted a
     /// refresh token); bounds how long a session ended there lives here.
-    pub refresh_interval: Duration,
+    pub(crate) refresh_interval: Duration,
     /// How long a session whose refresh keeps failing for a reason that may
     /// pass (network, 5xx, `temporarily_unavailable`) lives on past its
     /// refresh interval before it ends too.
-    pub refresh_grace: Duration,
-    /// Cookie name.
-    pub cookie_name: String,
+    pub(crate) refresh_grace: Duration,
+    pub(crate) cookie_name: String,
     /// Cookie domain (`None`: host-only cookie).
-    pub cookie_domain: Option<String>,
+    pub(crate) cookie_domain: Option<String>,
     /// Hosts allowed as absolute post-login targets besides the nodes'
     /// own names and the routes' hosts.
-    pub redirect_hosts: Vec<String>,
+    pub(crate) redirect_hosts: Vec<String>,
     /// Nodes serving the portal (empty: all).
     pub nodes: Vec<String>,
     /// Title shown on portal pages.
-    pub title: String,
+    pub(crate) title: String,
 }
 
 /// An OpenID Connect provider.
@@ -111,61 +110,62 @@ pub struct Provider {
     /// Name used in URLs and rules (`pocketid`).
     pub name: String,
     /// Label on the login button.
-    pub label: String,
+    pub(crate) label: String,
     /// Issuer URL, exactly as the provider states it.
     pub issuer: String,
     /// Client id registered at the provider.
-    pub client_id: String,
+    pub(crate) client_id: String,
     /// Client secret (`None`: a public client, PKCE only).
     pub client_secret: Option<Secret>,
     /// Scopes requested.
-    pub scopes: Vec<String>,
+    pub(crate) scopes: Vec<String>,
     /// Extra CA (PEM) trusted for the provider's HTTPS.
-    pub ca_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
     /// Count a sign-in that answered a `prompt=login` request as fresh
     /// even without `auth_time` in the ID token, provided the provider's
     /// discovery document lists `login` in `prompt_values_supported`
     /// (Pocket ID 2.6 to 2.9 re-authenticate on `prompt=login` but send no
     /// `auth_time`; earlier versions ignore `prompt` and do not list it).
-    pub trust_prompt_login: bool,
+    pub(crate) trust_prompt_login: bool,
 }
 
 /// Default scopes: what Pocket ID needs for email, name and groups, plus
 /// refresh tokens.
-pub const DEFAULT_SCOPES: [&str; 5] = ["openid", "email", "profile", "groups", "offline_access"];
+pub(crate) const DEFAULT_SCOPES: [&str; 5] =
+    ["openid", "email", "profile", "groups", "offline_access"];
 
 /// A role rule: when every condition given holds (any entry of a list),
 /// the caller gets `roles`.
 #[derive(Debug, Clone, Default)]
 pub struct Rule {
     /// Index in the file (`rule[i]`).
-    pub index: usize,
+    pub(crate) index: usize,
     /// Roles granted.
-    pub roles: Vec<String>,
+    pub(crate) roles: Vec<String>,
     /// Login came from one of these providers.
-    pub providers: Vec<String>,
+    pub(crate) providers: Vec<String>,
     /// Login email is one of these (case-insensitive).
-    pub emails: Vec<String>,
+    pub(crate) emails: Vec<String>,
     /// Login email's domain is one of these.
-    pub domains: Vec<String>,
+    pub(crate) domains: Vec<String>,
     /// The groups claim contains one of these.
-    pub groups: Vec<String>,
+    pub(crate) groups: Vec<String>,
     /// Every claim named has the value given (string equality, or an array
     /// claim containing it; a list of values means any of them).
-    pub claims: BTreeMap<String, Vec<serde_json::Value>>,
+    pub(crate) claims: BTreeMap<String, Vec<serde_json::Value>>,
     /// Tailnet user login is one of these (never for tagged nodes).
-    pub tailnet_users: Vec<String>,
+    pub(crate) tailnet_users: Vec<String>,
     /// Node carries one of these tags.
-    pub tags: Vec<String>,
+    pub(crate) tags: Vec<String>,
     /// Node is granted this app capability …
-    pub capability: Option<String>,
+    pub(crate) capability: Option<String>,
     /// … with a value containing these keys and values.
-    pub capability_value: Option<serde_json::Map<String, serde_json::Value>>,
+    pub(crate) capability_value: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl Rule {
     /// Whether a condition needs a login (an OIDC session).
-    pub fn needs_login(&self) -> bool {
+    pub(crate) fn needs_login(&self) -> bool {
         !self.providers.is_empty()
             || !self.emails.is_empty()
             || !self.domains.is_empty()

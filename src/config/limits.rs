@@ -24,37 +24,37 @@ pub(super) struct RawLimits {
 
 /// Validated limits, shared by every listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// From accept to the end of the TLS handshake, WhoIs included: a
     /// connection that never sends a ClientHello is closed after this.
-    pub handshake_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
     /// From the first byte of a request to the end of its headers
     /// (slowloris).
-    pub header_read_timeout: Duration,
+    pub(crate) header_read_timeout: Duration,
     /// How long a connection may stay open with no request in flight
     /// (HTTP/1 keep-alive and idle HTTP/2 connections).
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     /// How long an upload may pause between two chunks of its body. There
     /// is no total: an upload may last as long as it keeps moving.
-    pub body_idle_timeout: Duration,
+    pub(crate) body_idle_timeout: Duration,
     /// HTTP/2 PING interval on otherwise silent connections.
-    pub http2_keepalive_interval: Duration,
+    pub(crate) http2_keepalive_interval: Duration,
     /// How long an HTTP/2 PING may go unanswered before the connection is
     /// closed.
-    pub http2_keepalive_timeout: Duration,
+    pub(crate) http2_keepalive_timeout: Duration,
     /// Streams one HTTP/2 connection may have open at once.
-    pub http2_max_concurrent_streams: u32,
+    pub(crate) http2_max_concurrent_streams: u32,
     /// Largest request head (HTTP/1 buffer, HTTP/2 header list), bytes.
-    pub max_header_bytes: usize,
+    pub(crate) max_header_bytes: usize,
     /// Open connections per listener.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// Open connections per source: a tailnet address, or a public IP
     /// (IPv6 by /64) on Funnel and the public listener.
-    pub max_connections_per_source: usize,
+    pub(crate) max_connections_per_source: usize,
     /// File descriptors kept free for connections already open (their
     /// upstream sockets) and the admin listener: new client connections
     /// are refused when fewer are left. 0 turns the check off.
-    pub fd_reserve: usize,
+    pub(crate) fd_reserve: usize,
 }
 
 impl Default for Limits {

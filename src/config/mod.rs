@@ -1,4 +1,4 @@
-//! The configuration file: TOML → raw serde structs → [`validate`] collecting
+//! The configuration file: TOML → raw serde structs → `validate` collecting
 //! every problem with the field it concerns → an immutable [`Config`].
 //!
 //! Nothing here touches the network. Secrets are loaded (from env or file)
@@ -16,9 +16,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use auth::{DEFAULT_SCOPES, Portal, Provider, Rule};
-pub use limits::Limits;
-pub use secret::{Secret, SecretRef};
+pub use auth::{Portal, Provider, Rule};
+pub(crate) use limits::Limits;
+pub use secret::Secret;
+pub use secret::SecretRef;
 
 use crate::http::path::{self, normalize_prefix};
 
@@ -26,9 +27,9 @@ use crate::http::path::{self, normalize_prefix};
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigError {
     /// The file, if it came from one.
-    pub file: Option<PathBuf>,
+    pub(crate) file: Option<PathBuf>,
     /// One message per problem: `field: what is wrong`.
-    pub problems: Vec<String>,
+    pub(crate) problems: Vec<String>,
 }
 
 impl fmt::Display for ConfigError {
@@ -168,17 +169,17 @@ fn yes() -> bool {
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The tailnet's domain (`mist-walleye.ts.net`), if given; used to print URLs.
-    pub tailnet_domain: Option<String>,
+    pub(crate) tailnet_domain: Option<String>,
     /// Nodes to join, in file order.
     pub nodes: Vec<NodeSpec>,
     /// Routes, in file order.
     pub routes: Vec<Route>,
     /// Optional plain-HTTP listener on loopback.
-    pub loopback: Option<SocketAddr>,
+    pub(crate) loopback: Option<SocketAddr>,
     /// Optional admin listener on loopback (`/healthz`, `/metrics`).
-    pub admin: Option<SocketAddr>,
+    pub(crate) admin: Option<SocketAddr>,
     /// Optional public HTTPS listener for custom domains (public routes only).
-    pub public: Option<PublicListener>,
+    pub(crate) public: Option<PublicListener>,
     /// The login portal (present when providers are configured).
     pub portal: Option<Portal>,
     /// OIDC providers.
@@ -186,27 +187,27 @@ pub struct Config {
     /// Role rules, in file order.
     pub rules: Vec<Rule>,
     /// Timeouts and connection caps of every listener.
-    pub limits: Limits,
+    pub(crate) limits: Limits,
 }
 
 /// Let's Encrypt's production ACME directory.
-pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+pub(crate) const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 
 /// A public HTTPS listener on a normal network interface, for custom
 /// domains; it serves public routes only.
 #[derive(Debug, Clone)]
-pub struct PublicListener {
+pub(crate) struct PublicListener {
     /// Address to bind.
-    pub listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
     /// Domains served (and put on the certificate).
-    pub domains: Vec<String>,
+    pub(crate) domains: Vec<String>,
     /// Certificate source.
-    pub cert: PublicCert,
+    pub(crate) cert: PublicCert,
 }
 
 /// Where the public listener's certificate comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PublicCert {
+pub(crate) enum PublicCert {
     /// ACME (TLS-ALPN-01 challenge on the listener itself).
     Acme {
         /// Directory URL.
@@ -222,7 +223,6 @@ pub enum PublicCert {
     Files {
         /// Certificate chain.
         cert_file: PathBuf,
-        /// Key.
         key_file: PathBuf,
     },
 }
@@ -235,26 +235,26 @@ pub struct NodeSpec {
     /// State directory.
     pub state_dir: PathBuf,
     /// Auth key for the first registration.
-    pub auth_key: Option<Secret>,
+    pub(crate) auth_key: Option<Secret>,
     /// Coordination server URL (`None`: Tailscale's).
-    pub control_url: Option<String>,
+    pub(crate) control_url: Option<String>,
     /// Tags to advertise.
-    pub tags: Vec<String>,
+    pub(crate) tags: Vec<String>,
     /// Ephemeral node.
-    pub ephemeral: bool,
+    pub(crate) ephemeral: bool,
     /// HTTPS port on the tailnet.
-    pub https_port: u16,
+    pub(crate) https_port: u16,
     /// Serve a redirect to HTTPS on port 80.
-    pub http_redirect: bool,
+    pub(crate) http_redirect: bool,
     /// Serve public routes over Funnel on 443.
     pub funnel: bool,
     /// Where the TLS certificate comes from.
-    pub cert: CertSource,
+    pub(crate) cert: CertSource,
 }
 
 /// Where a node's certificate comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CertSource {
+pub(crate) enum CertSource {
     /// The node's own `*.ts.net` certificate, fetched through the node.
     Tailnet,
     /// A certificate generated at start-up by a local CA kept in the state dir.
@@ -270,7 +270,7 @@ pub enum CertSource {
 
 /// Who may use a route.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Access {
+pub(crate) enum Access {
     /// Anyone, including Funnel (public internet) and loopback.
     Public,
     /// Tailnet peers; if any list is non-empty, the peer must match one
@@ -288,7 +288,7 @@ pub enum Access {
 impl Access {
     /// What a tailnet peer must match, in words (`user a@x or b@x, or tag
     /// tag:ci`); `None` when anyone (public) or any tailnet peer may pass.
-    pub fn requirement(&self) -> Option<String> {
+    pub(crate) fn requirement(&self) -> Option<String> {
         let Access::Tailnet {
             users,
             tags,
@@ -350,7 +350,7 @@ impl Default for IdentityHeaders {
 
 impl IdentityHeaders {
     /// All the names, for stripping client-sent copies.
-    pub fn all(&self) -> [&str; 10] {
+    pub(crate) fn all(&self) -> [&str; 10] {
         [
             &self.login,
             &self.name,
@@ -370,55 +370,55 @@ impl IdentityHeaders {
 #[derive(Debug, Clone)]
 pub struct Route {
     /// Index in the file (`route[i]`), for messages and logs.
-    pub index: usize,
+    pub(crate) index: usize,
     /// Normalized path prefix (`/ttyd`, or `/` for everything).
     pub path: String,
     /// Node host name it belongs to (`None`: every node).
     pub node: Option<String>,
     /// Host header it matches (`None`: any).
-    pub host: Option<String>,
+    pub(crate) host: Option<String>,
     /// Upstream base URL (`http://127.0.0.1:7681`, may carry a path).
     pub upstream: http::Uri,
     /// Remove the route's prefix before forwarding.
-    pub strip_prefix: bool,
+    pub(crate) strip_prefix: bool,
     /// Who may use it.
-    pub access: Access,
+    pub(crate) access: Access,
     /// Reachable through the loopback listener (protected routes only when set).
-    pub loopback: bool,
+    pub(crate) loopback: bool,
     /// Upstream connect timeout.
-    pub connect_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
     /// Timeout until the upstream's response headers.
-    pub response_timeout: Duration,
+    pub(crate) response_timeout: Duration,
     /// Identity header names.
-    pub identity_headers: IdentityHeaders,
+    pub(crate) identity_headers: IdentityHeaders,
     /// Forward client headers whose names contain `_` (protected names
     /// are removed whatever their spelling; see `http::headers`).
-    pub allow_underscore_headers: bool,
+    pub(crate) allow_underscore_headers: bool,
     /// Login requirement (`None`: no session needed).
-    pub login: Option<LoginRequirement>,
+    pub(crate) login: Option<LoginRequirement>,
     /// How the tailnet and login requirements combine.
-    pub require: Combine,
+    pub(crate) require: Combine,
     /// Allowed methods (empty: all).
-    pub methods: Vec<http::Method>,
+    pub(crate) methods: Vec<http::Method>,
     /// Name on the portal dashboard.
-    pub title: Option<String>,
+    pub(crate) title: Option<String>,
 }
 
 /// What a route asks of the login session.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct LoginRequirement {
+pub(crate) struct LoginRequirement {
     /// The caller must have one of these roles (empty: any signed-in caller
     /// with at least one role).
-    pub roles: Vec<String>,
+    pub(crate) roles: Vec<String>,
     /// The login must be at most this old (`auth_time`); older sessions are
     /// sent to sign in again (step-up).
-    pub max_auth_age: Option<Duration>,
+    pub(crate) max_auth_age: Option<Duration>,
 }
 
 /// How a route's tailnet requirement (users, tags, capabilities) and its
 /// login requirement combine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Combine {
+pub(crate) enum Combine {
     /// Both must hold.
     #[default]
     All,
@@ -436,7 +436,7 @@ impl Route {
 impl Config {
     /// Reads and validates a config file, loading secrets from the process
     /// environment.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: Some(path.to_path_buf()),
             problems: vec![format!("cannot read: {e}")],
@@ -465,14 +465,14 @@ impl Config {
     }
 
     /// `https://<node fqdn>[:port]` as configured (see [`https_origin`]).
-    pub fn node_origin(&self, node: &NodeSpec) -> String {
+    pub(crate) fn node_origin(&self, node: &NodeSpec) -> String {
         https_origin(&self.node_fqdn(node), node.https_port)
     }
 }
 
 /// The origin of an HTTPS name: `https://host`, with `:port` unless it is
 /// HTTPS's default. The one place a node's origin is spelled.
-pub fn https_origin(host: &str, port: u16) -> String {
+pub(crate) fn https_origin(host: &str, port: u16) -> String {
     if port == 443 {
         format!("https://{host}")
     } else {

@@ -22,7 +22,7 @@ pub struct Secret(String);
 
 impl Secret {
     /// The secret value, for handing to whatever needs it.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! The rule, applied to every request before it is proxied:
 //! - A header *name* is read the way CGI, WSGI, PHP and Rack upstreams read
-//!   it: letter case ignored and `_` taken as `-` ([`canonical`]). A client
+//!   it: letter case ignored and `_` taken as `-` (`canonical`). A client
 //!   header whose canonical name is protected ([`Hygiene::is_protected`]) is
 //!   removed: every `Tailscale-*`, `Remote-*` and `X-Forwarded-*` name,
 //!   `Forwarded`, `X-Real-IP`, the path-override headers `X-Original-URL`
@@ -13,7 +13,7 @@
 //!   upstreams disagree on what it means), unless the route sets
 //!   `allow_underscore_headers = true`.
 //! - Hop-by-hop headers (and names listed in `Connection`) are dropped; the
-//!   only upgrade ever forwarded is `websocket` ([`upgrade`]).
+//!   only upgrade ever forwarded is `websocket` (`upgrade`).
 
 use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
@@ -34,7 +34,7 @@ const PROTECTED_NAMES: [&str; 5] = [
 ];
 
 /// A header name as an upstream may read it: lower case, `_` as `-`.
-pub fn canonical(name: &str) -> String {
+pub(crate) fn canonical(name: &str) -> String {
     name.chars()
         .map(|c| match c {
             '_' => '-',
@@ -78,7 +78,7 @@ impl Hygiene {
     }
 
     /// Whether a client header `name` is removed before proxying.
-    pub fn removes(&self, name: &str) -> bool {
+    pub(crate) fn removes(&self, name: &str) -> bool {
         self.is_protected(name) || (!self.allow_underscore && name.contains('_'))
     }
 
@@ -117,7 +117,7 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 /// Removes hop-by-hop headers, including any named in `Connection`. The
 /// `Upgrade` header is kept (with `Connection: upgrade`) when `upgrade` is
 /// set, which callers do only for a websocket upgrade ([`wants_upgrade`]).
-pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -151,7 +151,7 @@ fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
 /// tunnels: `Connection: upgrade` and exactly one `Upgrade` header whose
 /// only token is `websocket`. Anything else (`h2c`, `foo/1`, a list) is
 /// forwarded as a plain request without `Upgrade` ([`refused_upgrade`]).
-pub fn wants_upgrade(headers: &HeaderMap) -> bool {
+pub(crate) fn wants_upgrade(headers: &HeaderMap) -> bool {
     let mut up = headers.get_all(header::UPGRADE).iter();
     let only = match (up.next(), up.next()) {
         (Some(v), None) => v,
@@ -164,7 +164,7 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
 
 /// The upgrade a request asked for that is not tunnelled (for the log), if
 /// any: an `Upgrade` header on a request that is not a websocket upgrade.
-pub fn refused_upgrade(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn refused_upgrade(headers: &HeaderMap) -> Option<String> {
     if wants_upgrade(headers) || !headers.contains_key(header::UPGRADE) {
         return None;
     }
@@ -182,7 +182,7 @@ pub fn refused_upgrade(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Whether an upstream's `101` switches to websocket (and nothing else).
-pub fn switched_to_websocket(headers: &HeaderMap) -> bool {
+pub(crate) fn switched_to_websocket(headers: &HeaderMap) -> bool {
     let mut up = headers.get_all(header::UPGRADE).iter();
     match (up.next(), up.next()) {
         (Some(v), None) => v
@@ -194,7 +194,7 @@ pub fn switched_to_websocket(headers: &HeaderMap) -> bool {
 
 /// Sets a header from a string, dropping characters a header value cannot
 /// hold (a display name with a newline must not break the request).
-pub fn set_text(headers: &mut HeaderMap, name: &str, value: &str) {
+pub(crate) fn set_text(headers: &mut HeaderMap, name: &str, value: &str) {
     let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
         return;
     };

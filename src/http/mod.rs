@@ -3,4 +3,4 @@
 
 pub mod headers;
 pub mod path;
-pub mod response;
+pub(crate) mod response;

@@ -138,7 +138,7 @@ pub fn normalize(raw: &str) -> Result<String, PathError> {
 
 /// Validates a route prefix from the config: it must already be canonical
 /// (apart from one trailing slash, which is dropped).
-pub fn normalize_prefix(raw: &str) -> Result<String, PathError> {
+pub(crate) fn normalize_prefix(raw: &str) -> Result<String, PathError> {
     let n = normalize(raw)?;
     let n = if n.len() > 1 {
         n.trim_end_matches('/').to_string()
@@ -255,7 +255,7 @@ fn lower_outside_escapes(s: &str) -> String {
 
 /// Whether canonical `path` is under canonical `prefix` (segment-wise:
 /// `/files` matches `/files` and `/files/x`, not `/filesystem`).
-pub fn under(prefix: &str, path: &str) -> bool {
+pub(crate) fn under(prefix: &str, path: &str) -> bool {
     prefix == "/"
         || path == prefix
         || (path.starts_with(prefix) && path.as_bytes().get(prefix.len()) == Some(&b'/'))
@@ -263,7 +263,7 @@ pub fn under(prefix: &str, path: &str) -> bool {
 
 /// The upstream path: `path` with `prefix` removed if `strip`, appended to
 /// the upstream's own base path.
-pub fn upstream_path(base: &str, prefix: &str, path: &str, strip: bool) -> String {
+pub(crate) fn upstream_path(base: &str, prefix: &str, path: &str, strip: bool) -> String {
     let rest = if strip && prefix != "/" {
         let r = &path[prefix.len().min(path.len())..];
         if r.is_empty() { "/" } else { r }

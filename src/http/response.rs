@@ -8,15 +8,15 @@ use http::{HeaderMap, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 
 /// The body type of every gateway response.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
 
 /// A body from bytes.
-pub fn full(b: impl Into<Bytes>) -> Body {
+pub(crate) fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).map_err(|never| match never {}).boxed()
 }
 
 /// Whether the client is a browser (prefers HTML).
-pub fn wants_html(headers: &HeaderMap) -> bool {
+pub(crate) fn wants_html(headers: &HeaderMap) -> bool {
     headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -31,7 +31,7 @@ fn escape(s: &str) -> String {
 }
 
 /// An error page: `title` and `detail` are shown to the user (no secrets).
-pub fn error(status: StatusCode, title: &str, detail: &str, html: bool) -> Response<Body> {
+pub(crate) fn error(status: StatusCode, title: &str, detail: &str, html: bool) -> Response<Body> {
     let (ctype, body) = if html {
         (
             "text/html; charset=utf-8",
@@ -54,7 +54,7 @@ pub fn error(status: StatusCode, title: &str, detail: &str, html: bool) -> Respo
 }
 
 /// A response of `ctype` that no cache keeps.
-pub fn with_type(status: StatusCode, ctype: &str, body: impl Into<Bytes>) -> Response<Body> {
+pub(crate) fn with_type(status: StatusCode, ctype: &str, body: impl Into<Bytes>) -> Response<Body> {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, ctype)
@@ -64,7 +64,7 @@ pub fn with_type(status: StatusCode, ctype: &str, body: impl Into<Bytes>) -> Res
 }
 
 /// The 404 of everything that does not exist (or is hidden).
-pub fn not_found(html: bool) -> Response<Body> {
+pub(crate) fn not_found(html: bool) -> Response<Body> {
     error(
         StatusCode::NOT_FOUND,
         "Not found",
@@ -73,8 +73,7 @@ pub fn not_found(html: bool) -> Response<Body> {
     )
 }
 
-/// A redirect.
-pub fn redirect(status: StatusCode, location: &str) -> Response<Body> {
+pub(crate) fn redirect(status: StatusCode, location: &str) -> Response<Body> {
     Response::builder()
         .status(status)
         .header(header::LOCATION, location)

@@ -23,18 +23,18 @@ const FDS_PER_CONNECTION: usize = 2;
 
 /// What [`raise_limit`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FdLimit {
+pub(crate) struct FdLimit {
     /// Soft limit before.
-    pub before: u64,
+    pub(crate) before: u64,
     /// Soft limit now.
-    pub soft: u64,
+    pub(crate) soft: u64,
     /// Hard limit.
-    pub hard: u64,
+    pub(crate) hard: u64,
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit. Fails only if the
 /// kernel refuses (then the limit stays as it was).
-pub fn raise_limit() -> std::io::Result<FdLimit> {
+pub(crate) fn raise_limit() -> std::io::Result<FdLimit> {
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
     if soft < hard {
         setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;

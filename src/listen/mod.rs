@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 pub(crate) use fds::Fds;
-pub use fds::{FdLimit, raise_limit};
+pub(crate) use fds::raise_limit;
 pub(crate) use gate::{Gate, Refusal, Sources, Ticket};
 pub(crate) use tailnet::{Kind, TailnetAcceptor, push_cert};
 pub(crate) use watchdog::{Activity, Guarded, Timeouts, Watched};
@@ -36,7 +36,7 @@ pub(crate) use watchdog::{Activity, Guarded, Timeouts, Watched};
 use crate::metrics::Metrics;
 
 /// The longest pause between two accept attempts after errors.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(1);
 const FIRST_BACKOFF: Duration = Duration::from_millis(5);
 /// At most one WARN line per listener and kind of trouble in this window;
 /// the next line says how many were left out.
@@ -167,22 +167,20 @@ impl ListenerHealth {
 
 /// Every listener of the process, for `/healthz`.
 #[derive(Debug, Default)]
-pub struct Health {
+pub(crate) struct Health {
     listeners: Mutex<Vec<Arc<ListenerHealth>>>,
     fds: Mutex<Option<Arc<Fds>>>,
 }
 
 /// What `/healthz` says about the listeners.
 #[derive(Debug, Clone)]
-pub struct HealthReport {
-    /// Whether every listener is serving and descriptors are not short.
-    pub ok: bool,
+pub(crate) struct HealthReport {
     /// Listener name → `serving`, `retrying: …`, `down: …`.
-    pub listeners: serde_json::Map<String, serde_json::Value>,
+    pub(crate) listeners: serde_json::Map<String, serde_json::Value>,
     /// Open descriptors, the soft limit and the reserve, when known.
-    pub fds: Option<(usize, u64, usize)>,
+    pub(crate) fds: Option<(usize, u64, usize)>,
     /// Why not ok, one line per problem.
-    pub problems: Vec<String>,
+    pub(crate) problems: Vec<String>,
 }
 
 impl Health {
@@ -203,14 +201,14 @@ impl Health {
     }
 
     /// Samples descriptors again (for `/metrics`).
-    pub fn sample_fds(&self) {
+    pub(crate) fn sample_fds(&self) {
         if let Some(f) = self.fds.lock().unwrap_or_else(|e| e.into_inner()).clone() {
             f.sample();
         }
     }
 
     /// The current truth.
-    pub fn report(&self) -> HealthReport {
+    pub(crate) fn report(&self) -> HealthReport {
         let mut problems = Vec::new();
         let mut listeners = serde_json::Map::new();
         for l in self
@@ -257,7 +255,6 @@ impl Health {
                 fig
             });
         HealthReport {
-            ok: problems.is_empty(),
             listeners,
             fds,
             problems,
@@ -505,13 +502,13 @@ mod tests {
         // In the middle of the errors, health tells the truth.
         tokio::time::sleep(Duration::from_millis(50)).await;
         let r = health.report();
-        assert!(!r.ok, "{r:?}");
+        assert!(!r.problems.is_empty(), "{r:?}");
         assert!(r.problems[0].contains("Too many open files"), "{r:?}");
         // 50 errors, backoff capped at 1 s: done well within a minute.
         tokio::time::sleep(Duration::from_secs(60)).await;
         assert_eq!(*served.lock().unwrap(), vec![1, 3]);
         assert_eq!(*reopened.lock().unwrap(), 3);
-        assert!(health.report().ok, "{:?}", health.report());
+        assert!(health.report().problems.is_empty(), "{:?}", health.report());
         let m = metrics.render();
         assert!(
             m.contains(r#"tailpass_accept_errors_total{listener="test https"} 52"#),

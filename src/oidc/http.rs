@@ -28,7 +28,7 @@ const TIMEOUT: Duration = Duration::from_secs(15);
 /// Why a provider request failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum HttpError {
+pub(crate) enum HttpError {
     /// The URL cannot be used.
     #[error("bad provider URL {0}")]
     Url(String),
@@ -37,52 +37,36 @@ pub enum HttpError {
     Connect {
         /// Host and port.
         host: String,
-        /// Cause.
         reason: String,
     },
     /// TLS failed (certificate not trusted, …).
     #[error("TLS with {host}: {reason}")]
-    Tls {
-        /// Host.
-        host: String,
-        /// Cause.
-        reason: String,
-    },
+    Tls { host: String, reason: String },
     /// The exchange failed.
     #[error("HTTP with {host}: {reason}")]
-    Http {
-        /// Host.
-        host: String,
-        /// Cause.
-        reason: String,
-    },
+    Http { host: String, reason: String },
     /// No answer in time.
     #[error("{0} did not answer within 15 s")]
     Timeout(String),
     /// The provider answered with a server error (5xx): whatever its body
     /// says, it is a failure that may pass, never a verdict on the session.
     #[error("{host} answered {status}")]
-    ServerError {
-        /// Host.
-        host: String,
-        /// The status.
-        status: u16,
-    },
+    ServerError { host: String, status: u16 },
 }
 
 /// Where tailnet names are dialed from.
 #[derive(Clone, Debug)]
-pub struct Dialer {
+pub(crate) struct Dialer {
     /// The node to dial tailnet names through (unset: dial everything
     /// directly). Set once the node is up.
-    pub node: Arc<std::sync::OnceLock<Node>>,
+    pub(crate) node: Arc<std::sync::OnceLock<Node>>,
     /// Host suffixes that are on the tailnet (`.ts.net` and the configured domain).
-    pub tailnet_suffixes: Vec<String>,
+    pub(crate) tailnet_suffixes: Vec<String>,
 }
 
 impl Dialer {
     /// Whether `host` is on the tailnet.
-    pub fn is_tailnet(&self, host: &str) -> bool {
+    pub(crate) fn is_tailnet(&self, host: &str) -> bool {
         match names::host_ip_is_tailnet(host) {
             Some(is) => is,
             None => self
@@ -95,7 +79,7 @@ impl Dialer {
 
 /// An HTTP(S) client for one provider.
 #[derive(Clone)]
-pub struct HttpClient {
+pub(crate) struct HttpClient {
     dialer: Dialer,
     tls: Arc<rustls::ClientConfig>,
 }
@@ -113,7 +97,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 impl HttpClient {
     /// A client trusting the public web PKI plus `ca_file` (PEM), if given.
-    pub fn new(dialer: Dialer, ca_file: Option<&Path>) -> Result<HttpClient, String> {
+    pub(crate) fn new(dialer: Dialer, ca_file: Option<&Path>) -> Result<HttpClient, String> {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         if let Some(f) = ca_file {
@@ -141,7 +125,7 @@ impl HttpClient {
     }
 
     /// Sends one request and reads the whole (bounded) response.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         req: http::Request<Vec<u8>>,
     ) -> Result<http::Response<Vec<u8>>, HttpError> {

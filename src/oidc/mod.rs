@@ -6,7 +6,7 @@
 //! This module knows nothing about cookies or pages; the portal drives it.
 //! Secrets (client secret, tokens) never appear in its errors.
 
-pub mod http;
+pub(crate) mod http;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config;
 use crate::session::{now, random_token};
-pub use http::{Dialer, HttpClient, HttpError};
+pub(crate) use http::{Dialer, HttpClient};
 
 /// How long discovery (and the JWKS) is trusted before it is fetched again.
 const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
@@ -66,13 +66,12 @@ type Meta = ProviderMetadata<
 /// What went wrong talking to a provider. Messages carry no secrets.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum OidcError {
+pub(crate) enum OidcError {
     /// Discovery failed.
     #[error("discovery at {issuer} failed: {reason}")]
     Discovery {
         /// Issuer URL.
         issuer: String,
-        /// Cause.
         reason: String,
     },
     /// The token endpoint refused or failed.
@@ -101,7 +100,7 @@ enum UserInfoFailure {
 /// Refresh outcomes that end a session.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum RefreshError {
+pub(crate) enum RefreshError {
     /// The provider no longer accepts the refresh token (the session ended
     /// there, or the grant was revoked).
     #[error("the provider ended the session: {0}")]
@@ -114,15 +113,15 @@ pub enum RefreshError {
 /// Everything the callback must remember between redirect and callback.
 /// Its `Debug` leaves out the PKCE verifier.
 #[derive(Clone, Serialize, Deserialize)]
-pub struct Pending {
+pub(crate) struct Pending {
     /// The `state` sent.
-    pub state: String,
+    pub(crate) state: String,
     /// The `nonce` sent.
-    pub nonce: String,
+    pub(crate) nonce: String,
     /// The PKCE verifier.
-    pub verifier: String,
+    pub(crate) verifier: String,
     /// `prompt=login` was sent (a new sign-in was asked for).
-    pub prompted_login: bool,
+    pub(crate) prompted_login: bool,
 }
 
 impl std::fmt::Debug for Pending {
@@ -137,21 +136,21 @@ impl std::fmt::Debug for Pending {
 
 /// A successful login. Its `Debug` leaves out the tokens.
 #[derive(Clone)]
-pub struct Login {
+pub(crate) struct Login {
     /// Subject.
-    pub sub: String,
+    pub(crate) sub: String,
     /// ID token claims merged with userinfo claims.
-    pub claims: BTreeMap<String, serde_json::Value>,
+    pub(crate) claims: BTreeMap<String, serde_json::Value>,
     /// The raw ID token (for logout's `id_token_hint`).
-    pub id_token: String,
+    pub(crate) id_token: String,
     /// Refresh token, if granted.
-    pub refresh_token: Option<String>,
+    pub(crate) refresh_token: Option<String>,
     /// When the user authenticated, as the provider proved it: the ID
     /// token's `auth_time`, or (only for a provider configured with
     /// `trust_prompt_login` that advertises `prompt=login`) the time of a
     /// sign-in that answered a `prompt=login` request. `None`: unknown,
     /// which never satisfies a step-up.
-    pub auth_time: Option<i64>,
+    pub(crate) auth_time: Option<i64>,
 }
 
 impl std::fmt::Debug for Login {
@@ -177,7 +176,7 @@ struct RawClaims {
 impl AdditionalClaims for RawClaims {}
 
 /// A configured provider.
-pub struct Client {
+pub(crate) struct Client {
     cfg: config::Provider,
     http: HttpClient,
     meta: tokio::sync::Mutex<Option<(Arc<Meta>, Instant)>>,
@@ -230,7 +229,7 @@ fn refusal_ends_session(code: &str) -> bool {
 
 impl Client {
     /// A client for `cfg`, with its HTTP client.
-    pub fn new(cfg: config::Provider, http: HttpClient) -> Client {
+    pub(crate) fn new(cfg: config::Provider, http: HttpClient) -> Client {
         Client {
             cfg,
             http,
@@ -239,7 +238,7 @@ impl Client {
     }
 
     /// The provider's configuration.
-    pub fn config(&self) -> &config::Provider {
+    pub(crate) fn config(&self) -> &config::Provider {
         &self.cfg
     }
 
@@ -282,7 +281,7 @@ impl Client {
     /// The URL to send the browser to, and what to keep until the callback.
     /// `max_age` asks for an authentication at most that old (step-up);
     /// `fresh` forces a new sign-in (`prompt=login`).
-    pub async fn authorize_url(
+    pub(crate) async fn authorize_url(
         &self,
         redirect: &str,
         max_age: Option<u64>,
@@ -323,7 +322,7 @@ impl Client {
     }
 
     /// Exchanges the code and validates everything that came back.
-    pub async fn finish(
+    pub(crate) async fn finish(
         &self,
         code: &str,
         pending: &Pending,
@@ -456,7 +455,7 @@ impl Client {
 
     /// Uses a refresh token. On success returns the new refresh token (if
     /// rotated) and, when the provider sent a new ID token, its claims.
-    pub async fn refresh(
+    pub(crate) async fn refresh(
         &self,
         refresh_token: &str,
         sub: &str,
@@ -521,7 +520,7 @@ impl Client {
     }
 
     /// The provider's end-session URL for RP-initiated logout, if it has one.
-    pub async fn end_session_url(
+    pub(crate) async fn end_session_url(
         &self,
         id_token_hint: &str,
         post_logout: &str,

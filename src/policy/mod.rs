@@ -36,19 +36,6 @@ pub enum Decision {
     Method(String),
 }
 
-impl Decision {
-    /// A short word for the access log.
-    pub fn word(&self) -> &'static str {
-        match self {
-            Decision::Allow(_) => "allow",
-            Decision::Deny(_) => "deny",
-            Decision::Hide(_) => "hide",
-            Decision::Login { .. } => "login",
-            Decision::Method(_) => "method",
-        }
-    }
-}
-
 /// The caller as policies see it.
 #[derive(Debug, Clone, Copy)]
 pub struct Caller<'a> {
@@ -302,7 +289,7 @@ fn method_ok(route: &Route, method: &http::Method, why: String) -> Decision {
 }
 
 /// Roles some rule can grant.
-pub fn grantable_roles(rules: &[Rule]) -> BTreeSet<&str> {
+pub(crate) fn grantable_roles(rules: &[Rule]) -> BTreeSet<&str> {
     rules
         .iter()
         .flat_map(|r| r.roles.iter().map(String::as_str))
@@ -311,7 +298,7 @@ pub fn grantable_roles(rules: &[Rule]) -> BTreeSet<&str> {
 
 /// Warnings about routes no caller can ever pass: a required role that no
 /// rule grants, or a login route while no rule grants any role.
-pub fn unsatisfiable(routes: &[Route], rules: &[Rule]) -> Vec<String> {
+pub(crate) fn unsatisfiable(routes: &[Route], rules: &[Rule]) -> Vec<String> {
     let can = grantable_roles(rules);
     let mut out = Vec::new();
     for r in routes {

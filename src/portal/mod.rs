@@ -8,9 +8,9 @@
 //! from a signed cookie whose binding must match that identity and whose
 //! record must be live in the store.
 
-pub mod pages;
+pub(crate) mod pages;
 pub mod pending;
-pub mod target;
+pub(crate) mod target;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -34,13 +34,13 @@ const LOGIN_TTL: Duration = Duration::from_secs(600);
 /// Where the request came in: what the portal needs to build absolute URLs
 /// without trusting the Host header.
 #[derive(Debug, Clone)]
-pub struct PortalOrigin {
+pub(crate) struct PortalOrigin {
     /// Node host name.
-    pub node: String,
+    pub(crate) node: String,
     /// `https://gw.tailnet.ts.net` (with `:port` when not 443).
-    pub base: String,
+    pub(crate) base: String,
     /// The node's HTTPS port.
-    pub https_port: u16,
+    pub(crate) https_port: u16,
 }
 
 /// Where a caller who must sign in is sent (see [`Portal::sign_in`]).
@@ -79,7 +79,7 @@ struct PendingLogin {
 }
 
 /// The portal and session service.
-pub struct Portal {
+pub(crate) struct Portal {
     cfg: config::Portal,
     keys: Keys,
     store: Arc<Store>,
@@ -283,7 +283,7 @@ impl Portal {
     /// `dialer` reaches tailnet-only providers through a node. On a reload,
     /// `previous` hands over its session store (when `portal.state_dir` is
     /// unchanged) and the sign-ins in flight.
-    pub fn new(
+    pub(crate) fn new(
         config: &Config,
         dialer: Dialer,
         previous: Option<&Portal>,
@@ -325,27 +325,22 @@ impl Portal {
     }
 
     /// The path prefix.
-    pub fn prefix(&self) -> &str {
+    pub(crate) fn prefix(&self) -> &str {
         &self.cfg.prefix
     }
 
     /// The session cookie's name.
-    pub fn cookie_name(&self) -> &str {
+    pub(crate) fn cookie_name(&self) -> &str {
         &self.cfg.cookie_name
     }
 
-    /// The role rules.
-    pub fn rules(&self) -> &[Rule] {
-        &self.rules
-    }
-
     /// The session store.
-    pub fn store(&self) -> &Store {
+    pub(crate) fn store(&self) -> &Store {
         &self.store
     }
 
     /// Whether node `hostname` serves the portal.
-    pub fn serves(&self, hostname: &str) -> bool {
+    pub(crate) fn serves(&self, hostname: &str) -> bool {
         self.cfg.nodes.is_empty() || self.cfg.nodes.iter().any(|n| n == hostname)
     }
 
@@ -362,7 +357,7 @@ impl Portal {
 
     /// The verified, live session of a request, refreshed at the provider
     /// when due. Invalid cookies count as no session (and are logged).
-    pub async fn session(&self, headers: &HeaderMap, who: &PeerIdentity) -> Option<Session> {
+    pub(crate) async fn session(&self, headers: &HeaderMap, who: &PeerIdentity) -> Option<Session> {
         let token = headers::cookie(headers, &self.cfg.cookie_name)?;
         let binding = Binding::of(who)?;
         let t = now();
@@ -513,7 +508,7 @@ impl Portal {
     /// One round of upkeep: drops expired sessions (closing their
     /// websockets) and refreshes sessions that have open websockets, so a
     /// session ended at the provider also closes its long-lived connections.
-    pub async fn tick(&self) {
+    pub(crate) async fn tick(&self) {
         if let Err(e) = self.store.purge_expired(now()) {
             tracing::error!(error = %e, "session store upkeep");
         }
@@ -529,17 +524,17 @@ impl Portal {
     }
 
     /// How often [`Portal::tick`] should run.
-    pub fn upkeep_interval(&self) -> Duration {
+    pub(crate) fn upkeep_interval(&self) -> Duration {
         (self.cfg.refresh_interval / 2).clamp(Duration::from_secs(1), Duration::from_secs(30))
     }
 
     /// The roles of a caller.
-    pub fn roles(&self, who: &PeerIdentity, session: Option<&Session>) -> BTreeSet<String> {
+    pub(crate) fn roles(&self, who: &PeerIdentity, session: Option<&Session>) -> BTreeSet<String> {
         policy::roles(&self.rules, who, session)
     }
 
     /// Identity headers for the upstream.
-    pub fn login_headers(s: &Session, roles: &BTreeSet<String>) -> LoginHeaders {
+    pub(crate) fn login_headers(s: &Session, roles: &BTreeSet<String>) -> LoginHeaders {
         LoginHeaders {
             email: s.email.clone(),
             user: s.sub.clone(),
@@ -634,7 +629,7 @@ impl Portal {
 
     /// Serves a request under the portal prefix. `path` is normalized.
     /// Only the request head is read (no portal page takes a body).
-    pub async fn handle<B: Send>(
+    pub(crate) async fn handle<B: Send>(
         &self,
         req: Request<B>,
         path: &str,
@@ -1253,7 +1248,7 @@ impl Portal {
 
 /// The redirect URIs and post-logout URIs to register at each provider,
 /// for `tailpass check`.
-pub fn registration_uris(config: &Config) -> Vec<(String, String, String)> {
+pub(crate) fn registration_uris(config: &Config) -> Vec<(String, String, String)> {
     let Some(pt) = &config.portal else {
         return Vec::new();
     };

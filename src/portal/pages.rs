@@ -5,7 +5,7 @@
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 /// The stylesheet served at `{prefix}/assets/portal.css`.
-pub const CSS: &str = "body{font-family:system-ui,sans-serif;max-width:42em;margin:3em auto;padding:0 1em;color:#222}\
+pub(crate) const CSS: &str = "body{font-family:system-ui,sans-serif;max-width:42em;margin:3em auto;padding:0 1em;color:#222}\
 h1{font-size:1.5em}a.provider,button{display:inline-block;padding:.6em 1.2em;margin:.3em 0;border:1px solid #446;\
 border-radius:6px;background:#f4f4fb;color:#223;text-decoration:none;font-size:1em;cursor:pointer}\
 #qr svg{width:180px;height:180px}dl{display:grid;grid-template-columns:max-content auto;gap:.2em 1em}\
@@ -31,17 +31,16 @@ fn layout(prefix: &str, title: &str, body: Markup) -> Markup {
 }
 
 /// One provider button.
-pub struct ProviderLink {
+pub(crate) struct ProviderLink {
     /// Provider name.
-    pub name: String,
-    /// Label.
-    pub label: String,
+    pub(crate) name: String,
+    pub(crate) label: String,
     /// Where the button goes.
-    pub href: String,
+    pub(crate) href: String,
 }
 
 /// The login page.
-pub fn login(
+pub(crate) fn login(
     prefix: &str,
     title: &str,
     providers: &[ProviderLink],
@@ -69,37 +68,33 @@ pub fn login(
 }
 
 /// What the dashboard and whoami pages show about the caller.
-pub struct Identity {
+pub(crate) struct Identity {
     /// Tailnet identity in words.
-    pub tailnet: String,
+    pub(crate) tailnet: String,
     /// Tailnet user login (absent for tagged nodes or non-tailnet callers).
-    pub tailnet_user: Option<String>,
+    pub(crate) tailnet_user: Option<String>,
     /// Node name.
-    pub node: Option<String>,
+    pub(crate) node: Option<String>,
     /// Node tags.
-    pub tags: Vec<String>,
+    pub(crate) tags: Vec<String>,
     /// Session facts, when signed in.
-    pub session: Option<SessionView>,
-    /// Roles.
-    pub roles: Vec<String>,
+    pub(crate) session: Option<SessionView>,
+    pub(crate) roles: Vec<String>,
 }
 
 /// The session part of [`Identity`].
-pub struct SessionView {
+pub(crate) struct SessionView {
     /// Provider label.
-    pub provider: String,
+    pub(crate) provider: String,
     /// Subject.
-    pub sub: String,
-    /// Email.
-    pub email: Option<String>,
-    /// Name.
-    pub name: Option<String>,
-    /// Groups.
-    pub groups: Vec<String>,
+    pub(crate) sub: String,
+    pub(crate) email: Option<String>,
+    pub(crate) name: Option<String>,
+    pub(crate) groups: Vec<String>,
     /// Authenticated at (RFC 3339).
-    pub auth_time: String,
+    pub(crate) auth_time: String,
     /// Expires at (RFC 3339).
-    pub expires: String,
+    pub(crate) expires: String,
 }
 
 fn identity(id: &Identity) -> Markup {
@@ -134,8 +129,7 @@ fn logout_form(prefix: &str) -> Markup {
     }
 }
 
-/// The dashboard.
-pub fn dashboard(
+pub(crate) fn dashboard(
     prefix: &str,
     title: &str,
     id: &Identity,
@@ -168,7 +162,7 @@ pub fn dashboard(
 }
 
 /// `/whoami` for browsers.
-pub fn whoami(prefix: &str, title: &str, id: &Identity) -> Markup {
+pub(crate) fn whoami(prefix: &str, title: &str, id: &Identity) -> Markup {
     layout(
         prefix,
         &format!("Who am I · {title}"),
@@ -177,7 +171,7 @@ pub fn whoami(prefix: &str, title: &str, id: &Identity) -> Markup {
 }
 
 /// The sign-out confirmation (a GET never signs out).
-pub fn logout(prefix: &str, title: &str, signed_in: bool) -> Markup {
+pub(crate) fn logout(prefix: &str, title: &str, signed_in: bool) -> Markup {
     layout(
         prefix,
         &format!("Sign out · {title}"),
@@ -190,7 +184,7 @@ pub fn logout(prefix: &str, title: &str, signed_in: bool) -> Markup {
 
 /// The answer to a sign-out: tailpass's session has ended, said first and
 /// plainly; the provider's own session is a separate, offered step.
-pub fn signed_out(
+pub(crate) fn signed_out(
     prefix: &str,
     title: &str,
     was_signed_in: bool,
@@ -216,7 +210,7 @@ pub fn signed_out(
 }
 
 /// Where the provider sends the browser after its end-session.
-pub fn logged_out(prefix: &str, title: &str) -> Markup {
+pub(crate) fn logged_out(prefix: &str, title: &str) -> Markup {
     layout(
         prefix,
         &format!("Signed out · {title}"),
@@ -229,7 +223,7 @@ pub fn logged_out(prefix: &str, title: &str) -> Markup {
 }
 
 /// A login that maps to no role: said plainly, not a silent guest session.
-pub fn no_role(prefix: &str, title: &str, login: &str, caller: &str) -> Markup {
+pub(crate) fn no_role(prefix: &str, title: &str, login: &str, caller: &str) -> Markup {
     layout(
         prefix,
         &format!("No access · {title}"),
@@ -243,7 +237,7 @@ pub fn no_role(prefix: &str, title: &str, login: &str, caller: &str) -> Markup {
 
 /// A 403 with the failed requirement, the caller, and a way to sign in as
 /// someone else.
-pub fn forbidden(prefix: &str, title: &str, reason: &str, relogin: Option<&str>) -> Markup {
+pub(crate) fn forbidden(prefix: &str, title: &str, reason: &str, relogin: Option<&str>) -> Markup {
     layout(
         prefix,
         &format!("Forbidden · {title}"),
@@ -256,7 +250,7 @@ pub fn forbidden(prefix: &str, title: &str, reason: &str, relogin: Option<&str>)
 }
 
 /// A problem during sign-in, with a way to start again.
-pub fn problem(prefix: &str, title: &str, heading: &str, detail: &str) -> Markup {
+pub(crate) fn problem(prefix: &str, title: &str, heading: &str, detail: &str) -> Markup {
     layout(
         prefix,
         &format!("{heading} · {title}"),
@@ -271,7 +265,7 @@ pub fn problem(prefix: &str, title: &str, heading: &str, detail: &str) -> Markup
 /// A step-up the provider answered without proof of a fresh sign-in: said
 /// plainly, with what the provider needs, instead of a silent pass or a
 /// redirect loop.
-pub fn no_fresh_sign_in(prefix: &str, title: &str, provider: &str, why: &str) -> Markup {
+pub(crate) fn no_fresh_sign_in(prefix: &str, title: &str, provider: &str, why: &str) -> Markup {
     layout(
         prefix,
         &format!("Fresh sign-in needed · {title}"),

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// At most this many sign-ins in flight in total.
-pub const MAX_TOTAL: usize = 10_000;
+pub(crate) const MAX_TOTAL: usize = 10_000;
 /// At most this many sign-ins in flight per tailnet node (a browser with a
 /// few tabs needs a handful).
 pub const MAX_PER_NODE: usize = 32;
@@ -19,7 +19,7 @@ pub const MAX_PER_NODE: usize = 32;
 /// The table is full with other nodes' sign-ins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("too many sign-ins in progress")]
-pub struct Full;
+pub(crate) struct Full;
 
 struct Entry<T> {
     node: String,
@@ -28,7 +28,7 @@ struct Entry<T> {
 }
 
 /// Sign-ins in flight by `state`.
-pub struct Pending<T> {
+pub(crate) struct Pending<T> {
     map: HashMap<String, Entry<T>>,
     ttl: Duration,
     total: usize,
@@ -37,7 +37,7 @@ pub struct Pending<T> {
 
 impl<T> Pending<T> {
     /// An empty table; entries older than `ttl` are dropped.
-    pub fn new(ttl: Duration, total: usize, per_node: usize) -> Pending<T> {
+    pub(crate) fn new(ttl: Duration, total: usize, per_node: usize) -> Pending<T> {
         Pending {
             map: HashMap::new(),
             ttl,
@@ -50,7 +50,7 @@ impl<T> Pending<T> {
     /// the node's cap, the node's own oldest sign-in is dropped; when the
     /// table is full with other nodes' sign-ins, nothing is dropped and
     /// [`Full`] is returned.
-    pub fn insert(&mut self, state: String, node: &str, value: T) -> Result<(), Full> {
+    pub(crate) fn insert(&mut self, state: String, node: &str, value: T) -> Result<(), Full> {
         let ttl = self.ttl;
         self.map.retain(|_, e| e.started.elapsed() < ttl);
         let mine = self.map.values().filter(|e| e.node == node).count();
@@ -80,21 +80,11 @@ impl<T> Pending<T> {
     }
 
     /// Takes the sign-in `state` out (single use), if it is live.
-    pub fn take(&mut self, state: &str) -> Option<T> {
+    pub(crate) fn take(&mut self, state: &str) -> Option<T> {
         self.map
             .remove(state)
             .filter(|e| e.started.elapsed() < self.ttl)
             .map(|e| e.value)
-    }
-
-    /// Sign-ins in flight.
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    /// Whether none is in flight.
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
     }
 }
 
@@ -117,7 +107,7 @@ mod tests {
         for i in 2..100 {
             p.insert(format!("a{i}"), "node-a", i).unwrap();
         }
-        assert_eq!(p.len(), 3);
+        assert_eq!(p.map.len(), 3);
         assert_eq!(p.take("b1"), Some(2), "another node's sign-in survives");
         assert_eq!(p.take("a1"), None, "the flooder's oldest went");
         assert_eq!(p.take("a99"), Some(99));
@@ -128,7 +118,7 @@ mod tests {
             p.insert(s.into(), n, ()).unwrap();
         }
         assert_eq!(p.insert("e".into(), "5", ()), Err(Full));
-        assert_eq!(p.len(), 4);
+        assert_eq!(p.map.len(), 4);
         // A node already in the table replaces its own oldest.
         p.insert("a2".into(), "1", ()).unwrap();
         assert!(p.take("a").is_none() && p.take("a2").is_some());

@@ -7,7 +7,11 @@
 /// `allowed_hosts` are lowercase host names (the nodes' names, route hosts
 /// and `portal.redirect_hosts`); `https_port` is the port our HTTPS
 /// listeners use (443 means no explicit port).
-pub fn safe_target(target: &str, allowed_hosts: &[String], https_port: u16) -> Option<String> {
+pub(crate) fn safe_target(
+    target: &str,
+    allowed_hosts: &[String],
+    https_port: u16,
+) -> Option<String> {
     if target.is_empty()
         || target.len() > 4096
         || target

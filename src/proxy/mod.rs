@@ -26,12 +26,11 @@ use crate::identity::PeerIdentity;
 mod upload;
 
 pub(crate) use upload::BoxError;
-pub use upload::Stalled;
 use upload::Upload;
 
 /// An HTTP client for one route's upstream.
 #[derive(Clone, Debug)]
-pub struct Upstream {
+pub(crate) struct Upstream {
     client: Client<HttpConnector, Upload>,
     response_timeout: Duration,
     hygiene: headers::Hygiene,
@@ -39,7 +38,7 @@ pub struct Upstream {
 
 impl Upstream {
     /// A client with the route's timeouts.
-    pub fn new(route: &Route) -> Self {
+    pub(crate) fn new(route: &Route) -> Self {
         let mut conn = HttpConnector::new();
         conn.set_connect_timeout(Some(route.connect_timeout));
         conn.set_nodelay(true);
@@ -56,52 +55,49 @@ impl Upstream {
 
 /// What the proxy needs to know about the incoming request's connection.
 #[derive(Debug, Clone)]
-pub struct Forwarding<'a> {
+pub(crate) struct Forwarding<'a> {
     /// The caller.
-    pub who: &'a PeerIdentity,
+    pub(crate) who: &'a PeerIdentity,
     /// The normalized path the route matched.
-    pub path: &'a str,
+    pub(crate) path: &'a str,
     /// `https` or `http`, as the client sees it.
-    pub scheme: &'static str,
+    pub(crate) scheme: &'static str,
     /// The signed-in user, when the request carries a live session.
-    pub login: Option<&'a LoginHeaders>,
+    pub(crate) login: Option<&'a LoginHeaders>,
     /// The session cookie's name, removed from the `Cookie` header so the
     /// upstream never sees the token.
-    pub session_cookie: Option<&'a str>,
+    pub(crate) session_cookie: Option<&'a str>,
     /// When set, an upgraded connection (websocket) is closed when the
     /// session ends.
-    pub session_end: Option<SessionEnd>,
+    pub(crate) session_end: Option<SessionEnd>,
     /// How long the request body may pause between chunks.
-    pub body_idle_timeout: Duration,
+    pub(crate) body_idle_timeout: Duration,
 }
 
 /// Identity of the signed-in user, passed upstream in headers.
 #[derive(Debug, Clone, Default)]
-pub struct LoginHeaders {
-    /// Email.
-    pub email: Option<String>,
+pub(crate) struct LoginHeaders {
+    pub(crate) email: Option<String>,
     /// Subject at the provider.
-    pub user: String,
+    pub(crate) user: String,
     /// Display name.
-    pub name: Option<String>,
-    /// Groups.
-    pub groups: Vec<String>,
-    /// Roles.
-    pub roles: Vec<String>,
+    pub(crate) name: Option<String>,
+    pub(crate) groups: Vec<String>,
+    pub(crate) roles: Vec<String>,
 }
 
 /// When a session ends: revocation signal and expiry.
 #[derive(Debug, Clone)]
-pub struct SessionEnd {
+pub(crate) struct SessionEnd {
     /// Turns `true` (or closes) when the session is revoked.
-    pub revoked: tokio::sync::watch::Receiver<bool>,
+    pub(crate) revoked: tokio::sync::watch::Receiver<bool>,
     /// Expiry (unix seconds).
-    pub expires: i64,
+    pub(crate) expires: i64,
 }
 
 impl SessionEnd {
     /// Resolves when the session is revoked or expires.
-    pub async fn ended(mut self) {
+    pub(crate) async fn ended(mut self) {
         let left = (self.expires - crate::session::now()).max(0) as u64;
         let expiry = tokio::time::sleep(Duration::from_secs(left));
         let revoked = async {

@@ -18,7 +18,7 @@ use tokio::time::Sleep;
 /// Why an upload was cut.
 #[derive(Debug, thiserror::Error)]
 #[error("the request body stalled: no data for {0:?}")]
-pub struct Stalled(pub Duration);
+pub(crate) struct Stalled(pub Duration);
 
 /// What the proxy learns about an upload while it is sent.
 #[derive(Debug, Default)]

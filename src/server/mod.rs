@@ -96,12 +96,12 @@ impl Default for Options {
 #[derive(Debug, Clone)]
 pub struct RunningNode {
     /// Host name.
-    pub hostname: String,
+    pub(crate) hostname: String,
     /// MagicDNS name (without trailing dot).
     pub fqdn: String,
     /// `https://<fqdn>[:port]`.
-    pub origin: String,
-    /// The node.
+    pub(crate) origin: String,
+    /// The tailnet node serving this host name (dial from it, ask it WhoIs).
     pub node: Node,
     /// Its certificate resolver.
     pub certs: tls::Resolver,
@@ -125,7 +125,7 @@ pub struct Gateway {
 }
 
 /// How long a graceful shutdown waits for requests in flight.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every connection holds: the current [`Snapshot`] (swapped whole on
 /// reload; a request uses the snapshot it started with), the metrics, the
@@ -235,18 +235,13 @@ impl Gateway {
         &self.live.metrics
     }
 
-    /// The health of every listener, as `/healthz` reports it.
-    pub fn health(&self) -> &Arc<Health> {
-        &self.live.health
-    }
-
     /// Applies a new configuration without dropping connections: routes,
     /// policies, providers, rules and portal settings change for new
     /// requests; open connections (websockets included) stay. Sessions
     /// survive (the store is kept when `portal.state_dir` is unchanged).
     /// Node and listener settings need a restart; they are reported in the
     /// returned notes and left as they are.
-    pub fn reload(&mut self, config: Config) -> Result<Vec<String>, String> {
+    pub(crate) fn reload(&mut self, config: Config) -> Result<Vec<String>, String> {
         let mut notes = Vec::new();
         let spec = |c: &Config| {
             format!(
@@ -283,7 +278,7 @@ impl Gateway {
     }
 
     /// Graceful shutdown: stops accepting, lets requests in flight finish
-    /// (at most [`DRAIN_TIMEOUT`]), then closes the nodes.
+    /// (at most `DRAIN_TIMEOUT`, 10 s), then closes the nodes.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         let deadline = Instant::now() + DRAIN_TIMEOUT;

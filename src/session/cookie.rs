@@ -25,16 +25,6 @@ pub struct SessionCookie {
     pub exp: i64,
 }
 
-impl SessionCookie {
-    /// The binding the cookie carries.
-    pub fn binding(&self) -> Binding {
-        Binding {
-            node: self.node.clone(),
-            user: self.usr.clone(),
-        }
-    }
-}
-
 /// Why a cookie was not accepted. Shown in logs, never with the token.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]

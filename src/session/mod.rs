@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use cookie::{CookieError, Keys, SessionCookie};
-pub use store::{Record, Store, StoreError};
+pub use cookie::{Keys, SessionCookie};
+pub use store::{Record, Store};
 
 use crate::identity::PeerIdentity;
 
@@ -52,27 +52,27 @@ impl Binding {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Session {
     /// Session id.
-    pub sid: String,
+    pub(crate) sid: String,
     /// Provider name.
-    pub provider: String,
+    pub(crate) provider: String,
     /// Subject at the provider.
-    pub sub: String,
+    pub(crate) sub: String,
     /// Email claim, lowercased.
-    pub email: Option<String>,
+    pub(crate) email: Option<String>,
     /// Display name claim.
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
     /// Every claim of the ID token and userinfo, merged.
-    pub claims: BTreeMap<String, serde_json::Value>,
+    pub(crate) claims: BTreeMap<String, serde_json::Value>,
     /// When the user last authenticated at the provider (unix seconds).
     /// `None`: the provider did not prove it (no `auth_time`).
-    pub auth_time: Option<i64>,
+    pub(crate) auth_time: Option<i64>,
     /// When the session ends (unix seconds).
-    pub expires: i64,
+    pub(crate) expires: i64,
 }
 
 impl Session {
     /// The groups claim as strings (absent or malformed: empty).
-    pub fn groups(&self) -> Vec<&str> {
+    pub(crate) fn groups(&self) -> Vec<&str> {
         match self.claims.get("groups") {
             Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_str()).collect(),
             Some(serde_json::Value::String(s)) => vec![s.as_str()],
@@ -90,7 +90,7 @@ pub fn now() -> i64 {
 }
 
 /// A random URL-safe token with 256 bits of entropy.
-pub fn random_token() -> String {
+pub(crate) fn random_token() -> String {
     use base64::Engine;
     let mut b = [0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)

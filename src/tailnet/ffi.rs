@@ -21,6 +21,7 @@ use super::Error;
     non_snake_case,
     non_upper_case_globals,
     dead_code,
+    unreachable_pub,
     clippy::all
 )]
 mod sys {

@@ -78,7 +78,7 @@ impl Listener {
     }
 
     /// The node this listener belongs to.
-    pub fn node(&self) -> &Node {
+    pub(crate) fn node(&self) -> &Node {
         &self.node
     }
 
@@ -86,11 +86,6 @@ impl Listener {
     /// call again to renew. Funnel handshakes fail until one is set.
     pub fn set_cert(&self, cert_pem: &str, key_pem: &str) -> Result<()> {
         ffi::listener_set_cert(self.handle, cert_pem, key_pem)
-    }
-
-    /// The address listened on (`:443`).
-    pub fn addr(&self) -> &str {
-        &self.addr
     }
 
     /// Waits for the next connection. Returns the stream and the peer's

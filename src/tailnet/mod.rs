@@ -16,7 +16,7 @@ mod channel;
 mod error;
 mod ffi;
 mod listener;
-pub mod names;
+pub(crate) mod names;
 mod node;
 mod status;
 mod stream;

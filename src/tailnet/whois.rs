@@ -47,7 +47,7 @@ pub struct UserProfile {
     pub profile_pic_url: Option<String>,
 }
 
-/// The peer node.
+/// The node at the other end: its stable ID, MagicDNS name and tags.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerNode {
     /// Stable node ID.
@@ -68,7 +68,7 @@ pub struct PeerNode {
 pub struct WhoIs {
     /// The owning user.
     pub user: UserProfile,
-    /// The node.
+    /// The peer's node (for a tagged node, the only identity there is).
     pub node: PeerNode,
     /// App capabilities granted to the peer towards this node.
     pub caps: CapMap,
@@ -84,7 +84,7 @@ pub enum Principal<'a> {
     },
     /// A tagged node: it acts for its tags, not for whoever created it.
     Tagged {
-        /// Its tags.
+        /// The node's ACL tags (`tag:…`).
         tags: &'a [String],
     },
 }
