@@ -23,7 +23,7 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-// The one unsafe outside src/tailnet/ffi.rs: a global allocator must be
+// The one unsafe outside crates/tailnet/src/ffi.rs: a global allocator must be
 // an `unsafe impl`; it only forwards to the system allocator.
 #[allow(unsafe_code)]
 mod counting {

@@ -19,7 +19,7 @@ rustPlatform.buildRustPackage {
     fileset = lib.fileset.unions [
       ../Cargo.toml
       ../Cargo.lock
-      ../build.rs
+      ../crates # workspace members: crates/tailnet (the FFI and its build.rs)
       ../src
       ../benches # Cargo.toml declares [[bench]] targets
       ../tests
@@ -37,7 +37,7 @@ rustPlatform.buildRustPackage {
     removeReferencesTo
   ];
 
-  # build.rs links this archive instead of running `go build`.
+  # crates/tailnet/build.rs links this archive instead of running `go build`.
   env.TAILPASS_TSSHIM_LIB_DIR = "${tsshim}/lib";
 
   # The tests need a test tailnet (vendor/tsshim/cmd/testnet), Node and

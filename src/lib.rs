@@ -42,6 +42,9 @@
 // Items are `pub(crate)` unless the binary, tests, examples or benches
 // need them; `pub` inside a private module is written `pub(crate)`.
 #![warn(unreachable_pub)]
+// The only unsafe code (the FFI to the Go shim) lives in the
+// `tailpass-tailnet` crate (crates/tailnet); this crate cannot have any.
+#![forbid(unsafe_code)]
 
 pub(crate) mod admin;
 pub mod cli;
@@ -59,5 +62,5 @@ pub(crate) mod proxy;
 pub(crate) mod public;
 pub mod server;
 pub mod session;
-pub mod tailnet;
+pub use tailpass_tailnet as tailnet;
 pub mod tls;

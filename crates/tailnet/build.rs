@@ -12,8 +12,10 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const SHIM_DIR: &str = "vendor/tsshim";
-const HEADER: &str = "vendor/tsshim/capi/tsshim.h";
+// Paths are relative to this crate (crates/tailnet), where cargo runs the
+// build script; the Go module lives at the repository root.
+const SHIM_DIR: &str = "../../vendor/tsshim";
+const HEADER: &str = "../../vendor/tsshim/capi/tsshim.h";
 
 fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));

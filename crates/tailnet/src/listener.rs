@@ -78,7 +78,7 @@ impl Listener {
     }
 
     /// The node this listener belongs to.
-    pub(crate) fn node(&self) -> &Node {
+    pub fn node(&self) -> &Node {
         &self.node
     }
 

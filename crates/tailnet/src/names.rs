@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 /// Whether `ip` is in Tailscale's ranges: 100.64.0.0/10 (IPv4, CGNAT) or
 /// fd7a:115c:a1e0::/48 (IPv6).
-pub(crate) fn is_tailnet_ip(ip: IpAddr) -> bool {
+pub fn is_tailnet_ip(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
             let o = v4.octets();
@@ -20,7 +20,7 @@ pub(crate) fn is_tailnet_ip(ip: IpAddr) -> bool {
 /// `host` (an authority host: IPv6 may be in brackets) as a tailnet IP, if
 /// it is an IP at all: `Some(true)` for a tailnet address, `Some(false)`
 /// for any other address, `None` for a name.
-pub(crate) fn host_ip_is_tailnet(host: &str) -> Option<bool> {
+pub fn host_ip_is_tailnet(host: &str) -> Option<bool> {
     host.trim_start_matches('[')
         .trim_end_matches(']')
         .parse::<IpAddr>()
@@ -31,7 +31,7 @@ pub(crate) fn host_ip_is_tailnet(host: &str) -> Option<bool> {
 /// Whether the name `host` lies strictly below `domain` (`gw.tail1.ts.net`
 /// below `tail1.ts.net` or `ts.net`; never `domain` itself or
 /// `eviltail1.ts.net`). Case and trailing dots do not matter.
-pub(crate) fn is_below(host: &str, domain: &str) -> bool {
+pub fn is_below(host: &str, domain: &str) -> bool {
     let name = host.trim_end_matches('.').to_ascii_lowercase();
     let domain = domain.trim_matches('.').to_ascii_lowercase();
     !domain.is_empty()

@@ -16,7 +16,7 @@ mod channel;
 mod error;
 mod ffi;
 mod listener;
-pub(crate) mod names;
+pub mod names;
 mod node;
 mod status;
 mod stream;
