@@ -19,6 +19,7 @@ rustPlatform.buildRustPackage {
     fileset = lib.fileset.unions [
       ../Cargo.toml
       ../Cargo.lock
+      ../build.rs # stamps the commit (TAILPASS_COMMIT, else `unknown` without .git)
       ../crates # workspace members: crates/tailnet (the FFI and its build.rs)
       ../src
       ../benches # Cargo.toml declares [[bench]] targets

@@ -3,14 +3,37 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
-use crate::config::{Access, CertSource, Config};
+use crate::config::{Access, CertSource, Config, ConfigError};
 use crate::server::{Gateway, Options};
+
+/// The version `--version` prints and `tailpass_build_info` carries: the
+/// crate's version and the commit it was built from (build.rs).
+pub(crate) const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("TAILPASS_COMMIT"),
+    ")"
+);
+
+/// The commit the binary was built from (`unknown` without git).
+pub(crate) const COMMIT: &str = env!("TAILPASS_COMMIT");
+
+const EXIT_STATUS_HELP: &str = "\
+Exit status:
+  0   success (run: stopped by SIGTERM or Ctrl-C after draining)
+  1   start-up failed (joining the tailnet, binding a port, a certificate)
+  2   bad command line
+  64  invalid configuration, or an invalid TAILPASS_LOG filter
+
+Environment:
+  TAILPASS_LOG  log filter (tracing EnvFilter syntax), default `info`
+  NO_COLOR      no colour in text logs (colour is only used on a terminal)";
 
 /// Passkey single sign-on for private services on a Tailscale network.
 #[derive(Parser, Debug)]
-#[command(name = "tailpass", version, about)]
+#[command(name = "tailpass", version = VERSION, about, after_help = EXIT_STATUS_HELP)]
 pub(crate) struct Cli {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -44,77 +67,152 @@ pub(crate) enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Print a shell completion script (e.g. `tailpass completions bash >
+    /// /etc/bash_completion.d/tailpass`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `tailpass man | man -l -`.
+    Man,
 }
 
 /// Exit code for an invalid config (EX_USAGE would be 64; EX_CONFIG is 78,
 /// but 64 is what most tooling expects from "bad invocation or config").
 pub(crate) const EXIT_CONFIG: u8 = 64;
 
-fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TAILPASS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// The log filter from `TAILPASS_LOG` (default `info`); an invalid filter
+/// is an error naming the variable, never silently replaced.
+fn log_filter(value: Option<String>) -> Result<tracing_subscriber::EnvFilter, String> {
+    match value {
+        None => Ok(tracing_subscriber::EnvFilter::new("info")),
+        Some(v) => tracing_subscriber::EnvFilter::builder()
+            .parse(&v)
+            .map_err(|e| format!("TAILPASS_LOG: invalid log filter {v:?}: {e}")),
+    }
+}
+
+/// Colour only for text logs on a terminal, and never under `NO_COLOR`
+/// (journald and log files get plain text).
+fn use_colour(format: LogFormat, terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    format == LogFormat::Text && terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+fn init_logs(format: LogFormat) -> Result<(), String> {
+    use std::io::IsTerminal;
+    let filter = log_filter(std::env::var("TAILPASS_LOG").ok())?;
+    let ansi = use_colour(
+        format,
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR"),
+    );
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => b.init(),
         LogFormat::Json => b.json().init(),
     }
+    Ok(())
+}
+
+/// Says why a config is invalid: the readable list on stderr, or with
+/// `--log-format json` one JSON log event per problem.
+fn config_invalid(e: &ConfigError, format: LogFormat) -> ExitCode {
+    match format {
+        LogFormat::Text => eprint!("{e}"),
+        LogFormat::Json => {
+            let file = e.file.as_ref().map(|f| f.display().to_string());
+            for p in &e.problems {
+                tracing::error!(file = file.as_deref().unwrap_or("-"), problem = %p, "invalid configuration");
+            }
+        }
+    }
+    ExitCode::from(EXIT_CONFIG)
 }
 
 /// Runs the CLI; returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs(cli.log_format);
+    if let Err(e) = init_logs(cli.log_format) {
+        eprintln!("tailpass: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let format = cli.log_format;
     match cli.command {
         Command::Check { config } => match Config::load(&config) {
-            Ok(c) => {
-                print!("{}", describe(&c));
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprint!("{e}");
-                ExitCode::from(EXIT_CONFIG)
-            }
+            Ok(c) => to_stdout(describe(&c).as_bytes()),
+            Err(e) => config_invalid(&e, format),
         },
-        Command::Run { config } => {
-            let c = match Config::load(&config) {
-                Ok(c) => c,
+        Command::Run { config } => match Config::load(&config) {
+            Ok(c) => start(c, config),
+            Err(e) => config_invalid(&e, format),
+        },
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "tailpass", &mut out);
+            to_stdout(&out)
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            match clap_mangen::Man::new(Cli::command()).render(&mut out) {
+                Ok(()) => to_stdout(&out),
                 Err(e) => {
-                    eprint!("{e}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
-            };
-            // Like Go programs: the soft descriptor limit goes up to the
-            // hard one, so thousands of connections fit.
-            match crate::listen::raise_limit() {
-                Ok(l) if l.soft < 4096 => {
-                    tracing::warn!(
-                        soft = l.soft,
-                        hard = l.hard,
-                        "the file descriptor limit is low; raise LimitNOFILE (systemd) or ulimit -n"
-                    )
-                }
-                Ok(l) => tracing::info!(
-                    soft = l.soft,
-                    hard = l.hard,
-                    before = l.before,
-                    "file descriptor limit"
-                ),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read or raise the file descriptor limit")
+                    eprintln!("tailpass: rendering the manual page: {e}");
+                    ExitCode::FAILURE
                 }
             }
-            let rt = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("tailpass: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            rt.block_on(run(c, config))
         }
     }
+}
+
+/// Writes a command's output; a closed pipe (`tailpass check | head`) is
+/// not an error, any other write failure is reported, never a panic.
+fn to_stdout(out: &[u8]) -> ExitCode {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(out).and_then(|()| stdout.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tailpass: writing to standard output: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `run` with a valid config: raise the descriptor limit, start the runtime
+/// and serve until a signal.
+fn start(c: Config, path: PathBuf) -> ExitCode {
+    // Like Go programs: the soft descriptor limit goes up to the hard one,
+    // so thousands of connections fit.
+    match crate::listen::raise_limit() {
+        Ok(l) if l.soft < 4096 => {
+            tracing::warn!(
+                soft = l.soft,
+                hard = l.hard,
+                "the file descriptor limit is low; raise LimitNOFILE (systemd) or ulimit -n"
+            )
+        }
+        Ok(l) => tracing::info!(
+            soft = l.soft,
+            hard = l.hard,
+            before = l.before,
+            "file descriptor limit"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the file descriptor limit")
+        }
+    }
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tailpass: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(run(c, path))
 }
 
 async fn run(config: Config, path: PathBuf) -> ExitCode {
@@ -363,5 +461,31 @@ fn describe_warnings(o: &mut String, c: &Config) {
         for w in warnings {
             let _ = writeln!(o, "warning: {w}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_for_text_on_a_terminal_without_no_color() {
+        assert!(use_colour(LogFormat::Text, true, None));
+        assert!(!use_colour(LogFormat::Text, false, None), "journald, files");
+        assert!(!use_colour(LogFormat::Json, true, None));
+        assert!(!use_colour(LogFormat::Text, true, Some("1".into())));
+        // no-color.org: an empty NO_COLOR does not count.
+        assert!(use_colour(LogFormat::Text, true, Some("".into())));
+    }
+
+    #[test]
+    fn log_filter_defaults_to_info_and_refuses_nonsense() {
+        assert_eq!(log_filter(None).unwrap().to_string(), "info");
+        assert!(log_filter(Some("warn,tailpass::access=info".into())).is_ok());
+        let e = log_filter(Some("tailpass=loud".into())).unwrap_err();
+        assert!(
+            e.starts_with("TAILPASS_LOG: ") && e.contains("tailpass=loud"),
+            "{e}"
+        );
     }
 }

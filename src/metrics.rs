@@ -14,7 +14,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -51,6 +51,12 @@ struct NodeLabels {
     node: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+    commit: String,
+}
+
 /// Every metric tailpass keeps.
 pub struct Metrics {
     registry: Registry,
@@ -67,6 +73,7 @@ pub struct Metrics {
     listener_up: Family<ListenerLabels, Gauge>,
     open_fds: Gauge,
     fd_limit: Gauge,
+    build_info: Family<BuildLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -81,98 +88,98 @@ impl Default for Metrics {
     }
 }
 
+/// Registers `metric` under `name` and returns it (metrics are handles:
+/// the registry and the struct share one value).
+fn register<M: Metric + Clone>(r: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    r.register(name, help, metric.clone());
+    metric
+}
+
+/// Registers a fresh metric of a type with a default (counters, gauges,
+/// families).
+fn add<M: Metric + Clone + Default>(r: &mut Registry, name: &str, help: &str) -> M {
+    register(r, name, help, M::default())
+}
+
 impl Metrics {
     /// A fresh set of metrics in its own registry.
     pub(crate) fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("tailpass");
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "requests",
-            "Requests by route, decision and HTTP status",
-            requests.clone(),
-        );
-        let logins = Family::<LoginLabels, Counter>::default();
-        registry.register(
-            "logins",
-            "Sign-in outcomes by provider (ok, rejected, no_role, stale, provider_error, …)",
-            logins.clone(),
-        );
-        let upstream_errors = Family::<UpstreamLabels, Counter>::default();
-        registry.register(
-            "upstream_errors",
-            "Upstream failures by route and kind (connect, timeout)",
-            upstream_errors.clone(),
-        );
-        let whois = Histogram::new([
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-        ]);
-        registry.register(
-            "whois_duration_seconds",
-            "Time to identify a tailnet connection with WhoIs",
-            whois.clone(),
-        );
-        let cert_expiry = Family::<NodeLabels, Gauge<f64, AtomicU64>>::default();
-        registry.register(
-            "certificate_expiry_timestamp_seconds",
-            "When each node's current TLS certificate expires (Unix time)",
-            cert_expiry.clone(),
-        );
-        let sessions = Gauge::default();
-        registry.register("sessions", "Live login sessions", sessions.clone());
-        let reloads = Family::<LoginLabels, Counter>::default();
-        registry.register(
-            "config_reloads",
-            "Configuration reloads by outcome (the provider label is unused: \"-\")",
-            reloads.clone(),
-        );
-        let open_connections = Family::<ListenerLabels, Gauge>::default();
-        registry.register(
-            "open_connections",
-            "Client connections open, by listener",
-            open_connections.clone(),
-        );
-        let refused = Family::<RefusedLabels, Counter>::default();
-        registry.register(
-            "connections_refused",
-            "Connections closed at accept, by listener and reason (listener_full, source_full, fd_reserve)",
-            refused.clone(),
-        );
-        let accept_errors = Family::<ListenerLabels, Counter>::default();
-        registry.register(
-            "accept_errors",
-            "Accept errors (resource shortage, failed hand-off), by listener; each is retried",
-            accept_errors.clone(),
-        );
-        let listener_up = Family::<ListenerLabels, Gauge>::default();
-        registry.register(
-            "listener_up",
-            "1 while a listener is open, 0 while it is being opened again",
-            listener_up.clone(),
-        );
-        let open_fds = Gauge::default();
-        registry.register("open_fds", "Open file descriptors", open_fds.clone());
-        let fd_limit = Gauge::default();
-        registry.register(
-            "fd_limit",
-            "Soft limit on open file descriptors (RLIMIT_NOFILE)",
-            fd_limit.clone(),
-        );
-        Metrics {
-            open_connections,
-            refused,
-            accept_errors,
-            listener_up,
-            open_fds,
-            fd_limit,
-            registry,
-            requests,
-            logins,
-            upstream_errors,
-            whois,
-            cert_expiry,
-            sessions,
-            reloads,
-        }
+        let mut r = Registry::with_prefix("tailpass");
+        let m = Metrics {
+            requests: add(
+                &mut r,
+                "requests",
+                "Requests by route, decision and HTTP status",
+            ),
+            logins: add(
+                &mut r,
+                "logins",
+                "Sign-in outcomes by provider (ok, rejected, no_role, stale, provider_error, …)",
+            ),
+            upstream_errors: add(
+                &mut r,
+                "upstream_errors",
+                "Upstream failures by route and kind (connect, timeout)",
+            ),
+            whois: register(
+                &mut r,
+                "whois_duration_seconds",
+                "Time to identify a tailnet connection with WhoIs",
+                Histogram::new([
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+                ]),
+            ),
+            cert_expiry: add(
+                &mut r,
+                "certificate_expiry_timestamp_seconds",
+                "When each node's current TLS certificate expires (Unix time)",
+            ),
+            sessions: add(&mut r, "sessions", "Live login sessions"),
+            reloads: add(
+                &mut r,
+                "config_reloads",
+                "Configuration reloads by outcome (the provider label is unused: \"-\")",
+            ),
+            open_connections: add(
+                &mut r,
+                "open_connections",
+                "Client connections open, by listener",
+            ),
+            refused: add(
+                &mut r,
+                "connections_refused",
+                "Connections closed at accept, by listener and reason (listener_full, source_full, fd_reserve)",
+            ),
+            accept_errors: add(
+                &mut r,
+                "accept_errors",
+                "Accept errors (resource shortage, failed hand-off), by listener; each is retried",
+            ),
+            listener_up: add(
+                &mut r,
+                "listener_up",
+                "1 while a listener is open, 0 while it is being opened again",
+            ),
+            open_fds: add(&mut r, "open_fds", "Open file descriptors"),
+            fd_limit: add(
+                &mut r,
+                "fd_limit",
+                "Soft limit on open file descriptors (RLIMIT_NOFILE)",
+            ),
+            build_info: add(
+                &mut r,
+                "build_info",
+                "Always 1; the labels say which tailpass is running",
+            ),
+            registry: r,
+        };
+        m.build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").into(),
+                commit: crate::cli::COMMIT.into(),
+            })
+            .set(1);
+        m
     }
 
     /// Counts one finished request.

@@ -342,10 +342,7 @@ pub(crate) async fn run<A, F>(
     A: Acceptor,
     F: FnMut(A::Io, SocketAddr, Ticket) + Send,
 {
-    let name = door.name().to_string();
-    let mut errors = Burst::default();
-    let mut refusals = [Burst::default(), Burst::default(), Burst::default()];
-    let mut backoff = FIRST_BACKOFF;
+    let mut bursts = Bursts::new(door.name());
     loop {
         if *stop.borrow() {
             break;
@@ -356,86 +353,141 @@ pub(crate) async fn run<A, F>(
         };
         match r {
             Ok((io, peer)) => {
-                if let Some((n, took)) = errors.end() {
-                    tracing::warn!(listener = %name, errors = n, seconds = took.as_secs_f64(), "accepting again after accept errors");
-                }
-                backoff = FIRST_BACKOFF;
-                door.health.set(State::Serving);
+                bursts.accepted(&door);
                 match door.gate.admit(peer) {
                     Ok(ticket) => {
-                        for r in &mut refusals {
-                            if let Some((n, _)) = r.end() {
-                                tracing::info!(listener = %name, refused = n, "admitting connections again");
-                            }
-                        }
+                        bursts.admitted();
                         serve(io, peer, ticket)
                     }
                     Err(why) => {
                         drop(io);
-                        door.metrics.refused(&name, why.label());
-                        let b = &mut refusals[match why {
-                            Refusal::ListenerFull => 0,
-                            Refusal::SourceFull => 1,
-                            Refusal::FdReserve => 2,
-                        }];
-                        if let Some(left_out) = b.hit() {
-                            tracing::warn!(listener = %name, %peer, reason = why.label(), open = door.gate.open(), not_logged = left_out, "refused a connection");
-                        }
+                        bursts.refused(&door, peer, why);
                     }
                 }
             }
             Err(AcceptError::Retry(e)) => {
-                door.metrics.accept_error(&name);
-                if let Some(left_out) = errors.hit() {
-                    tracing::warn!(listener = %name, error = %e, not_logged = left_out, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
-                }
-                door.health.set(State::Retrying {
-                    last: Instant::now(),
-                    errors: errors.count,
-                    error: e,
-                });
+                let backoff = bursts.accept_failed(&door, e);
                 if !pause(backoff, &mut stop).await {
                     break;
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             Err(AcceptError::Closed(e)) => {
-                if *stop.borrow() {
+                if *stop.borrow() || !reopen(&mut acceptor, &door, &mut bursts, e, &mut stop).await
+                {
                     break;
                 }
-                tracing::warn!(listener = %name, error = %e, "listener closed; opening it again");
-                door.health.set(State::Down {
-                    since: Instant::now(),
-                    reason: e,
-                });
-                door.metrics.listener_up(&name, false);
-                let mut wait = FIRST_BACKOFF;
-                loop {
-                    if !pause(wait, &mut stop).await {
-                        door.health.set(State::Stopped);
-                        return;
-                    }
-                    match acceptor.reopen().await {
-                        Ok(()) => break,
-                        Err(e) => {
-                            door.metrics.accept_error(&name);
-                            if let Some(left_out) = errors.hit() {
-                                tracing::warn!(listener = %name, error = %e, not_logged = left_out, "opening the listener again failed");
-                            }
-                            if let State::Down { since, .. } = door.health.get() {
-                                door.health.set(State::Down { since, reason: e });
-                            }
-                        }
-                    }
-                    wait = (wait * 2).min(MAX_BACKOFF);
-                }
-                tracing::info!(listener = %name, "listening again");
-                door.health.set(State::Serving);
-                door.metrics.listener_up(&name, true);
             }
         }
     }
     door.health.set(State::Stopped);
+}
+
+/// What an accept loop remembers between accepts: bursts of errors and of
+/// refusals (each logged once per burst, not per connection) and the
+/// current back-off.
+struct Bursts {
+    name: String,
+    errors: Burst,
+    refusals: [Burst; 3],
+    backoff: Duration,
+}
+
+impl Bursts {
+    fn new(name: &str) -> Bursts {
+        Bursts {
+            name: name.to_string(),
+            errors: Burst::default(),
+            refusals: [Burst::default(), Burst::default(), Burst::default()],
+            backoff: FIRST_BACKOFF,
+        }
+    }
+
+    /// A connection came in: any burst of accept errors is over.
+    fn accepted(&mut self, door: &Door) {
+        if let Some((n, took)) = self.errors.end() {
+            tracing::warn!(listener = %self.name, errors = n, seconds = took.as_secs_f64(), "accepting again after accept errors");
+        }
+        self.backoff = FIRST_BACKOFF;
+        door.health.set(State::Serving);
+    }
+
+    /// A connection was admitted: any burst of refusals is over.
+    fn admitted(&mut self) {
+        for r in &mut self.refusals {
+            if let Some((n, _)) = r.end() {
+                tracing::info!(listener = %self.name, refused = n, "admitting connections again");
+            }
+        }
+    }
+
+    fn refused(&mut self, door: &Door, peer: SocketAddr, why: Refusal) {
+        door.metrics.refused(&self.name, why.label());
+        let b = &mut self.refusals[match why {
+            Refusal::ListenerFull => 0,
+            Refusal::SourceFull => 1,
+            Refusal::FdReserve => 2,
+        }];
+        if let Some(left_out) = b.hit() {
+            tracing::warn!(listener = %self.name, %peer, reason = why.label(), open = door.gate.open(), not_logged = left_out, "refused a connection");
+        }
+    }
+
+    /// An accept failed but the listener lives: how long to back off.
+    fn accept_failed(&mut self, door: &Door, e: String) -> Duration {
+        door.metrics.accept_error(&self.name);
+        let backoff = self.backoff;
+        if let Some(left_out) = self.errors.hit() {
+            tracing::warn!(listener = %self.name, error = %e, not_logged = left_out, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
+        }
+        door.health.set(State::Retrying {
+            last: Instant::now(),
+            errors: self.errors.count,
+            error: e,
+        });
+        self.backoff = (backoff * 2).min(MAX_BACKOFF);
+        backoff
+    }
+}
+
+/// The listener closed: opens it again, backing off, until it works
+/// (true) or shutdown comes (false).
+async fn reopen<A: Acceptor>(
+    acceptor: &mut A,
+    door: &Door,
+    bursts: &mut Bursts,
+    reason: String,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    let name = &bursts.name;
+    tracing::warn!(listener = %name, error = %reason, "listener closed; opening it again");
+    door.health.set(State::Down {
+        since: Instant::now(),
+        reason,
+    });
+    door.metrics.listener_up(name, false);
+    let mut wait = FIRST_BACKOFF;
+    loop {
+        if !pause(wait, stop).await {
+            return false;
+        }
+        match acceptor.reopen().await {
+            Ok(()) => break,
+            Err(e) => {
+                door.metrics.accept_error(name);
+                if let Some(left_out) = bursts.errors.hit() {
+                    tracing::warn!(listener = %name, error = %e, not_logged = left_out, "opening the listener again failed");
+                }
+                if let State::Down { since, .. } = door.health.get() {
+                    door.health.set(State::Down { since, reason: e });
+                }
+            }
+        }
+        wait = (wait * 2).min(MAX_BACKOFF);
+    }
+    tracing::info!(listener = %name, "listening again");
+    door.health.set(State::Serving);
+    door.metrics.listener_up(name, true);
+    true
 }
 
 #[cfg(test)]

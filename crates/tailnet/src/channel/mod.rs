@@ -357,29 +357,7 @@ impl Shared {
                 listener,
                 addrs,
             } => self.on_open(stream, listener, addrs)?,
-            Frame::DialOk { stream, peer } => {
-                let mut st = lock(&self.state);
-                let Some(tx) = st.dials.remove(&stream) else {
-                    drop(st);
-                    self.send(frame::RST, stream, &[]);
-                    return Ok(());
-                };
-                if st.streams.contains_key(&stream) {
-                    return Err(format!("DIAL_OK for stream {stream}, already open"));
-                }
-                let Some(peer) = peer else {
-                    drop(st);
-                    self.send(frame::RST, stream, &[]);
-                    let _ = tx.send(Err(Error::Protocol(
-                        "dial: the shim sent a bad remote address".into(),
-                    )));
-                    return Ok(());
-                };
-                let cs = self.new_stream(&mut st, stream);
-                drop(st);
-                // A dialer that gave up drops the stream here: reset.
-                let _ = tx.send(Ok((cs, peer)));
-            }
+            Frame::DialOk { stream, peer } => self.on_dial_ok(stream, peer)?,
             Frame::DialErr { stream, message } => {
                 let tx = lock(&self.state).dials.remove(&stream);
                 if let Some(tx) = tx {
@@ -389,28 +367,7 @@ impl Shared {
                     }));
                 }
             }
-            Frame::Data { stream, data } => {
-                let Some(s) = self.stream(stream) else {
-                    return Ok(()); // reset by us while in flight
-                };
-                let mut st = lock(&s.st);
-                if st.reset.is_some() {
-                    return Ok(());
-                }
-                if st.dropped {
-                    drop(st);
-                    self.reset_stream(&s, "data for a closed stream");
-                    return Ok(());
-                }
-                if st.recv_fin || st.recv_len + data.len() > INITIAL_WINDOW as usize {
-                    drop(st);
-                    self.reset_stream(&s, "the shim sent more than the stream's window");
-                    return Ok(());
-                }
-                st.recv_len += data.len();
-                st.recv.push_back(data);
-                wake(&mut st.read_waker);
-            }
+            Frame::Data { stream, data } => self.on_data(stream, data),
             Frame::Window { stream, credit } => {
                 if let Some(s) = self.stream(stream) {
                     let mut st = lock(&s.st);
@@ -418,18 +375,7 @@ impl Shared {
                     wake(&mut st.write_waker);
                 }
             }
-            Frame::Fin { stream } => {
-                if let Some(s) = self.stream(stream) {
-                    let mut st = lock(&s.st);
-                    st.recv_fin = true;
-                    wake(&mut st.read_waker);
-                    let done = st.sent_fin || st.dropped;
-                    drop(st);
-                    if done {
-                        self.forget(stream);
-                    }
-                }
-            }
+            Frame::Fin { stream } => self.on_fin(stream),
             Frame::Rst { stream } => {
                 let s = lock(&self.state).streams.remove(&stream);
                 if let Some(s) = s {
@@ -455,6 +401,70 @@ impl Shared {
             }
         }
         Ok(())
+    }
+
+    /// A dial of ours succeeded: the stream opens and the dialer gets it.
+    fn on_dial_ok(self: &Arc<Self>, stream: u32, peer: Option<SocketAddr>) -> Result<(), String> {
+        let mut st = lock(&self.state);
+        let Some(tx) = st.dials.remove(&stream) else {
+            drop(st);
+            self.send(frame::RST, stream, &[]);
+            return Ok(());
+        };
+        if st.streams.contains_key(&stream) {
+            return Err(format!("DIAL_OK for stream {stream}, already open"));
+        }
+        let Some(peer) = peer else {
+            drop(st);
+            self.send(frame::RST, stream, &[]);
+            let _ = tx.send(Err(Error::Protocol(
+                "dial: the shim sent a bad remote address".into(),
+            )));
+            return Ok(());
+        };
+        let cs = self.new_stream(&mut st, stream);
+        drop(st);
+        // A dialer that gave up drops the stream here: reset.
+        let _ = tx.send(Ok((cs, peer)));
+        Ok(())
+    }
+
+    /// Data for a stream, within its window; anything else resets it.
+    fn on_data(&self, stream: u32, data: Bytes) {
+        let Some(s) = self.stream(stream) else {
+            return; // reset by us while in flight
+        };
+        let mut st = lock(&s.st);
+        if st.reset.is_some() {
+            return;
+        }
+        if st.dropped {
+            drop(st);
+            self.reset_stream(&s, "data for a closed stream");
+            return;
+        }
+        if st.recv_fin || st.recv_len + data.len() > INITIAL_WINDOW as usize {
+            drop(st);
+            self.reset_stream(&s, "the shim sent more than the stream's window");
+            return;
+        }
+        st.recv_len += data.len();
+        st.recv.push_back(data);
+        wake(&mut st.read_waker);
+    }
+
+    /// The peer's half-close; the stream is forgotten once both sides ended.
+    fn on_fin(&self, stream: u32) {
+        if let Some(s) = self.stream(stream) {
+            let mut st = lock(&s.st);
+            st.recv_fin = true;
+            wake(&mut st.read_waker);
+            let done = st.sent_fin || st.dropped;
+            drop(st);
+            if done {
+                self.forget(stream);
+            }
+        }
     }
 
     fn on_open(
