@@ -101,8 +101,7 @@ pub(crate) async fn start(
                 cert_file: cert_file.clone(),
                 key_file: key_file.clone(),
             })
-            .await
-            .map_err(|e| err(e.to_string()))?;
+            .await;
             tasks.spawn(async move {
                 let _ = renew.await;
             });

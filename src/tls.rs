@@ -186,6 +186,16 @@ impl Resolver {
         self.current.load_full()
     }
 
+    /// Waits until there is a certificate to serve (at once when there is).
+    pub(crate) async fn ready(&self) {
+        let mut changes = self.subscribe();
+        while self.current.load().is_none() {
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// A rustls server config (HTTP/2 and HTTP/1.1 by ALPN) using this resolver.
     pub(crate) fn server_config(&self) -> Arc<rustls::ServerConfig> {
         server_config(Arc::new(self.clone()))
@@ -393,38 +403,65 @@ impl Source {
     }
 }
 
-/// Fetches the first certificate (an error fails start-up) and spawns the
-/// task that keeps it fresh. Failed renewals are logged and retried, while
-/// the old certificate stays in service.
-pub(crate) async fn manage(
-    source: Source,
-) -> Result<(Resolver, tokio::task::JoinHandle<()>), TlsError> {
+/// First back-off after a failed fetch; it doubles up to [`MAX_RETRY`].
+const FIRST_RETRY: Duration = Duration::from_secs(5);
+const MAX_RETRY: Duration = Duration::from_secs(600);
+
+/// Keeps a certificate in the resolver: fetched now (local sources) or in
+/// the background (a ts.net certificate, which may take a minute of ACME or
+/// fail while Let's Encrypt or the tailnet's HTTPS setting is off), then
+/// renewed. A failure never stops the process: it is logged, retried with a
+/// back-off (5 s doubling to 10 min), and the current certificate, if any,
+/// stays in service. Until the first one arrives, handshakes wait for it
+/// (within the handshake timeout, [`Resolver::ready`]); the node's other
+/// listeners, and every other node, serve meanwhile.
+pub(crate) async fn manage(source: Source) -> (Resolver, tokio::task::JoinHandle<()>) {
     let resolver = Resolver::default();
-    let first = source.fetch().await?;
-    tracing::info!(source = ?source, serial = %first.serial, "certificate loaded");
-    resolver.set(first);
+    if !matches!(source, Source::Tailnet { .. }) {
+        fetch_into(&source, &resolver).await;
+    }
     let r = resolver.clone();
     let task = tokio::spawn(async move {
-        let mut retry = Duration::from_secs(5);
+        let mut retry = FIRST_RETRY;
         loop {
-            let cur = r.current().expect("set before the task starts");
-            tokio::time::sleep(source.next_check(&cur)).await;
-            match source.fetch().await {
-                Ok(new) if new.serial != cur.serial => {
-                    tracing::info!(source = ?source, serial = %new.serial, "certificate renewed");
-                    r.set(new);
-                    retry = Duration::from_secs(5);
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(source = ?source, error = %e, "certificate renewal failed; keeping the current one");
-                    tokio::time::sleep(retry).await;
-                    retry = (retry * 2).min(Duration::from_secs(600));
-                }
+            if let Some(cur) = r.current() {
+                tokio::time::sleep(source.next_check(&cur)).await;
+            }
+            if fetch_into(&source, &r).await {
+                retry = FIRST_RETRY;
+            } else {
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(MAX_RETRY);
             }
         }
     });
-    Ok((resolver, task))
+    (resolver, task)
+}
+
+/// One fetch: a new certificate goes into service; a failure is logged
+/// (an error while there is none yet, a warning while the old one serves).
+async fn fetch_into(source: &Source, r: &Resolver) -> bool {
+    match (source.fetch().await, r.current()) {
+        (Ok(new), Some(cur)) if new.serial == cur.serial => true,
+        (Ok(new), cur) => {
+            let what = if cur.is_some() {
+                "certificate renewed"
+            } else {
+                "certificate loaded"
+            };
+            tracing::info!(source = ?source, serial = %new.serial, "{what}");
+            r.set(new);
+            true
+        }
+        (Err(e), None) => {
+            tracing::error!(source = ?source, error = %e, "no certificate yet; HTTPS on this node waits for it, retrying with back-off");
+            false
+        }
+        (Err(e), Some(_)) => {
+            tracing::warn!(source = ?source, error = %e, "certificate renewal failed; keeping the current one");
+            false
+        }
+    }
 }
 
 #[cfg(test)]

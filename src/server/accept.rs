@@ -119,6 +119,8 @@ where
 pub(crate) struct TailnetTls {
     pub(crate) node: Node,
     pub(crate) tls: TlsAcceptor,
+    /// The node's certificate; the handshake waits for the first one.
+    pub(crate) certs: crate::tls::Resolver,
     pub(crate) metrics: Arc<Metrics>,
 }
 
@@ -145,6 +147,10 @@ impl Handshake<TailnetStream> for TailnetTls {
             },
             Origin::Funnel => PeerIdentity::Funnel { addr: peer },
         };
+        // Until the node's first certificate arrives (a ts.net certificate
+        // can take a minute), the client waits, within the handshake
+        // timeout, instead of getting a TLS alert.
+        self.certs.ready().await;
         match self.tls.accept(stream).await {
             Ok(io) => {
                 let h2 = io.get_ref().1.alpn_protocol() == Some(b"h2");

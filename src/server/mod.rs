@@ -488,7 +488,7 @@ async fn certificates(
             key_file: key_file.clone(),
         },
     };
-    let (certs, renew) = tls::manage(source).await.map_err(tls_err)?;
+    let (certs, renew) = tls::manage(source).await;
     tasks.spawn(async move {
         let _ = renew.await;
     });
@@ -522,6 +522,7 @@ async fn node_listeners(
     let handshake = TailnetTls {
         node: node.clone(),
         tls: tokio_rustls::TlsAcceptor::from(certs.server_config()),
+        certs: certs.clone(),
         metrics: live.metrics.clone(),
     };
     let pipeline = |origin| Pipeline {
