@@ -199,6 +199,12 @@ fn text_logs_off_a_terminal_have_no_colour() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(!seen.is_empty(), "run logged nothing in 20 s");
+    // `run` says at once where it is joining (not silent for two minutes).
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("joining the tailnet") && l.contains("http://127.0.0.1:9")),
+        "{seen:#?}"
+    );
     for l in &seen {
         assert!(
             !l.contains('\u{1b}'),

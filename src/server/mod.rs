@@ -433,7 +433,7 @@ async fn start_node(
     nc.tags = spec.tags.clone();
     nc.logs = LogSink::Tracing;
     let node = Node::new(nc).map_err(te)?;
-    let status = node.up(opts.up_timeout).await.map_err(te)?;
+    let status = join(&node, spec, opts.up_timeout).await.map_err(te)?;
     let fqdn = status
         .fqdn()
         .map(str::to_string)
@@ -450,6 +450,39 @@ async fn start_node(
         node,
         certs,
     })
+}
+
+/// Joins the tailnet, saying so: where to at once, then every 15 s while
+/// it waits (an unreachable control server; a node waiting for its login,
+/// whose URL the tsnet log shows at WARN).
+async fn join(
+    node: &Node,
+    spec: &NodeSpec,
+    timeout: Duration,
+) -> crate::tailnet::Result<crate::tailnet::Status> {
+    const EVERY: Duration = Duration::from_secs(15);
+    let control = spec
+        .control_url
+        .as_deref()
+        .unwrap_or("https://controlplane.tailscale.com");
+    let host = &spec.hostname;
+    tracing::info!(node = %host, control, timeout_s = timeout.as_secs(), "joining the tailnet");
+    let up = node.up(timeout);
+    tokio::pin!(up);
+    let start = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval_at(start + EVERY, EVERY);
+    loop {
+        tokio::select! {
+            r = &mut up => return r,
+            _ = tick.tick() => tracing::info!(
+                node = %host,
+                control,
+                waited_s = start.elapsed().as_secs(),
+                timeout_s = timeout.as_secs(),
+                "still joining the tailnet (is the control server reachable? does the node need a login?)"
+            ),
+        }
+    }
 }
 
 /// The node's certificate resolver (renewed in a task of its own) and the

@@ -195,12 +195,17 @@ impl Node {
                 std::thread::Builder::new()
                     .name(format!("tsnet-log-{host}"))
                     .spawn(move || {
+                        let mut last_login_url = None;
                         for line in BufReader::new(std::fs::File::from(rd)).lines() {
-                            match line {
-                                Ok(l) => {
-                                    tracing::debug!(target: "tailpass::tsnet", node = %host, "{l}")
+                            let Ok(l) = line else { break };
+                            match login_url(&l) {
+                                // Needs the operator: shown at WARN, once per URL
+                                // (tsnet repeats it every 5 s).
+                                Some(url) if last_login_url.as_deref() != Some(url) => {
+                                    tracing::warn!(target: "tailpass::tsnet", node = %host, url, "this node is not logged in: open the URL to add it to the tailnet, or set the node's auth_key");
+                                    last_login_url = Some(url.to_string());
                                 }
-                                Err(_) => break,
+                                _ => tracing::debug!(target: "tailpass::tsnet", node = %host, "{l}"),
                             }
                         }
                     })?;
@@ -408,5 +413,31 @@ pub mod global {
     /// locks, so set them before the first node starts.
     pub fn set_env_knob(name: &str, value: &str) -> Result<()> {
         ffi::setenv(name, value)
+    }
+}
+/// The login URL in tsnet's "needs login" line, if `line` is that line.
+fn login_url(line: &str) -> Option<&str> {
+    const MARK: &str = "To start this tsnet server, restart with TS_AUTHKEY set, or go to: ";
+    let url = line.split_once(MARK)?.1.trim();
+    url.starts_with("http").then_some(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::login_url;
+
+    #[test]
+    fn the_login_line_is_recognised() {
+        // tsnet v1.94 (printAuthURLLoop), behind its log prefix.
+        let l = "2026/11/30 03:55:01 To start this tsnet server, restart with TS_AUTHKEY set, or go to: https://login.tailscale.com/a/1a2b3c";
+        assert_eq!(login_url(l), Some("https://login.tailscale.com/a/1a2b3c"));
+        assert_eq!(
+            login_url("magicsock: disco: node [abc] now using 127.0.0.1:41641"),
+            None
+        );
+        assert_eq!(
+            login_url("To start this tsnet server, restart with TS_AUTHKEY set, or go to: "),
+            None
+        );
     }
 }
