@@ -43,9 +43,9 @@ const PROTECTED: [&str; 24] = [
 /// protected too).
 fn renamed() -> IdentityHeaders {
     IdentityHeaders {
-        login: "X-Auth-User".into(),
-        email: "X-Auth-Email".into(),
-        groups: "X-Webauth-Groups".into(),
+        login: HeaderName::from_static("x-auth-user"),
+        email: HeaderName::from_static("x-auth-email"),
+        groups: HeaderName::from_static("x-webauth-groups"),
         ..Default::default()
     }
 }

@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use http::HeaderName;
 use serde::Deserialize;
 
 pub use auth::{Portal, Provider, Rule};
@@ -306,51 +307,53 @@ impl Access {
     }
 }
 
-/// Header names used to pass the verified identity upstream.
+/// Header names used to pass the verified identity upstream, parsed once
+/// when the config is validated (never per request).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdentityHeaders {
     /// User login.
-    pub login: String,
+    pub login: HeaderName,
     /// User display name.
-    pub name: String,
+    pub name: HeaderName,
     /// Profile picture URL.
-    pub profile_pic: String,
+    pub profile_pic: HeaderName,
     /// Node MagicDNS name.
-    pub node: String,
+    pub node: HeaderName,
     /// Node tags, comma-separated.
-    pub tags: String,
+    pub tags: HeaderName,
     /// Signed-in user's email (login session).
-    pub email: String,
+    pub email: HeaderName,
     /// Signed-in user's subject at the provider.
-    pub user: String,
+    pub user: HeaderName,
     /// Signed-in user's display name.
-    pub login_name: String,
+    pub login_name: HeaderName,
     /// Signed-in user's groups, comma-separated.
-    pub groups: String,
+    pub groups: HeaderName,
     /// The caller's roles, comma-separated.
-    pub roles: String,
+    pub roles: HeaderName,
 }
 
 impl Default for IdentityHeaders {
     fn default() -> Self {
+        let h = HeaderName::from_static;
         IdentityHeaders {
-            login: "Tailscale-User-Login".into(),
-            name: "Tailscale-User-Name".into(),
-            profile_pic: "Tailscale-User-Profile-Pic".into(),
-            node: "Tailscale-Node-Name".into(),
-            tags: "Tailscale-Node-Tags".into(),
-            email: "Remote-Email".into(),
-            user: "Remote-User".into(),
-            login_name: "Remote-Name".into(),
-            groups: "Remote-Groups".into(),
-            roles: "Remote-Roles".into(),
+            login: h("tailscale-user-login"),
+            name: h("tailscale-user-name"),
+            profile_pic: h("tailscale-user-profile-pic"),
+            node: h("tailscale-node-name"),
+            tags: h("tailscale-node-tags"),
+            email: h("remote-email"),
+            user: h("remote-user"),
+            login_name: h("remote-name"),
+            groups: h("remote-groups"),
+            roles: h("remote-roles"),
         }
     }
 }
 
 impl IdentityHeaders {
     /// All the names, for stripping client-sent copies.
-    pub(crate) fn all(&self) -> [&str; 10] {
+    pub(crate) fn all(&self) -> [&HeaderName; 10] {
         [
             &self.login,
             &self.name,
@@ -363,6 +366,23 @@ impl IdentityHeaders {
             &self.groups,
             &self.roles,
         ]
+    }
+
+    /// The field a config key (`identity_headers.<key>`) renames.
+    fn field(&mut self, key: &str) -> Option<&mut HeaderName> {
+        Some(match key {
+            "login" => &mut self.login,
+            "name" => &mut self.name,
+            "profile_pic" => &mut self.profile_pic,
+            "node" => &mut self.node,
+            "tags" => &mut self.tags,
+            "email" => &mut self.email,
+            "user" => &mut self.user,
+            "login_name" => &mut self.login_name,
+            "groups" => &mut self.groups,
+            "roles" => &mut self.roles,
+            _ => return None,
+        })
     }
 }
 
@@ -525,10 +545,6 @@ fn valid_hostname(h: &str) -> bool {
 fn valid_tag(t: &str) -> bool {
     t.strip_prefix("tag:")
         .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
-}
-
-fn valid_header_name(h: &str) -> bool {
-    http::HeaderName::from_bytes(h.as_bytes()).is_ok()
 }
 
 fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
@@ -791,27 +807,15 @@ fn route_identity_headers(
 ) -> IdentityHeaders {
     let mut identity_headers = IdentityHeaders::default();
     for (k, v) in raw {
-        if !valid_header_name(&v) {
-            p.push(format!(
-                "{}: {v:?} is not a valid header name",
-                f(&format!("identity_headers.{k}"))
-            ));
+        let field = f(&format!("identity_headers.{k}"));
+        let Ok(name) = HeaderName::from_bytes(v.as_bytes()) else {
+            p.push(format!("{field}: {v:?} is not a valid header name"));
             continue;
-        }
-        match k.as_str() {
-            "login" => identity_headers.login = v,
-            "name" => identity_headers.name = v,
-            "profile_pic" => identity_headers.profile_pic = v,
-            "node" => identity_headers.node = v,
-            "tags" => identity_headers.tags = v,
-            "email" => identity_headers.email = v,
-            "user" => identity_headers.user = v,
-            "login_name" => identity_headers.login_name = v,
-            "groups" => identity_headers.groups = v,
-            "roles" => identity_headers.roles = v,
-            _ => p.push(format!(
-                "{}: unknown key (login, name, profile_pic, node, tags, email, user, login_name, groups, roles)",
-                f(&format!("identity_headers.{k}"))
+        };
+        match identity_headers.field(&k) {
+            Some(slot) => *slot = name,
+            None => p.push(format!(
+                "{field}: unknown key (login, name, profile_pic, node, tags, email, user, login_name, groups, roles)"
             )),
         }
     }

@@ -6,6 +6,7 @@
 //! went wrong (`UpstreamError`); `gateway::Outcome` answers.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -33,7 +34,7 @@ use upload::Upload;
 pub(crate) struct Upstream {
     client: Client<HttpConnector, Upload>,
     response_timeout: Duration,
-    hygiene: headers::Hygiene,
+    hygiene: Arc<headers::Hygiene>,
 }
 
 impl Upstream {
@@ -48,7 +49,10 @@ impl Upstream {
         Upstream {
             client,
             response_timeout: route.response_timeout,
-            hygiene: headers::Hygiene::new(&route.identity_headers, route.allow_underscore_headers),
+            hygiene: Arc::new(headers::Hygiene::new(
+                &route.identity_headers,
+                route.allow_underscore_headers,
+            )),
         }
     }
 }
@@ -260,7 +264,7 @@ where
     B::Error: Into<BoxError>,
 {
     let (parts, body) = req.into_parts();
-    let (body, progress) = Upload::new(body, fwd.body_idle_timeout);
+    let (body, progress) = Upload::new(body, fwd.body_idle_timeout, up.hygiene.clone());
     let answer = up.client.request(Request::from_parts(parts, body));
     let sent = progress.clone();
     let deadline = async move {
