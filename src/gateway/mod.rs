@@ -37,7 +37,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
 
 use crate::config::{Access, Route};
-use crate::http::path;
+use crate::http::path::{self, NormalizedPath};
 use crate::http::response::{Body, wants_html};
 use crate::identity::PeerIdentity;
 use crate::metrics::Metrics;
@@ -141,7 +141,12 @@ where
 /// The portal's pages exist for tailnet peers only; elsewhere (Funnel,
 /// loopback, the public listener) its paths are not found, and never fall
 /// through to a public route.
-async fn portal<B: Send>(req: Request<B>, pt: &Portal, p: &str, conn: &Connection) -> Outcome {
+async fn portal<B: Send>(
+    req: Request<B>,
+    pt: &Portal,
+    p: &NormalizedPath,
+    conn: &Connection,
+) -> Outcome {
     match &conn.origin {
         Some(origin) => {
             let (response, word) = pt.handle(req, p, &conn.who, origin).await;
@@ -233,7 +238,7 @@ async fn forward<B>(
     auth: &Auth<'_>,
     conn: &Connection,
     snap: &Snapshot,
-    p: &str,
+    p: &NormalizedPath,
     why: String,
 ) -> Outcome
 where

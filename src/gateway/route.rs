@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::{Request, header};
 
 use crate::config::{Access, Config, Route};
-use crate::http::path;
+use crate::http::path::{self, NormalizedPath};
 use crate::portal::Portal;
 use crate::proxy::Upstream;
 
@@ -51,7 +51,12 @@ impl Snapshot {
 
     /// The target of normalized path `p` on `node` (none: the loopback or
     /// public listener) for Host `host`.
-    pub(crate) fn target(&self, node: Option<&str>, host: Option<&str>, p: &str) -> Target<'_> {
+    pub(crate) fn target(
+        &self,
+        node: Option<&str>,
+        host: Option<&str>,
+        p: &NormalizedPath,
+    ) -> Target<'_> {
         if let Some(pt) = self.portal.as_deref()
             && path::under(pt.prefix(), p)
             && node.is_none_or(|n| pt.serves(n))
@@ -92,7 +97,7 @@ impl Snapshot {
         node: Option<&str>,
         host: Option<&str>,
         route: &Route,
-        p: &str,
+        p: &NormalizedPath,
     ) -> Result<(), path::PathError> {
         if !matches!(route.access, Access::Public) {
             path::strict(p)?;

@@ -121,21 +121,21 @@ client_id = "tailpass"
     }
 }
 
-fn whois(login: &str, tags: &[&str]) -> Arc<WhoIs> {
+fn whois(login: &str, tags: &[&str]) -> WhoIs {
     let j = serde_json::json!({
         "Node": {"StableID": "n1", "Name": "laptop.example.ts.net.", "Tags": tags},
         "UserProfile": {"ID": 1, "LoginName": login, "DisplayName": "Alice A"},
     });
-    Arc::new(WhoIs::from_json(&j.to_string()).unwrap())
+    WhoIs::from_json(&j.to_string()).unwrap()
 }
 
 /// Alice's laptop on the tailnet, through node `gw`.
 fn alice() -> Connection {
     Connection {
-        who: Arc::new(PeerIdentity::Tailnet {
-            addr: "100.64.0.9:41000".parse().unwrap(),
-            whois: whois("alice@example.com", &[]),
-        }),
+        who: Arc::new(PeerIdentity::tailnet(
+            "100.64.0.9:41000".parse().unwrap(),
+            whois("alice@example.com", &[]),
+        )),
         node: Some("gw".into()),
         origin: Some(Arc::new(PortalOrigin {
             node: "gw".into(),

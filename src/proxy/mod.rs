@@ -20,9 +20,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::config::Route;
 use crate::http::headers;
-use crate::http::path::upstream_path;
+use crate::http::path::{NormalizedPath, upstream_path};
 use crate::http::response::Body;
-use crate::identity::PeerIdentity;
+use crate::identity::{PeerIdentity, Principal};
 
 mod upload;
 
@@ -62,8 +62,9 @@ impl Upstream {
 pub(crate) struct Forwarding<'a> {
     /// The caller.
     pub(crate) who: &'a PeerIdentity,
-    /// The normalized path the route matched.
-    pub(crate) path: &'a str,
+    /// The normalized path the route matched and the policy allowed: the
+    /// only path the upstream can be given.
+    pub(crate) path: &'a NormalizedPath,
     /// `https` or `http`, as the client sees it.
     pub(crate) scheme: &'static str,
     /// The signed-in user, when the request carries a live session.
@@ -189,7 +190,11 @@ where
 
 /// The upstream URI: the route's upstream, the path the route authorized
 /// (prefix stripped if configured), the client's query.
-fn upstream_uri(route: &Route, path: &str, query: Option<&str>) -> Result<Uri, UpstreamError> {
+fn upstream_uri(
+    route: &Route,
+    path: &NormalizedPath,
+    query: Option<&str>,
+) -> Result<Uri, UpstreamError> {
     let base = route.upstream.path();
     let mut pq = upstream_path(base, &route.path, path, route.strip_prefix);
     if let Some(q) = query {
@@ -217,17 +222,19 @@ fn upstream_uri(route: &Route, path: &str, query: Option<&str>) -> Result<Uri, U
 /// session cookie itself never goes upstream.
 fn set_identity(h: &mut http::HeaderMap, route: &Route, fwd: &Forwarding<'_>) {
     let n = &route.identity_headers;
-    if let Some(w) = fwd.who.whois() {
-        if !w.is_tagged() {
+    if let Some(p) = fwd.who.principal() {
+        // A tagged node has no user: only its node name and tags go up.
+        if let Principal::User(w) = p {
             headers::set_text(h, &n.login, &w.user.login_name);
             headers::set_text(h, &n.name, &w.user.display_name);
             if let Some(pic) = &w.user.profile_pic_url {
                 headers::set_text(h, &n.profile_pic, pic);
             }
         }
-        headers::set_text(h, &n.node, &w.node.name);
-        if !w.node.tags.is_empty() {
-            headers::set_text(h, &n.tags, &w.node.tags.join(","));
+        let node = &p.whois().node;
+        headers::set_text(h, &n.node, &node.name);
+        if !node.tags.is_empty() {
+            headers::set_text(h, &n.tags, &node.tags.join(","));
         }
     }
     if let Some(name) = fwd.session_cookie {

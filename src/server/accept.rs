@@ -134,10 +134,7 @@ impl Handshake<TailnetStream> for TailnetTls {
         let node = &self.node;
         let who = match stream.origin() {
             Origin::Tailnet => match timed_whois(node, peer, &self.metrics).await {
-                Ok(w) => PeerIdentity::Tailnet {
-                    addr: peer,
-                    whois: Arc::new(w),
-                },
+                Ok(w) => PeerIdentity::tailnet(peer, w),
                 Err(e) => {
                     tracing::warn!(node = node.hostname(), %peer, error = %e, "whois failed; dropping connection");
                     return None;
