@@ -863,18 +863,11 @@ fn validate_route(
         p,
     )?;
     let identity_headers = route_identity_headers(&f, r.identity_headers, p);
-    let connect_timeout = parse_duration(
-        &f("connect_timeout"),
-        &r.connect_timeout,
-        Duration::from_secs(5),
-        p,
-    );
-    let response_timeout = parse_duration(
-        &f("response_timeout"),
-        &r.response_timeout,
-        Duration::from_secs(60),
-        p,
-    );
+    let timeout = |k: &str, v: &Option<String>, secs: u64, p: &mut Vec<String>| {
+        parse_duration(&f(k), v, Duration::from_secs(secs), p)
+    };
+    let connect_timeout = timeout("connect_timeout", &r.connect_timeout, 5, p);
+    let response_timeout = timeout("response_timeout", &r.response_timeout, 60, p);
     let login = (wants_login && access != Access::Public).then(|| LoginRequirement {
         roles: r.roles.clone(),
         max_auth_age: r
@@ -1057,37 +1050,13 @@ fn validate_public(pl: RawPublic, p: &mut Vec<String>) -> Option<PublicListener>
     };
     let cert = match cert {
         Some(c) => c,
-        None => {
-            let directory = pl
-                .acme_directory
-                .unwrap_or_else(|| LETS_ENCRYPT.to_string());
-            check_url("public.acme_directory", &directory, p);
-            for c in &pl.acme_contact {
-                if !c.starts_with("mailto:") {
-                    p.push(format!(
-                        "public.acme_contact: {c:?} must look like \"mailto:you@example.com\""
-                    ));
-                }
-            }
-            if let Some(f) = &pl.acme_ca_file
-                && !f.is_file()
-            {
-                p.push(format!(
-                    "public.acme_ca_file: {} does not exist",
-                    f.display()
-                ));
-            }
-            let Some(cache_dir) = pl.acme_cache_dir else {
-                p.push("public.acme_cache_dir: required with ACME (account and certificates are kept there)".into());
-                return None;
-            };
-            PublicCert::Acme {
-                directory,
-                contact: pl.acme_contact,
-                cache_dir,
-                ca_file: pl.acme_ca_file,
-            }
-        }
+        None => public_acme(
+            pl.acme_directory,
+            pl.acme_contact,
+            pl.acme_cache_dir,
+            pl.acme_ca_file,
+            p,
+        )?,
     };
     Some(PublicListener {
         listen: listen?,
@@ -1097,6 +1066,46 @@ fn validate_public(pl: RawPublic, p: &mut Vec<String>) -> Option<PublicListener>
             .map(|d| d.to_ascii_lowercase())
             .collect(),
         cert,
+    })
+}
+
+/// The public listener's ACME settings (`None`: no cache directory).
+fn public_acme(
+    directory: Option<String>,
+    contact: Vec<String>,
+    cache_dir: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    p: &mut Vec<String>,
+) -> Option<PublicCert> {
+    let directory = directory.unwrap_or_else(|| LETS_ENCRYPT.to_string());
+    check_url("public.acme_directory", &directory, p);
+    for c in &contact {
+        if !c.starts_with("mailto:") {
+            p.push(format!(
+                "public.acme_contact: {c:?} must look like \"mailto:you@example.com\""
+            ));
+        }
+    }
+    if let Some(f) = &ca_file
+        && !f.is_file()
+    {
+        p.push(format!(
+            "public.acme_ca_file: {} does not exist",
+            f.display()
+        ));
+    }
+    let Some(cache_dir) = cache_dir else {
+        p.push(
+            "public.acme_cache_dir: required with ACME (account and certificates are kept there)"
+                .into(),
+        );
+        return None;
+    };
+    Some(PublicCert::Acme {
+        directory,
+        contact,
+        cache_dir,
+        ca_file,
     })
 }
 
