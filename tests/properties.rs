@@ -132,7 +132,7 @@ proptest! {
             // The loose reading is a fixed point, also canonical.
             if let Ok(l) = path::loose(&n) {
                 prop_assert_eq!(path::loose(&l), Ok(l.clone()));
-                prop_assert_eq!(path::normalize(&l).as_deref(), Ok(l.as_str()));
+                prop_assert_eq!(path::normalize(&l).map(|n| n.to_string()), Ok(l.clone()));
             }
             // The strict form never panics and accepts only plain ASCII.
             if path::strict(&n).is_ok() {

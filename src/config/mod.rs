@@ -484,19 +484,38 @@ impl Config {
         }
     }
 
-    /// `https://<node fqdn>[:port]` as configured (see [`https_origin`]).
-    pub(crate) fn node_origin(&self, node: &NodeSpec) -> String {
-        https_origin(&self.node_fqdn(node), node.https_port)
+    /// The node's HTTPS origin as configured ([`NodeOrigin`]).
+    pub(crate) fn node_origin(&self, node: &NodeSpec) -> NodeOrigin {
+        NodeOrigin::new(&self.node_fqdn(node), node.https_port)
     }
 }
 
-/// The origin of an HTTPS name: `https://host`, with `:port` unless it is
-/// HTTPS's default. The one place a node's origin is spelled.
-pub(crate) fn https_origin(host: &str, port: u16) -> String {
-    if port == 443 {
-        format!("https://{host}")
-    } else {
-        format!("https://{host}:{port}")
+/// A node's HTTPS origin, `https://host` with `:port` unless it is HTTPS's
+/// default (443). The one place a node's origin is spelled: printed URLs,
+/// the portal's absolute URLs, the `:80` redirect and Funnel all format it
+/// through this type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NodeOrigin {
+    host: String,
+    port: u16,
+}
+
+impl NodeOrigin {
+    /// The origin of `host` (a MagicDNS name) on HTTPS port `port`.
+    pub(crate) fn new(host: &str, port: u16) -> NodeOrigin {
+        NodeOrigin {
+            host: host.to_string(),
+            port,
+        }
+    }
+}
+
+impl fmt::Display for NodeOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.port {
+            443 => write!(f, "https://{}", self.host),
+            port => write!(f, "https://{}:{port}", self.host),
+        }
     }
 }
 

@@ -1,5 +1,3 @@
-use std::sync::Arc;
-
 use std::collections::{BTreeMap, BTreeSet};
 
 use http::Method as M;

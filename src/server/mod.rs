@@ -21,7 +21,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::config::{CertSource, Config, Limits, NodeSpec, PublicListener};
+use crate::config::{CertSource, Config, Limits, NodeOrigin, NodeSpec, PublicListener};
 use crate::gateway::Snapshot;
 use crate::identity::PeerIdentity;
 use crate::listen::{
@@ -445,7 +445,7 @@ async fn start_node(
         .map_err(te)?;
     Ok(RunningNode {
         hostname: spec.hostname.clone(),
-        origin: crate::config::https_origin(&fqdn, spec.https_port),
+        origin: NodeOrigin::new(&fqdn, spec.https_port).to_string(),
         fqdn,
         node,
         certs,
@@ -532,7 +532,7 @@ async fn node_listeners(
     };
     let origin = Arc::new(PortalOrigin {
         node: name.clone(),
-        base: crate::config::https_origin(fqdn, spec.https_port),
+        base: NodeOrigin::new(fqdn, spec.https_port).to_string(),
         https_port: spec.https_port,
     });
     let door = live.door(&format!("{name} https"), Sources::Exact);
@@ -549,7 +549,7 @@ async fn node_listeners(
         let l80 = TailnetAcceptor::open(node, 80, Kind::Tailnet, None).await?;
         let door = live.door(&format!("{name} http"), Sources::Exact);
         let redirect = Redirect {
-            base: crate::config::https_origin(fqdn, spec.https_port).into(),
+            base: NodeOrigin::new(fqdn, spec.https_port).to_string().into(),
             live: live.clone(),
         };
         tasks.spawn(accept::run(
