@@ -23,7 +23,7 @@ use tokio_rustls::server::TlsStream;
 use super::Live;
 use super::conn::serve_http;
 use crate::config::Limits;
-use crate::gateway::{self, Connection};
+use crate::gateway::{self, Connection, NodeId};
 use crate::http::response;
 use crate::identity::PeerIdentity;
 use crate::listen::{self, Acceptor, Door, Ticket};
@@ -170,6 +170,7 @@ async fn timed_whois(
 /// listener. Each request uses the config snapshot current when it starts.
 pub(crate) struct Pipeline {
     pub(crate) node: Option<String>,
+    pub(crate) node_id: Option<NodeId>,
     pub(crate) origin: Option<Arc<PortalOrigin>>,
     pub(crate) scheme: &'static str,
     pub(crate) live: Arc<Live>,
@@ -187,6 +188,7 @@ where
         let conn = Arc::new(Connection {
             who: Arc::new(who),
             node: self.node.clone(),
+            node_id: self.node_id,
             origin: self.origin.clone(),
             scheme: self.scheme,
         });

@@ -137,6 +137,9 @@ struct Live {
     open: Arc<()>,
     /// Fixed at start: listener settings need a restart.
     limits: Arc<Limits>,
+    /// The nodes' host names in start order (node changes need a restart):
+    /// every snapshot resolves its routes' nodes against this list.
+    running: Arc<[String]>,
     health: Arc<Health>,
     fds: Arc<Fds>,
 }
@@ -152,8 +155,11 @@ impl Live {
         let health = Arc::new(Health::default());
         health.watch_fds(fds.clone());
         let body_idle = config.limits.body_idle_timeout;
+        let running: Arc<[String]> = config.nodes.iter().map(|n| n.hostname.clone()).collect();
+        let snapshot = Snapshot::new(config, &running, portal, body_idle);
         Arc::new(Live {
-            shared: ArcSwap::from_pointee(Snapshot::new(config, portal, body_idle)),
+            shared: ArcSwap::from_pointee(snapshot),
+            running,
             metrics,
             stop,
             open: Arc::new(()),
@@ -269,9 +275,12 @@ impl Gateway {
         .inspect_err(|_| self.live.metrics.reload("rejected"))?
         .map(Arc::new);
         let body_idle = self.live.limits.body_idle_timeout;
-        self.live
-            .shared
-            .store(Arc::new(Snapshot::new(&config, portal, body_idle)));
+        self.live.shared.store(Arc::new(Snapshot::new(
+            &config,
+            &self.live.running,
+            portal,
+            body_idle,
+        )));
         self.config = config;
         self.live.metrics.reload("ok");
         Ok(notes)
@@ -350,6 +359,7 @@ async fn start_loopback(
         Plain(|addr| PeerIdentity::Loopback { addr }),
         Pipeline {
             node: None,
+            node_id: None,
             origin: None,
             scheme: "http",
             live: live.clone(),
@@ -406,6 +416,7 @@ async fn start_public(
         handshake,
         Pipeline {
             node: None,
+            node_id: None,
             origin: None,
             scheme: "https",
             live: live.clone(),
@@ -524,8 +535,10 @@ async fn node_listeners(
         tls: tokio_rustls::TlsAcceptor::from(certs.server_config()),
         metrics: live.metrics.clone(),
     };
+    let node_id = crate::gateway::node_id(&live.running, name);
     let pipeline = |origin| Pipeline {
         node: Some(name.clone()),
+        node_id,
         origin,
         scheme: "https",
         live: live.clone(),
