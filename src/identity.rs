@@ -123,3 +123,44 @@ impl fmt::Display for PeerIdentity {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(login: &str, tags: &[&str]) -> PeerIdentity {
+        let j = serde_json::json!({
+            "Node": {"StableID": "n1", "Name": "box.example.ts.net.", "Tags": tags},
+            "UserProfile": {"ID": 1, "LoginName": login, "DisplayName": "X"},
+        });
+        PeerIdentity::tailnet(
+            "100.64.0.9:1".parse().unwrap(),
+            WhoIs::from_json(&j.to_string()).unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_tagged_node_never_acts_for_a_user() {
+        let alice = peer("alice@example.com", &[]);
+        let p = alice.principal().unwrap();
+        assert!(matches!(p, Principal::User(_)));
+        assert_eq!(p.user().unwrap().login_name, "alice@example.com");
+        assert_eq!(alice.to_string(), "alice@example.com on box.example.ts.net");
+        // Tags win over the user who created the node.
+        for who in [
+            peer("alice@example.com", &["tag:ci"]),
+            peer(tailnet::TAGGED_DEVICES, &["tag:ci"]),
+        ] {
+            let p = who.principal().unwrap();
+            assert!(matches!(p, Principal::Tagged(_)), "{who}");
+            assert!(p.user().is_none());
+            assert_eq!(who.to_string(), "node box.example.ts.net (tags tag:ci)");
+        }
+        let p = peer(tailnet::TAGGED_DEVICES, &[]);
+        assert!(matches!(p.principal(), Some(Principal::Tagged(_))));
+        let funnel = PeerIdentity::Funnel {
+            addr: "203.0.113.1:5".parse().unwrap(),
+        };
+        assert!(funnel.principal().is_none() && funnel.whois().is_none());
+    }
+}
