@@ -17,7 +17,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::browser::Browser;
@@ -79,10 +78,10 @@ fn decision_bench(ops: u64) -> (f64, f64) {
         "Node": {"StableID": "nStable1", "Name": "laptop.ts.net.", "Tags": []},
         "UserProfile": {"ID": 1, "LoginName": "alice@example.com", "DisplayName": "Alice"},
     });
-    let who = PeerIdentity::Tailnet {
-        addr: "100.64.0.9:1234".parse().unwrap(),
-        whois: Arc::new(WhoIs::from_json(&j.to_string()).unwrap()),
-    };
+    let who = PeerIdentity::tailnet(
+        "100.64.0.9:1234".parse().unwrap(),
+        WhoIs::from_json(&j.to_string()).unwrap(),
+    );
     let binding = Binding::of(&who).unwrap();
     let t = now();
     let mut claims = BTreeMap::new();

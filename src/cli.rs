@@ -326,7 +326,8 @@ fn describe_nodes(o: &mut String, c: &Config) {
         if n.funnel {
             let _ = writeln!(
                 o,
-                "  funnel:     https://{fqdn}/ on the internet ({public} public routes)"
+                "  funnel:     {}/ on the internet ({public} public routes)",
+                crate::config::NodeOrigin::new(&fqdn, 443)
             );
             if public == 0 {
                 let _ = writeln!(

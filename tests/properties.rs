@@ -43,9 +43,9 @@ const PROTECTED: [&str; 24] = [
 /// protected too).
 fn renamed() -> IdentityHeaders {
     IdentityHeaders {
-        login: "X-Auth-User".into(),
-        email: "X-Auth-Email".into(),
-        groups: "X-Webauth-Groups".into(),
+        login: HeaderName::from_static("x-auth-user"),
+        email: HeaderName::from_static("x-auth-email"),
+        groups: HeaderName::from_static("x-webauth-groups"),
         ..Default::default()
     }
 }
@@ -132,7 +132,7 @@ proptest! {
             // The loose reading is a fixed point, also canonical.
             if let Ok(l) = path::loose(&n) {
                 prop_assert_eq!(path::loose(&l), Ok(l.clone()));
-                prop_assert_eq!(path::normalize(&l), Ok(l.clone()));
+                prop_assert_eq!(path::normalize(&l).map(|n| n.to_string()), Ok(l.clone()));
             }
             // The strict form never panics and accepts only plain ASCII.
             if path::strict(&n).is_ok() {

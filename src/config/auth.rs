@@ -203,20 +203,7 @@ pub(super) fn validate_portal(
         return None;
     }
     let raw = raw.unwrap_or_default();
-    let prefix = match normalize_prefix(raw.prefix.as_deref().unwrap_or("/auth")) {
-        Ok(x) if x == "/" => {
-            p.push(
-                "portal.prefix: must not be \"/\" (the portal needs its own path, like \"/auth\")"
-                    .into(),
-            );
-            "/auth".to_string()
-        }
-        Ok(x) => x,
-        Err(e) => {
-            p.push(format!("portal.prefix: {e}"));
-            "/auth".to_string()
-        }
-    };
+    let prefix = portal_prefix(raw.prefix.as_deref(), p);
     let state_dir = match (raw.state_dir, first_state_dir) {
         (Some(d), _) if !d.as_os_str().is_empty() => d,
         (Some(_), _) => {
@@ -239,42 +226,13 @@ pub(super) fn validate_portal(
             retired.push(s);
         }
     }
-    let session_lifetime = parse_duration(
-        "portal.session_lifetime",
-        &raw.session_lifetime,
-        Duration::from_secs(12 * 3600),
-        p,
-    );
-    let refresh_interval = parse_duration(
-        "portal.refresh_interval",
-        &raw.refresh_interval,
-        Duration::from_secs(300),
-        p,
-    );
-    let refresh_grace = parse_duration(
-        "portal.refresh_grace",
-        &raw.refresh_grace,
-        Duration::from_secs(600),
-        p,
-    );
-    let cookie_name = raw.cookie_name.unwrap_or_else(|| "tailpass_session".into());
-    if cookie_name.is_empty()
-        || !cookie_name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-    {
-        p.push(format!(
-            "portal.cookie_name: {cookie_name:?} must be letters, digits, '_' or '-'"
-        ));
-    }
-    let cookie_domain = raw.cookie_domain.map(|d| d.to_ascii_lowercase());
-    if let Some(d) = &cookie_domain
-        && (!d.contains('.') || d.starts_with('.') || d.contains(char::is_whitespace))
-    {
-        p.push(format!(
-            "portal.cookie_domain: {d:?} is not a domain like \"mist-walleye.ts.net\""
-        ));
-    }
+    let dur = |k: &str, v: &Option<String>, secs: u64, p: &mut Vec<String>| {
+        parse_duration(&format!("portal.{k}"), v, Duration::from_secs(secs), p)
+    };
+    let session_lifetime = dur("session_lifetime", &raw.session_lifetime, 12 * 3600, p);
+    let refresh_interval = dur("refresh_interval", &raw.refresh_interval, 300, p);
+    let refresh_grace = dur("refresh_grace", &raw.refresh_grace, 600, p);
+    let (cookie_name, cookie_domain) = portal_cookie(raw.cookie_name, raw.cookie_domain, p);
     Some(Portal {
         prefix,
         state_dir,
@@ -293,6 +251,51 @@ pub(super) fn validate_portal(
         nodes: raw.nodes,
         title: raw.title.unwrap_or_else(|| "tailpass".into()),
     })
+}
+
+/// `portal.prefix`: canonical, not `/` (default `/auth`).
+fn portal_prefix(raw: Option<&str>, p: &mut Vec<String>) -> String {
+    match normalize_prefix(raw.unwrap_or("/auth")) {
+        Ok(x) if x == "/" => {
+            p.push(
+                "portal.prefix: must not be \"/\" (the portal needs its own path, like \"/auth\")"
+                    .into(),
+            );
+            "/auth".to_string()
+        }
+        Ok(x) => x,
+        Err(e) => {
+            p.push(format!("portal.prefix: {e}"));
+            "/auth".to_string()
+        }
+    }
+}
+
+/// `portal.cookie_name` (default `tailpass_session`) and `cookie_domain`.
+fn portal_cookie(
+    name: Option<String>,
+    domain: Option<String>,
+    p: &mut Vec<String>,
+) -> (String, Option<String>) {
+    let cookie_name = name.unwrap_or_else(|| "tailpass_session".into());
+    if cookie_name.is_empty()
+        || !cookie_name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        p.push(format!(
+            "portal.cookie_name: {cookie_name:?} must be letters, digits, '_' or '-'"
+        ));
+    }
+    let cookie_domain = domain.map(|d| d.to_ascii_lowercase());
+    if let Some(d) = &cookie_domain
+        && (!d.contains('.') || d.starts_with('.') || d.contains(char::is_whitespace))
+    {
+        p.push(format!(
+            "portal.cookie_domain: {d:?} is not a domain like \"mist-walleye.ts.net\""
+        ));
+    }
+    (cookie_name, cookie_domain)
 }
 
 fn load_secret(
@@ -400,89 +403,103 @@ pub(super) fn validate_rules(
     providers: &[Provider],
     p: &mut Vec<String>,
 ) -> Vec<Rule> {
-    let mut out = Vec::new();
-    for (i, r) in raw.into_iter().enumerate() {
-        let f = |k: &str| format!("rule[{i}].{k}");
-        if r.roles.is_empty() {
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, r)| validate_rule(i, r, providers, p))
+        .collect()
+}
+
+/// One `[[rule]]`.
+fn validate_rule(i: usize, r: RawRule, providers: &[Provider], p: &mut Vec<String>) -> Rule {
+    check_rule_lists(&|k| format!("rule[{i}].{k}"), &r, providers, p);
+    let claims = r
+        .claims
+        .into_iter()
+        .map(|(k, v)| {
+            let vals = match toml_to_json(v) {
+                serde_json::Value::Array(a) => a,
+                one => vec![one],
+            };
+            (k, vals)
+        })
+        .collect();
+    let rule = Rule {
+        index: i,
+        roles: r.roles,
+        providers: r.providers,
+        emails: r.emails.iter().map(|e| e.to_ascii_lowercase()).collect(),
+        domains: r.domains.iter().map(|e| e.to_ascii_lowercase()).collect(),
+        groups: r.groups,
+        claims,
+        tailnet_users: r.tailnet_users,
+        tags: r.tags,
+        capability: r.capability,
+        capability_value: r
+            .capability_value
+            .map(|t| match toml_to_json(toml::Value::Table(t)) {
+                serde_json::Value::Object(m) => m,
+                _ => serde_json::Map::new(),
+            }),
+    };
+    if !rule.has_condition() {
+        p.push(format!(
+            "rule[{i}]: has no condition, so it would give {:?} to everyone; add one (providers, emails, domains, groups, claims, tailnet_users, tags, capability)",
+            rule.roles
+        ));
+    }
+    rule
+}
+
+/// The checks of a rule's lists: roles, providers, tags, domains, and a
+/// capability value without its capability.
+fn check_rule_lists(
+    f: &dyn Fn(&str) -> String,
+    r: &RawRule,
+    providers: &[Provider],
+    p: &mut Vec<String>,
+) {
+    if r.roles.is_empty() {
+        p.push(format!(
+            "{}: a rule must grant at least one role",
+            f("roles")
+        ));
+    }
+    for role in &r.roles {
+        if !valid_name(role) {
             p.push(format!(
-                "{}: a rule must grant at least one role",
+                "{}: {role:?} must be lowercase letters, digits, '-' or '_'",
                 f("roles")
             ));
         }
-        for role in &r.roles {
-            if !valid_name(role) {
-                p.push(format!(
-                    "{}: {role:?} must be lowercase letters, digits, '-' or '_'",
-                    f("roles")
-                ));
-            }
-        }
-        for pr in &r.providers {
-            if !providers.iter().any(|x| &x.name == pr) {
-                p.push(format!(
-                    "{}: no [[provider]] is named {pr:?}",
-                    f("providers")
-                ));
-            }
-        }
-        for t in &r.tags {
-            if !valid_tag(t) {
-                p.push(format!(
-                    "{}: {t:?} is not a tag like \"tag:web\"",
-                    f("tags")
-                ));
-            }
-        }
-        for d in &r.domains {
-            if d.contains('@') || !d.contains('.') {
-                p.push(format!(
-                    "{}: {d:?} is not a domain like \"example.com\"",
-                    f("domains")
-                ));
-            }
-        }
-        if r.capability_value.is_some() && r.capability.is_none() {
-            p.push(format!(
-                "{}: needs `capability` (the capability whose value to match)",
-                f("capability_value")
-            ));
-        }
-        let claims = r
-            .claims
-            .into_iter()
-            .map(|(k, v)| {
-                let vals = match toml_to_json(v) {
-                    serde_json::Value::Array(a) => a,
-                    one => vec![one],
-                };
-                (k, vals)
-            })
-            .collect();
-        let rule = Rule {
-            index: i,
-            roles: r.roles,
-            providers: r.providers,
-            emails: r.emails.iter().map(|e| e.to_ascii_lowercase()).collect(),
-            domains: r.domains.iter().map(|e| e.to_ascii_lowercase()).collect(),
-            groups: r.groups,
-            claims,
-            tailnet_users: r.tailnet_users,
-            tags: r.tags,
-            capability: r.capability,
-            capability_value: r.capability_value.map(|t| {
-                match toml_to_json(toml::Value::Table(t)) {
-                    serde_json::Value::Object(m) => m,
-                    _ => serde_json::Map::new(),
-                }
-            }),
-        };
-        if !rule.has_condition() {
-            p.push(format!(
-                "rule[{i}]: has no condition, so it would give {:?} to everyone; add one (providers, emails, domains, groups, claims, tailnet_users, tags, capability)",
-                rule.roles
-            ));
-        }
-        out.push(rule);
     }
-    out
+    for pr in &r.providers {
+        if !providers.iter().any(|x| &x.name == pr) {
+            p.push(format!(
+                "{}: no [[provider]] is named {pr:?}",
+                f("providers")
+            ));
+        }
+    }
+    for t in &r.tags {
+        if !valid_tag(t) {
+            p.push(format!(
+                "{}: {t:?} is not a tag like \"tag:web\"",
+                f("tags")
+            ));
+        }
+    }
+    for d in &r.domains {
+        if d.contains('@') || !d.contains('.') {
+            p.push(format!(
+                "{}: {d:?} is not a domain like \"example.com\"",
+                f("domains")
+            ));
+        }
+    }
+    if r.capability_value.is_some() && r.capability.is_none() {
+        p.push(format!(
+            "{}: needs `capability` (the capability whose value to match)",
+            f("capability_value")
+        ));
+    }
 }

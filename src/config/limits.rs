@@ -81,34 +81,6 @@ pub(super) fn validate(raw: Option<RawLimits>, p: &mut Vec<String>) -> Limits {
     let dur = |k: &str, v: &Option<String>, def: Duration, p: &mut Vec<String>| {
         super::parse_duration(&format!("limits.{k}"), v, def, p)
     };
-    let count = |k: &str, v: Option<usize>, def: usize, min: usize, p: &mut Vec<String>| match v {
-        None => def,
-        Some(n) if n >= min => n,
-        Some(n) => {
-            p.push(format!("limits.{k}: {n} is too small (at least {min})"));
-            def
-        }
-    };
-    let streams = match raw.http2_max_concurrent_streams {
-        None => d.http2_max_concurrent_streams,
-        Some(n) if (1..=10_000).contains(&n) => n,
-        Some(n) => {
-            p.push(format!(
-                "limits.http2_max_concurrent_streams: {n} is not between 1 and 10000"
-            ));
-            d.http2_max_concurrent_streams
-        }
-    };
-    let header_bytes = match raw.max_header_bytes {
-        None => d.max_header_bytes,
-        Some(n) if (8 * 1024..=1024 * 1024).contains(&n) => n,
-        Some(n) => {
-            p.push(format!(
-                "limits.max_header_bytes: {n} is not between 8192 and 1048576"
-            ));
-            d.max_header_bytes
-        }
-    };
     let l = Limits {
         handshake_timeout: dur(
             "handshake_timeout",
@@ -141,8 +113,20 @@ pub(super) fn validate(raw: Option<RawLimits>, p: &mut Vec<String>) -> Limits {
             d.http2_keepalive_timeout,
             p,
         ),
-        http2_max_concurrent_streams: streams,
-        max_header_bytes: header_bytes,
+        http2_max_concurrent_streams: within(
+            "http2_max_concurrent_streams",
+            raw.http2_max_concurrent_streams,
+            1..=10_000,
+            d.http2_max_concurrent_streams,
+            p,
+        ),
+        max_header_bytes: within(
+            "max_header_bytes",
+            raw.max_header_bytes,
+            8 * 1024..=1024 * 1024,
+            d.max_header_bytes,
+            p,
+        ),
         max_connections: count(
             "max_connections",
             raw.max_connections,
@@ -166,6 +150,43 @@ pub(super) fn validate(raw: Option<RawLimits>, p: &mut Vec<String>) -> Limits {
         ));
     }
     l
+}
+
+/// A count of at least `min` (`def` when absent or smaller).
+fn count(k: &str, v: Option<usize>, def: usize, min: usize, p: &mut Vec<String>) -> usize {
+    match v {
+        None => def,
+        Some(n) if n >= min => n,
+        Some(n) => {
+            p.push(format!("limits.{k}: {n} is too small (at least {min})"));
+            def
+        }
+    }
+}
+
+/// A number that must lie in `range` (`def` when absent or out of range).
+fn within<T>(
+    k: &str,
+    v: Option<T>,
+    range: std::ops::RangeInclusive<T>,
+    def: T,
+    p: &mut Vec<String>,
+) -> T
+where
+    T: PartialOrd + Copy + std::fmt::Display,
+{
+    match v {
+        None => def,
+        Some(n) if range.contains(&n) => n,
+        Some(n) => {
+            p.push(format!(
+                "limits.{k}: {n} is not between {} and {}",
+                range.start(),
+                range.end()
+            ));
+            def
+        }
+    }
 }
 
 #[cfg(test)]

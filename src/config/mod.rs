@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use http::HeaderName;
 use serde::Deserialize;
 
 pub use auth::{Portal, Provider, Rule};
@@ -306,51 +307,53 @@ impl Access {
     }
 }
 
-/// Header names used to pass the verified identity upstream.
+/// Header names used to pass the verified identity upstream, parsed once
+/// when the config is validated (never per request).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdentityHeaders {
     /// User login.
-    pub login: String,
+    pub login: HeaderName,
     /// User display name.
-    pub name: String,
+    pub name: HeaderName,
     /// Profile picture URL.
-    pub profile_pic: String,
+    pub profile_pic: HeaderName,
     /// Node MagicDNS name.
-    pub node: String,
+    pub node: HeaderName,
     /// Node tags, comma-separated.
-    pub tags: String,
+    pub tags: HeaderName,
     /// Signed-in user's email (login session).
-    pub email: String,
+    pub email: HeaderName,
     /// Signed-in user's subject at the provider.
-    pub user: String,
+    pub user: HeaderName,
     /// Signed-in user's display name.
-    pub login_name: String,
+    pub login_name: HeaderName,
     /// Signed-in user's groups, comma-separated.
-    pub groups: String,
+    pub groups: HeaderName,
     /// The caller's roles, comma-separated.
-    pub roles: String,
+    pub roles: HeaderName,
 }
 
 impl Default for IdentityHeaders {
     fn default() -> Self {
+        let h = HeaderName::from_static;
         IdentityHeaders {
-            login: "Tailscale-User-Login".into(),
-            name: "Tailscale-User-Name".into(),
-            profile_pic: "Tailscale-User-Profile-Pic".into(),
-            node: "Tailscale-Node-Name".into(),
-            tags: "Tailscale-Node-Tags".into(),
-            email: "Remote-Email".into(),
-            user: "Remote-User".into(),
-            login_name: "Remote-Name".into(),
-            groups: "Remote-Groups".into(),
-            roles: "Remote-Roles".into(),
+            login: h("tailscale-user-login"),
+            name: h("tailscale-user-name"),
+            profile_pic: h("tailscale-user-profile-pic"),
+            node: h("tailscale-node-name"),
+            tags: h("tailscale-node-tags"),
+            email: h("remote-email"),
+            user: h("remote-user"),
+            login_name: h("remote-name"),
+            groups: h("remote-groups"),
+            roles: h("remote-roles"),
         }
     }
 }
 
 impl IdentityHeaders {
     /// All the names, for stripping client-sent copies.
-    pub(crate) fn all(&self) -> [&str; 10] {
+    pub(crate) fn all(&self) -> [&HeaderName; 10] {
         [
             &self.login,
             &self.name,
@@ -363,6 +366,23 @@ impl IdentityHeaders {
             &self.groups,
             &self.roles,
         ]
+    }
+
+    /// The field a config key (`identity_headers.<key>`) renames.
+    fn field(&mut self, key: &str) -> Option<&mut HeaderName> {
+        Some(match key {
+            "login" => &mut self.login,
+            "name" => &mut self.name,
+            "profile_pic" => &mut self.profile_pic,
+            "node" => &mut self.node,
+            "tags" => &mut self.tags,
+            "email" => &mut self.email,
+            "user" => &mut self.user,
+            "login_name" => &mut self.login_name,
+            "groups" => &mut self.groups,
+            "roles" => &mut self.roles,
+            _ => return None,
+        })
     }
 }
 
@@ -464,19 +484,38 @@ impl Config {
         }
     }
 
-    /// `https://<node fqdn>[:port]` as configured (see [`https_origin`]).
-    pub(crate) fn node_origin(&self, node: &NodeSpec) -> String {
-        https_origin(&self.node_fqdn(node), node.https_port)
+    /// The node's HTTPS origin as configured ([`NodeOrigin`]).
+    pub(crate) fn node_origin(&self, node: &NodeSpec) -> NodeOrigin {
+        NodeOrigin::new(&self.node_fqdn(node), node.https_port)
     }
 }
 
-/// The origin of an HTTPS name: `https://host`, with `:port` unless it is
-/// HTTPS's default. The one place a node's origin is spelled.
-pub(crate) fn https_origin(host: &str, port: u16) -> String {
-    if port == 443 {
-        format!("https://{host}")
-    } else {
-        format!("https://{host}:{port}")
+/// A node's HTTPS origin, `https://host` with `:port` unless it is HTTPS's
+/// default (443). The one place a node's origin is spelled: printed URLs,
+/// the portal's absolute URLs, the `:80` redirect and Funnel all format it
+/// through this type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NodeOrigin {
+    host: String,
+    port: u16,
+}
+
+impl NodeOrigin {
+    /// The origin of `host` (a MagicDNS name) on HTTPS port `port`.
+    pub(crate) fn new(host: &str, port: u16) -> NodeOrigin {
+        NodeOrigin {
+            host: host.to_string(),
+            port,
+        }
+    }
+}
+
+impl fmt::Display for NodeOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.port {
+            443 => write!(f, "https://{}", self.host),
+            port => write!(f, "https://{}:{port}", self.host),
+        }
     }
 }
 
@@ -525,10 +564,6 @@ fn valid_hostname(h: &str) -> bool {
 fn valid_tag(t: &str) -> bool {
     t.strip_prefix("tag:")
         .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
-}
-
-fn valid_header_name(h: &str) -> bool {
-    http::HeaderName::from_bytes(h.as_bytes()).is_ok()
 }
 
 fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
@@ -791,27 +826,15 @@ fn route_identity_headers(
 ) -> IdentityHeaders {
     let mut identity_headers = IdentityHeaders::default();
     for (k, v) in raw {
-        if !valid_header_name(&v) {
-            p.push(format!(
-                "{}: {v:?} is not a valid header name",
-                f(&format!("identity_headers.{k}"))
-            ));
+        let field = f(&format!("identity_headers.{k}"));
+        let Ok(name) = HeaderName::from_bytes(v.as_bytes()) else {
+            p.push(format!("{field}: {v:?} is not a valid header name"));
             continue;
-        }
-        match k.as_str() {
-            "login" => identity_headers.login = v,
-            "name" => identity_headers.name = v,
-            "profile_pic" => identity_headers.profile_pic = v,
-            "node" => identity_headers.node = v,
-            "tags" => identity_headers.tags = v,
-            "email" => identity_headers.email = v,
-            "user" => identity_headers.user = v,
-            "login_name" => identity_headers.login_name = v,
-            "groups" => identity_headers.groups = v,
-            "roles" => identity_headers.roles = v,
-            _ => p.push(format!(
-                "{}: unknown key (login, name, profile_pic, node, tags, email, user, login_name, groups, roles)",
-                f(&format!("identity_headers.{k}"))
+        };
+        match identity_headers.field(&k) {
+            Some(slot) => *slot = name,
+            None => p.push(format!(
+                "{field}: unknown key (login, name, profile_pic, node, tags, email, user, login_name, groups, roles)"
             )),
         }
     }
@@ -859,18 +882,11 @@ fn validate_route(
         p,
     )?;
     let identity_headers = route_identity_headers(&f, r.identity_headers, p);
-    let connect_timeout = parse_duration(
-        &f("connect_timeout"),
-        &r.connect_timeout,
-        Duration::from_secs(5),
-        p,
-    );
-    let response_timeout = parse_duration(
-        &f("response_timeout"),
-        &r.response_timeout,
-        Duration::from_secs(60),
-        p,
-    );
+    let timeout = |k: &str, v: &Option<String>, secs: u64, p: &mut Vec<String>| {
+        parse_duration(&f(k), v, Duration::from_secs(secs), p)
+    };
+    let connect_timeout = timeout("connect_timeout", &r.connect_timeout, 5, p);
+    let response_timeout = timeout("response_timeout", &r.response_timeout, 60, p);
     let login = (wants_login && access != Access::Public).then(|| LoginRequirement {
         roles: r.roles.clone(),
         max_auth_age: r
@@ -1053,37 +1069,13 @@ fn validate_public(pl: RawPublic, p: &mut Vec<String>) -> Option<PublicListener>
     };
     let cert = match cert {
         Some(c) => c,
-        None => {
-            let directory = pl
-                .acme_directory
-                .unwrap_or_else(|| LETS_ENCRYPT.to_string());
-            check_url("public.acme_directory", &directory, p);
-            for c in &pl.acme_contact {
-                if !c.starts_with("mailto:") {
-                    p.push(format!(
-                        "public.acme_contact: {c:?} must look like \"mailto:you@example.com\""
-                    ));
-                }
-            }
-            if let Some(f) = &pl.acme_ca_file
-                && !f.is_file()
-            {
-                p.push(format!(
-                    "public.acme_ca_file: {} does not exist",
-                    f.display()
-                ));
-            }
-            let Some(cache_dir) = pl.acme_cache_dir else {
-                p.push("public.acme_cache_dir: required with ACME (account and certificates are kept there)".into());
-                return None;
-            };
-            PublicCert::Acme {
-                directory,
-                contact: pl.acme_contact,
-                cache_dir,
-                ca_file: pl.acme_ca_file,
-            }
-        }
+        None => public_acme(
+            pl.acme_directory,
+            pl.acme_contact,
+            pl.acme_cache_dir,
+            pl.acme_ca_file,
+            p,
+        )?,
     };
     Some(PublicListener {
         listen: listen?,
@@ -1093,6 +1085,46 @@ fn validate_public(pl: RawPublic, p: &mut Vec<String>) -> Option<PublicListener>
             .map(|d| d.to_ascii_lowercase())
             .collect(),
         cert,
+    })
+}
+
+/// The public listener's ACME settings (`None`: no cache directory).
+fn public_acme(
+    directory: Option<String>,
+    contact: Vec<String>,
+    cache_dir: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    p: &mut Vec<String>,
+) -> Option<PublicCert> {
+    let directory = directory.unwrap_or_else(|| LETS_ENCRYPT.to_string());
+    check_url("public.acme_directory", &directory, p);
+    for c in &contact {
+        if !c.starts_with("mailto:") {
+            p.push(format!(
+                "public.acme_contact: {c:?} must look like \"mailto:you@example.com\""
+            ));
+        }
+    }
+    if let Some(f) = &ca_file
+        && !f.is_file()
+    {
+        p.push(format!(
+            "public.acme_ca_file: {} does not exist",
+            f.display()
+        ));
+    }
+    let Some(cache_dir) = cache_dir else {
+        p.push(
+            "public.acme_cache_dir: required with ACME (account and certificates are kept there)"
+                .into(),
+        );
+        return None;
+    };
+    Some(PublicCert::Acme {
+        directory,
+        contact,
+        cache_dir,
+        ca_file,
     })
 }
 

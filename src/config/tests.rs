@@ -366,3 +366,29 @@ fn allow_underscore_headers_is_a_route_option_named_in_errors() {
         "{e}"
     );
 }
+
+#[test]
+fn identity_header_names_are_parsed_once_and_named_in_errors() {
+    let route = "[[node]]\nhostname = \"gw\"\nstate_dir = \"/s\"\n[[route]]\npath = \"/\"\nupstream = \"http://127.0.0.1:1\"\n";
+    let p = problems(&format!(
+        "{route}identity_headers = {{ login = \"bad header\", nick = \"X-Nick\" }}\n"
+    ));
+    assert_eq!(
+        p,
+        [
+            "route[0].identity_headers.login: \"bad header\" is not a valid header name",
+            "route[0].identity_headers.nick: unknown key (login, name, profile_pic, node, tags, email, user, login_name, groups, roles)",
+        ]
+    );
+    let c = Config::parse(
+        &format!("{route}identity_headers = {{ email = \"X-Auth-Email\" }}\n"),
+        &env,
+    )
+    .unwrap();
+    let h = &c.routes[0].identity_headers;
+    assert_eq!(h.email, http::HeaderName::from_static("x-auth-email"));
+    assert_eq!(
+        h.login,
+        http::HeaderName::from_static("tailscale-user-login")
+    );
+}

@@ -37,7 +37,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
 
 use crate::config::{Access, Route};
-use crate::http::path;
+use crate::http::path::{self, NormalizedPath};
 use crate::http::response::{Body, wants_html};
 use crate::identity::PeerIdentity;
 use crate::metrics::Metrics;
@@ -47,8 +47,8 @@ use crate::proxy::{self, BoxError, Forwarding, SessionEnd, Upstream};
 use crate::session::{Session, now};
 
 pub(crate) use outcome::Outcome;
-pub(crate) use route::Snapshot;
 use route::Target;
+pub(crate) use route::{NodeId, Snapshot, node_id};
 
 /// What every request on one connection shares, fixed when it was
 /// accepted: who is calling (never from a header), on which node, and how
@@ -58,6 +58,8 @@ pub(crate) struct Connection {
     pub(crate) who: Arc<PeerIdentity>,
     /// The accepting node; `None` on the loopback and public listeners.
     pub(crate) node: Option<String>,
+    /// The same node as routes know it, resolved once per listener.
+    pub(crate) node_id: Option<NodeId>,
     /// The node's own HTTPS origin (tailnet connections only): absolute
     /// URLs are built from it, never from the Host header.
     pub(crate) origin: Option<Arc<PortalOrigin>>,
@@ -116,8 +118,7 @@ where
     };
     // 2. Route.
     let host = route::host_of(&req);
-    let node = conn.node.as_deref();
-    let (route, up) = match snap.target(node, host.as_deref(), &p) {
+    let (route, up) = match snap.target(conn, host.as_deref(), &p) {
         Target::Portal(pt) => return ("portal".into(), portal(req, pt, &p, conn).await),
         Target::Nothing => return ("-".into(), Outcome::NoRoute),
         Target::Route(route, up) => (route, up),
@@ -130,7 +131,7 @@ where
         Verdict::End(outcome) => return (route.name(), outcome),
     };
     // Checked only for what is forwarded: a hidden route stays a 404.
-    if let Err(e) = snap.path_rule(node, host.as_deref(), route, &p) {
+    if let Err(e) = snap.path_rule(conn, host.as_deref(), route, &p) {
         return (route.name(), Outcome::BadPath(e));
     }
     // 5. Forward.
@@ -141,7 +142,12 @@ where
 /// The portal's pages exist for tailnet peers only; elsewhere (Funnel,
 /// loopback, the public listener) its paths are not found, and never fall
 /// through to a public route.
-async fn portal<B: Send>(req: Request<B>, pt: &Portal, p: &str, conn: &Connection) -> Outcome {
+async fn portal<B: Send>(
+    req: Request<B>,
+    pt: &Portal,
+    p: &NormalizedPath,
+    conn: &Connection,
+) -> Outcome {
     match &conn.origin {
         Some(origin) => {
             let (response, word) = pt.handle(req, p, &conn.who, origin).await;
@@ -233,7 +239,7 @@ async fn forward<B>(
     auth: &Auth<'_>,
     conn: &Connection,
     snap: &Snapshot,
-    p: &str,
+    p: &NormalizedPath,
     why: String,
 ) -> Outcome
 where

@@ -7,16 +7,48 @@ use std::time::Duration;
 
 use http::{Request, header};
 
+use super::Connection;
 use crate::config::{Access, Config, Route};
-use crate::http::path;
+use crate::http::path::{self, NormalizedPath};
 use crate::portal::Portal;
 use crate::proxy::Upstream;
+
+/// A running node: its place in the node list tailpass started with. Node
+/// changes need a restart, so the list (and every `NodeId`) is fixed while
+/// tailpass runs, across reloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NodeId(pub(crate) usize);
+
+/// The running nodes' host names, in start order; `NodeId` indexes it.
+pub(crate) fn node_id(running: &[String], hostname: &str) -> Option<NodeId> {
+    running.iter().position(|h| h == hostname).map(NodeId)
+}
+
+/// Which node a route answers on, resolved once per snapshot so the
+/// request path compares ids, never names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnNode {
+    /// Every node (no `node` set).
+    Every,
+    /// One running node.
+    Node(NodeId),
+    /// A node added by a reload and not running until a restart: no
+    /// tailnet listener serves it yet.
+    NotRunning,
+}
+
+/// A route with its upstream client and its resolved node.
+pub(crate) struct Routed {
+    route: Route,
+    up: Upstream,
+    on: OnNode,
+}
 
 /// What a reload replaces: routes with their upstream clients, the portal
 /// (policies, providers, rules). A request uses the snapshot it started
 /// with, whole, even if a reload lands meanwhile.
 pub(crate) struct Snapshot {
-    pub(crate) routes: Vec<(Route, Upstream)>,
+    routes: Vec<Routed>,
     pub(crate) portal: Option<Arc<Portal>>,
     /// From `[limits]`, fixed at start (listener settings need a restart).
     pub(crate) body_idle_timeout: Duration,
@@ -33,33 +65,57 @@ pub(crate) enum Target<'a> {
 }
 
 impl Snapshot {
+    /// The snapshot of `config` for the nodes `running` (host names in
+    /// start order).
     pub(crate) fn new(
         config: &Config,
+        running: &[String],
         portal: Option<Arc<Portal>>,
         body_idle_timeout: Duration,
     ) -> Snapshot {
+        let on = |r: &Route| match &r.node {
+            None => OnNode::Every,
+            Some(n) => node_id(running, n).map_or(OnNode::NotRunning, OnNode::Node),
+        };
         Snapshot {
             routes: config
                 .routes
                 .iter()
-                .map(|r| (r.clone(), Upstream::new(r)))
+                .map(|r| Routed {
+                    route: r.clone(),
+                    up: Upstream::new(r),
+                    on: on(r),
+                })
                 .collect(),
             portal,
             body_idle_timeout,
         }
     }
 
-    /// The target of normalized path `p` on `node` (none: the loopback or
-    /// public listener) for Host `host`.
-    pub(crate) fn target(&self, node: Option<&str>, host: Option<&str>, p: &str) -> Target<'_> {
-        if let Some(pt) = self.portal.as_deref()
+    /// Whether the portal is served where the connection came in (the
+    /// loopback and public listeners count as served, so its prefix is
+    /// never routed elsewhere there).
+    fn portal_here(&self, conn: &Connection) -> Option<&Portal> {
+        self.portal
+            .as_deref()
+            .filter(|pt| conn.node.as_deref().is_none_or(|n| pt.serves(n)))
+    }
+
+    /// The target of normalized path `p` on the connection's node (none:
+    /// the loopback or public listener) for Host `host`.
+    pub(crate) fn target(
+        &self,
+        conn: &Connection,
+        host: Option<&str>,
+        p: &NormalizedPath,
+    ) -> Target<'_> {
+        if let Some(pt) = self.portal_here(conn)
             && path::under(pt.prefix(), p)
-            && node.is_none_or(|n| pt.serves(n))
         {
             return Target::Portal(pt);
         }
-        match self.find_by(node, host, |prefix| path::under(prefix, p)) {
-            Some((r, up)) => Target::Route(r, up),
+        match self.find_by(conn.node_id, host, |prefix| path::under(prefix, p)) {
+            Some(r) => Target::Route(&r.route, &r.up),
             None => Target::Nothing,
         }
     }
@@ -68,20 +124,20 @@ impl Snapshot {
     /// `node` and `host`.
     fn find_by(
         &self,
-        node: Option<&str>,
+        node: Option<NodeId>,
         host: Option<&str>,
         matches: impl Fn(&str) -> bool,
-    ) -> Option<&(Route, Upstream)> {
+    ) -> Option<&Routed> {
         self.routes
             .iter()
-            .filter(|(r, _)| match (&r.node, node) {
-                (Some(rn), Some(n)) => rn == n,
+            .filter(|r| match (r.on, node) {
+                (OnNode::Node(rn), Some(n)) => rn == n,
+                (OnNode::NotRunning, Some(_)) => false,
                 _ => true,
             })
-            .filter(|(r, _)| r.host.as_deref().is_none_or(|h| Some(h) == host))
-            .filter(|(r, _)| matches(&r.path))
-            .max_by_key(|(r, _)| (r.path.len(), r.host.is_some()))
-            .map(|x| x as &(Route, Upstream))
+            .filter(|r| r.route.host.as_deref().is_none_or(|h| Some(h) == host))
+            .filter(|r| matches(&r.route.path))
+            .max_by_key(|r| (r.route.path.len(), r.route.host.is_some()))
     }
 
     /// The path rules that depend on the route matched (`http::path`): the
@@ -89,23 +145,23 @@ impl Snapshot {
     /// the portal) under the path's loose reading.
     pub(crate) fn path_rule(
         &self,
-        node: Option<&str>,
+        conn: &Connection,
         host: Option<&str>,
         route: &Route,
-        p: &str,
+        p: &NormalizedPath,
     ) -> Result<(), path::PathError> {
-        if !matches!(route.access, Access::Public) {
-            path::strict(p)?;
+        match route.access {
+            Access::Public => {}
+            Access::Tailnet { .. } => path::strict(p)?,
         }
         let l = path::loose(p)?;
         let folded = |prefix: &str| path::under(&prefix.to_ascii_lowercase(), &l);
-        let again = self.find_by(node, host, folded).map(|(r, _)| r.index);
+        let again = self
+            .find_by(conn.node_id, host, folded)
+            .map(|r| r.route.index);
         // The portal counts only where it is served (it is matched before
         // routes there); on other nodes its prefix is an ordinary path.
-        let portal = self
-            .portal
-            .as_deref()
-            .is_some_and(|pt| node.is_none_or(|n| pt.serves(n)) && folded(pt.prefix()));
+        let portal = self.portal_here(conn).is_some_and(|pt| folded(pt.prefix()));
         if again != Some(route.index) || portal {
             return Err(path::PathError::Ambiguous);
         }

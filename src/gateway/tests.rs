@@ -113,7 +113,8 @@ client_id = "tailpass"
     let portal = Portal::new(&config, dialer, None, metrics.clone())
         .unwrap()
         .map(Arc::new);
-    let snap = Snapshot::new(&config, portal, std::time::Duration::from_secs(5));
+    let running = ["gw".to_string()];
+    let snap = Snapshot::new(&config, &running, portal, std::time::Duration::from_secs(5));
     Env {
         snap,
         metrics,
@@ -121,22 +122,23 @@ client_id = "tailpass"
     }
 }
 
-fn whois(login: &str, tags: &[&str]) -> Arc<WhoIs> {
+fn whois(login: &str, tags: &[&str]) -> WhoIs {
     let j = serde_json::json!({
         "Node": {"StableID": "n1", "Name": "laptop.example.ts.net.", "Tags": tags},
         "UserProfile": {"ID": 1, "LoginName": login, "DisplayName": "Alice A"},
     });
-    Arc::new(WhoIs::from_json(&j.to_string()).unwrap())
+    WhoIs::from_json(&j.to_string()).unwrap()
 }
 
 /// Alice's laptop on the tailnet, through node `gw`.
 fn alice() -> Connection {
     Connection {
-        who: Arc::new(PeerIdentity::Tailnet {
-            addr: "100.64.0.9:41000".parse().unwrap(),
-            whois: whois("alice@example.com", &[]),
-        }),
+        who: Arc::new(PeerIdentity::tailnet(
+            "100.64.0.9:41000".parse().unwrap(),
+            whois("alice@example.com", &[]),
+        )),
         node: Some("gw".into()),
+        node_id: Some(NodeId(0)),
         origin: Some(Arc::new(PortalOrigin {
             node: "gw".into(),
             base: "https://gw.example.ts.net".into(),
@@ -152,6 +154,7 @@ fn funnel() -> Connection {
             addr: "203.0.113.7:5000".parse().unwrap(),
         }),
         node: Some("gw".into()),
+        node_id: Some(NodeId(0)),
         origin: None,
         scheme: "https",
     }
@@ -163,6 +166,7 @@ fn loopback() -> Connection {
             addr: "127.0.0.1:5000".parse().unwrap(),
         }),
         node: None,
+        node_id: None,
         origin: None,
         scheme: "http",
     }
@@ -551,5 +555,63 @@ fn every_outcome_has_one_status_and_word() {
         assert_eq!(a.response.status().as_u16(), status, "{e:?}");
         assert_eq!((a.decision, a.upstream_error), ("allow", label), "{e:?}");
         assert_eq!(a.reason, "why");
+    }
+}
+
+/// Routes name their node once, when the snapshot is built: a route pinned
+/// to another running node, or to a node a reload added (not running until
+/// a restart), is not served on this node's listener; the loopback
+/// listener (no node) sees every route.
+#[tokio::test]
+async fn routes_are_resolved_to_running_nodes_once() {
+    let text = r#"
+[[node]]
+hostname = "gw"
+state_dir = "/s/gw"
+[[node]]
+hostname = "other"
+state_dir = "/s/other"
+[[node]]
+hostname = "added"
+state_dir = "/s/added"
+[[route]]
+path = "/mine"
+upstream = "http://127.0.0.1:1"
+node = "gw"
+[[route]]
+path = "/theirs"
+upstream = "http://127.0.0.1:1"
+node = "other"
+[[route]]
+path = "/later"
+upstream = "http://127.0.0.1:1"
+node = "added"
+"#;
+    let config = Config::parse(text, &|_| None).unwrap();
+    // Started with gw and other; "added" came with a reload.
+    let running = ["gw".to_string(), "other".to_string()];
+    let snap = Snapshot::new(&config, &running, None, std::time::Duration::from_secs(5));
+    assert_eq!(node_id(&running, "other"), Some(NodeId(1)));
+    assert_eq!(node_id(&running, "added"), None);
+    let routed = |conn: &Connection, p: &str| {
+        let p = crate::http::path::normalize(p).unwrap();
+        match snap.target(conn, None, &p) {
+            route::Target::Route(r, _) => Some(r.path.clone()),
+            _ => None,
+        }
+    };
+    let (gw, lo) = (alice(), loopback());
+    assert_eq!(routed(&gw, "/mine/x").as_deref(), Some("/mine"));
+    assert_eq!(routed(&gw, "/theirs/x"), None, "pinned to another node");
+    assert_eq!(routed(&gw, "/later/x"), None, "its node is not running");
+    let other = Connection {
+        node: Some("other".into()),
+        node_id: Some(NodeId(1)),
+        ..alice()
+    };
+    assert_eq!(routed(&other, "/theirs").as_deref(), Some("/theirs"));
+    assert_eq!(routed(&other, "/mine"), None);
+    for p in ["/mine", "/theirs", "/later"] {
+        assert_eq!(routed(&lo, p).as_deref(), Some(p), "loopback sees {p}");
     }
 }

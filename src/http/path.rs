@@ -82,8 +82,47 @@ const SEGMENT: &AsciiSet = &CONTROLS
     .add(b'}')
     .add(0x7f);
 
+/// A request path in canonical form (module doc). Only [`normalize`]
+/// makes one, so a function that takes it — routing, the policy's path
+/// rules, `proxy::forward` — knows the path was normalized, and the
+/// upstream gets the very path that was routed and authorized.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NormalizedPath(String);
+
+impl NormalizedPath {
+    /// The canonical path.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for NormalizedPath {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for NormalizedPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl PartialEq<str> for NormalizedPath {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for NormalizedPath {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
 /// Normalizes a request path (without query).
-pub fn normalize(raw: &str) -> Result<String, PathError> {
+pub fn normalize(raw: &str) -> Result<NormalizedPath, PathError> {
     if !raw.starts_with('/') {
         return Err(PathError::NotAbsolute);
     }
@@ -133,13 +172,13 @@ pub fn normalize(raw: &str) -> Result<String, PathError> {
     if path.is_empty() || (trailing && !path.ends_with('/')) {
         path.push('/');
     }
-    Ok(path)
+    Ok(NormalizedPath(path))
 }
 
 /// Validates a route prefix from the config: it must already be canonical
 /// (apart from one trailing slash, which is dropped).
 pub(crate) fn normalize_prefix(raw: &str) -> Result<String, PathError> {
-    let n = normalize(raw)?;
+    let n = normalize(raw)?.0;
     let n = if n.len() > 1 {
         n.trim_end_matches('/').to_string()
     } else {
@@ -189,7 +228,7 @@ pub fn strict(canonical: &str) -> Result<(), PathError> {
 /// canonical and its own loose reading. An error when the reading is
 /// ambiguous (e.g. a doubly encoded slash).
 pub fn loose(canonical: &str) -> Result<String, PathError> {
-    let mut cur = normalize(canonical)?;
+    let mut cur = normalize(canonical)?.0;
     for _ in 0..4 {
         let next = loose_once(&cur)?;
         if next == cur {
@@ -263,7 +302,13 @@ pub(crate) fn under(prefix: &str, path: &str) -> bool {
 
 /// The upstream path: `path` with `prefix` removed if `strip`, appended to
 /// the upstream's own base path.
-pub(crate) fn upstream_path(base: &str, prefix: &str, path: &str, strip: bool) -> String {
+pub(crate) fn upstream_path(
+    base: &str,
+    prefix: &str,
+    path: &NormalizedPath,
+    strip: bool,
+) -> String {
+    let path = path.as_str();
     let rest = if strip && prefix != "/" {
         let r = &path[prefix.len().min(path.len())..];
         if r.is_empty() { "/" } else { r }
@@ -330,10 +375,11 @@ mod tests {
         assert!(under("/files", "/files/a"));
         assert!(!under("/files", "/filesystem"));
         assert!(under("/", "/anything"));
-        assert_eq!(upstream_path("", "/ttyd", "/ttyd/ws", true), "/ws");
-        assert_eq!(upstream_path("/", "/ttyd", "/ttyd", true), "/");
-        assert_eq!(upstream_path("/base/", "/f", "/f/x", true), "/base/x");
-        assert_eq!(upstream_path("", "/f", "/f/x", false), "/f/x");
+        let n = |p: &str| normalize(p).unwrap();
+        assert_eq!(upstream_path("", "/ttyd", &n("/ttyd/ws"), true), "/ws");
+        assert_eq!(upstream_path("/", "/ttyd", &n("/ttyd"), true), "/");
+        assert_eq!(upstream_path("/base/", "/f", &n("/f/x"), true), "/base/x");
+        assert_eq!(upstream_path("", "/f", &n("/f/x"), false), "/f/x");
     }
 
     #[test]

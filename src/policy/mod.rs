@@ -9,9 +9,8 @@
 use std::collections::BTreeSet;
 
 use crate::config::{Access, Combine, Route, Rule};
-use crate::identity::PeerIdentity;
+use crate::identity::{PeerIdentity, Principal};
 use crate::session::Session;
-use crate::tailnet::WhoIs;
 
 /// The outcome for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +52,7 @@ pub struct Caller<'a> {
 pub fn roles(rules: &[Rule], who: &PeerIdentity, session: Option<&Session>) -> BTreeSet<String> {
     rules
         .iter()
-        .filter(|r| rule_matches(r, who.whois(), session))
+        .filter(|r| rule_matches(r, who.principal(), session))
         .flat_map(|r| r.roles.iter().cloned())
         .collect()
 }
@@ -65,7 +64,7 @@ fn claim_has(v: &serde_json::Value, want: &serde_json::Value) -> bool {
     }
 }
 
-fn rule_matches(r: &Rule, whois: Option<&WhoIs>, s: Option<&Session>) -> bool {
+fn rule_matches(r: &Rule, who: Option<&Principal>, s: Option<&Session>) -> bool {
     if r.needs_login() {
         let Some(s) = s else { return false };
         if !r.providers.is_empty() && !r.providers.contains(&s.provider) {
@@ -104,13 +103,15 @@ fn rule_matches(r: &Rule, whois: Option<&WhoIs>, s: Option<&Session>) -> bool {
     }
     let tailnet_cond = !r.tailnet_users.is_empty() || !r.tags.is_empty() || r.capability.is_some();
     if tailnet_cond {
-        let Some(w) = whois else { return false };
+        let Some(who) = who else { return false };
+        let w = who.whois();
+        // A tagged node is never a tailnet user, whoever created it.
         if !r.tailnet_users.is_empty()
-            && (w.is_tagged()
-                || !r
-                    .tailnet_users
+            && !who.user().is_some_and(|user| {
+                r.tailnet_users
                     .iter()
-                    .any(|u| u.eq_ignore_ascii_case(&w.user.login_name)))
+                    .any(|u| u.eq_ignore_ascii_case(&user.login_name))
+            })
         {
             return false;
         }
@@ -137,7 +138,7 @@ fn rule_matches(r: &Rule, whois: Option<&WhoIs>, s: Option<&Session>) -> bool {
 
 /// The tailnet part of a route: `None` when the route has none (any peer),
 /// else whether the peer matches and what matched.
-fn tailnet_match(access: &Access, w: &WhoIs) -> Option<Result<String, ()>> {
+fn tailnet_match(access: &Access, who: &Principal) -> Option<Result<String, ()>> {
     let Access::Tailnet {
         users,
         tags,
@@ -150,13 +151,14 @@ fn tailnet_match(access: &Access, w: &WhoIs) -> Option<Result<String, ()>> {
         return None;
     }
     // A tagged node acts for its tags only, never for the user who made it.
-    if !w.is_tagged()
+    if let Principal::User(w) = who
         && let Some(u) = users
             .iter()
             .find(|u| u.eq_ignore_ascii_case(&w.user.login_name))
     {
         return Some(Ok(format!("user {u}")));
     }
+    let w = who.whois();
     if let Some(t) = tags.iter().find(|t| w.node.tags.contains(t)) {
         return Some(Ok(format!("tag {t}")));
     }
@@ -210,10 +212,13 @@ fn login_check(route: &Route, c: &Caller<'_>) -> Option<LoginCheck> {
 /// Decides whether `c` may use `route` with `method`.
 pub fn evaluate(route: &Route, method: &http::Method, c: &Caller<'_>) -> Decision {
     let who = c.who;
-    if matches!(route.access, Access::Public) {
-        return method_ok(route, method, "public route".into());
+    // `access` and `require` were parsed into enums with the config; each
+    // is matched exhaustively, so a new kind cannot be passed over.
+    match route.access {
+        Access::Public => return method_ok(route, method, "public route".into()),
+        Access::Tailnet { .. } => {}
     }
-    let whois = match who {
+    let principal = match who {
         PeerIdentity::Funnel { .. } => {
             return Decision::Hide("protected route asked through Funnel".into());
         }
@@ -226,9 +231,9 @@ pub fn evaluate(route: &Route, method: &http::Method, c: &Caller<'_>) -> Decisio
         PeerIdentity::Loopback { .. } => {
             return Decision::Hide("protected route asked through loopback".into());
         }
-        PeerIdentity::Tailnet { whois, .. } => whois,
+        PeerIdentity::Tailnet { principal, .. } => principal,
     };
-    let tailnet = tailnet_match(&route.access, whois);
+    let tailnet = tailnet_match(&route.access, principal);
     let login = login_check(route, c);
     let need_tailnet = || route.access.requirement().unwrap_or_default();
     let decision = match (route.require, tailnet, login) {

@@ -1,5 +1,3 @@
-use std::sync::Arc;
-
 use std::collections::{BTreeMap, BTreeSet};
 
 use http::Method as M;
@@ -65,10 +63,10 @@ fn peer(login: &str, tags: &[&str], caps: &[&str]) -> PeerIdentity {
         "UserProfile": {"ID": 1, "LoginName": login, "DisplayName": "X"},
         "CapMap": caps.iter().map(|c| (c.to_string(), serde_json::json!([{}]))).collect::<serde_json::Map<_, _>>(),
     });
-    PeerIdentity::Tailnet {
-        addr: "100.64.0.9:1234".parse().unwrap(),
-        whois: Arc::new(WhoIs::from_json(&j.to_string()).unwrap()),
-    }
+    PeerIdentity::tailnet(
+        "100.64.0.9:1234".parse().unwrap(),
+        WhoIs::from_json(&j.to_string()).unwrap(),
+    )
 }
 
 #[test]
@@ -212,10 +210,10 @@ capability_value = { mode = "rw" }
             "UserProfile": {"ID": 1, "LoginName": "carol@example.com", "DisplayName": "C"},
             "CapMap": {"example.com/cap/files": [v]},
         });
-        PeerIdentity::Tailnet {
-            addr: "100.64.0.9:1234".parse().unwrap(),
-            whois: Arc::new(WhoIs::from_json(&j.to_string()).unwrap()),
-        }
+        PeerIdentity::tailnet(
+            "100.64.0.9:1234".parse().unwrap(),
+            WhoIs::from_json(&j.to_string()).unwrap(),
+        )
     };
     assert_eq!(
         r(&cap(serde_json::json!({"mode": "rw"})), None),

@@ -603,9 +603,10 @@ impl Portal {
         let w = who.whois();
         pages::Identity {
             tailnet: who.to_string(),
-            tailnet_user: w
-                .filter(|w| !w.is_tagged())
-                .map(|w| w.user.login_name.clone()),
+            tailnet_user: who
+                .principal()
+                .and_then(|p| p.user())
+                .map(|u| u.login_name.clone()),
             node: w.map(|w| w.node.name.clone()),
             tags: w.map(|w| w.node.tags.clone()).unwrap_or_default(),
             session: s.map(|s| pages::SessionView {

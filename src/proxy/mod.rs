@@ -6,6 +6,7 @@
 //! went wrong (`UpstreamError`); `gateway::Outcome` answers.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,9 +20,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::config::Route;
 use crate::http::headers;
-use crate::http::path::upstream_path;
+use crate::http::path::{NormalizedPath, upstream_path};
 use crate::http::response::Body;
-use crate::identity::PeerIdentity;
+use crate::identity::{PeerIdentity, Principal};
 
 mod upload;
 
@@ -33,7 +34,7 @@ use upload::Upload;
 pub(crate) struct Upstream {
     client: Client<HttpConnector, Upload>,
     response_timeout: Duration,
-    hygiene: headers::Hygiene,
+    hygiene: Arc<headers::Hygiene>,
 }
 
 impl Upstream {
@@ -48,7 +49,10 @@ impl Upstream {
         Upstream {
             client,
             response_timeout: route.response_timeout,
-            hygiene: headers::Hygiene::new(&route.identity_headers, route.allow_underscore_headers),
+            hygiene: Arc::new(headers::Hygiene::new(
+                &route.identity_headers,
+                route.allow_underscore_headers,
+            )),
         }
     }
 }
@@ -58,8 +62,9 @@ impl Upstream {
 pub(crate) struct Forwarding<'a> {
     /// The caller.
     pub(crate) who: &'a PeerIdentity,
-    /// The normalized path the route matched.
-    pub(crate) path: &'a str,
+    /// The normalized path the route matched and the policy allowed: the
+    /// only path the upstream can be given.
+    pub(crate) path: &'a NormalizedPath,
     /// `https` or `http`, as the client sees it.
     pub(crate) scheme: &'static str,
     /// The signed-in user, when the request carries a live session.
@@ -185,7 +190,11 @@ where
 
 /// The upstream URI: the route's upstream, the path the route authorized
 /// (prefix stripped if configured), the client's query.
-fn upstream_uri(route: &Route, path: &str, query: Option<&str>) -> Result<Uri, UpstreamError> {
+fn upstream_uri(
+    route: &Route,
+    path: &NormalizedPath,
+    query: Option<&str>,
+) -> Result<Uri, UpstreamError> {
     let base = route.upstream.path();
     let mut pq = upstream_path(base, &route.path, path, route.strip_prefix);
     if let Some(q) = query {
@@ -213,17 +222,19 @@ fn upstream_uri(route: &Route, path: &str, query: Option<&str>) -> Result<Uri, U
 /// session cookie itself never goes upstream.
 fn set_identity(h: &mut http::HeaderMap, route: &Route, fwd: &Forwarding<'_>) {
     let n = &route.identity_headers;
-    if let Some(w) = fwd.who.whois() {
-        if !w.is_tagged() {
+    if let Some(p) = fwd.who.principal() {
+        // A tagged node has no user: only its node name and tags go up.
+        if let Principal::User(w) = p {
             headers::set_text(h, &n.login, &w.user.login_name);
             headers::set_text(h, &n.name, &w.user.display_name);
             if let Some(pic) = &w.user.profile_pic_url {
                 headers::set_text(h, &n.profile_pic, pic);
             }
         }
-        headers::set_text(h, &n.node, &w.node.name);
-        if !w.node.tags.is_empty() {
-            headers::set_text(h, &n.tags, &w.node.tags.join(","));
+        let node = &p.whois().node;
+        headers::set_text(h, &n.node, &node.name);
+        if !node.tags.is_empty() {
+            headers::set_text(h, &n.tags, &node.tags.join(","));
         }
     }
     if let Some(name) = fwd.session_cookie {
@@ -260,7 +271,7 @@ where
     B::Error: Into<BoxError>,
 {
     let (parts, body) = req.into_parts();
-    let (body, progress) = Upload::new(body, fwd.body_idle_timeout);
+    let (body, progress) = Upload::new(body, fwd.body_idle_timeout, up.hygiene.clone());
     let answer = up.client.request(Request::from_parts(parts, body));
     let sent = progress.clone();
     let deadline = async move {

@@ -2,6 +2,14 @@
 //! keeps moving: it is cut only when no chunk arrives for the body idle
 //! timeout. Its end starts the route's `response_timeout`, so the time
 //! spent uploading never counts against the upstream's answer.
+//!
+//! Request trailers (HTTP/1.1 chunked, HTTP/2) are header fields too: some
+//! frameworks merge them into the request's headers, so a trailer
+//! `Tailscale-User-Login: mallory` must never reach an upstream. The body
+//! is streamed frame by frame, and every trailers frame goes through the
+//! route's header hygiene (`http::headers::Hygiene`, the same rule as the
+//! head: protected names in any case and `_` for `-`, and other `_` names
+//! unless the route allows them) before it is sent on.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,6 +22,8 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::Notify;
 use tokio::time::Sleep;
+
+use crate::http::headers::Hygiene;
 
 /// Why an upload was cut.
 #[derive(Debug, thiserror::Error)]
@@ -63,10 +73,12 @@ pub(crate) struct Upload {
     timer: Pin<Box<Sleep>>,
     progress: Arc<Progress>,
     done: bool,
+    /// The route's header rule, applied to request trailers.
+    hygiene: Arc<Hygiene>,
 }
 
 impl Upload {
-    pub(crate) fn new<B>(inner: B, idle: Duration) -> (Upload, Arc<Progress>)
+    pub(crate) fn new<B>(inner: B, idle: Duration, hygiene: Arc<Hygiene>) -> (Upload, Arc<Progress>)
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -84,6 +96,7 @@ impl Upload {
             timer: Box::pin(tokio::time::sleep(idle)),
             progress: progress.clone(),
             done,
+            hygiene,
         };
         (up, progress)
     }
@@ -101,7 +114,13 @@ impl Body for Upload {
             return Poll::Ready(None);
         }
         match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(f))) => {
+            Poll::Ready(Some(Ok(mut f))) => {
+                if let Some(trailers) = f.trailers_mut() {
+                    let removed = self.hygiene.strip(trailers);
+                    if !removed.is_empty() {
+                        tracing::info!(trailers = ?removed, "removed client-sent protected or underscore trailers");
+                    }
+                }
                 let next = tokio::time::Instant::now() + self.idle;
                 self.timer.as_mut().reset(next);
                 if self.inner.is_end_stream() {
@@ -132,5 +151,50 @@ impl Body for Upload {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::IdentityHeaders;
+    use http::HeaderMap;
+    use http_body_util::{BodyExt, StreamBody};
+
+    /// A chunked upload whose trailers try to pose as identity headers.
+    #[tokio::test]
+    async fn protected_names_never_pass_in_request_trailers() {
+        let mut t = HeaderMap::new();
+        for (k, v) in [
+            ("tailscale-user-login", "mallory@example.com"),
+            ("tailscale_user_name", "Mallory"),
+            ("remote-user", "root"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-auth-user", "mallory"),
+            ("x_custom", "1"),
+            ("x-checksum", "abc"),
+        ] {
+            t.insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"hello"))),
+            Ok(Frame::trailers(t)),
+        ];
+        let names = IdentityHeaders {
+            login: http::HeaderName::from_static("x-auth-user"),
+            ..Default::default()
+        };
+        let hy = Arc::new(Hygiene::new(&names, false));
+        let body = StreamBody::new(futures_util::stream::iter(frames));
+        let (up, progress) = Upload::new(body, Duration::from_secs(5), hy);
+        let got = up.collect().await.unwrap();
+        assert!(!progress.stalled());
+        let trailers = got.trailers().cloned().expect("trailers kept");
+        let names: Vec<&str> = trailers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-checksum"], "{trailers:?}");
+        assert_eq!(got.to_bytes(), Bytes::from_static(b"hello"));
     }
 }

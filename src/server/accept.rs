@@ -23,7 +23,7 @@ use tokio_rustls::server::TlsStream;
 use super::Live;
 use super::conn::serve_http;
 use crate::config::Limits;
-use crate::gateway::{self, Connection};
+use crate::gateway::{self, Connection, NodeId};
 use crate::http::response;
 use crate::identity::PeerIdentity;
 use crate::listen::{self, Acceptor, Door, Ticket};
@@ -136,10 +136,7 @@ impl Handshake<TailnetStream> for TailnetTls {
         let node = &self.node;
         let who = match stream.origin() {
             Origin::Tailnet => match timed_whois(node, peer, &self.metrics).await {
-                Ok(w) => PeerIdentity::Tailnet {
-                    addr: peer,
-                    whois: Arc::new(w),
-                },
+                Ok(w) => PeerIdentity::tailnet(peer, w),
                 Err(e) => {
                     tracing::warn!(node = node.hostname(), %peer, error = %e, "whois failed; dropping connection");
                     return None;
@@ -179,6 +176,7 @@ async fn timed_whois(
 /// listener. Each request uses the config snapshot current when it starts.
 pub(crate) struct Pipeline {
     pub(crate) node: Option<String>,
+    pub(crate) node_id: Option<NodeId>,
     pub(crate) origin: Option<Arc<PortalOrigin>>,
     pub(crate) scheme: &'static str,
     pub(crate) live: Arc<Live>,
@@ -196,6 +194,7 @@ where
         let conn = Arc::new(Connection {
             who: Arc::new(who),
             node: self.node.clone(),
+            node_id: self.node_id,
             origin: self.origin.clone(),
             scheme: self.scheme,
         });

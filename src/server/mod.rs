@@ -21,7 +21,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::config::{CertSource, Config, Limits, NodeSpec, PublicListener};
+use crate::config::{CertSource, Config, Limits, NodeOrigin, NodeSpec, PublicListener};
 use crate::gateway::Snapshot;
 use crate::identity::PeerIdentity;
 use crate::listen::{
@@ -137,6 +137,9 @@ struct Live {
     open: Arc<()>,
     /// Fixed at start: listener settings need a restart.
     limits: Arc<Limits>,
+    /// The nodes' host names in start order (node changes need a restart):
+    /// every snapshot resolves its routes' nodes against this list.
+    running: Arc<[String]>,
     health: Arc<Health>,
     fds: Arc<Fds>,
 }
@@ -152,8 +155,11 @@ impl Live {
         let health = Arc::new(Health::default());
         health.watch_fds(fds.clone());
         let body_idle = config.limits.body_idle_timeout;
+        let running: Arc<[String]> = config.nodes.iter().map(|n| n.hostname.clone()).collect();
+        let snapshot = Snapshot::new(config, &running, portal, body_idle);
         Arc::new(Live {
-            shared: ArcSwap::from_pointee(Snapshot::new(config, portal, body_idle)),
+            shared: ArcSwap::from_pointee(snapshot),
+            running,
             metrics,
             stop,
             open: Arc::new(()),
@@ -269,9 +275,12 @@ impl Gateway {
         .inspect_err(|_| self.live.metrics.reload("rejected"))?
         .map(Arc::new);
         let body_idle = self.live.limits.body_idle_timeout;
-        self.live
-            .shared
-            .store(Arc::new(Snapshot::new(&config, portal, body_idle)));
+        self.live.shared.store(Arc::new(Snapshot::new(
+            &config,
+            &self.live.running,
+            portal,
+            body_idle,
+        )));
         self.config = config;
         self.live.metrics.reload("ok");
         Ok(notes)
@@ -350,6 +359,7 @@ async fn start_loopback(
         Plain(|addr| PeerIdentity::Loopback { addr }),
         Pipeline {
             node: None,
+            node_id: None,
             origin: None,
             scheme: "http",
             live: live.clone(),
@@ -406,6 +416,7 @@ async fn start_public(
         handshake,
         Pipeline {
             node: None,
+            node_id: None,
             origin: None,
             scheme: "https",
             live: live.clone(),
@@ -445,7 +456,7 @@ async fn start_node(
         .map_err(te)?;
     Ok(RunningNode {
         hostname: spec.hostname.clone(),
-        origin: crate::config::https_origin(&fqdn, spec.https_port),
+        origin: NodeOrigin::new(&fqdn, spec.https_port).to_string(),
         fqdn,
         node,
         certs,
@@ -558,15 +569,17 @@ async fn node_listeners(
         certs: certs.clone(),
         metrics: live.metrics.clone(),
     };
+    let node_id = crate::gateway::node_id(&live.running, name);
     let pipeline = |origin| Pipeline {
         node: Some(name.clone()),
+        node_id,
         origin,
         scheme: "https",
         live: live.clone(),
     };
     let origin = Arc::new(PortalOrigin {
         node: name.clone(),
-        base: crate::config::https_origin(fqdn, spec.https_port),
+        base: NodeOrigin::new(fqdn, spec.https_port).to_string(),
         https_port: spec.https_port,
     });
     let door = live.door(&format!("{name} https"), Sources::Exact);
@@ -583,7 +596,7 @@ async fn node_listeners(
         let l80 = TailnetAcceptor::open(node, 80, Kind::Tailnet, None).await?;
         let door = live.door(&format!("{name} http"), Sources::Exact);
         let redirect = Redirect {
-            base: crate::config::https_origin(fqdn, spec.https_port).into(),
+            base: NodeOrigin::new(fqdn, spec.https_port).to_string().into(),
             live: live.clone(),
         };
         tasks.spawn(accept::run(

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 pub use cookie::{Keys, SessionCookie};
 pub use store::{Record, Store};
 
-use crate::identity::PeerIdentity;
+use crate::identity::{PeerIdentity, Principal};
 
 /// The tailnet identity a session is bound to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,11 +34,11 @@ pub struct Binding {
 impl Binding {
     /// The binding of a caller, if it is a tailnet peer.
     pub fn of(who: &PeerIdentity) -> Option<Binding> {
-        let w = who.whois()?;
-        let user = if w.is_tagged() {
-            format!("tagged:{}", w.node.tags.join(","))
-        } else {
-            w.user.login_name.clone()
+        let p = who.principal()?;
+        let w = p.whois();
+        let user = match p {
+            Principal::Tagged(_) => format!("tagged:{}", w.node.tags.join(",")),
+            Principal::User(_) => w.user.login_name.clone(),
         };
         Some(Binding {
             node: w.node.stable_id.0.clone(),
