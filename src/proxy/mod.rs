@@ -23,6 +23,7 @@ use crate::http::path::upstream_path;
 use crate::http::response::Body;
 use crate::identity::PeerIdentity;
 
+mod connect;
 mod upload;
 
 pub(crate) use upload::BoxError;
