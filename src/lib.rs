@@ -50,6 +50,7 @@ pub(crate) mod admin;
 pub mod cli;
 pub mod config;
 pub mod entry;
+pub(crate) mod files;
 pub(crate) mod gateway;
 pub mod http;
 pub mod identity;

@@ -24,6 +24,7 @@ use crate::http::path::{NormalizedPath, upstream_path};
 use crate::http::response::Body;
 use crate::identity::{PeerIdentity, Principal};
 
+mod connect;
 mod upload;
 
 pub(crate) use upload::BoxError;
