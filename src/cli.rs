@@ -378,7 +378,7 @@ fn describe_routes(o: &mut String, c: &Config) {
             "  {:<12} {} -> {}{}  [{}{}]",
             r.path,
             r.host.as_deref().unwrap_or("*"),
-            r.upstream,
+            r.target(),
             if r.strip_prefix {
                 " (prefix stripped)"
             } else {

@@ -128,7 +128,10 @@ struct RawLoopback {
 #[serde(deny_unknown_fields)]
 struct RawRoute {
     path: String,
-    upstream: String,
+    upstream: Option<String>,
+    root: Option<PathBuf>,
+    #[serde(default)]
+    browse: bool,
     node: Option<String>,
     host: Option<String>,
     #[serde(default)]
@@ -397,8 +400,11 @@ pub struct Route {
     pub node: Option<String>,
     /// Host header it matches (`None`: any).
     pub(crate) host: Option<String>,
-    /// Upstream base URL (`http://127.0.0.1:7681`, may carry a path).
+    /// Upstream base URL (`http://127.0.0.1:7681`, may carry a path; for a
+    /// Unix socket `http://localhost`; unused for static files).
     pub upstream: http::Uri,
+    /// What answers: an HTTP upstream over TCP or a Unix socket, or files.
+    pub(crate) backend: Backend,
     /// Remove the route's prefix before forwarding.
     pub(crate) strip_prefix: bool,
     /// Who may use it.
@@ -422,6 +428,30 @@ pub struct Route {
     pub(crate) methods: Vec<http::Method>,
     /// Name on the portal dashboard.
     pub(crate) title: Option<String>,
+}
+
+/// What answers a route's requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Backend {
+    /// HTTP over TCP to `upstream`.
+    Tcp,
+    /// HTTP over the Unix socket at this path (`upstream = "unix:/…"`).
+    Unix(PathBuf),
+    /// Static files below a root (`root = "/srv/blog"`).
+    Files(crate::files::FileRoot),
+}
+
+impl Route {
+    /// Where requests go, for `check` and logs: the upstream URL, the
+    /// socket or the file root.
+    pub(crate) fn target(&self) -> String {
+        match &self.backend {
+            Backend::Tcp => self.upstream.to_string(),
+            Backend::Unix(p) => format!("unix:{}", p.display()),
+            Backend::Files(f) if f.browse => format!("files {} (listed)", f.root.display()),
+            Backend::Files(f) => format!("files {}", f.root.display()),
+        }
+    }
 }
 
 /// What a route asks of the login session.
@@ -742,6 +772,65 @@ fn validate_node(
     }
 }
 
+/// A route's backend: exactly one of `upstream` (an http URL, or
+/// `unix:/absolute/path.sock`) and `root` (an absolute directory).
+fn route_backend(
+    f: &dyn Fn(&str) -> String,
+    upstream: Option<&str>,
+    root: Option<PathBuf>,
+    browse: bool,
+    p: &mut Vec<String>,
+) -> Option<(http::Uri, Backend)> {
+    let local = || http::Uri::from_static("http://localhost");
+    if browse && root.is_none() {
+        p.push(format!(
+            "{}: only a route with root lists directories",
+            f("browse")
+        ));
+    }
+    match (upstream, root) {
+        (Some(_), Some(_)) => {
+            p.push(format!(
+                "{}: give upstream (a service) or root (static files), not both",
+                f("root")
+            ));
+            None
+        }
+        (None, None) => {
+            p.push(format!(
+                "{}: required (or root = \"/srv/site\" for static files)",
+                f("upstream")
+            ));
+            None
+        }
+        (None, Some(root)) if !root.is_absolute() => {
+            p.push(format!(
+                "{}: {} is not an absolute path",
+                f("root"),
+                root.display()
+            ));
+            None
+        }
+        (None, Some(root)) => Some((
+            local(),
+            Backend::Files(crate::files::FileRoot { root, browse }),
+        )),
+        (Some(u), None) => match u.strip_prefix("unix:") {
+            Some(path) if path.starts_with('/') && !path.ends_with('/') => {
+                Some((local(), Backend::Unix(PathBuf::from(path))))
+            }
+            Some(_) => {
+                p.push(format!(
+                    "{}: {u:?} is not a socket like \"unix:/run/pocket-id/pocket-id.sock\"",
+                    f("upstream")
+                ));
+                None
+            }
+            None => route_upstream(&f("upstream"), u, p).map(|uri| (uri, Backend::Tcp)),
+        },
+    }
+}
+
 /// A route's upstream: an `http://host:port[/path]` URL without a query.
 fn route_upstream(field: &str, v: &str, p: &mut Vec<String>) -> Option<http::Uri> {
     match v.parse::<http::Uri>() {
@@ -870,7 +959,7 @@ fn validate_route(
             f("path")
         ));
     }
-    let upstream = route_upstream(&f("upstream"), &r.upstream, p)?;
+    let (upstream, backend) = route_backend(&f, r.upstream.as_deref(), r.root, r.browse, p)?;
     let wants_login = matches!(r.access.as_deref(), Some("login"))
         || !r.roles.is_empty()
         || r.max_auth_age.is_some();
@@ -906,6 +995,7 @@ fn validate_route(
         node: r.node,
         host,
         upstream,
+        backend,
         strip_prefix: r.strip_prefix,
         access,
         loopback: r.loopback,

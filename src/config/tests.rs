@@ -392,3 +392,49 @@ fn identity_header_names_are_parsed_once_and_named_in_errors() {
         http::HeaderName::from_static("tailscale-user-login")
     );
 }
+
+#[test]
+fn route_backends_are_one_of_upstream_socket_or_root() {
+    let node = "[[node]]\nhostname = \"gw\"\nstate_dir = \"/tmp/x\"\n";
+    let c = Config::parse(
+        &format!(
+            "{node}[[route]]\npath = \"/a\"\nupstream = \"unix:/run/a.sock\"\n\
+             [[route]]\npath = \"/b\"\nroot = \"/srv/b\"\nbrowse = true\naccess = \"public\"\n"
+        ),
+        &env,
+    )
+    .unwrap();
+    assert_eq!(c.routes[0].backend, Backend::Unix("/run/a.sock".into()));
+    assert_eq!(
+        c.routes[1].backend,
+        Backend::Files(crate::files::FileRoot {
+            root: "/srv/b".into(),
+            browse: true
+        })
+    );
+    for (route, want) in [
+        (
+            "upstream = \"http://127.0.0.1:1\"\nroot = \"/srv\"",
+            "route[0].root: give upstream (a service) or root (static files), not both",
+        ),
+        (
+            "access = \"public\"",
+            "route[0].upstream: required (or root = \"/srv/site\" for static files)",
+        ),
+        (
+            "root = \"srv\"",
+            "route[0].root: srv is not an absolute path",
+        ),
+        (
+            "upstream = \"unix:run/a.sock\"",
+            "route[0].upstream: \"unix:run/a.sock\" is not a socket like \"unix:/run/pocket-id/pocket-id.sock\"",
+        ),
+        (
+            "upstream = \"http://127.0.0.1:1\"\nbrowse = true",
+            "route[0].browse: only a route with root lists directories",
+        ),
+    ] {
+        let p = problems(&format!("{node}[[route]]\npath = \"/a\"\n{route}\n"));
+        assert!(p.iter().any(|x| x == want), "{route}: {p:?}");
+    }
+}

@@ -36,7 +36,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
 
-use crate::config::{Access, Route};
+use crate::config::{Access, Backend, Route};
 use crate::http::path::{self, NormalizedPath};
 use crate::http::response::{Body, wants_html};
 use crate::identity::PeerIdentity;
@@ -230,6 +230,15 @@ fn decide<B>(
     Verdict::End(end)
 }
 
+/// The part of `path` below the route's prefix, for a file root (`/blog`
+/// and `/blog/a` under `/blog` give `` and `/a`; under `/` the whole path).
+fn below_prefix<'p>(prefix: &str, path: &'p str) -> &'p str {
+    match prefix {
+        "/" => path,
+        _ => path.get(prefix.len()..).unwrap_or(""),
+    }
+}
+
 /// Hands an allowed request to the proxy with the verified identities.
 #[allow(clippy::too_many_arguments)]
 async fn forward<B>(
@@ -246,6 +255,14 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    if let Backend::Files(root) = &route.backend {
+        let rel = below_prefix(&route.path, p);
+        let response = root.serve(req.method(), rel, p, req.headers()).await;
+        return Outcome::Proxied {
+            response,
+            reason: why,
+        };
+    }
     let login = auth
         .session
         .as_ref()

@@ -615,3 +615,97 @@ node = "added"
         assert_eq!(routed(&lo, p).as_deref(), Some(p), "loopback sees {p}");
     }
 }
+
+/// Static files (issue #13): served below the route's prefix, under the
+/// route's policy like any upstream, never outside the root.
+#[tokio::test]
+async fn static_file_routes_serve_below_their_root_under_their_policy() {
+    let site = tempfile::tempdir().unwrap();
+    let root = site.path().join("blog");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("index.html"), "<h1>blog</h1>").unwrap();
+    std::fs::write(root.join("post.txt"), "a post").unwrap();
+    std::fs::write(site.path().join("secret.txt"), "outside").unwrap();
+    std::os::unix::fs::symlink(site.path().join("secret.txt"), root.join("leak.txt")).unwrap();
+    let e = env(&format!(
+        r#"
+[[route]]
+path = "/blog"
+root = "{root}"
+access = "public"
+[[route]]
+path = "/private"
+root = "{root}"
+roles = ["admin"]
+"#,
+        root = root.display()
+    ))
+    .await;
+    for conn in [alice(), funnel(), loopback()] {
+        let (s, h, _) = send(&e, &conn, empty(get("/blog"))).await;
+        assert_eq!(s, StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(h["location"], "/blog/");
+        let (s, _, b) = send(&e, &conn, empty(get("/blog/"))).await;
+        assert_eq!((s, b.as_str()), (StatusCode::OK, "<h1>blog</h1>"));
+        let (s, h, b) = send(&e, &conn, empty(get("/blog/post.txt"))).await;
+        assert_eq!((s, b.as_str()), (StatusCode::OK, "a post"));
+        assert!(h.contains_key("etag") && h.contains_key("last-modified"));
+        let (s, _, _) = send(&e, &conn, empty(get("/blog/leak.txt"))).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "a symlink out of the root");
+        let (s, _, _) = send(&e, &conn, empty(get("/blog/../secret.txt"))).await;
+        assert_ne!(s, StatusCode::OK);
+    }
+    // A protected file route asks for a login like any protected route.
+    let (s, _, _) = send(&e, &alice(), empty(get("/private/post.txt"))).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _, _) = send(&e, &funnel(), empty(get("/private/post.txt"))).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "hidden off the tailnet");
+    let text = e.metrics.render();
+    assert!(text.contains(r#"decision="allow",status="200""#), "{text}");
+}
+
+/// Unix-socket upstreams (issue #13): the request and its identity headers
+/// reach a server listening on a socket; a missing socket is a 502.
+#[tokio::test]
+async fn unix_socket_upstreams_get_the_request_and_its_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("up.sock");
+    let l = tokio::net::UnixListener::bind(&sock).unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                let login = req
+                    .headers()
+                    .get("tailscale-user-login")
+                    .map(|v| v.to_str().unwrap_or("?").to_string());
+                let j = serde_json::json!({ "uri": req.uri().to_string(), "login": login });
+                Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
+                    j.to_string(),
+                ))))
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc),
+            );
+        }
+    });
+    let e = env(&format!(
+        r#"
+[[route]]
+path = "/sock"
+upstream = "unix:{sock}"
+[[route]]
+path = "/gone"
+upstream = "unix:{gone}"
+"#,
+        sock = sock.display(),
+        gone = dir.path().join("gone.sock").display()
+    ))
+    .await;
+    let (s, _, b) = send(&e, &alice(), empty(get("/sock/x?y=1"))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let j: serde_json::Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(j["uri"], "/sock/x?y=1");
+    assert_eq!(j["login"], "alice@example.com");
+    let (s, _, _) = send(&e, &alice(), empty(get("/gone/x"))).await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY);
+}

@@ -15,7 +15,6 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::config::Route;
@@ -33,7 +32,7 @@ use upload::Upload;
 /// An HTTP client for one route's upstream.
 #[derive(Clone, Debug)]
 pub(crate) struct Upstream {
-    client: Client<HttpConnector, Upload>,
+    client: Client<connect::Connector, Upload>,
     response_timeout: Duration,
     hygiene: Arc<headers::Hygiene>,
 }
@@ -41,12 +40,9 @@ pub(crate) struct Upstream {
 impl Upstream {
     /// A client with the route's timeouts.
     pub(crate) fn new(route: &Route) -> Self {
-        let mut conn = HttpConnector::new();
-        conn.set_connect_timeout(Some(route.connect_timeout));
-        conn.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
-            .build(conn);
+            .build(connect::Connector::for_route(route));
         Upstream {
             client,
             response_timeout: route.response_timeout,
