@@ -6,16 +6,23 @@
 //! naming each one that is down or retrying after accept errors, and when
 //! new connections are being refused for lack of file descriptors. The
 //! admin listener itself is exempt from that reserve, so it can still say so.
+//!
+//! The endpoints are an axum [`Router`]; anything else (another path, or a
+//! method other than GET) is the same plain 404 naming the two.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
+use axum::extract::State as Shared;
+use axum::routing::get;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::sync::watch;
+use tower::ServiceExt;
 
 use crate::config::Limits;
-use crate::http::response::{Body, with_type};
+use crate::http::response::{Body, full, with_type};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::listen::{Health, Ticket};
@@ -39,17 +46,29 @@ pub(crate) struct State {
 /// The admin endpoints on every connection of the admin listener (the
 /// server's one accept loop runs it).
 pub(crate) struct Admin {
-    state: Arc<State>,
+    router: Router,
+    limits: Arc<Limits>,
     stop: watch::Receiver<bool>,
 }
 
 impl Admin {
     pub(crate) fn new(state: State, stop: watch::Receiver<bool>) -> Admin {
         Admin {
-            state: Arc::new(state),
+            limits: state.limits.clone(),
+            router: router(Arc::new(state)),
             stop,
         }
     }
+}
+
+/// `GET /healthz` and `GET /metrics`; everything else is not found.
+fn router(state: Arc<State>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(not_found)
+        .with_state(state)
 }
 
 impl<S, W> Service<S, W> for Admin
@@ -59,37 +78,47 @@ where
 {
     async fn serve(&self, io: S, _who: W, _h2: bool, ticket: Ticket) {
         let _ticket = ticket;
-        let state = self.state.clone();
-        let limits = state.limits.clone();
-        serve_http(io, &limits, self.stop.clone(), false, move |req| {
-            let state = state.clone();
-            async move { answer(req, &state).await }
+        let router = self.router.clone();
+        serve_http(io, &self.limits, self.stop.clone(), false, move |req| {
+            answer(router.clone(), req)
         })
         .await;
     }
 }
 
-async fn answer(req: Request<Incoming>, state: &State) -> Response<Body> {
-    let reply = with_type;
-    match (req.method().as_str(), req.uri().path()) {
-        ("GET", "/healthz") => healthz(state).await,
-        ("GET", "/metrics") => {
-            state.health.sample_fds();
-            reply(
-                StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                state.metrics.render(),
-            )
-        }
-        _ => reply(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found: /healthz, /metrics\n".into(),
-        ),
-    }
+/// One request through the router, its answer as the server's body type.
+async fn answer(router: Router, req: Request<Incoming>) -> Response<Body> {
+    let req = req.map(axum::body::Body::new);
+    let res = match router.oneshot(req).await {
+        Ok(res) => res,
+        Err(never) => match never {},
+    };
+    let (parts, body) = res.into_parts();
+    // Both endpoints answer a full body: this only unwraps it.
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    Response::from_parts(parts, full(bytes))
 }
 
-async fn healthz(state: &State) -> Response<Body> {
+async fn not_found() -> Response<Body> {
+    with_type(
+        StatusCode::NOT_FOUND,
+        "text/plain",
+        "not found: /healthz, /metrics\n",
+    )
+}
+
+async fn metrics(Shared(state): Shared<Arc<State>>) -> Response<Body> {
+    state.health.sample_fds();
+    with_type(
+        StatusCode::OK,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        state.metrics.render(),
+    )
+}
+
+async fn healthz(Shared(state): Shared<Arc<State>>) -> Response<Body> {
     let mut problems = Vec::new();
     let mut nodes = serde_json::Map::new();
     for (name, node) in &state.nodes {

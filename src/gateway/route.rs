@@ -9,15 +9,21 @@ use http::{Request, header};
 
 use crate::config::{Access, Config, Route};
 use crate::http::path;
-use crate::portal::Portal;
+use crate::portal::{self, Portal};
 use crate::proxy::Upstream;
+use crate::session::Sessions;
 
 /// What a reload replaces: routes with their upstream clients, the portal
-/// (policies, providers, rules). A request uses the snapshot it started
-/// with, whole, even if a reload lands meanwhile.
+/// (policies, providers, rules) with its pages' router, and the session
+/// service. A request uses the snapshot it started with, whole, even if a
+/// reload lands meanwhile.
 pub(crate) struct Snapshot {
     pub(crate) routes: Vec<(Route, Upstream)>,
     pub(crate) portal: Option<Arc<Portal>>,
+    /// The portal's pages, built once per snapshot (cloned per request).
+    pub(crate) pages: Option<axum::Router>,
+    /// The session service (the portal's), asked by the authenticate step.
+    pub(crate) sessions: Option<Arc<Sessions>>,
     /// From `[limits]`, fixed at start (listener settings need a restart).
     pub(crate) body_idle_timeout: Duration,
 }
@@ -44,6 +50,8 @@ impl Snapshot {
                 .iter()
                 .map(|r| (r.clone(), Upstream::new(r)))
                 .collect(),
+            pages: portal.clone().map(portal::router),
+            sessions: portal.as_ref().map(|p| p.sessions().clone()),
             portal,
             body_idle_timeout,
         }
