@@ -17,7 +17,6 @@ use axum::Router;
 use axum::extract::State as Shared;
 use axum::routing::get;
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use tokio::sync::watch;
 use tower::ServiceExt;
 
@@ -87,7 +86,11 @@ where
 }
 
 /// One request through the router, its answer as the server's body type.
-async fn answer(router: Router, req: Request<Incoming>) -> Response<Body> {
+async fn answer<B>(router: Router, req: Request<B>) -> Response<Body>
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<crate::proxy::BoxError>,
+{
     let req = req.map(axum::body::Body::new);
     let res = match router.oneshot(req).await {
         Ok(res) => res,
@@ -150,4 +153,59 @@ async fn healthz(Shared(state): Shared<Arc<State>>) -> Response<Body> {
         StatusCode::SERVICE_UNAVAILABLE
     };
     with_type(status, "application/json", body.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Method;
+    use http_body_util::{BodyExt, Empty};
+
+    #[tokio::test]
+    async fn two_endpoints_and_a_plain_404_for_everything_else() {
+        let state = State {
+            nodes: Vec::new(),
+            metrics: Arc::new(Metrics::new()),
+            health: Arc::new(Health::default()),
+            limits: Arc::new(Limits::default()),
+        };
+        let r = router(Arc::new(state));
+        let ask = |m: Method, path: &str| {
+            let req = Request::builder()
+                .method(m)
+                .uri(path)
+                .body(Empty::<bytes::Bytes>::new())
+                .unwrap();
+            let r = r.clone();
+            async move {
+                let res = answer(r, req).await;
+                let (parts, body) = res.into_parts();
+                let b = body.collect().await.unwrap().to_bytes();
+                (parts, String::from_utf8_lossy(&b).into_owned())
+            }
+        };
+        let (p, body) = ask(Method::GET, "/metrics").await;
+        assert_eq!(p.status, StatusCode::OK);
+        assert!(
+            p.headers["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/openmetrics-text")
+        );
+        assert!(body.contains("# EOF"), "{body}");
+        let (p, body) = ask(Method::GET, "/healthz").await;
+        assert_eq!(p.status, StatusCode::OK, "{body}");
+        assert_eq!(p.headers["content-type"], "application/json");
+        for (m, path) in [
+            (Method::GET, "/"),
+            (Method::GET, "/healthz/"),
+            (Method::POST, "/healthz"),
+            (Method::DELETE, "/metrics"),
+        ] {
+            let (p, body) = ask(m.clone(), path).await;
+            assert_eq!(p.status, StatusCode::NOT_FOUND, "{m} {path}");
+            assert_eq!(body, "not found: /healthz, /metrics\n", "{m} {path}");
+            assert_eq!(p.headers["content-type"], "text/plain");
+        }
+    }
 }

@@ -188,3 +188,177 @@ impl Portal {
         super::html_response(status, page)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::metrics::Metrics;
+    use crate::oidc::Dialer;
+    use crate::tailnet::WhoIs;
+    use http_body_util::{BodyExt, Empty};
+
+    struct Env {
+        portal: Arc<Portal>,
+        pages: Router,
+        _dir: tempfile::TempDir,
+    }
+
+    fn env() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[[node]]\nhostname = \"gw\"\nstate_dir = \"/s\"\n[portal]\nsession_secret = {{ env = \"S\" }}\nstate_dir = \"{}\"\n[[provider]]\nname = \"p\"\nissuer = \"https://a.example.ts.net\"\nclient_id = \"c\"\n",
+            dir.path().display()
+        );
+        let config = Config::parse(&text, &|_| Some("s".repeat(40))).unwrap();
+        let dialer = Dialer {
+            node: Default::default(),
+            tailnet_suffixes: vec!["ts.net".into()],
+        };
+        let portal = Portal::new(&config, dialer, None, Arc::new(Metrics::new()))
+            .unwrap()
+            .map(Arc::new)
+            .unwrap();
+        Env {
+            pages: router(portal.clone()),
+            portal,
+            _dir: dir,
+        }
+    }
+
+    fn alice() -> Arc<PeerIdentity> {
+        let j = serde_json::json!({
+            "Node": {"StableID": "n1", "Name": "laptop.example.ts.net.", "Tags": []},
+            "UserProfile": {"ID": 1, "LoginName": "alice@example.com", "DisplayName": "Alice"},
+        });
+        Arc::new(PeerIdentity::Tailnet {
+            addr: "100.64.0.9:41000".parse().unwrap(),
+            whois: Arc::new(WhoIs::from_json(&j.to_string()).unwrap()),
+        })
+    }
+
+    fn origin() -> Arc<PortalOrigin> {
+        Arc::new(PortalOrigin {
+            node: "gw".into(),
+            base: "https://gw.example.ts.net".into(),
+            https_port: 443,
+        })
+    }
+
+    /// Status, word, headers and body of the portal's answer to `method
+    /// uri` (with `headers`), asked by `who`.
+    async fn ask(
+        e: &Env,
+        who: &Arc<PeerIdentity>,
+        method: Method,
+        uri: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, &'static str, http::HeaderMap, String) {
+        let mut b = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let req = b.body(Empty::<Bytes>::new()).unwrap();
+        let path = uri.split('?').next().unwrap();
+        let (r, word) = e.portal.serve(&e.pages, req, path, who, &origin()).await;
+        let (parts, body) = r.into_parts();
+        let text = body.collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&text).into_owned();
+        (parts.status, word, parts.headers, text)
+    }
+
+    #[tokio::test]
+    async fn pages_keep_their_status_headers_and_words() {
+        let e = env();
+        let who = alice();
+        let html = [("accept", "text/html")];
+        let (s, w, h, body) = ask(&e, &who, Method::GET, "/auth/login?rd=%2Fx", &html).await;
+        assert_eq!((s, w), (StatusCode::OK, "login-page"));
+        assert_eq!(h["referrer-policy"], "same-origin");
+        assert_eq!(h["x-frame-options"], "DENY");
+        assert!(
+            h["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .contains("default-src 'none'")
+        );
+        assert!(body.contains("/auth/oauth2/p/authorize?rd=%2Fx"), "{body}");
+        for (uri, word) in [
+            ("/auth", "dashboard"),
+            ("/auth/", "dashboard"),
+            ("/auth/whoami", "whoami"),
+            ("/auth/logout", "logout-page"),
+            ("/auth/logged-out", "logged-out"),
+            ("/auth/assets/portal.css", "asset"),
+        ] {
+            let (s, w, _, body) = ask(&e, &who, Method::GET, uri, &html).await;
+            assert_eq!((s, w), (StatusCode::OK, word), "{uri}");
+            let (s, w, h, none) = ask(&e, &who, Method::HEAD, uri, &html).await;
+            assert_eq!((s, w), (StatusCode::OK, word), "HEAD {uri}");
+            assert_eq!(none, "", "HEAD {uri}");
+            let len = h
+                .get("content-length")
+                .map(|v| v.to_str().unwrap().to_string());
+            assert_eq!(len, Some(body.len().to_string()), "HEAD {uri}");
+        }
+        let (_, _, h, body) = ask(&e, &who, Method::GET, "/auth/whoami", &[]).await;
+        assert_eq!(h["content-type"], "application/json");
+        let j: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(j["tailnet"]["user"], "alice@example.com");
+        assert!(j["session"].is_null());
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_and_methods_are_404_and_cross_origin_posts_403() {
+        let e = env();
+        let who = alice();
+        let same = [("origin", "https://gw.example.ts.net")];
+        for (m, uri) in [
+            (Method::GET, "/auth/nope"),
+            (Method::GET, "/auth/login/"),
+            (Method::GET, "/auth/oauth2/a/b/authorize"),
+            (Method::HEAD, "/auth/oauth2/p/authorize"),
+            (Method::HEAD, "/auth/oauth2/p/authorization-code-callback"),
+            (Method::POST, "/auth/login"),
+            (Method::DELETE, "/auth/logout"),
+            (Method::PUT, "/auth/"),
+        ] {
+            let (s, w, _, body) = ask(&e, &who, m.clone(), uri, &same).await;
+            assert_eq!((s, w), (StatusCode::NOT_FOUND, "no-route"), "{m} {uri}");
+            // HEAD answers carry no body (the status and headers are GET's).
+            let text = m != Method::HEAD;
+            assert_eq!(
+                body.contains("no such portal page"),
+                text,
+                "{m} {uri}: {body}"
+            );
+        }
+        let (s, w, _, _) = ask(&e, &who, Method::GET, "/auth/oauth2/zz/authorize", &[]).await;
+        assert_eq!((s, w), (StatusCode::NOT_FOUND, "no-route"));
+        for bad in [&[][..], &[("origin", "https://other.example.ts.net")]] {
+            let (s, w, _, _) = ask(&e, &who, Method::POST, "/auth/logout", bad).await;
+            assert_eq!((s, w), (StatusCode::FORBIDDEN, "cross-origin"), "{bad:?}");
+        }
+        let (s, w, h, _) = ask(&e, &who, Method::POST, "/auth/logout", &same).await;
+        assert_eq!((s, w), (StatusCode::OK, "logout"));
+        assert_eq!(h.get_all("set-cookie").iter().count(), 2);
+        let funnel = Arc::new(PeerIdentity::Funnel {
+            addr: "203.0.113.7:5000".parse().unwrap(),
+        });
+        let (s, w, _, _) = ask(&e, &funnel, Method::GET, "/auth/login", &[]).await;
+        assert_eq!((s, w), (StatusCode::NOT_FOUND, "hide"));
+    }
+
+    #[tokio::test]
+    async fn a_stale_callback_clears_the_login_cookie() {
+        let e = env();
+        let uri = "/auth/oauth2/p/authorization-code-callback?state=nope&code=c";
+        let (s, w, h, _) = ask(&e, &alice(), Method::GET, uri, &[]).await;
+        assert_eq!((s, w), (StatusCode::BAD_REQUEST, "login-stale"));
+        let c = h["set-cookie"].to_str().unwrap();
+        assert!(
+            c.starts_with("tailpass_session_login=;") && c.contains("Max-Age=0"),
+            "{c}"
+        );
+    }
+}
