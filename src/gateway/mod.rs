@@ -3,10 +3,12 @@
 //! top to bottom:
 //!
 //! 1. **normalize** the path (`http::path`; ambiguous → 400);
-//! 2. **route**: the portal where it is served, else the longest-prefix
-//!    route of the node and host ([`route`]);
-//! 3. **authenticate**: the session cookie, for protected routes on a node
-//!    that serves the portal, and the caller's roles;
+//! 2. **route**: the portal where it is served (its pages are an axum
+//!    `Router`), else the longest-prefix route of the node and host
+//!    ([`route`]);
+//! 3. **authenticate**: one question to the session service
+//!    (`Sessions::authenticate`), for protected routes on a node that
+//!    serves the portal: the live session and the caller's roles;
 //! 4. **decide**: `policy::evaluate` over both identities, then the path
 //!    rules of the route matched;
 //! 5. **forward** (`proxy`): header hygiene, identity headers from the
