@@ -6,16 +6,22 @@
 //! naming each one that is down or retrying after accept errors, and when
 //! new connections are being refused for lack of file descriptors. The
 //! admin listener itself is exempt from that reserve, so it can still say so.
+//!
+//! The endpoints are an axum [`Router`]; anything else (another path, or a
+//! method other than GET) is the same plain 404 naming the two.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
+use axum::extract::State as Shared;
+use axum::routing::get;
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use tokio::sync::watch;
+use tower::ServiceExt;
 
 use crate::config::Limits;
-use crate::http::response::{Body, with_type};
+use crate::http::response::{Body, full, with_type};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::listen::{Health, Ticket};
@@ -39,17 +45,29 @@ pub(crate) struct State {
 /// The admin endpoints on every connection of the admin listener (the
 /// server's one accept loop runs it).
 pub(crate) struct Admin {
-    state: Arc<State>,
+    router: Router,
+    limits: Arc<Limits>,
     stop: watch::Receiver<bool>,
 }
 
 impl Admin {
     pub(crate) fn new(state: State, stop: watch::Receiver<bool>) -> Admin {
         Admin {
-            state: Arc::new(state),
+            limits: state.limits.clone(),
+            router: router(Arc::new(state)),
             stop,
         }
     }
+}
+
+/// `GET /healthz` and `GET /metrics`; everything else is not found.
+fn router(state: Arc<State>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(not_found)
+        .with_state(state)
 }
 
 impl<S, W> Service<S, W> for Admin
@@ -59,37 +77,51 @@ where
 {
     async fn serve(&self, io: S, _who: W, _h2: bool, ticket: Ticket) {
         let _ticket = ticket;
-        let state = self.state.clone();
-        let limits = state.limits.clone();
-        serve_http(io, &limits, self.stop.clone(), false, move |req| {
-            let state = state.clone();
-            async move { answer(req, &state).await }
+        let router = self.router.clone();
+        serve_http(io, &self.limits, self.stop.clone(), false, move |req| {
+            answer(router.clone(), req)
         })
         .await;
     }
 }
 
-async fn answer(req: Request<Incoming>, state: &State) -> Response<Body> {
-    let reply = with_type;
-    match (req.method().as_str(), req.uri().path()) {
-        ("GET", "/healthz") => healthz(state).await,
-        ("GET", "/metrics") => {
-            state.health.sample_fds();
-            reply(
-                StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                state.metrics.render(),
-            )
-        }
-        _ => reply(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found: /healthz, /metrics\n".into(),
-        ),
-    }
+/// One request through the router, its answer as the server's body type.
+async fn answer<B>(router: Router, req: Request<B>) -> Response<Body>
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<crate::proxy::BoxError>,
+{
+    let req = req.map(axum::body::Body::new);
+    let res = match router.oneshot(req).await {
+        Ok(res) => res,
+        Err(never) => match never {},
+    };
+    let (parts, body) = res.into_parts();
+    // Both endpoints answer a full body: this only unwraps it.
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    Response::from_parts(parts, full(bytes))
 }
 
-async fn healthz(state: &State) -> Response<Body> {
+async fn not_found() -> Response<Body> {
+    with_type(
+        StatusCode::NOT_FOUND,
+        "text/plain",
+        "not found: /healthz, /metrics\n",
+    )
+}
+
+async fn metrics(Shared(state): Shared<Arc<State>>) -> Response<Body> {
+    state.health.sample_fds();
+    with_type(
+        StatusCode::OK,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        state.metrics.render(),
+    )
+}
+
+async fn healthz(Shared(state): Shared<Arc<State>>) -> Response<Body> {
     let mut problems = Vec::new();
     let mut nodes = serde_json::Map::new();
     for (name, node) in &state.nodes {
@@ -121,4 +153,59 @@ async fn healthz(state: &State) -> Response<Body> {
         StatusCode::SERVICE_UNAVAILABLE
     };
     with_type(status, "application/json", body.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Method;
+    use http_body_util::{BodyExt, Empty};
+
+    #[tokio::test]
+    async fn two_endpoints_and_a_plain_404_for_everything_else() {
+        let state = State {
+            nodes: Vec::new(),
+            metrics: Arc::new(Metrics::new()),
+            health: Arc::new(Health::default()),
+            limits: Arc::new(Limits::default()),
+        };
+        let r = router(Arc::new(state));
+        let ask = |m: Method, path: &str| {
+            let req = Request::builder()
+                .method(m)
+                .uri(path)
+                .body(Empty::<bytes::Bytes>::new())
+                .unwrap();
+            let r = r.clone();
+            async move {
+                let res = answer(r, req).await;
+                let (parts, body) = res.into_parts();
+                let b = body.collect().await.unwrap().to_bytes();
+                (parts, String::from_utf8_lossy(&b).into_owned())
+            }
+        };
+        let (p, body) = ask(Method::GET, "/metrics").await;
+        assert_eq!(p.status, StatusCode::OK);
+        assert!(
+            p.headers["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/openmetrics-text")
+        );
+        assert!(body.contains("# EOF"), "{body}");
+        let (p, body) = ask(Method::GET, "/healthz").await;
+        assert_eq!(p.status, StatusCode::OK, "{body}");
+        assert_eq!(p.headers["content-type"], "application/json");
+        for (m, path) in [
+            (Method::GET, "/"),
+            (Method::GET, "/healthz/"),
+            (Method::POST, "/healthz"),
+            (Method::DELETE, "/metrics"),
+        ] {
+            let (p, body) = ask(m.clone(), path).await;
+            assert_eq!(p.status, StatusCode::NOT_FOUND, "{m} {path}");
+            assert_eq!(body, "not found: /healthz, /metrics\n", "{m} {path}");
+            assert_eq!(p.headers["content-type"], "text/plain");
+        }
+    }
 }

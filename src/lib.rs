@@ -15,16 +15,20 @@
 //! 3. [`identity`]: who is calling, fixed per connection (WhoIs, Funnel,
 //!    public, loopback); never taken from what the client sends.
 //! 4. `gateway`: the request pipeline, one function generic over the body:
-//!    normalize ([`http`]`::path`) → route → authenticate ([`portal`]'s
-//!    session check over [`session`]) → decide ([`policy`]) → forward
-//!    (`proxy`, with [`http`]`::headers` hygiene); its `Outcome` alone
-//!    picks each answer's status, page, access-log word and metric labels.
-//! 5. [`portal`]: the login portal's pages, sign-in callback and logout;
-//!    `oidc`: the OpenID Connect relying party behind it (its HTTP goes out
-//!    through a node); [`session`]: signed cookies and the persisted
-//!    session store.
-//! 6. `admin` and [`metrics`]: `/healthz` and Prometheus metrics, on the
-//!    admin listener.
+//!    normalize ([`http`]`::path`) → route → authenticate (one question to
+//!    the [`session`] service) → decide ([`policy`]) → forward (`proxy`,
+//!    with [`http`]`::headers` hygiene); its `Outcome` alone picks each
+//!    answer's status, page, access-log word and metric labels.
+//! 5. [`session`]: the session service — signing keys, the persisted
+//!    store, refresh at the provider, the watchers that close websockets
+//!    when a session ends — asked by the pipeline (`authenticate`) and by
+//!    the portal (open, close).
+//! 6. [`portal`]: the login portal's pages on an axum `Router` (login,
+//!    sign-in flow, dashboard, whoami, logout), reached when the route step
+//!    picks it; `oidc`: the OpenID Connect relying party behind it and the
+//!    session refresh (its HTTP goes out through a node).
+//! 7. `admin` and [`metrics`]: `/healthz` and Prometheus metrics, on the
+//!    admin listener (an axum `Router`).
 //!
 //! Beside the request path: [`config`] (the TOML file, validated with every
 //! error naming its field, before any port is bound); [`cli`] (the

@@ -3,10 +3,12 @@
 //! top to bottom:
 //!
 //! 1. **normalize** the path (`http::path`; ambiguous → 400);
-//! 2. **route**: the portal where it is served, else the longest-prefix
-//!    route of the node and host ([`route`]);
-//! 3. **authenticate**: the session cookie, for protected routes on a node
-//!    that serves the portal, and the caller's roles;
+//! 2. **route**: the portal where it is served (its pages are an axum
+//!    `Router`), else the longest-prefix route of the node and host
+//!    ([`route`]);
+//! 3. **authenticate**: one question to the session service
+//!    (`Sessions::authenticate`), for protected routes on a node that
+//!    serves the portal: the live session and the caller's roles;
 //! 4. **decide**: `policy::evaluate` over both identities, then the path
 //!    rules of the route matched;
 //! 5. **forward** (`proxy`): header hygiene, identity headers from the
@@ -29,7 +31,6 @@ pub(crate) mod route;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -43,8 +44,8 @@ use crate::identity::PeerIdentity;
 use crate::metrics::Metrics;
 use crate::policy::{self, Caller, Decision};
 use crate::portal::{Portal, PortalOrigin};
-use crate::proxy::{self, BoxError, Forwarding, SessionEnd, Upstream};
-use crate::session::{Session, now};
+use crate::proxy::{self, BoxError, Forwarding, Upstream};
+use crate::session::{Authenticated, Sessions, now};
 
 pub(crate) use outcome::Outcome;
 use route::Target;
@@ -119,7 +120,7 @@ where
     // 2. Route.
     let host = route::host_of(&req);
     let (route, up) = match snap.target(conn, host.as_deref(), &p) {
-        Target::Portal(pt) => return ("portal".into(), portal(req, pt, &p, conn).await),
+        Target::Portal(pt) => return ("portal".into(), portal(req, pt, snap, &p, conn).await),
         Target::Nothing => return ("-".into(), Outcome::NoRoute),
         Target::Route(route, up) => (route, up),
     };
@@ -139,30 +140,37 @@ where
     (route.name(), outcome)
 }
 
-/// The portal's pages exist for tailnet peers only; elsewhere (Funnel,
-/// loopback, the public listener) its paths are not found, and never fall
-/// through to a public route.
-async fn portal<B: Send>(
+/// The portal's pages (its axum router, with the connection's verified
+/// identity as a request extension) exist for tailnet peers only;
+/// elsewhere (Funnel, loopback, the public listener) its paths are not
+/// found, and never fall through to a public route.
+async fn portal<B>(
     req: Request<B>,
     pt: &Portal,
-    p: &NormalizedPath,
+    snap: &Snapshot,
+    p: &str,
     conn: &Connection,
-) -> Outcome {
-    match &conn.origin {
-        Some(origin) => {
-            let (response, word) = pt.handle(req, p, &conn.who, origin).await;
+) -> Outcome
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    match (&conn.origin, &snap.pages) {
+        (Some(origin), Some(pages)) => {
+            let (response, word) = pt.serve(pages, req, p, &conn.who, origin).await;
             Outcome::Portal { response, word }
         }
-        None => Outcome::Hidden("portal asked outside the tailnet".into()),
+        _ => Outcome::Hidden("portal asked outside the tailnet".into()),
     }
 }
 
-/// The login side of the caller: the portal (when it serves this node and
-/// the route is protected), the verified session and the caller's roles.
+/// The login side of the caller: the portal and its session service (when
+/// it serves this node and the route is protected), and what the service
+/// answered: the verified session and the caller's roles.
 struct Auth<'a> {
     portal: Option<&'a Portal>,
-    session: Option<Session>,
-    roles: BTreeSet<String>,
+    sessions: Option<&'a Sessions>,
+    caller: Authenticated,
 }
 
 async fn authenticate<'a>(
@@ -175,18 +183,15 @@ async fn authenticate<'a>(
         !matches!(route.access, Access::Public)
             && conn.node.as_deref().is_some_and(|n| pt.serves(n))
     });
-    let session = match portal {
-        Some(pt) => pt.session(headers, &conn.who).await,
-        None => None,
-    };
-    let roles = match portal {
-        Some(pt) => pt.roles(&conn.who, session.as_ref()),
-        None => BTreeSet::new(),
+    let sessions = snap.sessions.as_deref().filter(|_| portal.is_some());
+    let caller = match sessions {
+        Some(s) => s.authenticate(headers, &conn.who).await,
+        None => Authenticated::default(),
     };
     Auth {
         portal,
-        session,
-        roles,
+        sessions,
+        caller,
     }
 }
 
@@ -205,8 +210,8 @@ fn decide<B>(
 ) -> Verdict {
     let caller = Caller {
         who: &conn.who,
-        session: auth.session.as_ref(),
-        roles: &auth.roles,
+        session: auth.caller.session.as_ref(),
+        roles: &auth.caller.roles,
         now: now(),
     };
     let pq = req.uri().path_and_query().map_or("/", |x| x.as_str());
@@ -216,7 +221,7 @@ fn decide<B>(
         Decision::Login { reason, max_age } => Outcome::LoginNeeded {
             reason,
             sign_in: here.map(|(pt, origin)| {
-                let s = auth.session.as_ref();
+                let s = auth.caller.session.as_ref();
                 pt.sign_in(origin, req.method(), pq, html, s, max_age)
             }),
         },
@@ -263,24 +268,18 @@ where
             reason: why,
         };
     }
-    let login = auth
-        .session
-        .as_ref()
-        .map(|s| Portal::login_headers(s, &auth.roles));
+    let login = auth.caller.login_headers();
     // Websockets opened under a session close when it ends.
-    let session_end = match (auth.portal, &auth.session) {
-        (Some(pt), Some(s)) => Some(SessionEnd {
-            revoked: pt.store().watch(&s.sid),
-            expires: s.expires,
-        }),
-        _ => None,
-    };
+    let session_end = auth
+        .sessions
+        .zip(auth.caller.session.as_ref())
+        .map(|(sessions, s)| sessions.end_watch(s));
     let fwd = Forwarding {
         who: &conn.who,
         path: p,
         scheme: conn.scheme,
         login: login.as_ref(),
-        session_cookie: auth.portal.map(|pt| pt.cookie_name()),
+        session_cookie: auth.sessions.map(|s| s.cookie_name()),
         session_end,
         body_idle_timeout: snap.body_idle_timeout,
     };

@@ -10,8 +10,9 @@ use http::{Request, header};
 use super::Connection;
 use crate::config::{Access, Config, Route};
 use crate::http::path::{self, NormalizedPath};
-use crate::portal::Portal;
+use crate::portal::{self, Portal};
 use crate::proxy::Upstream;
+use crate::session::Sessions;
 
 /// A running node: its place in the node list tailpass started with. Node
 /// changes need a restart, so the list (and every `NodeId`) is fixed while
@@ -45,11 +46,16 @@ pub(crate) struct Routed {
 }
 
 /// What a reload replaces: routes with their upstream clients, the portal
-/// (policies, providers, rules). A request uses the snapshot it started
-/// with, whole, even if a reload lands meanwhile.
+/// (policies, providers, rules) with its pages' router, and the session
+/// service. A request uses the snapshot it started with, whole, even if a
+/// reload lands meanwhile.
 pub(crate) struct Snapshot {
     routes: Vec<Routed>,
     pub(crate) portal: Option<Arc<Portal>>,
+    /// The portal's pages, built once per snapshot (cloned per request).
+    pub(crate) pages: Option<axum::Router>,
+    /// The session service (the portal's), asked by the authenticate step.
+    pub(crate) sessions: Option<Arc<Sessions>>,
     /// From `[limits]`, fixed at start (listener settings need a restart).
     pub(crate) body_idle_timeout: Duration,
 }
@@ -87,6 +93,8 @@ impl Snapshot {
                     on: on(r),
                 })
                 .collect(),
+            pages: portal.clone().map(portal::router),
+            sessions: portal.as_ref().map(|p| p.sessions().clone()),
             portal,
             body_idle_timeout,
         }

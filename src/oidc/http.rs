@@ -146,6 +146,13 @@ impl HttpClient {
         uri: &http::Uri,
         host: &str,
     ) -> Result<http::Response<Vec<u8>>, HttpError> {
+        let io = self.connect(uri, host).await?;
+        exchange(io, req, uri, host).await
+    }
+
+    /// A connection to `uri`'s host and port: through the node for tailnet
+    /// hosts, else directly; TLS for `https`.
+    async fn connect(&self, uri: &http::Uri, host: &str) -> Result<Box<dyn Io>, HttpError> {
         let https = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
@@ -173,62 +180,69 @@ impl HttpClient {
                     .map_err(|e| conn_err(e.to_string()))?,
             ),
         };
-        let io: Box<dyn Io> = if https {
-            let name = ServerName::try_from(host.to_string())
-                .map_err(|_| HttpError::Url(uri.to_string()))?;
-            Box::new(
-                tokio_rustls::TlsConnector::from(self.tls.clone())
-                    .connect(name, raw)
-                    .await
-                    .map_err(|e| HttpError::Tls {
-                        host: host.to_string(),
-                        reason: e.to_string(),
-                    })?,
-            )
-        } else {
-            raw
-        };
-        let herr = |reason: String| HttpError::Http {
-            host: host.to_string(),
-            reason,
-        };
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        if !https {
+            return Ok(raw);
+        }
+        let name =
+            ServerName::try_from(host.to_string()).map_err(|_| HttpError::Url(uri.to_string()))?;
+        let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+            .connect(name, raw)
             .await
-            .map_err(|e| herr(e.to_string()))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let (mut parts, body) = req.into_parts();
-        // Origin-form path with Host, as HTTP/1.1 servers expect.
-        let authority = uri
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .unwrap_or_default();
-        parts.uri = uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-            .parse()
-            .map_err(|_| HttpError::Url(uri.to_string()))?;
-        parts.headers.insert(
-            http::header::HOST,
-            http::HeaderValue::from_str(&authority).map_err(|_| HttpError::Url(uri.to_string()))?,
-        );
-        let resp = send
-            .send_request(http::Request::from_parts(
-                parts,
-                Full::new(Bytes::from(body)),
-            ))
-            .await
-            .map_err(|e| herr(e.to_string()))?;
-        let (parts, body) = resp.into_parts();
-        let body = Limited::new(body, MAX_BODY)
-            .collect()
-            .await
-            .map_err(|e| herr(format!("reading the response: {e}")))?
-            .to_bytes();
-        Ok(http::Response::from_parts(parts, body.to_vec()))
+            .map_err(|e| HttpError::Tls {
+                host: host.to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok(Box::new(tls))
     }
+}
+
+/// One HTTP/1.1 request on `io` (origin-form path with Host, as HTTP/1.1
+/// servers expect) and its whole response, at most `MAX_BODY` bytes.
+async fn exchange(
+    io: Box<dyn Io>,
+    req: http::Request<Vec<u8>>,
+    uri: &http::Uri,
+    host: &str,
+) -> Result<http::Response<Vec<u8>>, HttpError> {
+    let herr = |reason: String| HttpError::Http {
+        host: host.to_string(),
+        reason,
+    };
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| herr(e.to_string()))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let (mut parts, body) = req.into_parts();
+    let authority = uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .unwrap_or_default();
+    parts.uri = uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .parse()
+        .map_err(|_| HttpError::Url(uri.to_string()))?;
+    parts.headers.insert(
+        http::header::HOST,
+        http::HeaderValue::from_str(&authority).map_err(|_| HttpError::Url(uri.to_string()))?,
+    );
+    let resp = send
+        .send_request(http::Request::from_parts(
+            parts,
+            Full::new(Bytes::from(body)),
+        ))
+        .await
+        .map_err(|e| herr(e.to_string()))?;
+    let (parts, body) = resp.into_parts();
+    let body = Limited::new(body, MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| herr(format!("reading the response: {e}")))?
+        .to_bytes();
+    Ok(http::Response::from_parts(parts, body.to_vec()))
 }
 
 impl<'c> openidconnect::AsyncHttpClient<'c> for HttpClient {

@@ -4,11 +4,21 @@
 //! own oldest sign-ins, never another peer's. When every slot is taken by
 //! other nodes, a new sign-in is refused instead.
 //!
+//! [`PendingLogins`] is the portal's table of them, shared across reloads;
+//! [`Pending`] is the bounded table underneath.
+//!
 //! What it must not do: drop a sign-in of one node to make room for another
 //! node's.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use crate::oidc;
+use crate::session::Binding;
+
+/// How long a started sign-in may take.
+pub(crate) const LOGIN_TTL: Duration = Duration::from_secs(600);
 
 /// At most this many sign-ins in flight in total.
 pub(crate) const MAX_TOTAL: usize = 10_000;
@@ -90,7 +100,53 @@ impl<T> Pending<T> {
 
 impl<T> Default for Pending<T> {
     fn default() -> Self {
-        Pending::new(super::LOGIN_TTL, MAX_TOTAL, MAX_PER_NODE)
+        Pending::new(LOGIN_TTL, MAX_TOTAL, MAX_PER_NODE)
+    }
+}
+
+/// One sign-in in flight: what the callback must match, and where the
+/// browser goes after it.
+pub(crate) struct PendingLogin {
+    /// The provider it was started at.
+    pub(crate) provider: String,
+    /// PKCE verifier and nonce.
+    pub(crate) oidc: oidc::Pending,
+    /// Where the browser goes after signing in (validated already).
+    pub(crate) target: String,
+    /// The tailnet node and user that started it.
+    pub(crate) binding: Binding,
+    /// The login cookie's value in the browser that started it.
+    pub(crate) browser: String,
+    /// The step-up age asked for, if any.
+    pub(crate) max_age: Option<u64>,
+    pub(crate) redirect_uri: String,
+}
+
+/// The sign-ins in flight of a portal, by `state`; a reload's new portal
+/// shares the table (clones share it).
+#[derive(Clone, Default)]
+pub(crate) struct PendingLogins(Arc<Mutex<Pending<PendingLogin>>>);
+
+impl PendingLogins {
+    /// Adds a sign-in under its OIDC `state`, within the caps of its node.
+    pub(crate) fn insert(&self, login: PendingLogin) -> Result<(), Full> {
+        let state = login.oidc.state.clone();
+        let node = login.binding.node.clone();
+        self.lock().insert(state, &node, login)
+    }
+
+    /// Takes the sign-in `state` out (single use), if it is live.
+    pub(crate) fn take(&self, state: &str) -> Option<PendingLogin> {
+        self.lock().take(state)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending<PendingLogin>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn same_table(&self, other: &PendingLogins) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
     }
 }
 

@@ -332,11 +332,11 @@ async fn bind(
 async fn upkeep(live: Arc<Live>) {
     loop {
         let shared = live.shared.load_full();
-        let every = match &shared.portal {
-            Some(p) => {
-                p.tick().await;
-                live.metrics.sessions(p.store().len());
-                p.upkeep_interval()
+        let every = match &shared.sessions {
+            Some(s) => {
+                s.tick().await;
+                live.metrics.sessions(s.len());
+                s.upkeep_interval()
             }
             None => Duration::from_secs(30),
         };

@@ -8,9 +8,15 @@
 //! carries the binding (node stable id, tailnet user) so a copy presented
 //! from another node fails before the store is consulted.
 //!
-//! This module must not talk to providers; refreshing is the portal's job.
+//! [`Sessions`] is the service over all of it: keys, store, refresh at the
+//! provider and the watchers of open websockets. The request pipeline asks
+//! it one question ([`Sessions::authenticate`]); the portal opens and
+//! closes sessions through it. The cookie and store halves must not talk to
+//! providers; only the service's refresh does.
 
 mod cookie;
+mod refresh;
+mod service;
 mod store;
 
 use std::collections::BTreeMap;
@@ -18,6 +24,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use cookie::{Keys, SessionCookie};
+pub(crate) use service::{Authenticated, OpenError, Sessions};
 pub use store::{Record, Store};
 
 use crate::identity::{PeerIdentity, Principal};
