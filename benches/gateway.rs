@@ -14,19 +14,16 @@
 //! - websockets: RSS added by N idle websockets through the loopback
 //!   listener minus the same N straight to the echo server.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use support::{TestNet, env_num, rss_kib};
 use tailpass::config::Config;
 use tailpass::server::{Gateway, Options};
 use tailpass::tailnet::Node;
+use tailpass_testkit::{TestNet, env_num, rss_kib};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 #[derive(Debug, Clone, Copy)]
@@ -120,8 +117,8 @@ async fn run() {
     let n_ws = env_num("TAILPASS_BENCH_WS", 1000) as usize;
 
     let net = TestNet::start();
-    let hello = support::upstream::start_hello().await;
-    let ws = support::upstream::start_ws_echo().await;
+    let hello = tailpass_testkit::upstream::start_hello().await;
+    let ws = tailpass_testkit::upstream::start_ws_echo().await;
     let dir = tempfile::tempdir().unwrap();
     let toml = format!(
         r#"
@@ -165,7 +162,7 @@ access = "public"
 
     let tls_open = || {
         let (client, host, ca) = (client.clone(), host.clone(), ca.clone());
-        async move { support::client::connect(&client, &host, 443, &ca, &[b"http/1.1"]).await }
+        async move { tailpass_testkit::client::connect(&client, &host, 443, &ca, &[b"http/1.1"]).await }
     };
     let plain_open = || {
         let (client, h) = (client.clone(), fwd_host.clone());
@@ -234,5 +231,5 @@ access = "public"
 }
 
 fn main() {
-    support::bench_main(run());
+    tailpass_testkit::bench_main(run());
 }

@@ -13,15 +13,12 @@
 //! - resident memory added by N open idle connections (both ends in-process).
 //!
 //! The test tailnet relays through its DERP server on 127.0.0.1 (no direct
-//! UDP, see tests/support), for both sides alike.
+//! UDP, see tailpass_testkit), for both sides alike.
 //!
 //! The Rust side runs once per data path (the node channel, the default;
 //! and a socketpair per connection), each in its own process like the Go
 //! baseline, so one run's memory does not flatter the next; the three
 //! sides are interleaved over `TAILPASS_BENCH_ROUNDS` rounds (default 3).
-
-#[path = "../tests/support/mod.rs"]
-mod support;
 
 // The one unsafe outside src/tailnet/ffi.rs: a global allocator must be
 // an `unsafe impl`; it only forwards to the system allocator.
@@ -69,8 +66,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use std::time::Duration;
-use support::{TestNet, env_num, rss_kib};
 use tailpass::tailnet::{DataPath, Node, NodeConfig};
+use tailpass_testkit::{TestNet, env_num, rss_kib};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Figures {
@@ -378,7 +375,7 @@ fn rust_child(net: &TestNet, path: DataPath, args: &[usize; 4]) -> Figures {
 }
 
 fn go_side(net: &TestNet, bytes: u64, runs: usize, dials: usize, idle: usize) -> Figures {
-    let bin = support::go_program("./cmd/gobench", "gobench");
+    let bin = tailpass_testkit::go_program("./cmd/gobench", "gobench");
     let out = Command::new(bin)
         .args(["-control-url", &net.control_url])
         .args(["-bytes", &bytes.to_string(), "-runs", &runs.to_string()])
@@ -417,7 +414,7 @@ fn main() {
         } else {
             DataPath::Channel
         };
-        support::init_process_for_tests();
+        tailpass_testkit::init_process_for_tests();
         let net = Tailnet {
             control_url: std::env::var("TAILPASS_BENCH_CONTROL_URL").unwrap(),
             dir: tempfile::tempdir().unwrap(),

@@ -16,7 +16,7 @@
 //! - the client is `vendor/tsshim/cmd/wsclient`, its own tsnet node in its
 //!   own process (so it costs this process no descriptors), opening wss://
 //!   websockets with bounded concurrency and retries, then holding them;
-//! - the upstream is the websocket echo server of tests/support, in this
+//! - the upstream is the websocket echo server of the test kit, in this
 //!   process, on 127.0.0.1.
 //!
 //! One side at a time: the echo server holds a descriptor per websocket and
@@ -31,16 +31,13 @@
 //! (opens in flight, default 32), `TAILPASS_BENCH_WS_SETTLE` (seconds before
 //! reading the figures, default 5), `TAILPASS_BENCH_WS_ONLY=tailpass|go`.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{TSNET_TEST_KNOBS, TestNet, env_num, free_port, go_program, stop_child};
+use tailpass_testkit::{TSNET_TEST_KNOBS, TestNet, env_num, free_port, go_program, stop_child};
 
 /// Whether the config gets the `[limits]` table: every websocket comes
 /// from one client node, which the default per-source cap (1024) would stop
@@ -430,7 +427,7 @@ async fn run() {
     let (soft, hard) = raise_nofile();
 
     let net = TestNet::start();
-    let upstream = support::upstream::start_ws_echo().await;
+    let upstream = tailpass_testkit::upstream::start_ws_echo().await;
     let dir = tempfile::tempdir().unwrap();
     // Build the helpers before anything is measured.
     go_program("./cmd/wsclient", "wsclient");
@@ -519,5 +516,5 @@ async fn run() {
 }
 
 fn main() {
-    support::bench_main(run());
+    tailpass_testkit::bench_main(run());
 }

@@ -13,11 +13,7 @@
 //! Options: `--proxy-port N` (default 8080; 0 picks one), `--json` (print
 //! one JSON line with the addresses, for scripts).
 
-#[path = "../tests/support/mod.rs"]
-#[allow(unused_imports, missing_docs)]
-mod support;
-
-use support::stack::{Seed, SeedOptions};
+use tailpass_testkit::stack::{Seed, SeedOptions};
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
@@ -58,7 +54,11 @@ async fn main() {
         .unwrap_or_else(|e| panic!("cannot listen on 127.0.0.1:{port}: {e} (try --proxy-port 0)"));
     let proxy = listener.local_addr().unwrap();
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let entry = tokio::spawn(tailpass::entry::serve_proxy(listener, laptop.clone(), stop));
+    let entry = tokio::spawn(tailpass_testkit::entry::serve_proxy(
+        listener,
+        laptop.clone(),
+        stop,
+    ));
 
     let start = seed.url("/term/");
     if json {

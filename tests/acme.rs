@@ -3,18 +3,16 @@
 //! its companion DNS server answering 127.0.0.1 for every name. Pebble
 //! validates us with TLS-ALPN-01 on the public listener itself.
 
-mod support;
-
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rustls_pki_types::ServerName;
-use support::client::H1;
-use support::{TestNet, free_port};
 use tailpass::config::Config;
 use tailpass::server::{Gateway, Options};
 use tailpass::tls::LocalCa;
+use tailpass_testkit::client::H1;
+use tailpass_testkit::{TestNet, free_port};
 
 const PEBBLE: &str = "github.com/letsencrypt/pebble/v2/cmd/pebble@v2.10.3";
 const CHALLTESTSRV: &str = "github.com/letsencrypt/pebble/v2/cmd/pebble-challtestsrv@v2.10.3";
@@ -125,7 +123,7 @@ async fn public_listener_gets_a_certificate_from_pebble_and_serves_public_routes
     wait_port(mgmt);
 
     let net = TestNet::start();
-    let echo = support::upstream::start_echo().await;
+    let echo = tailpass_testkit::upstream::start_echo().await;
     let toml = format!(
         r#"
 [[node]]
@@ -168,7 +166,8 @@ upstream = "http://{echo}"
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", mgmt))
             .await
             .unwrap();
-        let tls = support::client::tls_over(tcp, "localhost", &api_ca, &[b"http/1.1"]).await;
+        let tls =
+            tailpass_testkit::client::tls_over(tcp, "localhost", &api_ca, &[b"http/1.1"]).await;
         let r = H1::over(tls).await.get("localhost", "/roots/0", &[]).await;
         String::from_utf8(r.into_body().to_vec()).unwrap()
     };
@@ -180,7 +179,7 @@ upstream = "http://{echo}"
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", tls_port))
             .await
             .unwrap();
-        match tokio_rustls::TlsConnector::from(support::client::tls_config(
+        match tokio_rustls::TlsConnector::from(tailpass_testkit::client::tls_config(
             &roots_pem,
             &[b"http/1.1"],
         ))

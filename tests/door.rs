@@ -13,8 +13,6 @@
 //!
 //! HTTP/2 floods are in `tests/http2.rs`.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -22,11 +20,11 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
-use support::binary::{Tailpass, admin_get};
-use support::client::H1;
-use support::{TestNet, free_port, upstream};
 use tailpass::config::Config;
 use tailpass::server::{Gateway, Options};
+use tailpass_testkit::binary::{Tailpass, admin_get};
+use tailpass_testkit::client::H1;
+use tailpass_testkit::{TestNet, free_port, upstream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const PUBLIC_HOST: &str = "blog.tailpass.test";
@@ -149,7 +147,7 @@ fn slow_body(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeouts_close_what_waits_and_keep_what_moves() {
-    let _permit = support::heavy().await;
+    let _permit = tailpass_testkit::heavy().await;
     let net = TestNet::start();
     let (alice, bob) = tokio::join!(net.node("alice"), net.node("bob"));
     let echo = upstream::start_echo().await;
@@ -207,7 +205,7 @@ response_timeout = "2s"
     let loopback: SocketAddr = format!("127.0.0.1:{loop_port}").parse().unwrap();
     let public: SocketAddr = format!("127.0.0.1:{pub_port}").parse().unwrap();
     let tls = async |node: &tailpass::tailnet::Node| {
-        support::client::connect(node, &host, 443, &ca, &[b"http/1.1"]).await
+        tailpass_testkit::client::connect(node, &host, 443, &ca, &[b"http/1.1"]).await
     };
     let secs = Duration::from_secs;
 
@@ -314,7 +312,7 @@ response_timeout = "2s"
     );
     let public_tls = async || {
         let s = tokio::net::TcpStream::connect(public).await.unwrap();
-        support::client::tls_over(s, PUBLIC_HOST, &public_pem, &[b"http/1.1"]).await
+        tailpass_testkit::client::tls_over(s, PUBLIC_HOST, &public_pem, &[b"http/1.1"]).await
     };
     within(
         "public, slowloris",
@@ -436,7 +434,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_listener_survives_running_out_of_descriptors() {
-    let _permit = support::heavy().await;
+    let _permit = tailpass_testkit::heavy().await;
     let net = TestNet::start();
     let alice = net.node("alice").await;
     let echo = upstream::start_echo().await;
@@ -463,17 +461,17 @@ async fn every_listener_survives_running_out_of_descriptors() {
         let raw = alice.dial(&format!("{host}:443")).await.ok()?;
         let tls = tokio::time::timeout(
             Duration::from_secs(10),
-            support::client::try_tls_over(raw, &host, &ca, &[b"http/1.1"]),
+            tailpass_testkit::client::try_tls_over(raw, &host, &ca, &[b"http/1.1"]),
         )
         .await
         .ok()??;
         try_status(tls, &host).await
     };
     let via_funnel = async || {
-        let raw = support::try_funnel_dial(&net, &alice, "gw", "203.0.113.9:4444").await?;
+        let raw = tailpass_testkit::try_funnel_dial(&net, &alice, "gw", "203.0.113.9:4444").await?;
         let tls = tokio::time::timeout(
             Duration::from_secs(10),
-            support::client::try_tls_over(raw, &host, &ca, &[b"http/1.1"]),
+            tailpass_testkit::client::try_tls_over(raw, &host, &ca, &[b"http/1.1"]),
         )
         .await
         .ok()??;
@@ -491,7 +489,7 @@ async fn every_listener_survives_running_out_of_descriptors() {
         let s = tokio::net::TcpStream::connect(public).await.ok()?;
         let tls = tokio::time::timeout(
             Duration::from_secs(10),
-            support::client::try_tls_over(s, PUBLIC_HOST, &public_pem, &[b"http/1.1"]),
+            tailpass_testkit::client::try_tls_over(s, PUBLIC_HOST, &public_pem, &[b"http/1.1"]),
         )
         .await
         .ok()??;
@@ -568,7 +566,7 @@ async fn every_listener_survives_running_out_of_descriptors() {
     // path; on the node channel its connections take none, so it has no
     // descriptor errors to survive.
     let mut hit = vec!["loopback", "public"];
-    if support::data_path_for_tests() == tailpass::tailnet::DataPath::SocketPair {
+    if tailpass_testkit::data_path_for_tests() == tailpass::tailnet::DataPath::SocketPair {
         hit.push("gw https");
     }
     for listener in hit {
@@ -604,7 +602,7 @@ async fn every_listener_survives_running_out_of_descriptors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn near_the_descriptor_limit_new_connections_are_refused_and_open_ones_work() {
-    let _permit = support::heavy().await;
+    let _permit = tailpass_testkit::heavy().await;
     let net = TestNet::start();
     let echo = upstream::start_echo().await;
     let dir = tempfile::tempdir().unwrap();

@@ -2,18 +2,16 @@
 //! speak HTTPS (local-CA certificate) to a tailpass node, which identifies
 //! them by WhoIs and proxies to real upstreams on 127.0.0.1.
 
-mod support;
-
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
-use support::client::{H1, echoed, echoed_header};
-use support::{TestNet, TestNetOptions, upstream};
 use tailpass::config::Config;
 use tailpass::server::{Gateway, Options};
 use tailpass::tailnet::Node;
+use tailpass_testkit::client::{H1, echoed, echoed_header};
+use tailpass_testkit::{TestNet, TestNetOptions, upstream};
 
 struct Setup {
     net: TestNet,
@@ -137,7 +135,7 @@ connect_timeout = "2s"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identity_headers_policies_and_header_hygiene() {
-    let _permit = support::heavy().await;
+    let _permit = tailpass_testkit::heavy().await;
     let s = setup("", Options::default()).await;
     let mut a = H1::connect(&s.alice, &s.host, &s.ca).await;
     let mut b = H1::connect(&s.bob, &s.host, &s.ca).await;
@@ -248,11 +246,12 @@ async fn identity_headers_policies_and_header_hygiene() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_sse_http2_and_redirect() {
-    let _permit = support::heavy().await;
+    let _permit = tailpass_testkit::heavy().await;
     let s = setup("", Options::default()).await;
 
     // Websocket (ttyd-style) through the proxy.
-    let tls = support::client::connect(&s.alice, &s.host, 443, &s.ca, &[b"http/1.1"]).await;
+    let tls =
+        tailpass_testkit::client::connect(&s.alice, &s.host, 443, &s.ca, &[b"http/1.1"]).await;
     let (mut ws, resp) = tokio_tungstenite::client_async(format!("wss://{}/ws/term", s.host), tls)
         .await
         .unwrap();
@@ -288,7 +287,7 @@ async fn websocket_sse_http2_and_redirect() {
     assert!(String::from_utf8_lossy(&rest).contains("tick 2"));
 
     // HTTP/2 from the client (ALPN h2).
-    let tls = support::client::connect(&s.bob, &s.host, 443, &s.ca, &[b"h2"]).await;
+    let tls = tailpass_testkit::client::connect(&s.bob, &s.host, 443, &s.ca, &[b"h2"]).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let (mut send, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
@@ -336,7 +335,7 @@ async fn websocket_sse_http2_and_redirect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loopback_listener_serves_only_what_the_config_allows() {
-    let _permit = support::heavy().await;
+    let _permit = tailpass_testkit::heavy().await;
     let s = setup(
         "[loopback]\nlisten = \"127.0.0.1:0\"\n\n[[route]]\npath = \"/local\"\nupstream = \"http://127.0.0.1:9\"\nloopback = true\n",
         Options::default(),
@@ -376,7 +375,7 @@ async fn loopback_listener_serves_only_what_the_config_allows() {
 /// handshakes get the new certificate, an open connection keeps working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_renewal_swaps_cert_without_dropping_connections() {
-    let _permit = support::heavy().await;
+    let _permit = tailpass_testkit::heavy().await;
     let s = setup(
         "",
         Options {
@@ -486,15 +485,15 @@ allow_users = ["alice@example.com"]
 }
 
 /// Funnel end to end: a public client's connection arrives through a Funnel
-/// relay (emulated exactly like Tailscale's ingress nodes, see support),
+/// relay (emulated exactly like Tailscale's ingress nodes, see the test kit),
 /// TLS with the node's certificate, and only public routes answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn funnel_serves_public_routes_only() {
-    let _permit = support::heavy().await;
+    let _permit = tailpass_testkit::heavy().await;
     let s = setup_with(&["funnel"], "", Options::default()).await;
     let get = async |path: &str| {
-        let raw = support::funnel_dial(&s.net, &s.bob, "gw", "203.0.113.7:4567").await;
-        let tls = support::client::tls_over(raw, &s.host, &s.ca, &[b"http/1.1"]).await;
+        let raw = tailpass_testkit::funnel_dial(&s.net, &s.bob, "gw", "203.0.113.7:4567").await;
+        let tls = tailpass_testkit::client::tls_over(raw, &s.host, &s.ca, &[b"http/1.1"]).await;
         let r = H1::over(tls)
             .await
             .get(&s.host, path, &[("Tailscale-User-Login", "root@evil")])

@@ -7,14 +7,12 @@
 //! The loopback listener speaks h2c with prior knowledge; every listener
 //! shares the same HTTP/2 settings (`server::http_builder`).
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::{TestNet, free_port, upstream};
 use tailpass::config::Config;
 use tailpass::server::{Gateway, Options};
+use tailpass_testkit::{TestNet, free_port, upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -149,7 +147,7 @@ async fn answer(s: &mut TcpStream, stream: u32) -> Option<(u8, Vec<u8>)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_bounds_and_floods() {
-    let _permit = support::light().await;
+    let _permit = tailpass_testkit::light().await;
     let net = TestNet::start();
     let echo = upstream::start_echo().await;
     let dir = tempfile::tempdir().unwrap();

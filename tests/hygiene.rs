@@ -1,6 +1,6 @@
 //! Request hygiene (issue #10), end to end from all three entry paths —
 //! tailnet peers, Funnel (emulated exactly like Tailscale's ingress, see
-//! support) and the public listener (TLS from PEM files) — against real
+//! the test kit) and the public listener (TLS from PEM files) — against real
 //! upstreams on 127.0.0.1 and the forging OIDC provider for sign-ins:
 //!
 //! 1. header names with `_` (any case) never pose as protected names;
@@ -14,19 +14,17 @@
 //! Each test fails when its protection is removed (see CHANGELOG / the
 //! threat model in docs/portal.md for the mutation checks).
 
-mod support;
-
 use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use support::browser::Browser;
-use support::client::{H1, echoed, echoed_header, tls_over};
-use support::forge::Forge;
-use support::{TestNet, logs, upstream};
 use tailpass::config::Config;
 use tailpass::server::{Gateway, Options};
 use tailpass::tailnet::Node;
+use tailpass_testkit::browser::Browser;
+use tailpass_testkit::client::{H1, echoed, echoed_header, tls_over};
+use tailpass_testkit::forge::Forge;
+use tailpass_testkit::{TestNet, logs, upstream};
 
 const SECRET: &str = "test-session-secret-0123456789-abcdefghijklmnop";
 const CLIENT_ID: &str = "tailpass";
@@ -191,7 +189,8 @@ impl Setup {
             ),
             Entry::Funnel => {
                 let raw =
-                    support::funnel_dial(&self.net, &self.bob, "gw", "203.0.113.7:4567").await;
+                    tailpass_testkit::funnel_dial(&self.net, &self.bob, "gw", "203.0.113.7:4567")
+                        .await;
                 let tls = tls_over(raw, &self.host, &self.ca, &[b"http/1.1"]).await;
                 (H1::over(tls).await, self.host.clone())
             }
@@ -263,7 +262,7 @@ const SPOOF: [(&str, &str); 20] = [
 /// names are dropped unless the route allows them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protected_headers_never_pass_in_any_spelling() {
-    let _permit = support::heavy().await;
+    let _permit = tailpass_testkit::heavy().await;
     let s = setup().await;
     let me = s.alice.status().await.unwrap();
     let alice_ip = me.ip().unwrap().to_string();
@@ -400,7 +399,7 @@ fn body(r: &http::Response<Bytes>) -> String {
 /// as plain requests (never a tunnel); `websocket` is still tunnelled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_websocket_upgrades_are_tunnelled() {
-    let _permit = support::heavy().await;
+    let _permit = tailpass_testkit::heavy().await;
     let s = setup().await;
     let mark = logs::mark();
     let mut tunnelled = Vec::new();
@@ -466,7 +465,7 @@ async fn only_websocket_upgrades_are_tunnelled() {
 /// and reach the upstream exactly as matched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paths_the_upstream_could_read_differently_are_refused() {
-    let _permit = support::heavy().await;
+    let _permit = tailpass_testkit::heavy().await;
     let s = setup().await;
     let mark = logs::mark();
     // Everywhere: a loose reading lands on another route (or the portal).
@@ -546,7 +545,7 @@ async fn paths_the_upstream_could_read_differently_are_refused() {
 /// own origin is refused with 403 and changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_origin_portal_posts_change_nothing() {
-    let _permit = support::heavy().await;
+    let _permit = tailpass_testkit::heavy().await;
     let s = setup().await;
     let mut b = Browser::new(&s.alice, &s.ca);
     let end = b
@@ -635,7 +634,7 @@ async fn cross_origin_portal_posts_change_nothing() {
 /// peer's sign-in in flight completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sign_in_flood_evicts_only_the_flooders_own() {
-    let _permit = support::heavy().await;
+    let _permit = tailpass_testkit::heavy().await;
     let s = setup().await;
     let start = "/auth/oauth2/forge/authorize?rd=%2Fapp%2F";
     let begin = async |b: &mut Browser| {

@@ -4,15 +4,13 @@
 //! config on reload keeps the old one; /healthz and Prometheus /metrics on
 //! the admin listener; SIGTERM drains a request in flight, then exits 0.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use support::binary::{Tailpass, admin_get};
-use support::client::H1;
-use support::{TestNet, free_port, upstream};
 use tailpass::tailnet::Node;
+use tailpass_testkit::binary::{Tailpass, admin_get};
+use tailpass_testkit::client::H1;
+use tailpass_testkit::{TestNet, free_port, upstream};
 
 async fn wait_peer(node: &Node, host: &str) {
     let t = Instant::now();
@@ -78,7 +76,7 @@ upstream = "http://{echo}/files-root"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_two_nodes_reload_health_metrics_and_graceful_shutdown() {
-    let _permit = support::heavy().await;
+    let _permit = tailpass_testkit::heavy().await;
     let net = TestNet::start();
     let (alice, bob) = tokio::join!(net.node("alice"), net.node("bob"));
     let alice_login = alice.status().await.unwrap().self_node.unwrap().user_login;
@@ -129,7 +127,7 @@ async fn binary_two_nodes_reload_health_metrics_and_graceful_shutdown() {
     assert_eq!(get(&bob, &gw, "/echo/").await.0, 403);
 
     // A websocket opened before the reload.
-    let tls = support::client::connect(&alice, &gw, 443, &ca, &[b"http/1.1"]).await;
+    let tls = tailpass_testkit::client::connect(&alice, &gw, 443, &ca, &[b"http/1.1"]).await;
     let (mut sock, _) = tokio_tungstenite::client_async(format!("wss://{gw}/ws/t"), tls)
         .await
         .unwrap();

@@ -2,25 +2,23 @@
 //! walk the OIDC login through the gateway (HTTPS, local CA) to a provider
 //! on 127.0.0.1 and back.
 //!
-//! The provider here is `support::forge`, a deliberately *forging* OIDC
+//! The provider here is `tailpass_testkit::forge`, a deliberately *forging* OIDC
 //! provider: it signs whatever it is told to (wrong issuer, wrong
 //! audience, expired, unsigned, re-signed, wrong nonce …), which a correct
 //! provider never does. It is used for the cases the real provider cannot
 //! produce and for fast flow checks; `tests/portal_idp.rs` runs the same
 //! flows against the real, certified `oidc-provider`.
 
-mod support;
-
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use support::browser::{Browser, link_href, query_param, urlenc};
-use support::client::H1;
-use support::forge::{Fault, Forge};
-use support::{TestNet, upstream};
 use tailpass::config::Config;
 use tailpass::server::{Gateway, Options};
 use tailpass::tailnet::Node;
+use tailpass_testkit::browser::{Browser, link_href, query_param, urlenc};
+use tailpass_testkit::client::H1;
+use tailpass_testkit::forge::{Fault, Forge};
+use tailpass_testkit::{TestNet, upstream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const SECRET: &str = "test-session-secret-0123456789-abcdefghijklmnop";
@@ -164,7 +162,7 @@ async fn open_ws(
 ) -> tokio_tungstenite::WebSocketStream<
     tokio_rustls::client::TlsStream<tailpass::tailnet::TailnetStream>,
 > {
-    let tls = support::client::connect(node, &s.host, 443, &s.ca, &[b"http/1.1"]).await;
+    let tls = tailpass_testkit::client::connect(node, &s.host, 443, &s.ca, &[b"http/1.1"]).await;
     let mut req = format!("wss://{}/ws/term", s.host)
         .into_client_request()
         .unwrap();
@@ -224,7 +222,7 @@ fn resign(claims: &serde_json::Value, kid: &str, secret: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_keeps_the_url_passes_identity_and_logout_ends_everything() {
-    let _permit = support::heavy().await;
+    let _permit = tailpass_testkit::heavy().await;
     let s = stack("").await;
     let alice_login = s
         .alice
@@ -539,10 +537,10 @@ async fn login_keeps_the_url_passes_identity_and_logout_ends_everything() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_tokens_bad_callbacks_roles_and_step_up() {
-    let _permit = support::heavy().await;
+    let _permit = tailpass_testkit::heavy().await;
     let s = stack("session_lifetime = \"6s\"").await;
 
-    support::logs::capture();
+    tailpass_testkit::logs::capture();
     // Control: a correct token signs in.
     let mut b = s.browser(&s.alice);
     let end = b
@@ -567,7 +565,7 @@ async fn forged_tokens_bad_callbacks_roles_and_step_up() {
         (Fault::WrongAtHash, "at_hash"),
     ] {
         s.forge.set_fault(f);
-        let mark = support::logs::mark();
+        let mark = tailpass_testkit::logs::mark();
         let mut b = s.browser(&s.alice);
         let end = b.follow(&s.url("/app/")).await;
         // The login page first, then the provider button.
@@ -580,7 +578,7 @@ async fn forged_tokens_bad_callbacks_roles_and_step_up() {
             .follow(&s.url("/auth/oauth2/forge/authorize?rd=%2Fapp%2F"))
             .await;
         assert_eq!(end.status, 502, "{f:?} was accepted: {}", end.url);
-        let logs = support::logs::since(mark);
+        let logs = tailpass_testkit::logs::since(mark);
         let line = logs
             .lines()
             .find(|l| l.contains("sign-in rejected"))
@@ -767,9 +765,9 @@ max_auth_age = "10m"
 /// fail on cue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_failures_back_off_and_end_the_session_when_they_must() {
-    let _permit = support::heavy().await;
+    let _permit = tailpass_testkit::heavy().await;
     let s = stack("refresh_interval = \"1s\"\nrefresh_grace = \"8s\"").await;
-    support::logs::capture();
+    tailpass_testkit::logs::capture();
     let login = async |b: &mut Browser| {
         let end = b
             .follow(&s.url("/auth/oauth2/forge/authorize?rd=%2Fapp%2F"))
@@ -819,7 +817,7 @@ async fn refresh_failures_back_off_and_end_the_session_when_they_must() {
         (1..=4).contains(&calls) && calls * 2 < requests,
         "{calls} token calls for {requests} requests"
     );
-    assert!(support::logs::since(0).contains("cannot refresh the session now; kept"));
+    assert!(tailpass_testkit::logs::since(0).contains("cannot refresh the session now; kept"));
 
     // Past refresh_interval + refresh_grace without a successful refresh,
     // the session ends.
@@ -836,7 +834,10 @@ async fn refresh_failures_back_off_and_end_the_session_when_they_must() {
         ended >= Duration::from_secs(9),
         "ended after {ended:?}, before refresh_interval + refresh_grace"
     );
-    assert!(support::logs::since(0).contains("within refresh_interval + refresh_grace; ending it"));
+    assert!(
+        tailpass_testkit::logs::since(0)
+            .contains("within refresh_interval + refresh_grace; ending it")
+    );
     let calls = s.forge.refresh_requests() - base;
     assert!(
         calls <= 6,
@@ -893,7 +894,7 @@ async fn refresh_failures_back_off_and_end_the_session_when_they_must() {
     );
     assert_eq!(b.get(&s.url("/app/")).await.status, 302);
     assert!(
-        support::logs::since(0).contains("Refresh token is invalid or expired"),
+        tailpass_testkit::logs::since(0).contains("Refresh token is invalid or expired"),
         "the provider's words are logged"
     );
     eprintln!("refusal to session end: {:?}", t.elapsed());
@@ -907,7 +908,7 @@ async fn refresh_failures_back_off_and_end_the_session_when_they_must() {
 /// provider supports it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn step_up_needs_proof_of_a_fresh_sign_in() {
-    let _permit = support::heavy().await;
+    let _permit = tailpass_testkit::heavy().await;
     let trusting = |name: &str| {
         format!(
             "\n[[provider]]\nname = \"{name}\"\nissuer = \"{{issuer}}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = {{ env = \"CLIENT_SECRET\" }}\ntrust_prompt_login = true\n"

@@ -6,7 +6,6 @@
 //! The tests skip loudly when the tarball, Chromium or `certutil` is
 //! missing or the build fails, unless `TAILPASS_REQUIRE_POCKET_ID` is set
 //! (`.ci/run` sets it): then each of those is a failure.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -20,8 +19,8 @@ use serde_json::{Value, json};
 use tailpass::config::Config;
 use tailpass::server::{Gateway, Options};
 
-use super::client::H1;
-use super::{TestNet, upstream};
+use crate::client::H1;
+use crate::{TestNet, upstream};
 
 /// The admin API key Pocket ID is started with (`X-API-KEY`).
 pub const API_KEY: &str = "tailpass-test-static-api-key-0123456789abcdef";
@@ -57,7 +56,7 @@ fn skip(test: &str, why: &str) {
 /// Builds (or finds in the cache) Pocket ID `version` with
 /// `scripts/pocket-id`; `Err` says why not.
 pub fn build(version: &str) -> Result<PathBuf, String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/pocket-id");
+    let script = crate::repo_root().join("scripts/pocket-id");
     let t0 = Instant::now();
     let out = Command::new(&script)
         .arg(version)
@@ -87,7 +86,7 @@ pub fn build(version: &str) -> Result<PathBuf, String> {
 /// and certutil. `None` (after a loud note) when something is missing and
 /// the test is not required.
 pub fn prerequisites(test: &str, version: &str) -> Option<PathBuf> {
-    let chromium = super::chrome::chromium_path();
+    let chromium = crate::chrome::chromium_path();
     if !chromium.exists() {
         skip(test, &format!("{} not found", chromium.display()));
         return None;
@@ -138,7 +137,7 @@ impl PocketId {
             .unwrap();
         let key: String = raw.iter().map(|b| format!("{b:02x}")).collect();
         std::fs::write(&key_file, key).unwrap();
-        let port = super::free_port();
+        let port = crate::free_port();
         let mut child = Command::new(bin)
             .current_dir(dir.path())
             .env_clear()
@@ -540,11 +539,7 @@ title = "Admin (recent sign-in)"
 
 /// `tailpass check --config <file>` (the shipped binary); its output.
 fn run_check(config: &Path) -> String {
-    // Tests have it; the demo example, which shares this module, does not.
-    let bin = match option_env!("CARGO_BIN_EXE_tailpass") {
-        Some(b) => b,
-        None => panic!("the tailpass binary is known to tests only"),
-    };
+    let bin = crate::binary::path();
     let out = Command::new(bin)
         .args(["check", "--config"])
         .arg(config)

@@ -17,7 +17,6 @@
 //! and the PKCE verifier. What it deliberately does not do: authorization
 //! codes are NOT single-use and never expire (see [`Forge`]), and any
 //! absolute redirect URI is accepted.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::convert::Infallible;

@@ -3,15 +3,14 @@
 //! ID) on 127.0.0.1 behind tailpass's own `auth` node; the gateway node
 //! `gw` with the portal and protected routes over an echo upstream and the
 //! websocket demo page. One tailpass process, no sidecar.
-#![allow(dead_code)]
 
 use std::path::PathBuf;
 
 use tailpass::config::Config;
 use tailpass::server::{Gateway, Options};
 
-use super::idp::Idp;
-use super::{TestNet, upstream};
+use crate::idp::Idp;
+use crate::{TestNet, upstream};
 
 /// Session secret of the stack (tests forge cookies with it).
 pub const SECRET: &str = "test-session-secret-0123456789-abcdefghijklmnop";

@@ -37,9 +37,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::watch;
 
-use crate::http::headers;
-use crate::http::response::{Body, error, full};
-use crate::tailnet::{Node, names};
+use tailpass::tailnet::Node;
+
+use wire::{Body, full};
+
+mod wire;
 
 /// How long a client may take to send a request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -76,11 +78,10 @@ impl Refusal {
     fn response(&self) -> Response<Body> {
         match self {
             Refusal::Malformed(reason) => bad_request(reason),
-            Refusal::NotTailnet(target) => error(
+            Refusal::NotTailnet(target) => wire::error(
                 StatusCode::FORBIDDEN,
                 "Forbidden",
                 &format!("{target} is not on the tailnet; this proxy only goes into the tailnet"),
-                false,
             ),
             Refusal::NoStatus(e) => bad_gateway(&format!("the tailnet node is not ready: {e}")),
         }
@@ -90,7 +91,7 @@ impl Refusal {
 /// Whether `host` (as in an authority: IPv6 in brackets) names a tailnet
 /// destination, given the MagicDNS suffix (`tail1234.ts.net`).
 fn is_tailnet_host(host: &str, suffix: &str) -> bool {
-    if let Some(is) = names::host_ip_is_tailnet(host) {
+    if let Some(is) = wire::host_ip_is_tailnet(host) {
         return is;
     }
     let name = host.trim_end_matches('.');
@@ -101,7 +102,7 @@ fn is_tailnet_host(host: &str, suffix: &str) -> bool {
         // A MagicDNS short name ("gw"); never "localhost".
         return !name.eq_ignore_ascii_case("localhost");
     }
-    names::is_below(name, suffix)
+    wire::is_below(name, suffix)
 }
 
 impl Shared {
@@ -221,11 +222,11 @@ async fn handle(
 }
 
 fn bad_request(reason: &str) -> Response<Body> {
-    error(StatusCode::BAD_REQUEST, "Bad request", reason, false)
+    wire::error(StatusCode::BAD_REQUEST, "Bad request", reason)
 }
 
 fn bad_gateway(reason: &str) -> Response<Body> {
-    error(StatusCode::BAD_GATEWAY, "Bad gateway", reason, false)
+    wire::error(StatusCode::BAD_GATEWAY, "Bad gateway", reason)
 }
 
 /// `host:port` from an authority, or why it cannot be a dial target.
@@ -322,7 +323,7 @@ async fn forward(
         }
     };
     let authority = req.uri().authority().cloned();
-    let upgrade = headers::wants_upgrade(req.headers());
+    let upgrade = wire::wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
     let pq = req
@@ -338,7 +339,7 @@ async fn forward(
     *req.uri_mut() = origin_form;
     *req.version_mut() = http::Version::HTTP_11;
     let h = req.headers_mut();
-    headers::remove_hop_by_hop(h, upgrade);
+    wire::remove_hop_by_hop(h, upgrade);
     // The absolute URL's authority is the host (RFC 9112 §3.2.2).
     if let Some(v) = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
         h.insert(header::HOST, v);
@@ -399,7 +400,7 @@ async fn forward(
     }
 
     let (mut parts, body) = resp.into_parts();
-    headers::remove_hop_by_hop(&mut parts.headers, false);
+    wire::remove_hop_by_hop(&mut parts.headers, false);
     Response::from_parts(parts, body.boxed())
 }
 
