@@ -44,7 +44,7 @@ async fn main() {
 
     eprintln!("starting the test tailnet, the OIDC provider and tailpass (nodes gw and auth) …");
     let seed = Seed::start(SeedOptions {
-        extra: "[admin]\nlisten = \"127.0.0.1:0\"\n".into(),
+        admin: Some("127.0.0.1:0".into()),
         ..Default::default()
     })
     .await;

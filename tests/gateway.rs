@@ -11,7 +11,9 @@ use tailpass::config::Config;
 use tailpass::server::{Gateway, Options};
 use tailpass::tailnet::Node;
 use tailpass_testkit::client::{H1, echoed, echoed_header};
-use tailpass_testkit::{TestNet, TestNetOptions, upstream};
+use tailpass_testkit::{
+    ConfigBuilder, NodeSpec, RouteSpec, Secret, TestNet, TestNetOptions, upstream,
+};
 
 struct Setup {
     net: TestNet,
@@ -26,17 +28,46 @@ struct Setup {
 }
 
 /// A gateway node "gw" with routes over the echo, websocket and dead
-/// upstreams; clients alice, bob (users) and ci (tagged tag:ci).
-async fn setup(extra_toml: &str, opts: Options) -> Setup {
-    setup_with(&[], extra_toml, opts).await
+/// upstreams; clients alice, bob (users) and ci (tagged tag:ci). `extra`
+/// adds to the config (more routes, sections).
+async fn setup(extra: impl FnOnce(ConfigBuilder) -> ConfigBuilder, opts: Options) -> Setup {
+    setup_with(false, extra, opts).await
 }
 
-async fn setup_with(extra_nodes: &[&str], extra_toml: &str, opts: Options) -> Setup {
-    let extra_node = if extra_nodes.contains(&"funnel") {
-        "funnel = true"
-    } else {
-        ""
-    };
+/// The gateway's routes: `/` public, `/echo`, `/admin` for `alice_login`,
+/// `/ci` for tag:ci, `/files` and `/secret` by app capability, `/ws`,
+/// `/slow` (1 s response timeout), `/down` (a dead upstream).
+fn routes(
+    config: ConfigBuilder,
+    echo: &str,
+    ws: &str,
+    dead: &str,
+    alice_login: &str,
+) -> ConfigBuilder {
+    config
+        .route(RouteSpec::new("/", echo).access("public"))
+        .route(RouteSpec::new("/echo", echo))
+        .route(RouteSpec::new("/admin", echo).list("allow_users", &[alice_login]))
+        .route(RouteSpec::new("/ci", echo).list("allow_tags", &["tag:ci"]))
+        .route(
+            RouteSpec::new("/files", format!("{echo}/srv"))
+                .set("strip_prefix", true)
+                .list("allow_capabilities", &["tailpass.test/cap/files"])
+                .table("identity_headers", &[("login", "X-Remote-User")]),
+        )
+        .route(
+            RouteSpec::new("/secret", echo).list("allow_capabilities", &["tailpass.test/cap/none"]),
+        )
+        .route(RouteSpec::new("/ws", ws))
+        .route(RouteSpec::new("/slow", echo).set("response_timeout", "1s"))
+        .route(RouteSpec::new("/down", dead).set("connect_timeout", "2s"))
+}
+
+async fn setup_with(
+    funnel: bool,
+    extra: impl FnOnce(ConfigBuilder) -> ConfigBuilder,
+    opts: Options,
+) -> Setup {
     let net = TestNet::with_options(TestNetOptions {
         app_caps: Some(serde_json::json!({"tailpass.test/cap/files": [{"ro": true}]})),
         ..Default::default()
@@ -45,69 +76,22 @@ async fn setup_with(extra_nodes: &[&str], extra_toml: &str, opts: Options) -> Se
     ci_cfg.tags = vec!["tag:ci".into()];
     let (alice, bob, ci) = tokio::join!(net.node("alice"), net.node("bob"), net.join(ci_cfg));
     let alice_login = alice.status().await.unwrap().self_node.unwrap().user_login;
-    let echo = upstream::start_echo().await;
-    let ws = upstream::start_ws_echo().await;
-    let dead = upstream::dead_addr();
+    let echo = format!("http://{}", upstream::start_echo().await);
+    let ws = format!("http://{}", upstream::start_ws_echo().await);
+    let dead = format!("http://{}", upstream::dead_addr());
     let dir = tempfile::tempdir().unwrap();
-    let toml = format!(
-        r#"
-[[node]]
-hostname = "gw"
-state_dir = "{state}"
-control_url = "{control}"
-ephemeral = true
-cert = "local-ca"
-{extra_node}
-
-[[route]]
-path = "/"
-upstream = "http://{echo}"
-access = "public"
-
-[[route]]
-path = "/echo"
-upstream = "http://{echo}"
-
-[[route]]
-path = "/admin"
-upstream = "http://{echo}"
-allow_users = ["{alice_login}"]
-
-[[route]]
-path = "/ci"
-upstream = "http://{echo}"
-allow_tags = ["tag:ci"]
-
-[[route]]
-path = "/files"
-upstream = "http://{echo}/srv"
-strip_prefix = true
-allow_capabilities = ["tailpass.test/cap/files"]
-identity_headers = {{ login = "X-Remote-User" }}
-
-[[route]]
-path = "/secret"
-upstream = "http://{echo}"
-allow_capabilities = ["tailpass.test/cap/none"]
-
-[[route]]
-path = "/ws"
-upstream = "http://{ws}"
-
-[[route]]
-path = "/slow"
-upstream = "http://{echo}"
-response_timeout = "1s"
-
-[[route]]
-path = "/down"
-upstream = "http://{dead}"
-connect_timeout = "2s"
-{extra_toml}
-"#,
-        state = dir.path().join("gw").display(),
-        control = net.control_url,
+    let mut node = NodeSpec::on(&net, "gw", dir.path().join("gw")).cert("local-ca");
+    if funnel {
+        node = node.set("funnel", true);
+    }
+    let config = routes(
+        ConfigBuilder::new().node(node),
+        &echo,
+        &ws,
+        &dead,
+        &alice_login,
     );
+    let toml = extra(config).build();
     let config = Config::parse(&toml, &|_| None).unwrap_or_else(|e| panic!("{e}"));
     let gw = Gateway::start(config, opts).await.unwrap();
     net.settle(&[&gw.nodes[0].node, &alice, &bob, &ci]).await;
@@ -136,7 +120,7 @@ connect_timeout = "2s"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identity_headers_policies_and_header_hygiene() {
     let _permit = tailpass_testkit::heavy().await;
-    let s = setup("", Options::default()).await;
+    let s = setup(|c| c, Options::default()).await;
     let mut a = H1::connect(&s.alice, &s.host, &s.ca).await;
     let mut b = H1::connect(&s.bob, &s.host, &s.ca).await;
     let mut c = H1::connect(&s.ci, &s.host, &s.ca).await;
@@ -247,7 +231,7 @@ async fn identity_headers_policies_and_header_hygiene() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_sse_http2_and_redirect() {
     let _permit = tailpass_testkit::heavy().await;
-    let s = setup("", Options::default()).await;
+    let s = setup(|c| c, Options::default()).await;
 
     // Websocket (ttyd-style) through the proxy.
     let tls =
@@ -337,7 +321,10 @@ async fn websocket_sse_http2_and_redirect() {
 async fn loopback_listener_serves_only_what_the_config_allows() {
     let _permit = tailpass_testkit::heavy().await;
     let s = setup(
-        "[loopback]\nlisten = \"127.0.0.1:0\"\n\n[[route]]\npath = \"/local\"\nupstream = \"http://127.0.0.1:9\"\nloopback = true\n",
+        |c| {
+            c.section("loopback", "listen", "127.0.0.1:0")
+                .route(RouteSpec::new("/local", "http://127.0.0.1:9").set("loopback", true))
+        },
         Options::default(),
     )
     .await;
@@ -377,7 +364,7 @@ async fn loopback_listener_serves_only_what_the_config_allows() {
 async fn certificate_renewal_swaps_cert_without_dropping_connections() {
     let _permit = tailpass_testkit::heavy().await;
     let s = setup(
-        "",
+        |c| c,
         Options {
             local_ca_validity: Duration::from_secs(6),
             ..Options::default()
@@ -409,27 +396,20 @@ async fn certificate_renewal_swaps_cert_without_dropping_connections() {
 fn check_command_validates_and_prints_urls_without_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.toml");
-    std::fs::write(
-        &good,
-        r#"
-[tailnet]
-domain = "mist-walleye.ts.net"
-[[node]]
-hostname = "fedora"
-state_dir = "/var/lib/tailpass/fedora"
-auth_key = { env = "TP_TEST_AUTHKEY" }
-funnel = true
-[[route]]
-path = "/"
-upstream = "http://127.0.0.1:4000"
-access = "public"
-[[route]]
-path = "/ttyd"
-upstream = "http://127.0.0.1:7681"
-allow_users = ["alice@example.com"]
-"#,
-    )
-    .unwrap();
+    ConfigBuilder::new()
+        .section("tailnet", "domain", "mist-walleye.ts.net")
+        .node(
+            NodeSpec::new("fedora")
+                .state_dir("/var/lib/tailpass/fedora")
+                .set("auth_key", Secret::env("TP_TEST_AUTHKEY"))
+                .set("funnel", true),
+        )
+        .route(RouteSpec::new("/", "http://127.0.0.1:4000").access("public"))
+        .route(
+            RouteSpec::new("/ttyd", "http://127.0.0.1:7681")
+                .list("allow_users", &["alice@example.com"]),
+        )
+        .write(&good);
     let bin = env!("CARGO_BIN_EXE_tailpass");
     let out = std::process::Command::new(bin)
         .args(["check", "--config"])
@@ -490,7 +470,7 @@ allow_users = ["alice@example.com"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn funnel_serves_public_routes_only() {
     let _permit = tailpass_testkit::heavy().await;
-    let s = setup_with(&["funnel"], "", Options::default()).await;
+    let s = setup_with(true, |c| c, Options::default()).await;
     let get = async |path: &str| {
         let raw = tailpass_testkit::funnel_dial(&s.net, &s.bob, "gw", "203.0.113.7:4567").await;
         let tls = tailpass_testkit::client::tls_over(raw, &s.host, &s.ca, &[b"http/1.1"]).await;

@@ -15,7 +15,7 @@ async fn seed_topology_login_groups_refresh_step_up_and_logout() {
     let _permit = tailpass_testkit::heavy().await;
     let seed = Seed::start(SeedOptions {
         auto_login: Some("alice".into()),
-        portal_extra: "refresh_interval = \"1s\"".into(),
+        refresh_interval: Some("1s".into()),
         ..Default::default()
     })
     .await;

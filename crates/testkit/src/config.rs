@@ -74,6 +74,16 @@ macro_rules! table_spec {
             pub fn list(self, key: &str, items: &[&str]) -> Self {
                 self.set(key, strings(items))
             }
+
+            /// Sets a key to an inline table of strings
+            /// (`identity_headers = { login = "X-Remote-User" }`).
+            pub fn table(self, key: &str, pairs: &[(&str, &str)]) -> Self {
+                let t: Table = pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+                    .collect();
+                self.set(key, Value::Table(t))
+            }
         }
     };
 }
