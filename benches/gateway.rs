@@ -23,7 +23,7 @@ use hyper_util::rt::TokioIo;
 use tailpass::config::Config;
 use tailpass::server::{Gateway, Options};
 use tailpass::tailnet::Node;
-use tailpass_testkit::{TestNet, env_num, rss_kib};
+use tailpass_testkit::{ConfigBuilder, NodeSpec, RouteSpec, TestNet, env_num, rss_kib};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 #[derive(Debug, Clone, Copy)]
@@ -120,28 +120,12 @@ async fn run() {
     let hello = tailpass_testkit::upstream::start_hello().await;
     let ws = tailpass_testkit::upstream::start_ws_echo().await;
     let dir = tempfile::tempdir().unwrap();
-    let toml = format!(
-        r#"
-[[node]]
-hostname = "gw"
-state_dir = "{}"
-control_url = "{}"
-ephemeral = true
-cert = "local-ca"
-[loopback]
-listen = "127.0.0.1:0"
-[[route]]
-path = "/"
-upstream = "http://{hello}"
-access = "public"
-[[route]]
-path = "/ws"
-upstream = "http://{ws}"
-access = "public"
-"#,
-        dir.path().join("gw").display(),
-        net.control_url
-    );
+    let toml = ConfigBuilder::new()
+        .node(NodeSpec::on(&net, "gw", dir.path().join("gw")).cert("local-ca"))
+        .loopback("127.0.0.1:0")
+        .route(RouteSpec::new("/", format!("http://{hello}")).access("public"))
+        .route(RouteSpec::new("/ws", format!("http://{ws}")).access("public"))
+        .build();
     let gw = Gateway::start(Config::parse(&toml, &|_| None).unwrap(), Options::default())
         .await
         .unwrap();

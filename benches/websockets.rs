@@ -37,18 +37,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tailpass_testkit::{TSNET_TEST_KNOBS, TestNet, env_num, free_port, go_program, stop_child};
+use tailpass_testkit::{
+    ConfigBuilder, NodeSpec, RouteSpec, Section, TSNET_TEST_KNOBS, TestNet, env_num, free_port,
+    go_program, stop_child,
+};
 
 /// Whether the config gets the `[limits]` table: every websocket comes
 /// from one client node, which the default per-source cap (1024) would stop
 /// long before N. (`false` only for a binary older than `[limits]`.)
 const LIMITS_TABLE: bool = true;
 
-const LIMITS: &str = "
-[limits]
-max_connections = 50000
-max_connections_per_source = 50000
-";
+/// `[limits] max_connections` and `max_connections_per_source` when
+/// [`LIMITS_TABLE`] is set.
+const MAX_CONNECTIONS: i64 = 50000;
 
 /// Websockets sampled for the echo check at the end.
 const ECHO_SAMPLES: u64 = 100;
@@ -345,33 +346,29 @@ impl Run<'_> {
     fn tailpass(&self) -> Figures {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let state = self.dir.join("tp");
-        let config = format!(
-            r#"
-[tailnet]
-control_url = "{control}"
-
-[[node]]
-hostname = "tp"
-state_dir = "{state}"
-ephemeral = true
-cert = "local-ca"
-
-[admin]
-listen = "{admin}"
-
-[[route]]
-node = "tp"
-path = "/ws"
-upstream = "http://{upstream}"
-access = "tailnet"
-{limits}"#,
-            control = self.net.control_url,
-            state = state.display(),
-            upstream = self.upstream,
-            limits = if LIMITS_TABLE { LIMITS } else { "" },
-        );
+        let mut config = ConfigBuilder::new()
+            .section(Section::new("tailnet").set("control_url", self.net.control_url.as_str()))
+            .node(
+                NodeSpec::new("tp")
+                    .state_dir(&state)
+                    .ephemeral(true)
+                    .cert("local-ca"),
+            )
+            .admin(&admin.to_string())
+            .route(
+                RouteSpec::new("/ws", format!("http://{}", self.upstream))
+                    .node("tp")
+                    .access("tailnet"),
+            );
+        if LIMITS_TABLE {
+            config = config.section(
+                Section::new("limits")
+                    .set("max_connections", MAX_CONNECTIONS)
+                    .set("max_connections_per_source", MAX_CONNECTIONS),
+            );
+        }
         let file = self.dir.join("tailpass.toml");
-        std::fs::write(&file, config).unwrap();
+        config.write(&file);
         let mut tp = Tailpass::start(&file, self.dir.join("tailpass.log"));
         tp.wait_healthy(admin);
         let f = self.measure(

@@ -12,7 +12,7 @@ use tailpass::config::Config;
 use tailpass::server::{Gateway, Options};
 use tailpass::tls::LocalCa;
 use tailpass_testkit::client::H1;
-use tailpass_testkit::{TestNet, free_port};
+use tailpass_testkit::{ConfigBuilder, NodeSpec, RouteSpec, Section, TestNet, free_port};
 
 const PEBBLE: &str = "github.com/letsencrypt/pebble/v2/cmd/pebble@v2.10.3";
 const CHALLTESTSRV: &str = "github.com/letsencrypt/pebble/v2/cmd/pebble-challtestsrv@v2.10.3";
@@ -124,37 +124,21 @@ async fn public_listener_gets_a_certificate_from_pebble_and_serves_public_routes
 
     let net = TestNet::start();
     let echo = tailpass_testkit::upstream::start_echo().await;
-    let toml = format!(
-        r#"
-[[node]]
-hostname = "gw"
-state_dir = "{state}"
-control_url = "{control}"
-ephemeral = true
-cert = "local-ca"
-
-[public]
-listen = "127.0.0.1:{tls_port}"
-domains = ["blog.tailpass.test"]
-acme_directory = "https://localhost:{api}/dir"
-acme_contact = ["mailto:ops@tailpass.test"]
-acme_cache_dir = "{cache}"
-acme_ca_file = "{ca_file}"
-
-[[route]]
-path = "/"
-upstream = "http://{echo}"
-access = "public"
-
-[[route]]
-path = "/admin"
-upstream = "http://{echo}"
-"#,
-        state = dir.path().join("gw").display(),
-        control = net.control_url,
-        cache = dir.path().join("acme").display(),
-        ca_file = dir.path().join("api-ca/ca.pem").display(),
-    );
+    let echo = format!("http://{echo}");
+    let toml = ConfigBuilder::new()
+        .node(NodeSpec::on(&net, "gw", dir.path().join("gw")).cert("local-ca"))
+        .section(
+            Section::new("public")
+                .set("listen", format!("127.0.0.1:{tls_port}"))
+                .list("domains", &["blog.tailpass.test"])
+                .set("acme_directory", format!("https://localhost:{api}/dir"))
+                .list("acme_contact", &["mailto:ops@tailpass.test"])
+                .path("acme_cache_dir", dir.path().join("acme"))
+                .path("acme_ca_file", dir.path().join("api-ca/ca.pem")),
+        )
+        .route(RouteSpec::new("/", &echo).access("public"))
+        .route(RouteSpec::new("/admin", &echo))
+        .build();
     let gw = Gateway::start(Config::parse(&toml, &|_| None).unwrap(), Options::default())
         .await
         .unwrap();

@@ -24,7 +24,7 @@ use tailpass::config::Config;
 use tailpass::server::{Gateway, Options};
 use tailpass_testkit::binary::{Tailpass, admin_get};
 use tailpass_testkit::client::H1;
-use tailpass_testkit::{TestNet, free_port, upstream};
+use tailpass_testkit::{ConfigBuilder, NodeSpec, RouteSpec, Section, TestNet, free_port, upstream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const PUBLIC_HOST: &str = "blog.tailpass.test";
@@ -155,48 +155,23 @@ async fn timeouts_close_what_waits_and_keep_what_moves() {
     let dir = tempfile::tempdir().unwrap();
     let public_pem = public_cert(dir.path());
     let (loop_port, pub_port) = (free_port(), free_port());
-    let toml = format!(
-        r#"
-[[node]]
-hostname = "gw"
-state_dir = "{state}"
-control_url = "{control}"
-ephemeral = true
-cert = "local-ca"
-
-[loopback]
-listen = "127.0.0.1:{loop_port}"
-
-[public]
-listen = "127.0.0.1:{pub_port}"
-domains = ["{PUBLIC_HOST}"]
-cert = {{ cert_file = "{d}/public.pem", key_file = "{d}/public.key" }}
-
-[limits]
-handshake_timeout = "2s"
-header_read_timeout = "3s"
-idle_timeout = "4s"
-body_idle_timeout = "3s"
-max_connections_per_source = 6
-
-[[route]]
-path = "/"
-upstream = "http://{echo}"
-access = "public"
-
-[[route]]
-path = "/ws"
-upstream = "http://{ws}"
-
-[[route]]
-path = "/upload"
-upstream = "http://{echo}"
-response_timeout = "2s"
-"#,
-        state = dir.path().join("gw").display(),
-        control = net.control_url,
-        d = dir.path().display(),
-    );
+    let echo = format!("http://{echo}");
+    let toml = ConfigBuilder::new()
+        .node(NodeSpec::on(&net, "gw", dir.path().join("gw")).cert("local-ca"))
+        .loopback(&format!("127.0.0.1:{loop_port}"))
+        .section(public_section(dir.path(), pub_port))
+        .section(
+            Section::new("limits")
+                .set("handshake_timeout", "2s")
+                .set("header_read_timeout", "3s")
+                .set("idle_timeout", "4s")
+                .set("body_idle_timeout", "3s")
+                .set("max_connections_per_source", 6),
+        )
+        .route(RouteSpec::new("/", &echo).access("public"))
+        .route(RouteSpec::new("/ws", format!("http://{ws}")))
+        .route(RouteSpec::new("/upload", &echo).set("response_timeout", "2s"))
+        .build();
     let config = Config::parse(&toml, &|_| None).unwrap_or_else(|e| panic!("{e}"));
     let gw = Gateway::start(config, Options::default()).await.unwrap();
     net.settle(&[&gw.nodes[0].node, &alice, &bob]).await;
@@ -375,48 +350,47 @@ response_timeout = "2s"
     gw.shutdown().await;
 }
 
+/// Node `gw` (Funnel), the loopback, admin and public listeners on
+/// `ports`, `[limits] fd_reserve`, and one public route over `echo`.
 fn door_config(
     net: &TestNet,
     dir: &std::path::Path,
     ports: (u16, u16, u16),
     echo: SocketAddr,
+    fd_reserve: i64,
 ) -> String {
     let (loop_port, admin_port, pub_port) = ports;
-    format!(
-        r#"
-[tailnet]
-control_url = "{control}"
+    ConfigBuilder::new()
+        .section(Section::new("tailnet").set("control_url", net.control_url.as_str()))
+        .node(
+            NodeSpec::new("gw")
+                .state_dir(dir.join("gw"))
+                .ephemeral(true)
+                .cert("local-ca")
+                .set("funnel", true),
+        )
+        .loopback(&format!("127.0.0.1:{loop_port}"))
+        .admin(&format!("127.0.0.1:{admin_port}"))
+        .section(public_section(dir, pub_port))
+        .section(Section::new("limits").set("fd_reserve", fd_reserve))
+        .route(RouteSpec::new("/", format!("http://{echo}")).access("public"))
+        .build()
+}
 
-[[node]]
-hostname = "gw"
-state_dir = "{d}/gw"
-ephemeral = true
-cert = "local-ca"
-funnel = true
-
-[loopback]
-listen = "127.0.0.1:{loop_port}"
-
-[admin]
-listen = "127.0.0.1:{admin_port}"
-
-[public]
-listen = "127.0.0.1:{pub_port}"
-domains = ["{PUBLIC_HOST}"]
-cert = {{ cert_file = "{d}/public.pem", key_file = "{d}/public.key" }}
-
-[limits]
-# Let the process really run out, to see every accept loop survive it.
-fd_reserve = 0
-
-[[route]]
-path = "/"
-upstream = "http://{echo}"
-access = "public"
-"#,
-        control = net.control_url,
-        d = dir.display(),
-    )
+/// `[public]` on 127.0.0.1:`port` for [`PUBLIC_HOST`], its certificate and
+/// key from `dir` (`public.pem`, `public.key`).
+fn public_section(dir: &std::path::Path, port: u16) -> Section {
+    let file = |name: &str| dir.join(name).display().to_string();
+    Section::new("public")
+        .set("listen", format!("127.0.0.1:{port}"))
+        .list("domains", &[PUBLIC_HOST])
+        .table(
+            "cert",
+            &[
+                ("cert_file", &file("public.pem")),
+                ("key_file", &file("public.key")),
+            ],
+        )
 }
 
 /// One GET over any stream; the status, or `None` if the connection broke.
@@ -442,7 +416,9 @@ async fn every_listener_survives_running_out_of_descriptors() {
     let public_pem = public_cert(dir.path());
     let ports = (free_port(), free_port(), free_port());
     let cfg = dir.path().join("tailpass.toml");
-    std::fs::write(&cfg, door_config(&net, dir.path(), ports, echo)).unwrap();
+    // fd_reserve 0: let the process really run out, to see every accept loop
+    // survive it.
+    std::fs::write(&cfg, door_config(&net, dir.path(), ports, echo, 0)).unwrap();
     let tp = Tailpass::start_limited(&cfg, Some(320));
     let loopback: SocketAddr = format!("127.0.0.1:{}", ports.0).parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", ports.1).parse().unwrap();
@@ -609,9 +585,7 @@ async fn near_the_descriptor_limit_new_connections_are_refused_and_open_ones_wor
     public_cert(dir.path());
     let ports = (free_port(), free_port(), free_port());
     let cfg = dir.path().join("tailpass.toml");
-    let text =
-        door_config(&net, dir.path(), ports, echo).replace("fd_reserve = 0", "fd_reserve = 64");
-    std::fs::write(&cfg, text).unwrap();
+    std::fs::write(&cfg, door_config(&net, dir.path(), ports, echo, 64)).unwrap();
     let tp = Tailpass::start_limited(&cfg, Some(400));
     let loopback: SocketAddr = format!("127.0.0.1:{}", ports.0).parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", ports.1).parse().unwrap();

@@ -8,7 +8,7 @@ use futures_util::{SinkExt, StreamExt};
 use tailpass::tailnet::{Listener, Node};
 use tailpass_testkit::chrome::{artifacts_dir_path, browser_available, run_login_mjs};
 use tailpass_testkit::entry::serve_proxy;
-use tailpass_testkit::{TestNet, upstream};
+use tailpass_testkit::{ConfigBuilder, NodeSpec, RouteSpec, TestNet, upstream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -393,22 +393,10 @@ async fn chromium_reaches_the_gateway_over_https_and_wss() {
     let net = TestNet::start();
     let page = upstream::start_ws_page().await;
     let dir = tempfile::tempdir().unwrap();
-    let toml = format!(
-        r#"
-[[node]]
-hostname = "gw"
-state_dir = "{state}"
-control_url = "{control}"
-ephemeral = true
-cert = "local-ca"
-
-[[route]]
-path = "/app"
-upstream = "http://{page}"
-"#,
-        state = dir.path().join("gw").display(),
-        control = net.control_url,
-    );
+    let toml = ConfigBuilder::new()
+        .node(NodeSpec::on(&net, "gw", dir.path().join("gw")).cert("local-ca"))
+        .route(RouteSpec::new("/app", format!("http://{page}")))
+        .build();
     let config =
         tailpass::config::Config::parse(&toml, &|_| None).unwrap_or_else(|e| panic!("{e}"));
     let (gw, cli) = tokio::join!(

@@ -12,7 +12,7 @@ use tailpass::server::{Gateway, Options};
 use tailpass::tailnet::Node;
 use tailpass_testkit::client::{H1, echoed, echoed_header};
 use tailpass_testkit::{
-    ConfigBuilder, NodeSpec, RouteSpec, Secret, TestNet, TestNetOptions, upstream,
+    ConfigBuilder, NodeSpec, RouteSpec, Secret, Section, TestNet, TestNetOptions, upstream,
 };
 
 struct Setup {
@@ -322,7 +322,7 @@ async fn loopback_listener_serves_only_what_the_config_allows() {
     let _permit = tailpass_testkit::heavy().await;
     let s = setup(
         |c| {
-            c.section("loopback", "listen", "127.0.0.1:0")
+            c.loopback("127.0.0.1:0")
                 .route(RouteSpec::new("/local", "http://127.0.0.1:9").set("loopback", true))
         },
         Options::default(),
@@ -397,7 +397,7 @@ fn check_command_validates_and_prints_urls_without_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.toml");
     ConfigBuilder::new()
-        .section("tailnet", "domain", "mist-walleye.ts.net")
+        .section(Section::new("tailnet").set("domain", "mist-walleye.ts.net"))
         .node(
             NodeSpec::new("fedora")
                 .state_dir("/var/lib/tailpass/fedora")

@@ -15,6 +15,7 @@
 //! threat model in docs/portal.md for the mutation checks).
 
 use std::net::SocketAddr;
+use std::path::Path;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -24,7 +25,10 @@ use tailpass::tailnet::Node;
 use tailpass_testkit::browser::Browser;
 use tailpass_testkit::client::{H1, echoed, echoed_header, tls_over};
 use tailpass_testkit::forge::Forge;
-use tailpass_testkit::{TestNet, logs, upstream};
+use tailpass_testkit::{
+    ConfigBuilder, NodeSpec, PortalSpec, ProviderSpec, RouteSpec, RuleSpec, Secret, Section,
+    TestNet, logs, upstream,
+};
 
 const SECRET: &str = "test-session-secret-0123456789-abcdefghijklmnop";
 const CLIENT_ID: &str = "tailpass";
@@ -73,78 +77,13 @@ async fn setup() -> Setup {
     let (cert_file, key_file) = (dir.path().join("pub.pem"), dir.path().join("pub.key"));
     std::fs::write(&cert_file, cert).unwrap();
     std::fs::write(&key_file, key).unwrap();
-    let toml = format!(
-        r#"
-[[node]]
-hostname = "gw"
-state_dir = "{state}"
-control_url = "{control}"
-ephemeral = true
-cert = "local-ca"
-funnel = true
-
-[public]
-listen = "127.0.0.1:0"
-domains = ["{PUBLIC}"]
-cert = {{ cert_file = "{cert_file}", key_file = "{key_file}" }}
-
-[portal]
-session_secret = {{ env = "SESSION_SECRET" }}
-
-[[provider]]
-name = "forge"
-label = "Forge"
-issuer = "{issuer}"
-client_id = "{CLIENT_ID}"
-client_secret = {{ env = "CLIENT_SECRET" }}
-
-[[rule]]
-roles = ["user"]
-domains = ["example.com"]
-
-[[route]]
-path = "/"
-upstream = "http://{echo}"
-access = "public"
-
-[[route]]
-path = "/pub-up"
-upstream = "http://{any}"
-access = "public"
-
-[[route]]
-path = "/echo"
-upstream = "http://{echo}"
-
-[[route]]
-path = "/admin"
-upstream = "http://{echo}"
-allow_users = ["{alice_login}"]
-
-[[route]]
-path = "/renamed"
-upstream = "http://{echo}"
-identity_headers = {{ login = "X-Auth-User", email = "X-Auth-Email", login_name = "X-Auth-Name" }}
-
-[[route]]
-path = "/lax"
-upstream = "http://{echo}"
-allow_underscore_headers = true
-
-[[route]]
-path = "/up"
-upstream = "http://{any}"
-
-[[route]]
-path = "/app"
-upstream = "http://{echo}"
-roles = ["user"]
-"#,
-        state = dir.path().join("gw").display(),
-        control = net.control_url,
-        issuer = forge.issuer,
-        cert_file = cert_file.display(),
-        key_file = key_file.display(),
+    let toml = hygiene_config(
+        &net,
+        dir.path(),
+        &forge.issuer,
+        (&format!("http://{echo}"), &format!("http://{any}")),
+        &alice_login,
+        (&cert_file, &key_file),
     );
     let config = Config::parse(&toml, &env).unwrap_or_else(|e| panic!("{e}"));
     let gw = Gateway::start(config, Options::default()).await.unwrap();
@@ -164,6 +103,61 @@ roles = ["user"]
         _forge: forge,
         _dir: dir,
     }
+}
+
+/// Node `gw` (Funnel), the public listener for [`PUBLIC`] with
+/// `cert_key`, the portal with the forge at `issuer`, and routes over the
+/// echo and any-upgrade upstreams (`up`).
+fn hygiene_config(
+    net: &TestNet,
+    dir: &Path,
+    issuer: &str,
+    up: (&str, &str),
+    alice_login: &str,
+    cert_key: (&Path, &Path),
+) -> String {
+    let (echo, any) = up;
+    let file = |p: &Path| p.display().to_string();
+    ConfigBuilder::new()
+        .node(
+            NodeSpec::on(net, "gw", dir.join("gw"))
+                .cert("local-ca")
+                .set("funnel", true),
+        )
+        .section(
+            Section::new("public")
+                .set("listen", "127.0.0.1:0")
+                .list("domains", &[PUBLIC])
+                .table(
+                    "cert",
+                    &[
+                        ("cert_file", &file(cert_key.0)),
+                        ("key_file", &file(cert_key.1)),
+                    ],
+                ),
+        )
+        .portal(PortalSpec::new(Secret::env("SESSION_SECRET")))
+        .provider(
+            ProviderSpec::new("forge", issuer, CLIENT_ID, Secret::env("CLIENT_SECRET"))
+                .label("Forge"),
+        )
+        .rule(RuleSpec::new(&["user"]).domains(&["example.com"]))
+        .route(RouteSpec::new("/", echo).access("public"))
+        .route(RouteSpec::new("/pub-up", any).access("public"))
+        .route(RouteSpec::new("/echo", echo))
+        .route(RouteSpec::new("/admin", echo).list("allow_users", &[alice_login]))
+        .route(RouteSpec::new("/renamed", echo).table(
+            "identity_headers",
+            &[
+                ("login", "X-Auth-User"),
+                ("email", "X-Auth-Email"),
+                ("login_name", "X-Auth-Name"),
+            ],
+        ))
+        .route(RouteSpec::new("/lax", echo).set("allow_underscore_headers", true))
+        .route(RouteSpec::new("/up", any))
+        .route(RouteSpec::new("/app", echo).roles(&["user"]))
+        .build()
 }
 
 /// Where a request comes in.

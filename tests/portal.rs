@@ -20,8 +20,8 @@ use tailpass_testkit::browser::{Browser, link_href, query_param, urlenc};
 use tailpass_testkit::client::H1;
 use tailpass_testkit::forge::{Fault, Forge};
 use tailpass_testkit::{
-    ConfigBuilder, NodeSpec, PortalSpec, ProviderSpec, RouteSpec, RuleSpec, Secret, TestNet,
-    upstream,
+    ConfigBuilder, NodeSpec, PortalSpec, ProviderSpec, RouteSpec, RuleSpec, Secret, Section,
+    TestNet, upstream,
 };
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -107,7 +107,7 @@ fn stack_config(
         .route(RouteSpec::new("/ws", ws).access("login"))
         .route(RouteSpec::new("/open", echo))
         .route(RouteSpec::new("/", echo).access("public"))
-        .section("loopback", "listen", "127.0.0.1:0")
+        .loopback("127.0.0.1:0")
         .build()
 }
 
@@ -698,7 +698,7 @@ fn check_prints_redirect_uris_and_warns_about_unsatisfiable_routes() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("tailpass.toml");
     ConfigBuilder::new()
-        .section("tailnet", "domain", "mist-walleye.ts.net")
+        .section(Section::new("tailnet").set("domain", "mist-walleye.ts.net"))
         .node(NodeSpec::new("fedora").state_dir("/var/lib/tailpass/fedora"))
         .portal(PortalSpec::new(Secret::env("TP_TEST_SESSION")))
         .provider(ProviderSpec::new(

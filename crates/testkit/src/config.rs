@@ -63,11 +63,19 @@ fn path(p: impl AsRef<Path>) -> Value {
 /// The setters every spec shares: any key, and list-of-strings keys.
 macro_rules! table_spec {
     ($t:ident) => {
+        table_spec!($t, 0);
+    };
+    ($t:ident, $f:tt) => {
         impl $t {
             /// Sets any key of the section (`max_auth_age`, `host` …).
             pub fn set(mut self, key: &str, value: impl Into<Value>) -> Self {
-                self.0.insert(key.to_string(), value.into());
+                self.$f.insert(key.to_string(), value.into());
                 self
+            }
+
+            /// Sets a key to a path.
+            pub fn path(self, key: &str, p: impl AsRef<Path>) -> Self {
+                self.set(key, path(p))
             }
 
             /// Sets a key to a list of strings.
@@ -109,7 +117,7 @@ impl NodeSpec {
 
     /// `state_dir`.
     pub fn state_dir(self, dir: impl AsRef<Path>) -> Self {
-        self.set("state_dir", path(dir))
+        self.path("state_dir", dir)
     }
 
     /// `control_url`.
@@ -172,7 +180,7 @@ impl ProviderSpec {
 
     /// `ca_file`: the CA the provider's certificate chains to.
     pub fn ca_file(self, file: impl AsRef<Path>) -> Self {
-        self.set("ca_file", path(file))
+        self.path("ca_file", file)
     }
 }
 
@@ -232,6 +240,18 @@ impl RouteSpec {
     }
 }
 
+/// Any other section, `[name]`.
+#[derive(Clone, Debug)]
+pub struct Section(String, Table);
+table_spec!(Section, 1);
+
+impl Section {
+    /// An empty `[name]`.
+    pub fn new(name: &str) -> Section {
+        Section(name.to_string(), Table::new())
+    }
+}
+
 /// A whole config file.
 #[derive(Clone, Debug, Default)]
 pub struct ConfigBuilder {
@@ -279,22 +299,27 @@ impl ConfigBuilder {
         self
     }
 
-    /// Sets `key = value` in the section `[name]` (`[admin]`, `[loopback]`,
-    /// `[limits]` …), creating it.
-    pub fn section(mut self, name: &str, key: &str, value: impl Into<Value>) -> Self {
-        let section = self
+    /// Sets a section (`[public]`, `[tailnet]`, `[limits]` …), merged
+    /// into any keys already set there.
+    pub fn section(mut self, section: Section) -> Self {
+        let slot = self
             .top
-            .entry(name.to_string())
+            .entry(section.0)
             .or_insert_with(|| Value::Table(Table::new()));
-        if let Value::Table(t) = section {
-            t.insert(key.to_string(), value.into());
+        if let Value::Table(t) = slot {
+            t.extend(section.1);
         }
         self
     }
 
     /// `[admin] listen = "<addr>"`.
     pub fn admin(self, listen: &str) -> Self {
-        self.section("admin", "listen", listen)
+        self.section(Section::new("admin").set("listen", listen))
+    }
+
+    /// `[loopback] listen = "<addr>"`.
+    pub fn loopback(self, listen: &str) -> Self {
+        self.section(Section::new("loopback").set("listen", listen))
     }
 
     /// The TOML text.

@@ -46,7 +46,9 @@ pub mod pocket_id;
 pub mod stack;
 pub mod upstream;
 
-pub use config::{ConfigBuilder, NodeSpec, PortalSpec, ProviderSpec, RouteSpec, RuleSpec, Secret};
+pub use config::{
+    ConfigBuilder, NodeSpec, PortalSpec, ProviderSpec, RouteSpec, RuleSpec, Secret, Section,
+};
 pub use net::{
     TSNET_TEST_KNOBS, TestNet, TestNetOptions, funnel_dial, go_program, init_process_for_tests,
     try_funnel_dial,
