@@ -23,6 +23,7 @@ rustPlatform.buildRustPackage {
       ../src
       ../benches # Cargo.toml declares [[bench]] targets
       ../tests
+      ../crates # the workspace's dev-only test kit (a member Cargo must see)
       ../README.md # src/config/tests.rs includes it
       ../vendor/tsshim/capi/tsshim.h # bindgen's input
     ];
