@@ -111,6 +111,44 @@ fn row(name: &str, via: Figures, direct: Figures) {
     );
 }
 
+/// `n` websockets to `addr` (`/ws/term`), kept open.
+async fn open_ws(
+    addr: SocketAddr,
+    n: usize,
+) -> Vec<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>> {
+    let cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (w, _) =
+            tokio_tungstenite::client_async_with_config("ws://localhost/ws/term", s, Some(cfg))
+                .await
+                .unwrap();
+        v.push(w);
+    }
+    v
+}
+
+/// The RSS (KiB) that `n` idle websockets add, through tailpass (`via`)
+/// first, then straight to the echo server (`direct`: the second
+/// measurement can reuse memory the allocator kept, so tailpass's share
+/// comes out high rather than low). Client and echo server use small
+/// buffers so they do not drown tailpass's share.
+async fn ws_memory(via: SocketAddr, direct: SocketAddr, n: usize) -> (i64, i64) {
+    let base = rss_kib();
+    let via_ws = open_ws(via, n).await;
+    let via_kib = rss_kib() - base;
+    drop(via_ws);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let base = rss_kib();
+    let direct_ws = open_ws(direct, n).await;
+    let direct_kib = rss_kib() - base;
+    std::mem::forget(direct_ws);
+    (via_kib, direct_kib)
+}
+
 async fn run() {
     let secs = env_num("TAILPASS_BENCH_SECS", 5);
     let conns = env_num("TAILPASS_BENCH_CONNS", 16) as usize;
@@ -157,34 +195,7 @@ async fn run() {
     let tn_via = load(conns, secs, &host, tls_open).await;
     let tn_direct = load(conns, secs, &fwd_host, plain_open).await;
 
-    // Idle websockets, through tailpass first, then straight to the echo
-    // server (the second measurement can reuse memory the allocator kept,
-    // so tailpass's share comes out high rather than low). Client and echo
-    // server use small buffers so they do not drown tailpass's share.
-    let open_ws = |addr: SocketAddr, n: usize| async move {
-        let cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-            .read_buffer_size(4096)
-            .write_buffer_size(0);
-        let mut v = Vec::with_capacity(n);
-        for _ in 0..n {
-            let s = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let (w, _) =
-                tokio_tungstenite::client_async_with_config("ws://localhost/ws/term", s, Some(cfg))
-                    .await
-                    .unwrap();
-            v.push(w);
-        }
-        v
-    };
-    let base = rss_kib();
-    let via_ws = open_ws(lb, n_ws).await;
-    let via_kib = rss_kib() - base;
-    drop(via_ws);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let base = rss_kib();
-    let direct_ws = open_ws(ws, n_ws).await;
-    let direct_kib = rss_kib() - base;
-    std::mem::forget(direct_ws);
+    let (via_kib, direct_kib) = ws_memory(lb, ws, n_ws).await;
 
     println!(
         "gateway benchmark ({conns} connections x {secs} s per measurement; allowed GET, 5-byte body)"

@@ -452,6 +452,12 @@ async fn run() {
         r.go()
     };
 
+    report(&tp, &go, (n, concurrency), (soft, hard));
+}
+
+/// The table: tailpass and the pure-Go proxy side by side, then the echo
+/// check, errors and what the descriptor limit would fit.
+fn report(tp: &Figures, go: &Figures, (n, concurrency): (u64, u64), (soft, hard): (u64, u64)) {
     println!(
         "websockets benchmark: {n} idle websockets over the test tailnet \
          (client cmd/wsclient, {concurrency} opens in flight; RLIMIT_NOFILE {soft}/{hard})"
@@ -498,7 +504,7 @@ async fn run() {
         "echo check at the end: tailpass {}/{}, go {}/{}; failed opens (after retries): tailpass {}, go {}",
         tp.echo_ok, tp.echo_sampled, go.echo_ok, go.echo_sampled, tp.failed, go.failed
     );
-    for (side, f) in [("tailpass", &tp), ("go", &go)] {
+    for (side, f) in [("tailpass", tp), ("go", go)] {
         for e in &f.errors {
             println!("{side}: {e}");
         }
