@@ -14,19 +14,16 @@
 //! - websockets: RSS added by N idle websockets through the loopback
 //!   listener minus the same N straight to the echo server.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use support::{TestNet, env_num, rss_kib};
 use tailpass::config::Config;
 use tailpass::server::{Gateway, Options};
 use tailpass::tailnet::Node;
+use tailpass_testkit::{ConfigBuilder, NodeSpec, RouteSpec, TestNet, env_num, rss_kib};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 #[derive(Debug, Clone, Copy)]
@@ -114,37 +111,59 @@ fn row(name: &str, via: Figures, direct: Figures) {
     );
 }
 
+/// `n` websockets to `addr` (`/ws/term`), kept open.
+async fn open_ws(
+    addr: SocketAddr,
+    n: usize,
+) -> Vec<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>> {
+    let cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (w, _) =
+            tokio_tungstenite::client_async_with_config("ws://localhost/ws/term", s, Some(cfg))
+                .await
+                .unwrap();
+        v.push(w);
+    }
+    v
+}
+
+/// The RSS (KiB) that `n` idle websockets add, through tailpass (`via`)
+/// first, then straight to the echo server (`direct`: the second
+/// measurement can reuse memory the allocator kept, so tailpass's share
+/// comes out high rather than low). Client and echo server use small
+/// buffers so they do not drown tailpass's share.
+async fn ws_memory(via: SocketAddr, direct: SocketAddr, n: usize) -> (i64, i64) {
+    let base = rss_kib();
+    let via_ws = open_ws(via, n).await;
+    let via_kib = rss_kib() - base;
+    drop(via_ws);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let base = rss_kib();
+    let direct_ws = open_ws(direct, n).await;
+    let direct_kib = rss_kib() - base;
+    std::mem::forget(direct_ws);
+    (via_kib, direct_kib)
+}
+
 async fn run() {
     let secs = env_num("TAILPASS_BENCH_SECS", 5);
     let conns = env_num("TAILPASS_BENCH_CONNS", 16) as usize;
     let n_ws = env_num("TAILPASS_BENCH_WS", 1000) as usize;
 
     let net = TestNet::start();
-    let hello = support::upstream::start_hello().await;
-    let ws = support::upstream::start_ws_echo().await;
+    let hello = tailpass_testkit::upstream::start_hello().await;
+    let ws = tailpass_testkit::upstream::start_ws_echo().await;
     let dir = tempfile::tempdir().unwrap();
-    let toml = format!(
-        r#"
-[[node]]
-hostname = "gw"
-state_dir = "{}"
-control_url = "{}"
-ephemeral = true
-cert = "local-ca"
-[loopback]
-listen = "127.0.0.1:0"
-[[route]]
-path = "/"
-upstream = "http://{hello}"
-access = "public"
-[[route]]
-path = "/ws"
-upstream = "http://{ws}"
-access = "public"
-"#,
-        dir.path().join("gw").display(),
-        net.control_url
-    );
+    let toml = ConfigBuilder::new()
+        .node(NodeSpec::on(&net, "gw", dir.path().join("gw")).cert("local-ca"))
+        .loopback("127.0.0.1:0")
+        .route(RouteSpec::new("/", format!("http://{hello}")).access("public"))
+        .route(RouteSpec::new("/ws", format!("http://{ws}")).access("public"))
+        .build();
     let gw = Gateway::start(Config::parse(&toml, &|_| None).unwrap(), Options::default())
         .await
         .unwrap();
@@ -165,7 +184,7 @@ access = "public"
 
     let tls_open = || {
         let (client, host, ca) = (client.clone(), host.clone(), ca.clone());
-        async move { support::client::connect(&client, &host, 443, &ca, &[b"http/1.1"]).await }
+        async move { tailpass_testkit::client::connect(&client, &host, 443, &ca, &[b"http/1.1"]).await }
     };
     let plain_open = || {
         let (client, h) = (client.clone(), fwd_host.clone());
@@ -176,34 +195,7 @@ access = "public"
     let tn_via = load(conns, secs, &host, tls_open).await;
     let tn_direct = load(conns, secs, &fwd_host, plain_open).await;
 
-    // Idle websockets, through tailpass first, then straight to the echo
-    // server (the second measurement can reuse memory the allocator kept,
-    // so tailpass's share comes out high rather than low). Client and echo
-    // server use small buffers so they do not drown tailpass's share.
-    let open_ws = |addr: SocketAddr, n: usize| async move {
-        let cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-            .read_buffer_size(4096)
-            .write_buffer_size(0);
-        let mut v = Vec::with_capacity(n);
-        for _ in 0..n {
-            let s = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let (w, _) =
-                tokio_tungstenite::client_async_with_config("ws://localhost/ws/term", s, Some(cfg))
-                    .await
-                    .unwrap();
-            v.push(w);
-        }
-        v
-    };
-    let base = rss_kib();
-    let via_ws = open_ws(lb, n_ws).await;
-    let via_kib = rss_kib() - base;
-    drop(via_ws);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let base = rss_kib();
-    let direct_ws = open_ws(ws, n_ws).await;
-    let direct_kib = rss_kib() - base;
-    std::mem::forget(direct_ws);
+    let (via_kib, direct_kib) = ws_memory(lb, ws, n_ws).await;
 
     println!(
         "gateway benchmark ({conns} connections x {secs} s per measurement; allowed GET, 5-byte body)"
@@ -234,5 +226,5 @@ access = "public"
 }
 
 fn main() {
-    support::bench_main(run());
+    tailpass_testkit::bench_main(run());
 }

@@ -13,21 +13,18 @@
 //!   done once): GET on a login route with the session cookie against GET
 //!   on a tailnet-only route to the same upstream.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use support::browser::Browser;
-use support::client::H1;
-use support::env_num;
-use support::stack::{Seed, SeedOptions};
 use tailpass::config::Config;
 use tailpass::identity::PeerIdentity;
 use tailpass::policy::{self, Caller};
 use tailpass::session::{Binding, Keys, Record, SessionCookie, Store, now};
 use tailpass::tailnet::WhoIs;
+use tailpass_testkit::browser::Browser;
+use tailpass_testkit::client::H1;
+use tailpass_testkit::env_num;
+use tailpass_testkit::stack::{Seed, SeedOptions};
 
 const CFG: &str = r#"
 [[node]]
@@ -237,5 +234,5 @@ async fn run() {
 }
 
 fn main() {
-    support::bench_main(run());
+    tailpass_testkit::bench_main(run());
 }

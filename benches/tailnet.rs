@@ -13,15 +13,12 @@
 //! - resident memory added by N open idle connections (both ends in-process).
 //!
 //! The test tailnet relays through its DERP server on 127.0.0.1 (no direct
-//! UDP, see tests/support), for both sides alike.
+//! UDP, see tailpass_testkit), for both sides alike.
 //!
 //! The Rust side runs once per data path (the node channel, the default;
 //! and a socketpair per connection), each in its own process like the Go
 //! baseline, so one run's memory does not flatter the next; the three
 //! sides are interleaved over `TAILPASS_BENCH_ROUNDS` rounds (default 3).
-
-#[path = "../tests/support/mod.rs"]
-mod support;
 
 // The one unsafe outside crates/tailnet/src/ffi.rs: a global allocator must be
 // an `unsafe impl`; it only forwards to the system allocator.
@@ -65,14 +62,16 @@ mod counting {
 }
 use counting::rust_heap_kib;
 
+use std::net::IpAddr;
 use std::process::Command;
 use std::time::Instant;
 
 use std::time::Duration;
-use support::{TestNet, env_num, rss_kib};
 use tailpass::tailnet::{DataPath, Node, NodeConfig};
+use tailpass_testkit::{TestNet, env_num, rss_kib};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+#[derive(Default)]
 struct Figures {
     throughput_mb_s: f64,
     runs: Vec<f64>,
@@ -168,7 +167,23 @@ async fn rust_side(
     net.settle(&[&a, &b]).await;
     let b_ip = b.status().await.unwrap().ip().unwrap();
 
-    // Throughput A→B: B counts and acknowledges.
+    let rates = throughput(&a, &b, b_ip, bytes, runs).await;
+    let (setup, failed, lat, dial_only) = setup_rate(&a, &b, b_ip, dials).await;
+    let idle_figures = idle_memory(&a, &b, b_ip, idle).await;
+    Figures {
+        throughput_mb_s: rates[rates.len() / 2],
+        runs: rates,
+        setup_per_s: setup,
+        failed_dials: failed,
+        stalls: lat.iter().filter(|&&ms| ms > 1000.0).count(),
+        setup_ms: percentiles(lat),
+        dial_ms: percentiles(dial_only),
+        ..idle_figures
+    }
+}
+
+/// Throughput A→B in MB/s per run, sorted: B counts and acknowledges.
+async fn throughput(a: &Node, b: &Node, b_ip: IpAddr, bytes: u64, runs: usize) -> Vec<f64> {
     let ln = b.listen(7001).await.unwrap();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = ln.accept().await {
@@ -208,7 +223,17 @@ async fn rust_side(
     }
     rates.sort_by(f64::total_cmp);
 
-    // Set-up rate.
+    rates
+}
+
+/// Set-up rate: connections per second, failed dials, and per dial the
+/// milliseconds to the first byte and to the dial alone.
+async fn setup_rate(
+    a: &Node,
+    b: &Node,
+    b_ip: IpAddr,
+    dials: usize,
+) -> (f64, usize, Vec<f64>, Vec<f64>) {
     let ln2 = b.listen(7002).await.unwrap();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = ln2.accept().await {
@@ -239,7 +264,12 @@ async fn rust_side(
     let el = t0.elapsed().as_secs_f64();
     let setup = (dials - failed) as f64 / el;
 
-    // Memory with idle connections.
+    (setup, failed, lat, dial_only)
+}
+
+/// Memory and descriptors with `idle` idle connections (the idle fields of
+/// the figures; the others default).
+async fn idle_memory(a: &Node, b: &Node, b_ip: IpAddr, idle: usize) -> Figures {
     let ln3 = b.listen(7003).await.unwrap();
     // As the Go baseline does (debug.FreeOSMemory before and after): the
     // figure is what the connections hold, not the Go heap's garbage from
@@ -272,18 +302,12 @@ async fn rust_side(
     // the shim's watchdog gives up (see docs/tailnet.md); exit ends them.
     std::mem::forget(keep);
     Figures {
-        throughput_mb_s: rates[rates.len() / 2],
-        runs: rates,
-        setup_per_s: setup,
         idle_kib_per_conn: (after - before) as f64 / idle as f64,
         idle_rss_kib: after - before,
         marginal_kib_per_conn: (after - half) as f64 / (idle - idle / 2) as f64,
         rust_heap_kib_per_conn: heap_kib_per_conn,
-        failed_dials: failed,
         fds_per_conn: (fds_after - fds_before) as f64 / idle as f64,
-        stalls: lat.iter().filter(|&&ms| ms > 1000.0).count(),
-        setup_ms: percentiles(lat),
-        dial_ms: percentiles(dial_only),
+        ..Figures::default()
     }
 }
 
@@ -378,7 +402,7 @@ fn rust_child(net: &TestNet, path: DataPath, args: &[usize; 4]) -> Figures {
 }
 
 fn go_side(net: &TestNet, bytes: u64, runs: usize, dials: usize, idle: usize) -> Figures {
-    let bin = support::go_program("./cmd/gobench", "gobench");
+    let bin = tailpass_testkit::go_program("./cmd/gobench", "gobench");
     let out = Command::new(bin)
         .args(["-control-url", &net.control_url])
         .args(["-bytes", &bytes.to_string(), "-runs", &runs.to_string()])
@@ -395,6 +419,30 @@ fn go_side(net: &TestNet, bytes: u64, runs: usize, dials: usize, idle: usize) ->
     Figures::from_json(&serde_json::from_slice(&out.stdout).unwrap())
 }
 
+/// A Rust side in a child process (`CHILD_ENV` names its data path):
+/// measures, prints its figures as one JSON line and exits.
+fn child_main(path: &str, bytes: u64, runs: usize, dials: usize, idle: usize) -> ! {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let path = if path == "SocketPair" {
+        DataPath::SocketPair
+    } else {
+        DataPath::Channel
+    };
+    tailpass_testkit::init_process_for_tests();
+    let net = Tailnet {
+        control_url: std::env::var("TAILPASS_BENCH_CONTROL_URL").unwrap(),
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let f = rt.block_on(rust_side(&net, path, bytes, runs, dials, idle));
+    println!("{}", f.to_json());
+    // Not closed: see rust_side; exit ends the forgotten connections.
+    std::process::exit(0);
+}
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` passes nothing
     // useful either: both just run the measurement.
@@ -403,29 +451,9 @@ fn main() {
     let dials = env_num("TAILPASS_BENCH_DIALS", 300) as usize;
     let idle = env_num("TAILPASS_BENCH_IDLE", 1000) as usize;
     let bytes = mb << 20;
-    let rt = || {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    };
 
     if let Ok(path) = std::env::var(CHILD_ENV) {
-        let path = if path == "SocketPair" {
-            DataPath::SocketPair
-        } else {
-            DataPath::Channel
-        };
-        support::init_process_for_tests();
-        let net = Tailnet {
-            control_url: std::env::var("TAILPASS_BENCH_CONTROL_URL").unwrap(),
-            dir: tempfile::tempdir().unwrap(),
-        };
-        let f = rt().block_on(rust_side(&net, path, bytes, runs, dials, idle));
-        println!("{}", f.to_json());
-        // Not closed: see rust_side; exit ends the forgotten connections.
-        std::process::exit(0);
+        child_main(&path, bytes, runs, dials, idle);
     }
 
     let rounds = env_num("TAILPASS_BENCH_ROUNDS", 3).max(1) as usize;
@@ -457,6 +485,12 @@ fn main() {
     );
     let (go, sp, rs) = (Figures::merge(go), Figures::merge(sp), Figures::merge(rs));
 
+    report(&rs, &go, &sp, [rounds, mb as usize, runs, dials, idle]);
+}
+
+/// The table: the node channel, the pure-Go baseline and the socketpair
+/// path side by side (medians over `rounds`), then the raw runs.
+fn report(rs: &Figures, go: &Figures, sp: &Figures, [rounds, mb, runs, dials, idle]: [usize; 5]) {
     println!(
         "tailnet benchmark ({rounds} rounds of: {mb} MiB x {runs} runs, {dials} dials, {idle} idle conns)"
     );

@@ -16,7 +16,7 @@
 //! - the client is `vendor/tsshim/cmd/wsclient`, its own tsnet node in its
 //!   own process (so it costs this process no descriptors), opening wss://
 //!   websockets with bounded concurrency and retries, then holding them;
-//! - the upstream is the websocket echo server of tests/support, in this
+//! - the upstream is the websocket echo server of the test kit, in this
 //!   process, on 127.0.0.1.
 //!
 //! One side at a time: the echo server holds a descriptor per websocket and
@@ -31,27 +31,25 @@
 //! (opens in flight, default 32), `TAILPASS_BENCH_WS_SETTLE` (seconds before
 //! reading the figures, default 5), `TAILPASS_BENCH_WS_ONLY=tailpass|go`.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{TSNET_TEST_KNOBS, TestNet, env_num, free_port, go_program, stop_child};
+use tailpass_testkit::{
+    ConfigBuilder, NodeSpec, RouteSpec, Section, TSNET_TEST_KNOBS, TestNet, env_num, free_port,
+    go_program, stop_child,
+};
 
 /// Whether the config gets the `[limits]` table: every websocket comes
 /// from one client node, which the default per-source cap (1024) would stop
 /// long before N. (`false` only for a binary older than `[limits]`.)
 const LIMITS_TABLE: bool = true;
 
-const LIMITS: &str = "
-[limits]
-max_connections = 50000
-max_connections_per_source = 50000
-";
+/// `[limits] max_connections` and `max_connections_per_source` when
+/// [`LIMITS_TABLE`] is set.
+const MAX_CONNECTIONS: i64 = 50000;
 
 /// Websockets sampled for the echo check at the end.
 const ECHO_SAMPLES: u64 = 100;
@@ -348,33 +346,29 @@ impl Run<'_> {
     fn tailpass(&self) -> Figures {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let state = self.dir.join("tp");
-        let config = format!(
-            r#"
-[tailnet]
-control_url = "{control}"
-
-[[node]]
-hostname = "tp"
-state_dir = "{state}"
-ephemeral = true
-cert = "local-ca"
-
-[admin]
-listen = "{admin}"
-
-[[route]]
-node = "tp"
-path = "/ws"
-upstream = "http://{upstream}"
-access = "tailnet"
-{limits}"#,
-            control = self.net.control_url,
-            state = state.display(),
-            upstream = self.upstream,
-            limits = if LIMITS_TABLE { LIMITS } else { "" },
-        );
+        let mut config = ConfigBuilder::new()
+            .section(Section::new("tailnet").set("control_url", self.net.control_url.as_str()))
+            .node(
+                NodeSpec::new("tp")
+                    .state_dir(&state)
+                    .ephemeral(true)
+                    .cert("local-ca"),
+            )
+            .admin(&admin.to_string())
+            .route(
+                RouteSpec::new("/ws", format!("http://{}", self.upstream))
+                    .node("tp")
+                    .access("tailnet"),
+            );
+        if LIMITS_TABLE {
+            config = config.section(
+                Section::new("limits")
+                    .set("max_connections", MAX_CONNECTIONS)
+                    .set("max_connections_per_source", MAX_CONNECTIONS),
+            );
+        }
         let file = self.dir.join("tailpass.toml");
-        std::fs::write(&file, config).unwrap();
+        config.write(&file);
         let mut tp = Tailpass::start(&file, self.dir.join("tailpass.log"));
         tp.wait_healthy(admin);
         let f = self.measure(
@@ -430,7 +424,7 @@ async fn run() {
     let (soft, hard) = raise_nofile();
 
     let net = TestNet::start();
-    let upstream = support::upstream::start_ws_echo().await;
+    let upstream = tailpass_testkit::upstream::start_ws_echo().await;
     let dir = tempfile::tempdir().unwrap();
     // Build the helpers before anything is measured.
     go_program("./cmd/wsclient", "wsclient");
@@ -458,6 +452,12 @@ async fn run() {
         r.go()
     };
 
+    report(&tp, &go, (n, concurrency), (soft, hard));
+}
+
+/// The table: tailpass and the pure-Go proxy side by side, then the echo
+/// check, errors and what the descriptor limit would fit.
+fn report(tp: &Figures, go: &Figures, (n, concurrency): (u64, u64), (soft, hard): (u64, u64)) {
     println!(
         "websockets benchmark: {n} idle websockets over the test tailnet \
          (client cmd/wsclient, {concurrency} opens in flight; RLIMIT_NOFILE {soft}/{hard})"
@@ -504,7 +504,7 @@ async fn run() {
         "echo check at the end: tailpass {}/{}, go {}/{}; failed opens (after retries): tailpass {}, go {}",
         tp.echo_ok, tp.echo_sampled, go.echo_ok, go.echo_sampled, tp.failed, go.failed
     );
-    for (side, f) in [("tailpass", &tp), ("go", &go)] {
+    for (side, f) in [("tailpass", tp), ("go", go)] {
         for e in &f.errors {
             println!("{side}: {e}");
         }
@@ -519,5 +519,5 @@ async fn run() {
 }
 
 fn main() {
-    support::bench_main(run());
+    tailpass_testkit::bench_main(run());
 }

@@ -13,14 +13,10 @@
 //! Options: `--proxy-port N` (default 8080; 0 picks one), `--json` (print
 //! one JSON line with the addresses, for scripts).
 
-#[path = "../tests/support/mod.rs"]
-#[allow(unused_imports, missing_docs)]
-mod support;
+use tailpass_testkit::stack::{Seed, SeedOptions};
 
-use support::stack::{Seed, SeedOptions};
-
-#[tokio::main(flavor = "multi_thread")]
-async fn main() {
+/// `--proxy-port N` (default 8080) and `--json`; anything else exits 64.
+fn parse_args() -> (u16, bool) {
     let mut args = std::env::args().skip(1);
     let mut port = 8080u16;
     let mut json = false;
@@ -39,6 +35,12 @@ async fn main() {
             }
         }
     }
+    (port, json)
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let (port, json) = parse_args();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             std::env::var("TAILPASS_LOG").unwrap_or_else(|_| "tailpass=info,warn".into()),
@@ -48,7 +50,7 @@ async fn main() {
 
     eprintln!("starting the test tailnet, the OIDC provider and tailpass (nodes gw and auth) …");
     let seed = Seed::start(SeedOptions {
-        extra: "[admin]\nlisten = \"127.0.0.1:0\"\n".into(),
+        admin: Some("127.0.0.1:0".into()),
         ..Default::default()
     })
     .await;
@@ -58,8 +60,28 @@ async fn main() {
         .unwrap_or_else(|e| panic!("cannot listen on 127.0.0.1:{port}: {e} (try --proxy-port 0)"));
     let proxy = listener.local_addr().unwrap();
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let entry = tokio::spawn(tailpass::entry::serve_proxy(listener, laptop.clone(), stop));
+    let entry = tokio::spawn(tailpass_testkit::entry::serve_proxy(
+        listener,
+        laptop.clone(),
+        stop,
+    ));
 
+    announce(&seed, proxy, json);
+    wait_for_stop().await;
+    eprintln!("stopping …");
+    let _ = stop_tx.send(true);
+    let _ = entry.await;
+    let _ = laptop.close().await;
+    let Seed { gw, idp, net, .. } = seed;
+    gw.shutdown().await;
+    drop(idp);
+    drop(net);
+    eprintln!("stopped; nothing left running");
+}
+
+/// Prints where to point a browser: one JSON line (`--json`, for scripts)
+/// or instructions.
+fn announce(seed: &Seed, proxy: std::net::SocketAddr, json: bool) {
     let start = seed.url("/term/");
     if json {
         println!(
@@ -87,16 +109,6 @@ async fn main() {
             admin = seed.gw.admin.map(|a| a.to_string()).unwrap_or_default(),
         );
     }
-    wait_for_stop().await;
-    eprintln!("stopping …");
-    let _ = stop_tx.send(true);
-    let _ = entry.await;
-    let _ = laptop.close().await;
-    let Seed { gw, idp, net, .. } = seed;
-    gw.shutdown().await;
-    drop(idp);
-    drop(net);
-    eprintln!("stopped; nothing left running");
 }
 
 async fn wait_for_stop() {

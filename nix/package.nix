@@ -20,10 +20,10 @@ rustPlatform.buildRustPackage {
       ../Cargo.toml
       ../Cargo.lock
       ../build.rs # stamps the commit (TAILPASS_COMMIT, else `unknown` without .git)
-      ../crates # workspace members: crates/tailnet (the FFI and its build.rs)
       ../src
       ../benches # Cargo.toml declares [[bench]] targets
       ../tests
+      ../crates # workspace members: crates/tailnet (the FFI and its build.rs) and the dev-only test kit (Cargo must see every member)
       ../README.md # src/config/tests.rs includes it
       ../vendor/tsshim/capi/tsshim.h # bindgen's input
     ];

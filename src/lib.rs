@@ -32,12 +32,14 @@
 //!
 //! Beside the request path: [`config`] (the TOML file, validated with every
 //! error naming its field, before any port is bound); [`cli`] (the
-//! binary's commands); [`entry`] (a loopback HTTP proxy that carries a
-//! local browser into the tailnet through a node, for the demo and the
-//! browser tests).
+//! binary's commands).
 //!
-//! Public are the modules the binary, the integration tests, the examples
-//! and the benches use, and in them only what those use; everything else is
+//! Not in this crate: the dev-only test kit (`crates/testkit`: the test
+//! tailnet, the IdP harnesses, a config builder and the loopback entry
+//! proxy the demo and browser tests use).
+//!
+//! Public are the modules the binary, the integration tests, the examples,
+//! the benches and the test kit use, and in them only what those use; everything else is
 //! `pub(crate)`, so the compiler reports dead code (`unreachable_pub` keeps
 //! it that way).
 //!
@@ -53,7 +55,6 @@
 pub(crate) mod admin;
 pub mod cli;
 pub mod config;
-pub mod entry;
 pub(crate) mod files;
 pub(crate) mod gateway;
 pub mod http;

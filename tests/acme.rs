@@ -3,18 +3,16 @@
 //! its companion DNS server answering 127.0.0.1 for every name. Pebble
 //! validates us with TLS-ALPN-01 on the public listener itself.
 
-mod support;
-
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rustls_pki_types::ServerName;
-use support::client::H1;
-use support::{TestNet, free_port};
 use tailpass::config::Config;
 use tailpass::server::{Gateway, Options};
 use tailpass::tls::LocalCa;
+use tailpass_testkit::client::H1;
+use tailpass_testkit::{ConfigBuilder, NodeSpec, RouteSpec, Section, TestNet, free_port};
 
 const PEBBLE: &str = "github.com/letsencrypt/pebble/v2/cmd/pebble@v2.10.3";
 const CHALLTESTSRV: &str = "github.com/letsencrypt/pebble/v2/cmd/pebble-challtestsrv@v2.10.3";
@@ -125,38 +123,22 @@ async fn public_listener_gets_a_certificate_from_pebble_and_serves_public_routes
     wait_port(mgmt);
 
     let net = TestNet::start();
-    let echo = support::upstream::start_echo().await;
-    let toml = format!(
-        r#"
-[[node]]
-hostname = "gw"
-state_dir = "{state}"
-control_url = "{control}"
-ephemeral = true
-cert = "local-ca"
-
-[public]
-listen = "127.0.0.1:{tls_port}"
-domains = ["blog.tailpass.test"]
-acme_directory = "https://localhost:{api}/dir"
-acme_contact = ["mailto:ops@tailpass.test"]
-acme_cache_dir = "{cache}"
-acme_ca_file = "{ca_file}"
-
-[[route]]
-path = "/"
-upstream = "http://{echo}"
-access = "public"
-
-[[route]]
-path = "/admin"
-upstream = "http://{echo}"
-"#,
-        state = dir.path().join("gw").display(),
-        control = net.control_url,
-        cache = dir.path().join("acme").display(),
-        ca_file = dir.path().join("api-ca/ca.pem").display(),
-    );
+    let echo = tailpass_testkit::upstream::start_echo().await;
+    let echo = format!("http://{echo}");
+    let toml = ConfigBuilder::new()
+        .node(NodeSpec::on(&net, "gw", dir.path().join("gw")).cert("local-ca"))
+        .section(
+            Section::new("public")
+                .set("listen", format!("127.0.0.1:{tls_port}"))
+                .list("domains", &["blog.tailpass.test"])
+                .set("acme_directory", format!("https://localhost:{api}/dir"))
+                .list("acme_contact", &["mailto:ops@tailpass.test"])
+                .path("acme_cache_dir", dir.path().join("acme"))
+                .path("acme_ca_file", dir.path().join("api-ca/ca.pem")),
+        )
+        .route(RouteSpec::new("/", &echo).access("public"))
+        .route(RouteSpec::new("/admin", &echo))
+        .build();
     let gw = Gateway::start(Config::parse(&toml, &|_| None).unwrap(), Options::default())
         .await
         .unwrap();
@@ -168,7 +150,8 @@ upstream = "http://{echo}"
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", mgmt))
             .await
             .unwrap();
-        let tls = support::client::tls_over(tcp, "localhost", &api_ca, &[b"http/1.1"]).await;
+        let tls =
+            tailpass_testkit::client::tls_over(tcp, "localhost", &api_ca, &[b"http/1.1"]).await;
         let r = H1::over(tls).await.get("localhost", "/roots/0", &[]).await;
         String::from_utf8(r.into_body().to_vec()).unwrap()
     };
@@ -180,7 +163,7 @@ upstream = "http://{echo}"
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", tls_port))
             .await
             .unwrap();
-        match tokio_rustls::TlsConnector::from(support::client::tls_config(
+        match tokio_rustls::TlsConnector::from(tailpass_testkit::client::tls_config(
             &roots_pem,
             &[b"http/1.1"],
         ))

@@ -1,18 +1,16 @@
 //! The whole login in a real browser: headless Chromium (Debian's package,
 //! driven by playwright-core through tests/browser/login.mjs) reaches the
 //! test tailnet through a client node's loopback entry proxy
-//! (`tailpass::entry::serve_proxy`), opens a protected websocket page, is
+//! (`tailpass_testkit::entry::serve_proxy`), opens a protected websocket page, is
 //! sent to the portal, signs in at the real OIDC provider behind the `auth`
 //! node, lands back on the page (websocket works), opens the dashboard and
 //! whoami, signs out (the provider's end-session page included), sees the
 //! page's websocket closed by the revocation, and is sent to sign in again.
 //! Screenshots: target/browser-artifacts/login_logout_in_chromium/.
 
-mod support;
-
-use support::chrome::{artifacts_dir_path, browser_available, run_login_mjs};
-use support::stack::{Seed, SeedOptions};
-use tailpass::entry::serve_proxy;
+use tailpass_testkit::chrome::{artifacts_dir_path, browser_available, run_login_mjs};
+use tailpass_testkit::entry::serve_proxy;
+use tailpass_testkit::stack::{Seed, SeedOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_logout_in_chromium() {
@@ -20,7 +18,7 @@ async fn login_logout_in_chromium() {
     if !browser_available(TEST) {
         return;
     }
-    let _permit = support::heavy().await;
+    let _permit = tailpass_testkit::heavy().await;
     let seed = Seed::start(SeedOptions::default()).await;
     let laptop = seed.client("laptop").await;
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

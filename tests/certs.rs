@@ -7,51 +7,34 @@
 //! (HTTPS off in the tailnet, Let's Encrypt down) takes the same path; the
 //! test control server cannot issue one, so files stand in for it.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::client::{H1, echoed, try_tls_over};
-use support::{TestNet, upstream};
 use tailpass::config::Config;
 use tailpass::server::{Gateway, Options};
+use tailpass_testkit::client::{H1, echoed, try_tls_over};
+use tailpass_testkit::config::{ConfigBuilder, NodeSpec, RouteSpec, Section};
+use tailpass_testkit::{TestNet, upstream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_without_its_certificate_waits_for_it_and_stops_nothing() {
-    let _permit = support::heavy().await;
+    let _permit = tailpass_testkit::heavy().await;
     let net = TestNet::start();
     let alice = net.node("alice").await;
     let echo = upstream::start_echo().await;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let toml = format!(
-        r#"
-[[node]]
-hostname = "gw"
-state_dir = "{state_gw}"
-control_url = "{control}"
-ephemeral = true
-cert = "local-ca"
-
-[[node]]
-hostname = "late"
-state_dir = "{state_late}"
-control_url = "{control}"
-ephemeral = true
-cert = {{ cert_file = "{d}/late.pem", key_file = "{d}/late.key" }}
-
-[limits]
-handshake_timeout = "20s"
-
-[[route]]
-path = "/"
-upstream = "http://{echo}"
-"#,
-        state_gw = d.join("gw").display(),
-        state_late = d.join("late").display(),
-        control = net.control_url,
-        d = d.display(),
-    );
+    let toml = ConfigBuilder::new()
+        .node(NodeSpec::on(&net, "gw", d.join("gw")).cert("local-ca"))
+        .node(NodeSpec::on(&net, "late", d.join("late")).table(
+            "cert",
+            &[
+                ("cert_file", &d.join("late.pem").display().to_string()),
+                ("key_file", &d.join("late.key").display().to_string()),
+            ],
+        ))
+        .section(Section::new("limits").set("handshake_timeout", "20s"))
+        .route(RouteSpec::new("/", format!("http://{echo}")))
+        .build();
     // Files that do not exist are a config error (`check` names them);
     // empty ones are a certificate that is not there yet.
     std::fs::write(d.join("late.pem"), "").unwrap();

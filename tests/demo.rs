@@ -2,17 +2,15 @@
 //! client completes a login through its loopback entry proxy (like a
 //! browser configured with that proxy), and Ctrl-C leaves nothing running.
 
-mod support;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::browser::{Browser, resolve};
+use tailpass_testkit::browser::{Browser, resolve};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_starts_serves_a_login_and_stops_clean() {
-    let _permit = support::heavy().await;
+    let _permit = tailpass_testkit::heavy().await;
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_tailpass"))
         .parent()
         .unwrap()
@@ -62,7 +60,7 @@ async fn demo_starts_serves_a_login_and_stops_clean() {
         form_page.body
     );
     let start_tag = form_page.body.find("<form id=\"login-form\"").unwrap();
-    let action = support::browser::attr(&form_page.body[start_tag..], "action").unwrap();
+    let action = tailpass_testkit::browser::attr(&form_page.body[start_tag..], "action").unwrap();
     let page = b
         .post_form(&resolve(&form_page.url, &action), &[("login", "alice")])
         .await;

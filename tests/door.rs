@@ -13,8 +13,6 @@
 //!
 //! HTTP/2 floods are in `tests/http2.rs`.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -22,11 +20,11 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
-use support::binary::{Tailpass, admin_get};
-use support::client::H1;
-use support::{TestNet, free_port, upstream};
 use tailpass::config::Config;
 use tailpass::server::{Gateway, Options};
+use tailpass_testkit::binary::{Tailpass, admin_get};
+use tailpass_testkit::client::H1;
+use tailpass_testkit::{ConfigBuilder, NodeSpec, RouteSpec, Section, TestNet, free_port, upstream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const PUBLIC_HOST: &str = "blog.tailpass.test";
@@ -149,7 +147,7 @@ fn slow_body(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeouts_close_what_waits_and_keep_what_moves() {
-    let _permit = support::heavy().await;
+    let _permit = tailpass_testkit::heavy().await;
     let net = TestNet::start();
     let (alice, bob) = tokio::join!(net.node("alice"), net.node("bob"));
     let echo = upstream::start_echo().await;
@@ -157,48 +155,23 @@ async fn timeouts_close_what_waits_and_keep_what_moves() {
     let dir = tempfile::tempdir().unwrap();
     let public_pem = public_cert(dir.path());
     let (loop_port, pub_port) = (free_port(), free_port());
-    let toml = format!(
-        r#"
-[[node]]
-hostname = "gw"
-state_dir = "{state}"
-control_url = "{control}"
-ephemeral = true
-cert = "local-ca"
-
-[loopback]
-listen = "127.0.0.1:{loop_port}"
-
-[public]
-listen = "127.0.0.1:{pub_port}"
-domains = ["{PUBLIC_HOST}"]
-cert = {{ cert_file = "{d}/public.pem", key_file = "{d}/public.key" }}
-
-[limits]
-handshake_timeout = "2s"
-header_read_timeout = "3s"
-idle_timeout = "4s"
-body_idle_timeout = "3s"
-max_connections_per_source = 6
-
-[[route]]
-path = "/"
-upstream = "http://{echo}"
-access = "public"
-
-[[route]]
-path = "/ws"
-upstream = "http://{ws}"
-
-[[route]]
-path = "/upload"
-upstream = "http://{echo}"
-response_timeout = "2s"
-"#,
-        state = dir.path().join("gw").display(),
-        control = net.control_url,
-        d = dir.path().display(),
-    );
+    let echo = format!("http://{echo}");
+    let toml = ConfigBuilder::new()
+        .node(NodeSpec::on(&net, "gw", dir.path().join("gw")).cert("local-ca"))
+        .loopback(&format!("127.0.0.1:{loop_port}"))
+        .section(public_section(dir.path(), pub_port))
+        .section(
+            Section::new("limits")
+                .set("handshake_timeout", "2s")
+                .set("header_read_timeout", "3s")
+                .set("idle_timeout", "4s")
+                .set("body_idle_timeout", "3s")
+                .set("max_connections_per_source", 6),
+        )
+        .route(RouteSpec::new("/", &echo).access("public"))
+        .route(RouteSpec::new("/ws", format!("http://{ws}")))
+        .route(RouteSpec::new("/upload", &echo).set("response_timeout", "2s"))
+        .build();
     let config = Config::parse(&toml, &|_| None).unwrap_or_else(|e| panic!("{e}"));
     let gw = Gateway::start(config, Options::default()).await.unwrap();
     net.settle(&[&gw.nodes[0].node, &alice, &bob]).await;
@@ -207,7 +180,7 @@ response_timeout = "2s"
     let loopback: SocketAddr = format!("127.0.0.1:{loop_port}").parse().unwrap();
     let public: SocketAddr = format!("127.0.0.1:{pub_port}").parse().unwrap();
     let tls = async |node: &tailpass::tailnet::Node| {
-        support::client::connect(node, &host, 443, &ca, &[b"http/1.1"]).await
+        tailpass_testkit::client::connect(node, &host, 443, &ca, &[b"http/1.1"]).await
     };
     let secs = Duration::from_secs;
 
@@ -314,7 +287,7 @@ response_timeout = "2s"
     );
     let public_tls = async || {
         let s = tokio::net::TcpStream::connect(public).await.unwrap();
-        support::client::tls_over(s, PUBLIC_HOST, &public_pem, &[b"http/1.1"]).await
+        tailpass_testkit::client::tls_over(s, PUBLIC_HOST, &public_pem, &[b"http/1.1"]).await
     };
     within(
         "public, slowloris",
@@ -377,48 +350,47 @@ response_timeout = "2s"
     gw.shutdown().await;
 }
 
+/// Node `gw` (Funnel), the loopback, admin and public listeners on
+/// `ports`, `[limits] fd_reserve`, and one public route over `echo`.
 fn door_config(
     net: &TestNet,
     dir: &std::path::Path,
     ports: (u16, u16, u16),
     echo: SocketAddr,
+    fd_reserve: i64,
 ) -> String {
     let (loop_port, admin_port, pub_port) = ports;
-    format!(
-        r#"
-[tailnet]
-control_url = "{control}"
+    ConfigBuilder::new()
+        .section(Section::new("tailnet").set("control_url", net.control_url.as_str()))
+        .node(
+            NodeSpec::new("gw")
+                .state_dir(dir.join("gw"))
+                .ephemeral(true)
+                .cert("local-ca")
+                .set("funnel", true),
+        )
+        .loopback(&format!("127.0.0.1:{loop_port}"))
+        .admin(&format!("127.0.0.1:{admin_port}"))
+        .section(public_section(dir, pub_port))
+        .section(Section::new("limits").set("fd_reserve", fd_reserve))
+        .route(RouteSpec::new("/", format!("http://{echo}")).access("public"))
+        .build()
+}
 
-[[node]]
-hostname = "gw"
-state_dir = "{d}/gw"
-ephemeral = true
-cert = "local-ca"
-funnel = true
-
-[loopback]
-listen = "127.0.0.1:{loop_port}"
-
-[admin]
-listen = "127.0.0.1:{admin_port}"
-
-[public]
-listen = "127.0.0.1:{pub_port}"
-domains = ["{PUBLIC_HOST}"]
-cert = {{ cert_file = "{d}/public.pem", key_file = "{d}/public.key" }}
-
-[limits]
-# Let the process really run out, to see every accept loop survive it.
-fd_reserve = 0
-
-[[route]]
-path = "/"
-upstream = "http://{echo}"
-access = "public"
-"#,
-        control = net.control_url,
-        d = dir.display(),
-    )
+/// `[public]` on 127.0.0.1:`port` for [`PUBLIC_HOST`], its certificate and
+/// key from `dir` (`public.pem`, `public.key`).
+fn public_section(dir: &std::path::Path, port: u16) -> Section {
+    let file = |name: &str| dir.join(name).display().to_string();
+    Section::new("public")
+        .set("listen", format!("127.0.0.1:{port}"))
+        .list("domains", &[PUBLIC_HOST])
+        .table(
+            "cert",
+            &[
+                ("cert_file", &file("public.pem")),
+                ("key_file", &file("public.key")),
+            ],
+        )
 }
 
 /// One GET over any stream; the status, or `None` if the connection broke.
@@ -436,7 +408,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_listener_survives_running_out_of_descriptors() {
-    let _permit = support::heavy().await;
+    let _permit = tailpass_testkit::heavy().await;
     let net = TestNet::start();
     let alice = net.node("alice").await;
     let echo = upstream::start_echo().await;
@@ -444,7 +416,9 @@ async fn every_listener_survives_running_out_of_descriptors() {
     let public_pem = public_cert(dir.path());
     let ports = (free_port(), free_port(), free_port());
     let cfg = dir.path().join("tailpass.toml");
-    std::fs::write(&cfg, door_config(&net, dir.path(), ports, echo)).unwrap();
+    // fd_reserve 0: let the process really run out, to see every accept loop
+    // survive it.
+    std::fs::write(&cfg, door_config(&net, dir.path(), ports, echo, 0)).unwrap();
     let tp = Tailpass::start_limited(&cfg, Some(320));
     let loopback: SocketAddr = format!("127.0.0.1:{}", ports.0).parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", ports.1).parse().unwrap();
@@ -463,17 +437,17 @@ async fn every_listener_survives_running_out_of_descriptors() {
         let raw = alice.dial(&format!("{host}:443")).await.ok()?;
         let tls = tokio::time::timeout(
             Duration::from_secs(10),
-            support::client::try_tls_over(raw, &host, &ca, &[b"http/1.1"]),
+            tailpass_testkit::client::try_tls_over(raw, &host, &ca, &[b"http/1.1"]),
         )
         .await
         .ok()??;
         try_status(tls, &host).await
     };
     let via_funnel = async || {
-        let raw = support::try_funnel_dial(&net, &alice, "gw", "203.0.113.9:4444").await?;
+        let raw = tailpass_testkit::try_funnel_dial(&net, &alice, "gw", "203.0.113.9:4444").await?;
         let tls = tokio::time::timeout(
             Duration::from_secs(10),
-            support::client::try_tls_over(raw, &host, &ca, &[b"http/1.1"]),
+            tailpass_testkit::client::try_tls_over(raw, &host, &ca, &[b"http/1.1"]),
         )
         .await
         .ok()??;
@@ -491,7 +465,7 @@ async fn every_listener_survives_running_out_of_descriptors() {
         let s = tokio::net::TcpStream::connect(public).await.ok()?;
         let tls = tokio::time::timeout(
             Duration::from_secs(10),
-            support::client::try_tls_over(s, PUBLIC_HOST, &public_pem, &[b"http/1.1"]),
+            tailpass_testkit::client::try_tls_over(s, PUBLIC_HOST, &public_pem, &[b"http/1.1"]),
         )
         .await
         .ok()??;
@@ -568,7 +542,7 @@ async fn every_listener_survives_running_out_of_descriptors() {
     // path; on the node channel its connections take none, so it has no
     // descriptor errors to survive.
     let mut hit = vec!["loopback", "public"];
-    if support::data_path_for_tests() == tailpass::tailnet::DataPath::SocketPair {
+    if tailpass_testkit::data_path_for_tests() == tailpass::tailnet::DataPath::SocketPair {
         hit.push("gw https");
     }
     for listener in hit {
@@ -604,16 +578,14 @@ async fn every_listener_survives_running_out_of_descriptors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn near_the_descriptor_limit_new_connections_are_refused_and_open_ones_work() {
-    let _permit = support::heavy().await;
+    let _permit = tailpass_testkit::heavy().await;
     let net = TestNet::start();
     let echo = upstream::start_echo().await;
     let dir = tempfile::tempdir().unwrap();
     public_cert(dir.path());
     let ports = (free_port(), free_port(), free_port());
     let cfg = dir.path().join("tailpass.toml");
-    let text =
-        door_config(&net, dir.path(), ports, echo).replace("fd_reserve = 0", "fd_reserve = 64");
-    std::fs::write(&cfg, text).unwrap();
+    std::fs::write(&cfg, door_config(&net, dir.path(), ports, echo, 64)).unwrap();
     let tp = Tailpass::start_limited(&cfg, Some(400));
     let loopback: SocketAddr = format!("127.0.0.1:{}", ports.0).parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", ports.1).parse().unwrap();

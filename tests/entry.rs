@@ -2,15 +2,13 @@
 //! demo page upstream, and headless Chromium going through both
 //! (tests/browser/login.mjs in smoke mode).
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use support::chrome::{artifacts_dir_path, browser_available, run_login_mjs};
-use support::{TestNet, upstream};
-use tailpass::entry::serve_proxy;
 use tailpass::tailnet::{Listener, Node};
+use tailpass_testkit::chrome::{artifacts_dir_path, browser_available, run_login_mjs};
+use tailpass_testkit::entry::serve_proxy;
+use tailpass_testkit::{ConfigBuilder, NodeSpec, RouteSpec, TestNet, upstream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -115,7 +113,7 @@ async fn start_proxy(node: &Node) -> Proxy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_tunnels_and_forwards_into_the_tailnet() {
-    let _permit = support::light().await;
+    let _permit = tailpass_testkit::light().await;
     let net = TestNet::start();
     let (srv, cli) = tokio::join!(net.node("srv"), net.node("cli"));
     net.settle(&[&srv, &cli]).await;
@@ -351,7 +349,7 @@ async fn chromium_reaches_a_tailnet_page_through_the_entry_proxy() {
     if !browser_available(TEST) {
         return;
     }
-    let _permit = support::heavy().await;
+    let _permit = tailpass_testkit::heavy().await;
     let net = TestNet::start();
     let (srv, cli) = tokio::join!(net.node("srv"), net.node("cli"));
     net.settle(&[&srv, &cli]).await;
@@ -391,26 +389,14 @@ async fn chromium_reaches_the_gateway_over_https_and_wss() {
     if !browser_available(TEST) {
         return;
     }
-    let _permit = support::heavy().await;
+    let _permit = tailpass_testkit::heavy().await;
     let net = TestNet::start();
     let page = upstream::start_ws_page().await;
     let dir = tempfile::tempdir().unwrap();
-    let toml = format!(
-        r#"
-[[node]]
-hostname = "gw"
-state_dir = "{state}"
-control_url = "{control}"
-ephemeral = true
-cert = "local-ca"
-
-[[route]]
-path = "/app"
-upstream = "http://{page}"
-"#,
-        state = dir.path().join("gw").display(),
-        control = net.control_url,
-    );
+    let toml = ConfigBuilder::new()
+        .node(NodeSpec::on(&net, "gw", dir.path().join("gw")).cert("local-ca"))
+        .route(RouteSpec::new("/app", format!("http://{page}")))
+        .build();
     let config =
         tailpass::config::Config::parse(&toml, &|_| None).unwrap_or_else(|e| panic!("{e}"));
     let (gw, cli) = tokio::join!(

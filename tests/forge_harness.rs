@@ -1,8 +1,6 @@
-//! Proves the forging OIDC provider (tests/support/forge.rs) against the
-//! `openidconnect` crate tailpass uses: a faultless login verifies, and every
+//! Proves the forging OIDC provider (`tailpass_testkit::forge`) against
+//! the `openidconnect` crate tailpass uses: a faultless login verifies, and every
 //! fault is really what it says (verification fails for the stated reason).
-
-mod support;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,8 +21,8 @@ use openidconnect::{
     TokenResponse,
 };
 use serde_json::{Value, json};
-use support::client::H1;
-use support::forge::{Fault, Forge, IMPOSTOR_SUB, KID};
+use tailpass_testkit::client::H1;
+use tailpass_testkit::forge::{Fault, Forge, IMPOSTOR_SUB, KID};
 
 const CLIENT_ID: &str = "tailpass";
 const CLIENT_SECRET: &str = "s3cret:with/odd&chars";

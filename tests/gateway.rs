@@ -2,18 +2,18 @@
 //! speak HTTPS (local-CA certificate) to a tailpass node, which identifies
 //! them by WhoIs and proxies to real upstreams on 127.0.0.1.
 
-mod support;
-
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
-use support::client::{H1, echoed, echoed_header};
-use support::{TestNet, TestNetOptions, upstream};
 use tailpass::config::Config;
 use tailpass::server::{Gateway, Options};
 use tailpass::tailnet::Node;
+use tailpass_testkit::client::{H1, echoed, echoed_header};
+use tailpass_testkit::{
+    ConfigBuilder, NodeSpec, RouteSpec, Secret, Section, TestNet, TestNetOptions, upstream,
+};
 
 struct Setup {
     net: TestNet,
@@ -28,17 +28,46 @@ struct Setup {
 }
 
 /// A gateway node "gw" with routes over the echo, websocket and dead
-/// upstreams; clients alice, bob (users) and ci (tagged tag:ci).
-async fn setup(extra_toml: &str, opts: Options) -> Setup {
-    setup_with(&[], extra_toml, opts).await
+/// upstreams; clients alice, bob (users) and ci (tagged tag:ci). `extra`
+/// adds to the config (more routes, sections).
+async fn setup(extra: impl FnOnce(ConfigBuilder) -> ConfigBuilder, opts: Options) -> Setup {
+    setup_with(false, extra, opts).await
 }
 
-async fn setup_with(extra_nodes: &[&str], extra_toml: &str, opts: Options) -> Setup {
-    let extra_node = if extra_nodes.contains(&"funnel") {
-        "funnel = true"
-    } else {
-        ""
-    };
+/// The gateway's routes: `/` public, `/echo`, `/admin` for `alice_login`,
+/// `/ci` for tag:ci, `/files` and `/secret` by app capability, `/ws`,
+/// `/slow` (1 s response timeout), `/down` (a dead upstream).
+fn routes(
+    config: ConfigBuilder,
+    echo: &str,
+    ws: &str,
+    dead: &str,
+    alice_login: &str,
+) -> ConfigBuilder {
+    config
+        .route(RouteSpec::new("/", echo).access("public"))
+        .route(RouteSpec::new("/echo", echo))
+        .route(RouteSpec::new("/admin", echo).list("allow_users", &[alice_login]))
+        .route(RouteSpec::new("/ci", echo).list("allow_tags", &["tag:ci"]))
+        .route(
+            RouteSpec::new("/files", format!("{echo}/srv"))
+                .set("strip_prefix", true)
+                .list("allow_capabilities", &["tailpass.test/cap/files"])
+                .table("identity_headers", &[("login", "X-Remote-User")]),
+        )
+        .route(
+            RouteSpec::new("/secret", echo).list("allow_capabilities", &["tailpass.test/cap/none"]),
+        )
+        .route(RouteSpec::new("/ws", ws))
+        .route(RouteSpec::new("/slow", echo).set("response_timeout", "1s"))
+        .route(RouteSpec::new("/down", dead).set("connect_timeout", "2s"))
+}
+
+async fn setup_with(
+    funnel: bool,
+    extra: impl FnOnce(ConfigBuilder) -> ConfigBuilder,
+    opts: Options,
+) -> Setup {
     let net = TestNet::with_options(TestNetOptions {
         app_caps: Some(serde_json::json!({"tailpass.test/cap/files": [{"ro": true}]})),
         ..Default::default()
@@ -47,69 +76,22 @@ async fn setup_with(extra_nodes: &[&str], extra_toml: &str, opts: Options) -> Se
     ci_cfg.tags = vec!["tag:ci".into()];
     let (alice, bob, ci) = tokio::join!(net.node("alice"), net.node("bob"), net.join(ci_cfg));
     let alice_login = alice.status().await.unwrap().self_node.unwrap().user_login;
-    let echo = upstream::start_echo().await;
-    let ws = upstream::start_ws_echo().await;
-    let dead = upstream::dead_addr();
+    let echo = format!("http://{}", upstream::start_echo().await);
+    let ws = format!("http://{}", upstream::start_ws_echo().await);
+    let dead = format!("http://{}", upstream::dead_addr());
     let dir = tempfile::tempdir().unwrap();
-    let toml = format!(
-        r#"
-[[node]]
-hostname = "gw"
-state_dir = "{state}"
-control_url = "{control}"
-ephemeral = true
-cert = "local-ca"
-{extra_node}
-
-[[route]]
-path = "/"
-upstream = "http://{echo}"
-access = "public"
-
-[[route]]
-path = "/echo"
-upstream = "http://{echo}"
-
-[[route]]
-path = "/admin"
-upstream = "http://{echo}"
-allow_users = ["{alice_login}"]
-
-[[route]]
-path = "/ci"
-upstream = "http://{echo}"
-allow_tags = ["tag:ci"]
-
-[[route]]
-path = "/files"
-upstream = "http://{echo}/srv"
-strip_prefix = true
-allow_capabilities = ["tailpass.test/cap/files"]
-identity_headers = {{ login = "X-Remote-User" }}
-
-[[route]]
-path = "/secret"
-upstream = "http://{echo}"
-allow_capabilities = ["tailpass.test/cap/none"]
-
-[[route]]
-path = "/ws"
-upstream = "http://{ws}"
-
-[[route]]
-path = "/slow"
-upstream = "http://{echo}"
-response_timeout = "1s"
-
-[[route]]
-path = "/down"
-upstream = "http://{dead}"
-connect_timeout = "2s"
-{extra_toml}
-"#,
-        state = dir.path().join("gw").display(),
-        control = net.control_url,
+    let mut node = NodeSpec::on(&net, "gw", dir.path().join("gw")).cert("local-ca");
+    if funnel {
+        node = node.set("funnel", true);
+    }
+    let config = routes(
+        ConfigBuilder::new().node(node),
+        &echo,
+        &ws,
+        &dead,
+        &alice_login,
     );
+    let toml = extra(config).build();
     let config = Config::parse(&toml, &|_| None).unwrap_or_else(|e| panic!("{e}"));
     let gw = Gateway::start(config, opts).await.unwrap();
     net.settle(&[&gw.nodes[0].node, &alice, &bob, &ci]).await;
@@ -137,8 +119,8 @@ connect_timeout = "2s"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identity_headers_policies_and_header_hygiene() {
-    let _permit = support::heavy().await;
-    let s = setup("", Options::default()).await;
+    let _permit = tailpass_testkit::heavy().await;
+    let s = setup(|c| c, Options::default()).await;
     let mut a = H1::connect(&s.alice, &s.host, &s.ca).await;
     let mut b = H1::connect(&s.bob, &s.host, &s.ca).await;
     let mut c = H1::connect(&s.ci, &s.host, &s.ca).await;
@@ -248,11 +230,12 @@ async fn identity_headers_policies_and_header_hygiene() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_sse_http2_and_redirect() {
-    let _permit = support::heavy().await;
-    let s = setup("", Options::default()).await;
+    let _permit = tailpass_testkit::heavy().await;
+    let s = setup(|c| c, Options::default()).await;
 
     // Websocket (ttyd-style) through the proxy.
-    let tls = support::client::connect(&s.alice, &s.host, 443, &s.ca, &[b"http/1.1"]).await;
+    let tls =
+        tailpass_testkit::client::connect(&s.alice, &s.host, 443, &s.ca, &[b"http/1.1"]).await;
     let (mut ws, resp) = tokio_tungstenite::client_async(format!("wss://{}/ws/term", s.host), tls)
         .await
         .unwrap();
@@ -288,7 +271,7 @@ async fn websocket_sse_http2_and_redirect() {
     assert!(String::from_utf8_lossy(&rest).contains("tick 2"));
 
     // HTTP/2 from the client (ALPN h2).
-    let tls = support::client::connect(&s.bob, &s.host, 443, &s.ca, &[b"h2"]).await;
+    let tls = tailpass_testkit::client::connect(&s.bob, &s.host, 443, &s.ca, &[b"h2"]).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let (mut send, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
@@ -336,9 +319,12 @@ async fn websocket_sse_http2_and_redirect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loopback_listener_serves_only_what_the_config_allows() {
-    let _permit = support::heavy().await;
+    let _permit = tailpass_testkit::heavy().await;
     let s = setup(
-        "[loopback]\nlisten = \"127.0.0.1:0\"\n\n[[route]]\npath = \"/local\"\nupstream = \"http://127.0.0.1:9\"\nloopback = true\n",
+        |c| {
+            c.loopback("127.0.0.1:0")
+                .route(RouteSpec::new("/local", "http://127.0.0.1:9").set("loopback", true))
+        },
         Options::default(),
     )
     .await;
@@ -376,9 +362,9 @@ async fn loopback_listener_serves_only_what_the_config_allows() {
 /// handshakes get the new certificate, an open connection keeps working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_renewal_swaps_cert_without_dropping_connections() {
-    let _permit = support::heavy().await;
+    let _permit = tailpass_testkit::heavy().await;
     let s = setup(
-        "",
+        |c| c,
         Options {
             local_ca_validity: Duration::from_secs(6),
             ..Options::default()
@@ -410,27 +396,20 @@ async fn certificate_renewal_swaps_cert_without_dropping_connections() {
 fn check_command_validates_and_prints_urls_without_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.toml");
-    std::fs::write(
-        &good,
-        r#"
-[tailnet]
-domain = "mist-walleye.ts.net"
-[[node]]
-hostname = "fedora"
-state_dir = "/var/lib/tailpass/fedora"
-auth_key = { env = "TP_TEST_AUTHKEY" }
-funnel = true
-[[route]]
-path = "/"
-upstream = "http://127.0.0.1:4000"
-access = "public"
-[[route]]
-path = "/ttyd"
-upstream = "http://127.0.0.1:7681"
-allow_users = ["alice@example.com"]
-"#,
-    )
-    .unwrap();
+    ConfigBuilder::new()
+        .section(Section::new("tailnet").set("domain", "mist-walleye.ts.net"))
+        .node(
+            NodeSpec::new("fedora")
+                .state_dir("/var/lib/tailpass/fedora")
+                .set("auth_key", Secret::env("TP_TEST_AUTHKEY"))
+                .set("funnel", true),
+        )
+        .route(RouteSpec::new("/", "http://127.0.0.1:4000").access("public"))
+        .route(
+            RouteSpec::new("/ttyd", "http://127.0.0.1:7681")
+                .list("allow_users", &["alice@example.com"]),
+        )
+        .write(&good);
     let bin = env!("CARGO_BIN_EXE_tailpass");
     let out = std::process::Command::new(bin)
         .args(["check", "--config"])
@@ -486,15 +465,15 @@ allow_users = ["alice@example.com"]
 }
 
 /// Funnel end to end: a public client's connection arrives through a Funnel
-/// relay (emulated exactly like Tailscale's ingress nodes, see support),
+/// relay (emulated exactly like Tailscale's ingress nodes, see the test kit),
 /// TLS with the node's certificate, and only public routes answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn funnel_serves_public_routes_only() {
-    let _permit = support::heavy().await;
-    let s = setup_with(&["funnel"], "", Options::default()).await;
+    let _permit = tailpass_testkit::heavy().await;
+    let s = setup_with(true, |c| c, Options::default()).await;
     let get = async |path: &str| {
-        let raw = support::funnel_dial(&s.net, &s.bob, "gw", "203.0.113.7:4567").await;
-        let tls = support::client::tls_over(raw, &s.host, &s.ca, &[b"http/1.1"]).await;
+        let raw = tailpass_testkit::funnel_dial(&s.net, &s.bob, "gw", "203.0.113.7:4567").await;
+        let tls = tailpass_testkit::client::tls_over(raw, &s.host, &s.ca, &[b"http/1.1"]).await;
         let r = H1::over(tls)
             .await
             .get(&s.host, path, &[("Tailscale-User-Login", "root@evil")])

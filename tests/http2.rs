@@ -7,14 +7,12 @@
 //! The loopback listener speaks h2c with prior knowledge; every listener
 //! shares the same HTTP/2 settings (`server::http_builder`).
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::{TestNet, free_port, upstream};
 use tailpass::config::Config;
 use tailpass::server::{Gateway, Options};
+use tailpass_testkit::{ConfigBuilder, NodeSpec, RouteSpec, Section, TestNet, free_port, upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -149,35 +147,21 @@ async fn answer(s: &mut TcpStream, stream: u32) -> Option<(u8, Vec<u8>)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_bounds_and_floods() {
-    let _permit = support::light().await;
+    let _permit = tailpass_testkit::light().await;
     let net = TestNet::start();
     let echo = upstream::start_echo().await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let toml = format!(
-        r#"
-[[node]]
-hostname = "gw"
-state_dir = "{state}"
-control_url = "{control}"
-ephemeral = true
-cert = "local-ca"
-
-[loopback]
-listen = "127.0.0.1:{port}"
-
-[limits]
-http2_max_concurrent_streams = 16
-max_header_bytes = 20480
-
-[[route]]
-path = "/"
-upstream = "http://{echo}"
-access = "public"
-"#,
-        state = dir.path().join("gw").display(),
-        control = net.control_url,
-    );
+    let toml = ConfigBuilder::new()
+        .node(NodeSpec::on(&net, "gw", dir.path().join("gw")).cert("local-ca"))
+        .loopback(&format!("127.0.0.1:{port}"))
+        .section(
+            Section::new("limits")
+                .set("http2_max_concurrent_streams", 16)
+                .set("max_header_bytes", 20480),
+        )
+        .route(RouteSpec::new("/", format!("http://{echo}")).access("public"))
+        .build();
     let config = Config::parse(&toml, &|_| None).unwrap_or_else(|e| panic!("{e}"));
     let gw = Gateway::start(config, Options::default()).await.unwrap();
     let addr = gw.loopback.unwrap();

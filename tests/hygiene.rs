@@ -1,6 +1,6 @@
 //! Request hygiene (issue #10), end to end from all three entry paths —
 //! tailnet peers, Funnel (emulated exactly like Tailscale's ingress, see
-//! support) and the public listener (TLS from PEM files) — against real
+//! the test kit) and the public listener (TLS from PEM files) — against real
 //! upstreams on 127.0.0.1 and the forging OIDC provider for sign-ins:
 //!
 //! 1. header names with `_` (any case) never pose as protected names;
@@ -14,19 +14,21 @@
 //! Each test fails when its protection is removed (see CHANGELOG / the
 //! threat model in docs/portal.md for the mutation checks).
 
-mod support;
-
 use std::net::SocketAddr;
+use std::path::Path;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use support::browser::Browser;
-use support::client::{H1, echoed, echoed_header, tls_over};
-use support::forge::Forge;
-use support::{TestNet, logs, upstream};
 use tailpass::config::Config;
 use tailpass::server::{Gateway, Options};
 use tailpass::tailnet::Node;
+use tailpass_testkit::browser::Browser;
+use tailpass_testkit::client::{H1, echoed, echoed_header, tls_over};
+use tailpass_testkit::forge::Forge;
+use tailpass_testkit::{
+    ConfigBuilder, NodeSpec, PortalSpec, ProviderSpec, RouteSpec, RuleSpec, Secret, Section,
+    TestNet, logs, upstream,
+};
 
 const SECRET: &str = "test-session-secret-0123456789-abcdefghijklmnop";
 const CLIENT_ID: &str = "tailpass";
@@ -75,78 +77,13 @@ async fn setup() -> Setup {
     let (cert_file, key_file) = (dir.path().join("pub.pem"), dir.path().join("pub.key"));
     std::fs::write(&cert_file, cert).unwrap();
     std::fs::write(&key_file, key).unwrap();
-    let toml = format!(
-        r#"
-[[node]]
-hostname = "gw"
-state_dir = "{state}"
-control_url = "{control}"
-ephemeral = true
-cert = "local-ca"
-funnel = true
-
-[public]
-listen = "127.0.0.1:0"
-domains = ["{PUBLIC}"]
-cert = {{ cert_file = "{cert_file}", key_file = "{key_file}" }}
-
-[portal]
-session_secret = {{ env = "SESSION_SECRET" }}
-
-[[provider]]
-name = "forge"
-label = "Forge"
-issuer = "{issuer}"
-client_id = "{CLIENT_ID}"
-client_secret = {{ env = "CLIENT_SECRET" }}
-
-[[rule]]
-roles = ["user"]
-domains = ["example.com"]
-
-[[route]]
-path = "/"
-upstream = "http://{echo}"
-access = "public"
-
-[[route]]
-path = "/pub-up"
-upstream = "http://{any}"
-access = "public"
-
-[[route]]
-path = "/echo"
-upstream = "http://{echo}"
-
-[[route]]
-path = "/admin"
-upstream = "http://{echo}"
-allow_users = ["{alice_login}"]
-
-[[route]]
-path = "/renamed"
-upstream = "http://{echo}"
-identity_headers = {{ login = "X-Auth-User", email = "X-Auth-Email", login_name = "X-Auth-Name" }}
-
-[[route]]
-path = "/lax"
-upstream = "http://{echo}"
-allow_underscore_headers = true
-
-[[route]]
-path = "/up"
-upstream = "http://{any}"
-
-[[route]]
-path = "/app"
-upstream = "http://{echo}"
-roles = ["user"]
-"#,
-        state = dir.path().join("gw").display(),
-        control = net.control_url,
-        issuer = forge.issuer,
-        cert_file = cert_file.display(),
-        key_file = key_file.display(),
+    let toml = hygiene_config(
+        &net,
+        dir.path(),
+        &forge.issuer,
+        (&format!("http://{echo}"), &format!("http://{any}")),
+        &alice_login,
+        (&cert_file, &key_file),
     );
     let config = Config::parse(&toml, &env).unwrap_or_else(|e| panic!("{e}"));
     let gw = Gateway::start(config, Options::default()).await.unwrap();
@@ -166,6 +103,61 @@ roles = ["user"]
         _forge: forge,
         _dir: dir,
     }
+}
+
+/// Node `gw` (Funnel), the public listener for [`PUBLIC`] with
+/// `cert_key`, the portal with the forge at `issuer`, and routes over the
+/// echo and any-upgrade upstreams (`up`).
+fn hygiene_config(
+    net: &TestNet,
+    dir: &Path,
+    issuer: &str,
+    up: (&str, &str),
+    alice_login: &str,
+    cert_key: (&Path, &Path),
+) -> String {
+    let (echo, any) = up;
+    let file = |p: &Path| p.display().to_string();
+    ConfigBuilder::new()
+        .node(
+            NodeSpec::on(net, "gw", dir.join("gw"))
+                .cert("local-ca")
+                .set("funnel", true),
+        )
+        .section(
+            Section::new("public")
+                .set("listen", "127.0.0.1:0")
+                .list("domains", &[PUBLIC])
+                .table(
+                    "cert",
+                    &[
+                        ("cert_file", &file(cert_key.0)),
+                        ("key_file", &file(cert_key.1)),
+                    ],
+                ),
+        )
+        .portal(PortalSpec::new(Secret::env("SESSION_SECRET")))
+        .provider(
+            ProviderSpec::new("forge", issuer, CLIENT_ID, Secret::env("CLIENT_SECRET"))
+                .label("Forge"),
+        )
+        .rule(RuleSpec::new(&["user"]).domains(&["example.com"]))
+        .route(RouteSpec::new("/", echo).access("public"))
+        .route(RouteSpec::new("/pub-up", any).access("public"))
+        .route(RouteSpec::new("/echo", echo))
+        .route(RouteSpec::new("/admin", echo).list("allow_users", &[alice_login]))
+        .route(RouteSpec::new("/renamed", echo).table(
+            "identity_headers",
+            &[
+                ("login", "X-Auth-User"),
+                ("email", "X-Auth-Email"),
+                ("login_name", "X-Auth-Name"),
+            ],
+        ))
+        .route(RouteSpec::new("/lax", echo).set("allow_underscore_headers", true))
+        .route(RouteSpec::new("/up", any))
+        .route(RouteSpec::new("/app", echo).roles(&["user"]))
+        .build()
 }
 
 /// Where a request comes in.
@@ -191,7 +183,8 @@ impl Setup {
             ),
             Entry::Funnel => {
                 let raw =
-                    support::funnel_dial(&self.net, &self.bob, "gw", "203.0.113.7:4567").await;
+                    tailpass_testkit::funnel_dial(&self.net, &self.bob, "gw", "203.0.113.7:4567")
+                        .await;
                 let tls = tls_over(raw, &self.host, &self.ca, &[b"http/1.1"]).await;
                 (H1::over(tls).await, self.host.clone())
             }
@@ -263,7 +256,7 @@ const SPOOF: [(&str, &str); 20] = [
 /// names are dropped unless the route allows them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protected_headers_never_pass_in_any_spelling() {
-    let _permit = support::heavy().await;
+    let _permit = tailpass_testkit::heavy().await;
     let s = setup().await;
     let me = s.alice.status().await.unwrap();
     let alice_ip = me.ip().unwrap().to_string();
@@ -400,7 +393,7 @@ fn body(r: &http::Response<Bytes>) -> String {
 /// as plain requests (never a tunnel); `websocket` is still tunnelled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_websocket_upgrades_are_tunnelled() {
-    let _permit = support::heavy().await;
+    let _permit = tailpass_testkit::heavy().await;
     let s = setup().await;
     let mark = logs::mark();
     let mut tunnelled = Vec::new();
@@ -466,7 +459,7 @@ async fn only_websocket_upgrades_are_tunnelled() {
 /// and reach the upstream exactly as matched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paths_the_upstream_could_read_differently_are_refused() {
-    let _permit = support::heavy().await;
+    let _permit = tailpass_testkit::heavy().await;
     let s = setup().await;
     let mark = logs::mark();
     // Everywhere: a loose reading lands on another route (or the portal).
@@ -546,7 +539,7 @@ async fn paths_the_upstream_could_read_differently_are_refused() {
 /// own origin is refused with 403 and changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_origin_portal_posts_change_nothing() {
-    let _permit = support::heavy().await;
+    let _permit = tailpass_testkit::heavy().await;
     let s = setup().await;
     let mut b = Browser::new(&s.alice, &s.ca);
     let end = b
@@ -635,7 +628,7 @@ async fn cross_origin_portal_posts_change_nothing() {
 /// peer's sign-in in flight completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sign_in_flood_evicts_only_the_flooders_own() {
-    let _permit = support::heavy().await;
+    let _permit = tailpass_testkit::heavy().await;
     let s = setup().await;
     let start = "/auth/oauth2/forge/authorize?rd=%2Fapp%2F";
     let begin = async |b: &mut Browser| {

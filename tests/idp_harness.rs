@@ -3,8 +3,6 @@
 //! refresh tokens, revocation, RP-initiated logout and the recorded events,
 //! all over plain HTTP on 127.0.0.1.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -15,9 +13,9 @@ use http::{Request, Response};
 use http_body_util::Full;
 use percent_encoding::{NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use serde_json::{Value, json};
-use support::browser::parse_form;
-use support::client::H1;
-use support::idp::Idp;
+use tailpass_testkit::browser::parse_form;
+use tailpass_testkit::client::H1;
+use tailpass_testkit::idp::Idp;
 
 const CLIENT_ID: &str = "tailpass-test";
 const CLIENT_SECRET: &str = "s3cret-for-tests";

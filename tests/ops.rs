@@ -4,15 +4,13 @@
 //! config on reload keeps the old one; /healthz and Prometheus /metrics on
 //! the admin listener; SIGTERM drains a request in flight, then exits 0.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use support::binary::{Tailpass, admin_get};
-use support::client::H1;
-use support::{TestNet, free_port, upstream};
 use tailpass::tailnet::Node;
+use tailpass_testkit::binary::{Tailpass, admin_get};
+use tailpass_testkit::client::H1;
+use tailpass_testkit::{ConfigBuilder, NodeSpec, RouteSpec, Section, TestNet, free_port, upstream};
 
 async fn wait_peer(node: &Node, host: &str) {
     let t = Instant::now();
@@ -22,63 +20,46 @@ async fn wait_peer(node: &Node, host: &str) {
     }
 }
 
+/// Nodes `gw` and `files` (local CAs), the admin listener, and routes: on
+/// `gw` `/ws`, `/echo` (for `echo_users` only) and `/slow`; on `files` `/`.
 fn config(
     net: &TestNet,
     dir: &std::path::Path,
     admin: u16,
-    echo_users: &str,
+    echo_users: &[&str],
     echo: std::net::SocketAddr,
     ws: std::net::SocketAddr,
 ) -> String {
-    format!(
-        r#"
-[tailnet]
-control_url = "{control}"
-
-[[node]]
-hostname = "gw"
-state_dir = "{dir}/gw"
-ephemeral = true
-cert = "local-ca"
-
-[[node]]
-hostname = "files"
-state_dir = "{dir}/files"
-ephemeral = true
-cert = "local-ca"
-
-[admin]
-listen = "127.0.0.1:{admin}"
-
-[[route]]
-node = "gw"
-path = "/ws"
-upstream = "http://{ws}"
-
-[[route]]
-node = "gw"
-path = "/echo"
-upstream = "http://{echo}"
-allow_users = [{echo_users}]
-
-[[route]]
-node = "gw"
-path = "/slow"
-upstream = "http://{echo}"
-
-[[route]]
-node = "files"
-path = "/"
-upstream = "http://{echo}/files-root"
-"#,
-        control = net.control_url,
-        dir = dir.display(),
-    )
+    let echo = format!("http://{echo}");
+    ConfigBuilder::new()
+        .section(Section::new("tailnet").set("control_url", net.control_url.as_str()))
+        .node(
+            NodeSpec::new("gw")
+                .state_dir(dir.join("gw"))
+                .ephemeral(true)
+                .cert("local-ca"),
+        )
+        .node(
+            NodeSpec::new("files")
+                .state_dir(dir.join("files"))
+                .ephemeral(true)
+                .cert("local-ca"),
+        )
+        .admin(&format!("127.0.0.1:{admin}"))
+        .route(RouteSpec::new("/ws", format!("http://{ws}")).node("gw"))
+        .route(
+            RouteSpec::new("/echo", &echo)
+                .node("gw")
+                .list("allow_users", echo_users),
+        )
+        .route(RouteSpec::new("/slow", &echo).node("gw"))
+        .route(RouteSpec::new("/", format!("{echo}/files-root")).node("files"))
+        .build()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_two_nodes_reload_health_metrics_and_graceful_shutdown() {
-    let _permit = support::heavy().await;
+    let _permit = tailpass_testkit::heavy().await;
     let net = TestNet::start();
     let (alice, bob) = tokio::join!(net.node("alice"), net.node("bob"));
     let alice_login = alice.status().await.unwrap().self_node.unwrap().user_login;
@@ -89,10 +70,10 @@ async fn binary_two_nodes_reload_health_metrics_and_graceful_shutdown() {
     let admin_port = free_port();
     let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
     let cfg = dir.path().join("tailpass.toml");
-    let write = |users: &str| {
+    let write = |users: &[&str]| {
         std::fs::write(&cfg, config(&net, dir.path(), admin_port, users, echo, ws)).unwrap()
     };
-    write(&format!("{alice_login:?}"));
+    write(&[&alice_login]);
     let tp = Tailpass::start(&cfg);
 
     // Health turns 200 once both nodes run.
@@ -129,7 +110,7 @@ async fn binary_two_nodes_reload_health_metrics_and_graceful_shutdown() {
     assert_eq!(get(&bob, &gw, "/echo/").await.0, 403);
 
     // A websocket opened before the reload.
-    let tls = support::client::connect(&alice, &gw, 443, &ca, &[b"http/1.1"]).await;
+    let tls = tailpass_testkit::client::connect(&alice, &gw, 443, &ca, &[b"http/1.1"]).await;
     let (mut sock, _) = tokio_tungstenite::client_async(format!("wss://{gw}/ws/t"), tls)
         .await
         .unwrap();
@@ -147,7 +128,7 @@ async fn binary_two_nodes_reload_health_metrics_and_graceful_shutdown() {
     echo_once(&mut sock, "before").await;
 
     // SIGHUP with a new policy: bob in, alice out; the websocket stays.
-    write(&format!("{bob_login:?}"));
+    write(&[&bob_login]);
     tp.signal("HUP");
     tp.wait_log("configuration reloaded", Duration::from_secs(10))
         .await;

@@ -1,5 +1,5 @@
 //! tailpass in front of real Pocket ID (issue #11), in headless Chromium with
-//! a CDP virtual passkey: the seed topology (tests/support/pocket_id.rs)
+//! a CDP virtual passkey: the seed topology (tailpass_testkit::pocket_id)
 //! driven through tests/browser/pocketid.mjs, once per Pocket ID version.
 //!
 //! - v2.9.0: step-up with `trust_prompt_login` asks for the passkey again
@@ -21,15 +21,13 @@
 //! `TAILPASS_REQUIRE_POCKET_ID` is set (CI). Screenshots:
 //! target/browser-artifacts/<test>/.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::chrome::{artifacts_dir_path, run_script};
-use support::pocket_id::{
+use tailpass_testkit::chrome::{artifacts_dir_path, run_script};
+use tailpass_testkit::entry::serve_proxy;
+use tailpass_testkit::pocket_id::{
     API_KEY, CLIENT_ID, GROUP, PocketStack, StackOptions, prerequisites, registration_uris,
 };
-use tailpass::entry::serve_proxy;
 
 /// What a Pocket ID version does that the story depends on.
 #[derive(Clone, Copy, Debug)]
@@ -87,8 +85,8 @@ async fn story(test: &str, version: &str, expect: Expect) {
     let Some(bin) = prerequisites(test, version) else {
         return;
     };
-    support::logs::capture();
-    let _permit = support::heavy().await;
+    tailpass_testkit::logs::capture();
+    let _permit = tailpass_testkit::heavy().await;
     let t0 = Instant::now();
     let opts = StackOptions::default();
     let refresh_ms = ms(opts.refresh_interval);
@@ -129,7 +127,7 @@ async fn story(test: &str, version: &str, expect: Expect) {
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let entry = tokio::spawn(serve_proxy(l, laptop.clone(), stop));
     let home = stack.nss_home();
-    let mark = support::logs::mark();
+    let mark = tailpass_testkit::logs::mark();
     stack.pid.keep_log_in(artifacts_dir_path(test));
 
     let v = run_script(
@@ -221,7 +219,7 @@ async fn story(test: &str, version: &str, expect: Expect) {
 
     // The refusals were logged with Pocket ID's own words, and the
     // sessions ended there were not retried over and over.
-    let logs = support::logs::since(mark);
+    let logs = tailpass_testkit::logs::since(mark);
     assert!(
         logs.contains("Refresh token is invalid or expired"),
         "tailpass did not log Pocket ID's refresh error; its log:\n{}",

@@ -2,25 +2,27 @@
 //! walk the OIDC login through the gateway (HTTPS, local CA) to a provider
 //! on 127.0.0.1 and back.
 //!
-//! The provider here is `support::forge`, a deliberately *forging* OIDC
+//! The provider here is `tailpass_testkit::forge`, a deliberately *forging* OIDC
 //! provider: it signs whatever it is told to (wrong issuer, wrong
 //! audience, expired, unsigned, re-signed, wrong nonce …), which a correct
 //! provider never does. It is used for the cases the real provider cannot
 //! produce and for fast flow checks; `tests/portal_idp.rs` runs the same
 //! flows against the real, certified `oidc-provider`.
 
-mod support;
-
+use std::path::Path;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use support::browser::{Browser, link_href, query_param, urlenc};
-use support::client::H1;
-use support::forge::{Fault, Forge};
-use support::{TestNet, upstream};
 use tailpass::config::Config;
 use tailpass::server::{Gateway, Options};
 use tailpass::tailnet::Node;
+use tailpass_testkit::browser::{Browser, link_href, query_param, urlenc};
+use tailpass_testkit::client::H1;
+use tailpass_testkit::forge::{Fault, Forge};
+use tailpass_testkit::{
+    ConfigBuilder, NodeSpec, PortalSpec, ProviderSpec, RouteSpec, RuleSpec, Secret, Section,
+    TestNet, upstream,
+};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const SECRET: &str = "test-session-secret-0123456789-abcdefghijklmnop";
@@ -47,75 +49,76 @@ fn env(k: &str) -> Option<String> {
     }
 }
 
-async fn stack(portal_extra: &str) -> Stack {
+/// What a test adds to the stack's config.
+#[derive(Default)]
+struct Extra {
+    /// More `[portal]` keys (`session_lifetime`, `refresh_interval` …).
+    portal: Vec<(&'static str, &'static str)>,
+    /// More providers at the forge (its issuer, this client), by name, each
+    /// with `trust_prompt_login`.
+    trusting: Vec<&'static str>,
+}
+
+/// The stack's config: node `gw` (local CA), the portal, the forge as
+/// provider `forge` (and `extra.trusting`), two role rules, the routes and
+/// the loopback listener.
+fn stack_config(
+    net: &TestNet,
+    dir: &Path,
+    forge: &Forge,
+    echo: &str,
+    ws: &str,
+    extra: &Extra,
+) -> String {
+    let mut portal = PortalSpec::new(Secret::env("SESSION_SECRET"));
+    for (k, v) in &extra.portal {
+        portal = portal.set(k, *v);
+    }
+    let provider = |name: &str| {
+        ProviderSpec::new(name, &forge.issuer, CLIENT_ID, Secret::env("CLIENT_SECRET"))
+    };
+    let mut config = ConfigBuilder::new()
+        .node(
+            NodeSpec::new("gw")
+                .state_dir(dir.join("gw"))
+                .control_url(&net.control_url)
+                .cert("local-ca"),
+        )
+        .portal(portal);
+    // The extra providers come first, as they did when the test wrote them
+    // into `[portal]`'s extra lines.
+    for name in &extra.trusting {
+        config = config.provider(provider(name).set("trust_prompt_login", true));
+    }
+    config
+        .provider(provider("forge").label("Forge"))
+        .rule(RuleSpec::new(&["user"]).domains(&["example.com"]))
+        .rule(RuleSpec::new(&["admin"]).groups(&["admins"]))
+        .route(
+            RouteSpec::new("/app", echo)
+                .roles(&["user", "admin"])
+                .title("The app"),
+        )
+        .route(
+            RouteSpec::new("/admin", echo)
+                .roles(&["admin"])
+                .set("max_auth_age", "3s"),
+        )
+        .route(RouteSpec::new("/ws", ws).access("login"))
+        .route(RouteSpec::new("/open", echo))
+        .route(RouteSpec::new("/", echo).access("public"))
+        .loopback("127.0.0.1:0")
+        .build()
+}
+
+async fn stack(extra: Extra) -> Stack {
     let net = TestNet::start();
     let (alice, bob) = tokio::join!(net.node("alice"), net.node("bob"));
     let forge = Forge::start(CLIENT_ID, CLIENT_SECRET).await;
-    let echo = upstream::start_echo().await;
-    let ws = upstream::start_ws_echo().await;
+    let echo = format!("http://{}", upstream::start_echo().await);
+    let ws = format!("http://{}", upstream::start_ws_echo().await);
     let dir = tempfile::tempdir().unwrap();
-    // `{issuer}` in the extra lines stands for the forge (more providers).
-    let portal_extra = portal_extra.replace("{issuer}", &forge.issuer);
-    let toml = format!(
-        r#"
-[[node]]
-hostname = "gw"
-state_dir = "{state}"
-control_url = "{control}"
-cert = "local-ca"
-
-[portal]
-session_secret = {{ env = "SESSION_SECRET" }}
-{portal_extra}
-
-[[provider]]
-name = "forge"
-label = "Forge"
-issuer = "{issuer}"
-client_id = "{CLIENT_ID}"
-client_secret = {{ env = "CLIENT_SECRET" }}
-
-[[rule]]
-roles = ["user"]
-domains = ["example.com"]
-
-[[rule]]
-roles = ["admin"]
-groups = ["admins"]
-
-[[route]]
-path = "/app"
-upstream = "http://{echo}"
-roles = ["user", "admin"]
-title = "The app"
-
-[[route]]
-path = "/admin"
-upstream = "http://{echo}"
-roles = ["admin"]
-max_auth_age = "3s"
-
-[[route]]
-path = "/ws"
-upstream = "http://{ws}"
-access = "login"
-
-[[route]]
-path = "/open"
-upstream = "http://{echo}"
-
-[[route]]
-path = "/"
-upstream = "http://{echo}"
-access = "public"
-
-[loopback]
-listen = "127.0.0.1:0"
-"#,
-        state = dir.path().join("gw").display(),
-        control = net.control_url,
-        issuer = forge.issuer,
-    );
+    let toml = stack_config(&net, dir.path(), &forge, &echo, &ws, &extra);
     let gw = start(&toml).await;
     net.settle(&[&gw.nodes[0].node, &alice, &bob]).await;
     let ca = std::fs::read_to_string(dir.path().join("gw/local-ca/ca.pem")).unwrap();
@@ -164,7 +167,7 @@ async fn open_ws(
 ) -> tokio_tungstenite::WebSocketStream<
     tokio_rustls::client::TlsStream<tailpass::tailnet::TailnetStream>,
 > {
-    let tls = support::client::connect(node, &s.host, 443, &s.ca, &[b"http/1.1"]).await;
+    let tls = tailpass_testkit::client::connect(node, &s.host, 443, &s.ca, &[b"http/1.1"]).await;
     let mut req = format!("wss://{}/ws/term", s.host)
         .into_client_request()
         .unwrap();
@@ -224,8 +227,8 @@ fn resign(claims: &serde_json::Value, kid: &str, secret: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_keeps_the_url_passes_identity_and_logout_ends_everything() {
-    let _permit = support::heavy().await;
-    let s = stack("").await;
+    let _permit = tailpass_testkit::heavy().await;
+    let s = stack(Extra::default()).await;
     let alice_login = s
         .alice
         .status()
@@ -539,10 +542,14 @@ async fn login_keeps_the_url_passes_identity_and_logout_ends_everything() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_tokens_bad_callbacks_roles_and_step_up() {
-    let _permit = support::heavy().await;
-    let s = stack("session_lifetime = \"6s\"").await;
+    let _permit = tailpass_testkit::heavy().await;
+    let s = stack(Extra {
+        portal: vec![("session_lifetime", "6s")],
+        ..Extra::default()
+    })
+    .await;
 
-    support::logs::capture();
+    tailpass_testkit::logs::capture();
     // Control: a correct token signs in.
     let mut b = s.browser(&s.alice);
     let end = b
@@ -567,7 +574,7 @@ async fn forged_tokens_bad_callbacks_roles_and_step_up() {
         (Fault::WrongAtHash, "at_hash"),
     ] {
         s.forge.set_fault(f);
-        let mark = support::logs::mark();
+        let mark = tailpass_testkit::logs::mark();
         let mut b = s.browser(&s.alice);
         let end = b.follow(&s.url("/app/")).await;
         // The login page first, then the provider button.
@@ -580,7 +587,7 @@ async fn forged_tokens_bad_callbacks_roles_and_step_up() {
             .follow(&s.url("/auth/oauth2/forge/authorize?rd=%2Fapp%2F"))
             .await;
         assert_eq!(end.status, 502, "{f:?} was accepted: {}", end.url);
-        let logs = support::logs::since(mark);
+        let logs = tailpass_testkit::logs::since(mark);
         let line = logs
             .lines()
             .find(|l| l.contains("sign-in rejected"))
@@ -690,35 +697,24 @@ async fn forged_tokens_bad_callbacks_roles_and_step_up() {
 fn check_prints_redirect_uris_and_warns_about_unsatisfiable_routes() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("tailpass.toml");
-    std::fs::write(
-        &cfg,
-        r#"
-[tailnet]
-domain = "mist-walleye.ts.net"
-[[node]]
-hostname = "fedora"
-state_dir = "/var/lib/tailpass/fedora"
-[portal]
-session_secret = { env = "TP_TEST_SESSION" }
-[[provider]]
-name = "pocketid"
-issuer = "https://auth.mist-walleye.ts.net"
-client_id = "abc"
-client_secret = { env = "TP_TEST_CLIENT" }
-[[rule]]
-roles = ["admin"]
-groups = ["admins"]
-[[rule]]
-roles = ["user"]
-domains = ["example.com"]
-[[route]]
-path = "/ttyd"
-upstream = "http://127.0.0.1:7681"
-roles = ["admn"]
-max_auth_age = "10m"
-"#,
-    )
-    .unwrap();
+    ConfigBuilder::new()
+        .section(Section::new("tailnet").set("domain", "mist-walleye.ts.net"))
+        .node(NodeSpec::new("fedora").state_dir("/var/lib/tailpass/fedora"))
+        .portal(PortalSpec::new(Secret::env("TP_TEST_SESSION")))
+        .provider(ProviderSpec::new(
+            "pocketid",
+            "https://auth.mist-walleye.ts.net",
+            "abc",
+            Secret::env("TP_TEST_CLIENT"),
+        ))
+        .rule(RuleSpec::new(&["admin"]).groups(&["admins"]))
+        .rule(RuleSpec::new(&["user"]).domains(&["example.com"]))
+        .route(
+            RouteSpec::new("/ttyd", "http://127.0.0.1:7681")
+                .roles(&["admn"])
+                .set("max_auth_age", "10m"),
+        )
+        .write(&cfg);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tailpass"))
         .args(["check", "--config"])
         .arg(&cfg)
@@ -767,9 +763,13 @@ max_auth_age = "10m"
 /// fail on cue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_failures_back_off_and_end_the_session_when_they_must() {
-    let _permit = support::heavy().await;
-    let s = stack("refresh_interval = \"1s\"\nrefresh_grace = \"8s\"").await;
-    support::logs::capture();
+    let _permit = tailpass_testkit::heavy().await;
+    let s = stack(Extra {
+        portal: vec![("refresh_interval", "1s"), ("refresh_grace", "8s")],
+        ..Extra::default()
+    })
+    .await;
+    tailpass_testkit::logs::capture();
     let login = async |b: &mut Browser| {
         let end = b
             .follow(&s.url("/auth/oauth2/forge/authorize?rd=%2Fapp%2F"))
@@ -819,7 +819,7 @@ async fn refresh_failures_back_off_and_end_the_session_when_they_must() {
         (1..=4).contains(&calls) && calls * 2 < requests,
         "{calls} token calls for {requests} requests"
     );
-    assert!(support::logs::since(0).contains("cannot refresh the session now; kept"));
+    assert!(tailpass_testkit::logs::since(0).contains("cannot refresh the session now; kept"));
 
     // Past refresh_interval + refresh_grace without a successful refresh,
     // the session ends.
@@ -836,7 +836,10 @@ async fn refresh_failures_back_off_and_end_the_session_when_they_must() {
         ended >= Duration::from_secs(9),
         "ended after {ended:?}, before refresh_interval + refresh_grace"
     );
-    assert!(support::logs::since(0).contains("within refresh_interval + refresh_grace; ending it"));
+    assert!(
+        tailpass_testkit::logs::since(0)
+            .contains("within refresh_interval + refresh_grace; ending it")
+    );
     let calls = s.forge.refresh_requests() - base;
     assert!(
         calls <= 6,
@@ -893,7 +896,7 @@ async fn refresh_failures_back_off_and_end_the_session_when_they_must() {
     );
     assert_eq!(b.get(&s.url("/app/")).await.status, 302);
     assert!(
-        support::logs::since(0).contains("Refresh token is invalid or expired"),
+        tailpass_testkit::logs::since(0).contains("Refresh token is invalid or expired"),
         "the provider's words are logged"
     );
     eprintln!("refusal to session end: {:?}", t.elapsed());
@@ -907,17 +910,11 @@ async fn refresh_failures_back_off_and_end_the_session_when_they_must() {
 /// provider supports it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn step_up_needs_proof_of_a_fresh_sign_in() {
-    let _permit = support::heavy().await;
-    let trusting = |name: &str| {
-        format!(
-            "\n[[provider]]\nname = \"{name}\"\nissuer = \"{{issuer}}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = {{ env = \"CLIENT_SECRET\" }}\ntrust_prompt_login = true\n"
-        )
-    };
-    let s = stack(&format!(
-        "{}{}",
-        trusting("trusting-old"),
-        trusting("trusting")
-    ))
+    let _permit = tailpass_testkit::heavy().await;
+    let s = stack(Extra {
+        trusting: vec!["trusting-old", "trusting"],
+        ..Extra::default()
+    })
     .await;
     s.forge
         .set_claims(serde_json::json!({"groups": ["admins"]}));

@@ -5,19 +5,17 @@
 //! portal and the protected routes, and reaches the provider over the
 //! tailnet through its own node. Client nodes walk the whole login.
 
-mod support;
-
 use std::time::Duration;
 
-use support::browser::{Browser, link_href, parse_form, query_param};
-use support::stack::{Seed, SeedOptions};
+use tailpass_testkit::browser::{Browser, link_href, parse_form, query_param};
+use tailpass_testkit::stack::{Seed, SeedOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_topology_login_groups_refresh_step_up_and_logout() {
-    let _permit = support::heavy().await;
+    let _permit = tailpass_testkit::heavy().await;
     let seed = Seed::start(SeedOptions {
         auto_login: Some("alice".into()),
-        portal_extra: "refresh_interval = \"1s\"".into(),
+        refresh_interval: Some("1s".into()),
         ..Default::default()
     })
     .await;
@@ -147,7 +145,10 @@ async fn seed_topology_login_groups_refresh_step_up_and_logout() {
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     let done = b
-        .post_form(&support::browser::resolve(&confirm.url, &action), &fields)
+        .post_form(
+            &tailpass_testkit::browser::resolve(&confirm.url, &action),
+            &fields,
+        )
         .await;
     assert!(
         done.url.starts_with(&url("/auth/logged-out")),

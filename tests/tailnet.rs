@@ -2,14 +2,12 @@
 //! join tailscale's test control server, dial and accept through the Go
 //! shim, and identify each other with WhoIs.
 
-mod support;
-
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::{TestNet, TestNetOptions};
 use tailpass::tailnet::{Error, Node, Principal};
+use tailpass_testkit::{TestNet, TestNetOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Echo server: reads until the client half-closes, then answers
@@ -46,7 +44,7 @@ async fn round_trip(node: &Node, addr: &str, payload: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_dial_by_name_and_ip_both_ways_with_half_close() {
-    let _permit = support::light().await;
+    let _permit = tailpass_testkit::light().await;
     let net = TestNet::start();
     let (a, b) = tokio::join!(net.node("alpha"), net.node("bravo"));
     net.settle(&[&a, &b]).await;
@@ -92,7 +90,7 @@ async fn two_nodes_dial_by_name_and_ip_both_ways_with_half_close() {
 /// mid-stream reaches the other side as an error, not a hang.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_stream_never_blocks_another_on_the_same_nodes() {
-    let _permit = support::light().await;
+    let _permit = tailpass_testkit::light().await;
     let net = TestNet::start();
     let (a, b) = tokio::join!(net.node("stall-a"), net.node("stall-b"));
     net.settle(&[&a, &b]).await;
@@ -183,14 +181,14 @@ async fn a_stalled_stream_never_blocks_another_on_the_same_nodes() {
     .await
     .expect("reset never reached the other side");
     eprintln!("after the reset, B saw {r}");
-    if support::data_path_for_tests() == tailpass::tailnet::DataPath::Channel {
+    if tailpass_testkit::data_path_for_tests() == tailpass::tailnet::DataPath::Channel {
         assert_eq!(r, "error", "a dropped stream with unread data must reset");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accept_reports_exact_peer_and_whois_names_it() {
-    let _permit = support::light().await;
+    let _permit = tailpass_testkit::light().await;
     let net = TestNet::start();
     let (a, b) = tokio::join!(net.node("server"), net.node("client"));
     net.settle(&[&a, &b]).await;
@@ -256,7 +254,7 @@ async fn accept_reports_exact_peer_and_whois_names_it() {
 /// is in its first line; the server checks that against WhoIs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whois_names_the_right_node_for_300_concurrent_connections() {
-    let _permit = support::heavy().await;
+    let _permit = tailpass_testkit::heavy().await;
     const PER_CLIENT: usize = 100;
     let net = TestNet::start();
     let (server, c1, c2, c3) = tokio::join!(
@@ -339,7 +337,7 @@ async fn whois_names_the_right_node_for_300_concurrent_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_capability_grants_and_tags_appear_in_whois() {
-    let _permit = support::light().await;
+    let _permit = tailpass_testkit::light().await;
     let grant = serde_json::json!({
         "tailpass.test/cap/files": [{"paths": ["/srv/a", "/srv/b"], "write": false}, "viewer"],
     });
@@ -428,7 +426,7 @@ async fn app_capability_grants_and_tags_appear_in_whois() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_before_start_twice_and_during_pending_accept() {
-    let _permit = support::light().await;
+    let _permit = tailpass_testkit::light().await;
     let net = TestNet::start();
 
     // Close before start, then again.
@@ -493,7 +491,7 @@ async fn close_before_start_twice_and_during_pending_accept() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_fails_clearly_with_wrong_auth_key() {
-    let _permit = support::light().await;
+    let _permit = tailpass_testkit::light().await;
     let net = TestNet::with_options(TestNetOptions {
         auth_key: Some("tskey-auth-right".into()),
         ..Default::default()
@@ -524,8 +522,8 @@ async fn up_fails_clearly_with_wrong_auth_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_fails_within_timeout_when_control_is_unreachable() {
-    let _permit = support::light().await;
-    support::init_process_for_tests();
+    let _permit = tailpass_testkit::light().await;
+    tailpass_testkit::init_process_for_tests();
     let dir = tempfile::tempdir().unwrap();
     // A port nothing listens on.
     let port = {
@@ -581,7 +579,7 @@ async fn up_fails_within_timeout_when_control_is_unreachable() {
 /// so close succeeds; a watchdog remains as the last resort.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_with_600_open_connections_returns_and_ends_them() {
-    let _permit = support::heavy().await;
+    let _permit = tailpass_testkit::heavy().await;
     let net = TestNet::start();
     let (a, b) = tokio::join!(net.node("busy"), net.node("crowd"));
     net.settle(&[&a, &b]).await;
@@ -636,7 +634,7 @@ fn public_types_are_send_and_sync() {
 /// so no test can ever reach Let's Encrypt).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cert_pair_refuses_domains_the_node_cannot_hold() {
-    let _permit = support::light().await;
+    let _permit = tailpass_testkit::light().await;
     let net = TestNet::start();
     let a = net.node("certless").await;
     let st = a.status().await.unwrap();
@@ -661,13 +659,13 @@ async fn cert_pair_refuses_domains_the_node_cannot_hold() {
 /// Tailscale's ingress nodes do: POST /v0/ingress to A's peerAPI.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn funnel_connections_carry_the_public_source_not_the_relay() {
-    let _permit = support::light().await;
+    let _permit = tailpass_testkit::light().await;
     let net = TestNet::start();
     let (a, relay) = tokio::join!(net.node("public"), net.node("relay"));
     net.settle(&[&a, &relay]).await;
     let funnel = a.listen_funnel(443, true).await.unwrap();
 
-    let _c = support::funnel_dial(&net, &relay, "public", "203.0.113.7:4567").await;
+    let _c = tailpass_testkit::funnel_dial(&net, &relay, "public", "203.0.113.7:4567").await;
 
     let (s, peer) = tokio::time::timeout(Duration::from_secs(30), funnel.accept())
         .await
@@ -722,7 +720,7 @@ const FD_CHILD_ENV: &str = "TAILPASS_TEST_FD_CHILD_CONTROL_URL";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accept_survives_a_full_descriptor_table_and_recovers() {
     use tokio::io::AsyncBufReadExt;
-    let _permit = support::heavy().await;
+    let _permit = tailpass_testkit::heavy().await;
     let net = TestNet::start();
     let dialer = net.node("fd-dialer").await;
 
@@ -767,7 +765,7 @@ async fn accept_survives_a_full_descriptor_table_and_recovers() {
 
     // 1. Full table, then a connection.
     expect("full").await;
-    if support::data_path_for_tests() == tailpass::tailnet::DataPath::Channel {
+    if tailpass_testkit::data_path_for_tests() == tailpass::tailnet::DataPath::Channel {
         // On the node channel a connection needs no descriptor: with the
         // table full, the connection is accepted and served.
         let mut s = dialer.dial(&addr).await.unwrap();
@@ -842,7 +840,7 @@ async fn fd_pressure_child() {
         return;
     };
     use tokio::io::AsyncBufReadExt;
-    support::init_process_for_tests();
+    tailpass_testkit::init_process_for_tests();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = tailpass::tailnet::NodeConfig::new("fd-child", dir.path().join("n"));
     cfg.control_url = Some(control_url);
@@ -879,7 +877,7 @@ async fn fd_pressure_child() {
     fill(&mut held);
     println!("child: full");
     stdin.next_line().await.unwrap();
-    if support::data_path_for_tests() == tailpass::tailnet::DataPath::Channel {
+    if tailpass_testkit::data_path_for_tests() == tailpass::tailnet::DataPath::Channel {
         match ln.accept().await {
             Ok((mut s, _)) => {
                 let mut buf = Vec::new();

@@ -14,15 +14,14 @@
 //! copyparty missing (no Python, no network for pip) skips loudly, unless
 //! `TAILPASS_REQUIRE_COPYPARTY` is set (CI sets it).
 
-mod support;
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::TestNet;
-use support::client::H1;
 use tailpass::config::Config;
 use tailpass::server::{Gateway, Options};
+use tailpass_testkit::TestNet;
+use tailpass_testkit::client::H1;
+use tailpass_testkit::config::{ConfigBuilder, NodeSpec, RouteSpec};
 
 const UA: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36";
 
@@ -61,7 +60,7 @@ async fn copyparty_on_a_socket_and_a_static_blog_work_through_tailpass() {
             return;
         }
     };
-    let _permit = support::heavy().await;
+    let _permit = tailpass_testkit::heavy().await;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // The files copyparty shares, and the blog.
@@ -97,29 +96,11 @@ async fn copyparty_on_a_socket_and_a_static_blog_work_through_tailpass() {
 
     let net = TestNet::start();
     let alice = net.node("alice").await;
-    let toml = format!(
-        r#"
-[[node]]
-hostname = "gw"
-state_dir = "{state}"
-control_url = "{control}"
-ephemeral = true
-cert = "local-ca"
-
-[[route]]
-path = "/files"
-upstream = "unix:{sock}"
-
-[[route]]
-path = "/"
-root = "{blog}"
-access = "public"
-"#,
-        state = d.join("gw").display(),
-        control = net.control_url,
-        sock = sock.display(),
-        blog = d.join("blog").display(),
-    );
+    let toml = ConfigBuilder::new()
+        .node(NodeSpec::on(&net, "gw", d.join("gw")).cert("local-ca"))
+        .route(RouteSpec::new("/files", format!("unix:{}", sock.display())))
+        .route(RouteSpec::files("/", d.join("blog")).access("public"))
+        .build();
     let config = Config::parse(&toml, &|_| None).unwrap_or_else(|e| panic!("{e}"));
     let gw = Gateway::start(config, Options::default()).await.unwrap();
     net.settle(&[&gw.nodes[0].node, &alice]).await;

@@ -1,8 +1,9 @@
 // A scripted walk of tailpass's login in headless Chromium (playwright-core).
 //
-// The browser reaches the tailnet through tailpass's entry proxy (src/entry.rs)
-// and the identity provider directly: Chromium never sends 127.0.0.1 through
-// a proxy, and the test IdP listens there.
+// The browser reaches the tailnet through the test kit's entry proxy
+// (crates/testkit/src/entry.rs) and the identity provider directly: Chromium
+// never sends 127.0.0.1 through a proxy, and the test IdP listens there.
+// The helpers shared with pocketid.mjs are in lib.mjs.
 //
 // Environment:
 //   MODE       login (default): the whole walk below; smoke: only open
@@ -21,167 +22,29 @@
 // {"ok":false,"step":...,"error":...}; the exit status is non-zero on failure.
 // Progress goes to stderr.
 
-import fs from 'node:fs';
-import path from 'node:path';
-import { chromium } from 'playwright-core';
+import {
+  fail,
+  finish,
+  goto,
+  launch,
+  mustHave,
+  need as needVar,
+  run,
+  setup,
+  step,
+  waitText,
+  waitUrl,
+  watch,
+} from './lib.mjs';
 
 const env = process.env;
 const MODE = env.MODE || 'login';
-const TIMEOUT = Number(env.STEP_TIMEOUT_MS || 20000);
-const TOTAL_TIMEOUT = Number(env.TOTAL_TIMEOUT_MS || 180000);
-const ARTIFACTS = path.resolve(env.ARTIFACTS || 'artifacts');
+const { TIMEOUT } = setup({ name: 'login.mjs', stepTimeout: 20000, totalTimeout: 180000 });
 
-const steps = [];
-let current = 'setup';
-let finished = false;
-
-function emit(obj) {
-  process.stdout.write(JSON.stringify(obj) + '\n');
-}
-
-function log(msg) {
-  process.stderr.write(`[login.mjs] ${msg}\n`);
-}
-
-class StepFailure extends Error {}
-
-function fail(msg) {
-  throw new StepFailure(msg);
-}
-
-function need(name) {
-  const v = env[name];
-  if (!v) fail(`environment variable ${name} is required (MODE=${MODE})`);
-  return v;
-}
-
-/** A short excerpt of what the page shows, for error messages. */
-async function excerpt(page) {
-  if (!page || page.isClosed()) return '';
-  try {
-    const t = await page.locator('body').innerText({ timeout: 2000 });
-    return t.replace(/\s+/g, ' ').trim().slice(0, 400);
-  } catch {
-    try {
-      return (await page.content()).replace(/\s+/g, ' ').slice(0, 400);
-    } catch {
-      return '';
-    }
-  }
-}
-
-/** Diagnostics kept per page: console errors and failed requests. */
-function watch(page) {
-  const events = [];
-  const keep = (e) => {
-    events.push(e);
-    if (events.length > 20) events.shift();
-  };
-  page.on('console', (m) => {
-    if (m.type() === 'error' || m.type() === 'warning') keep(`console.${m.type()}: ${m.text()}`);
-  });
-  page.on('pageerror', (e) => keep(`pageerror: ${e.message}`));
-  page.on('requestfailed', (r) => keep(`requestfailed: ${r.method()} ${r.url()}: ${r.failure()?.errorText}`));
-  page.on('websocket', (ws) => {
-    keep(`websocket: ${ws.url()}`);
-    ws.on('socketerror', (e) => keep(`websocket error: ${ws.url()}: ${e}`));
-    ws.on('close', () => keep(`websocket closed: ${ws.url()}`));
-  });
-  page.events = events;
-  return page;
-}
-
-let shotCount = 0;
-async function shot(page, name) {
-  if (!page || page.isClosed()) return null;
-  shotCount += 1;
-  const file = path.join(ARTIFACTS, `${String(shotCount).padStart(2, '0')}-${name}.png`);
-  try {
-    await page.screenshot({ path: file, fullPage: true, timeout: 10000 });
-    return path.basename(file);
-  } catch (e) {
-    log(`screenshot ${file} failed: ${e.message}`);
-    return null;
-  }
-}
-
-/**
- * Runs one step on `page`: a screenshot NN-name.png after it succeeds, or
- * NN-name-failed.png and a clear error (step, page URL, text excerpt) if not.
- */
-async function step(name, page, fn) {
-  current = name;
-  const t0 = Date.now();
-  log(`step ${name}`);
-  let info;
-  try {
-    info = (await fn()) || {};
-  } catch (e) {
-    const url = page && !page.isClosed() ? page.url() : '(page closed)';
-    const text = await excerpt(page);
-    const screenshot = await shot(page, `${name}-failed`);
-    const err = new StepFailure(
-      `${e instanceof StepFailure ? e.message : e.stack || e}\n  at page ${url}\n  page text: ${JSON.stringify(text)}`,
-    );
-    err.details = { url, text, screenshot, events: page?.events || [] };
-    throw err;
-  }
-  const screenshot = await shot(page, name);
-  const rec = { step: name, ms: Date.now() - t0, url: page.url(), screenshot, ...info };
-  steps.push(rec);
-  return rec;
-}
+const need = (name) => needVar(name, ` (MODE=${MODE})`);
 
 function sameUrl(a, b) {
   return new URL(a).href === new URL(b).href;
-}
-
-/** Waits until the page's URL satisfies `pred` (a URL → bool), naming `what` on failure. */
-async function waitUrl(page, pred, what) {
-  try {
-    await page.waitForURL((u) => pred(u.href), { timeout: TIMEOUT, waitUntil: 'load' });
-  } catch {
-    fail(`expected the page to be ${what}, but it is at ${page.url()}`);
-  }
-}
-
-/** Waits until `selector` exists and its text satisfies `pred`; returns the text. */
-async function waitText(page, selector, pred, what, timeout = TIMEOUT) {
-  const deadline = Date.now() + timeout;
-  let last = null;
-  for (;;) {
-    try {
-      last = await page.locator(selector).first().textContent({ timeout: 1000 });
-    } catch {
-      last = null;
-    }
-    if (last !== null && pred(last.trim())) return last.trim();
-    if (Date.now() > deadline) {
-      fail(
-        `expected ${selector} to ${what} within ${timeout} ms; it ${
-          last === null ? 'does not exist' : `reads ${JSON.stringify(last.trim())}`
-        }`,
-      );
-    }
-    await page.waitForTimeout(200);
-  }
-}
-
-async function mustHave(page, selector, what) {
-  try {
-    await page.locator(selector).first().waitFor({ state: 'attached', timeout: TIMEOUT });
-  } catch {
-    fail(`expected ${what} (${selector}) on the page`);
-  }
-  return page.locator(selector).count();
-}
-
-async function goto(page, url) {
-  try {
-    return await page.goto(url, { timeout: TIMEOUT, waitUntil: 'load' });
-  } catch (e) {
-    fail(`cannot open ${url}: ${e.message.split('\n')[0]}`);
-  }
 }
 
 const wsEchoed = (page) =>
@@ -329,51 +192,20 @@ async function login(browser, context) {
 }
 
 async function main() {
-  fs.mkdirSync(ARTIFACTS, { recursive: true });
   const PROXY = need('PROXY');
-  const executablePath = env.CHROMIUM || '/usr/bin/chromium';
   if (!['login', 'smoke'].includes(MODE)) fail(`unknown MODE ${MODE} (login or smoke)`);
 
-  current = 'launch';
-  const browser = await chromium.launch({
-    executablePath,
-    timeout: 60000,
-    args: [
-      '--headless',
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-      '--proxy-server=' + PROXY,
-    ],
-  });
+  const browser = await launch({ proxy: PROXY });
   try {
     const context = await browser.newContext({
       ignoreHTTPSErrors: true,
       viewport: { width: 1000, height: 800 },
     });
     const extra = MODE === 'smoke' ? await smoke(browser, context) : await login(browser, context);
-    finished = true;
-    emit({ ok: true, mode: MODE, ...extra, steps });
+    finish({ mode: MODE, ...extra });
   } finally {
     await browser.close().catch(() => {});
   }
 }
 
-const watchdog = setTimeout(() => {
-  if (finished) return;
-  emit({ ok: false, step: current, error: `timed out after ${TOTAL_TIMEOUT} ms`, steps });
-  process.exit(3);
-}, TOTAL_TIMEOUT);
-watchdog.unref();
-
-try {
-  await main();
-} catch (e) {
-  finished = true;
-  const error = e instanceof StepFailure ? e.message : String(e.stack || e);
-  emit({ ok: false, step: current, error, ...(e.details || {}), steps });
-  log(`FAILED at step ${current}: ${error}`);
-  process.exitCode = 1;
-}
+await run(main);

@@ -6,9 +6,10 @@
 // actions at Pocket ID (revoke the app, remove from the group, disable,
 // delete) each ending tailpass's session.
 //
-// Chromium reaches both tailnet hosts (gw and auth) through tailpass's entry
-// proxy and trusts their local CAs through the NSS db in $NSS_HOME: WebAuthn
-// needs a secure context, which a page with a certificate error is not. The
+// Chromium reaches both tailnet hosts (gw and auth) through the test kit's
+// entry proxy and trusts their local CAs through the NSS db in $NSS_HOME:
+// WebAuthn needs a secure context, which a page with a certificate error is
+// not (the helpers shared with login.mjs are in lib.mjs). The
 // admin API calls go straight to Pocket ID on 127.0.0.1 with the static API
 // key, except "revoke my app", which Pocket ID only offers to the user
 // (their browser session).
@@ -33,33 +34,28 @@
 // "timings":{...}} or {"ok":false,"step":...,"error":...}; the exit status is
 // non-zero on failure. Progress goes to stderr.
 
-import fs from 'node:fs';
-import path from 'node:path';
-import { chromium } from 'playwright-core';
+import {
+  excerpt,
+  fail,
+  finish,
+  goto,
+  launch,
+  log,
+  mustHave,
+  need,
+  run,
+  setup,
+  sleep,
+  step,
+  text,
+  virtualAuthenticator,
+  waitUrl,
+  watch,
+} from './lib.mjs';
 
 const env = process.env;
-const TIMEOUT = Number(env.STEP_TIMEOUT_MS || 30000);
-const TOTAL_TIMEOUT = Number(env.TOTAL_TIMEOUT_MS || 540000);
-const ARTIFACTS = path.resolve(env.ARTIFACTS || 'artifacts');
-
-const steps = [];
+const { TIMEOUT } = setup({ name: 'pocketid.mjs', stepTimeout: 30000, totalTimeout: 540000 });
 const timings = {};
-let current = 'setup';
-let finished = false;
-
-class StepFailure extends Error {}
-const fail = (msg) => {
-  throw new StepFailure(msg);
-};
-const log = (msg) => process.stderr.write(`[pocketid.mjs] ${msg}\n`);
-const emit = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-function need(name) {
-  const v = env[name];
-  if (!v) fail(`environment variable ${name} is required`);
-  return v;
-}
 
 const PROXY = need('PROXY');
 const GW = need('GW').replace(/\/+$/, '');
@@ -79,105 +75,6 @@ const PORTAL = GW + '/auth';
 const START_URL = new URL(GW + '/app/start/page?tab=two&q=a%20b').href;
 const WS_URL = GW + '/term/';
 const onPortalLogin = (u) => u.startsWith(PORTAL + '/login');
-
-async function excerpt(page) {
-  if (!page || page.isClosed()) return '';
-  try {
-    return (await page.locator('body').innerText({ timeout: 2000 })).replace(/\s+/g, ' ').trim().slice(0, 400);
-  } catch {
-    return '';
-  }
-}
-
-function watch(page) {
-  const events = [];
-  const keep = (e) => {
-    events.push(e);
-    if (events.length > 25) events.shift();
-  };
-  page.on('console', (m) => {
-    if (m.type() === 'error' || m.type() === 'warning') keep(`console.${m.type()}: ${m.text()}`);
-  });
-  page.on('pageerror', (e) => keep(`pageerror: ${e.message}`));
-  page.on('requestfailed', (r) => keep(`requestfailed: ${r.method()} ${r.url()}: ${r.failure()?.errorText}`));
-  page.events = events;
-  // Every main-frame navigation, to see what the provider was asked.
-  page.navigations = [];
-  page.on('request', (r) => {
-    if (r.isNavigationRequest() && r.frame() === page.mainFrame()) page.navigations.push(r.url());
-  });
-  return page;
-}
-
-let shotCount = 0;
-async function shot(page, name) {
-  if (!page || page.isClosed()) return null;
-  shotCount += 1;
-  const file = path.join(ARTIFACTS, `${String(shotCount).padStart(2, '0')}-${name}.png`);
-  try {
-    await page.screenshot({ path: file, fullPage: true, timeout: 10000 });
-    return path.basename(file);
-  } catch (e) {
-    log(`screenshot ${file} failed: ${e.message}`);
-    return null;
-  }
-}
-
-async function step(name, page, fn) {
-  current = name;
-  const t0 = Date.now();
-  log(`step ${name}`);
-  let info;
-  try {
-    info = (await fn()) || {};
-  } catch (e) {
-    const url = page && !page.isClosed() ? page.url() : '(page closed)';
-    const text = await excerpt(page);
-    const screenshot = await shot(page, `${name}-failed`);
-    const err = new StepFailure(
-      `${e instanceof StepFailure ? e.message : e.stack || e}\n  at page ${url}\n  page text: ${JSON.stringify(text)}`,
-    );
-    err.details = { url, text, screenshot, events: page?.events || [] };
-    throw err;
-  }
-  const screenshot = await shot(page, name);
-  const rec = { step: name, ms: Date.now() - t0, url: page.url(), screenshot, ...info };
-  steps.push(rec);
-  log(`  ${JSON.stringify(info)}`);
-  return rec;
-}
-
-async function goto(page, url) {
-  try {
-    return await page.goto(url, { timeout: TIMEOUT, waitUntil: 'load' });
-  } catch (e) {
-    fail(`cannot open ${url}: ${e.message.split('\n')[0]}`);
-  }
-}
-
-async function waitUrl(page, pred, what, timeout = TIMEOUT) {
-  try {
-    await page.waitForURL((u) => pred(u.href), { timeout, waitUntil: 'load' });
-  } catch {
-    fail(`expected the page to be ${what}, but it is at ${page.url()}`);
-  }
-}
-
-async function mustHave(page, selector, what) {
-  try {
-    await page.locator(selector).first().waitFor({ state: 'attached', timeout: TIMEOUT });
-  } catch {
-    fail(`expected ${what} (${selector}) on the page`);
-  }
-}
-
-async function text(page, selector) {
-  try {
-    return ((await page.locator(selector).first().textContent({ timeout: 1000 })) || '').trim();
-  } catch {
-    return null;
-  }
-}
 
 // ---- Pocket ID's admin API (static API key) --------------------------------
 
@@ -222,29 +119,13 @@ async function setDisabled(user, disabled) {
 // ---- the story ---------------------------------------------------------------
 
 async function main() {
-  fs.mkdirSync(ARTIFACTS, { recursive: true });
-  current = 'launch';
-  const browser = await chromium.launch({
-    executablePath: env.CHROMIUM || '/usr/bin/chromium',
-    timeout: 60000,
-    env: { ...process.env, HOME: NSS_HOME },
-    args: [
-      '--headless',
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-      '--proxy-server=' + PROXY,
-    ],
-  });
+  const browser = await launch({ proxy: PROXY, home: NSS_HOME });
   try {
     // No ignoreHTTPSErrors: the local CAs are trusted through NSS, so the
     // tailnet hosts are secure contexts.
     const context = await browser.newContext({ viewport: { width: 1000, height: 800 } });
     await story(context);
-    finished = true;
-    emit({ ok: true, steps, timings, browser: browser.version() });
+    finish({ timings, browser: browser.version() });
   } finally {
     await browser.close().catch(() => {});
   }
@@ -252,24 +133,7 @@ async function main() {
 
 async function story(context) {
   const page = watch(await context.newPage());
-  const cdp = await context.newCDPSession(page);
-  await cdp.send('WebAuthn.enable', { enableUI: false });
-  const { authenticatorId } = await cdp.send('WebAuthn.addVirtualAuthenticator', {
-    options: {
-      protocol: 'ctap2',
-      transport: 'internal',
-      hasResidentKey: true,
-      hasUserVerification: true,
-      isUserVerified: true,
-      automaticPresenceSimulation: true,
-    },
-  });
-  const credentials = async () => (await cdp.send('WebAuthn.getCredentials', { authenticatorId })).credentials;
-  const signCount = async () => {
-    const c = await credentials();
-    if (c.length !== 1) fail(`expected one passkey in the authenticator, found ${c.length}`);
-    return c[0].signCount;
-  };
+  const { credentials, signCount } = await virtualAuthenticator(context, page);
 
   // On Pocket ID's authorize page: press "Sign in" (once for the passkey,
   // once more on the consent card) until the browser leaves for `until`.
@@ -578,19 +442,4 @@ async function story(context) {
   await endedBy('delete', () => api('DELETE', `/api/users/${user.id}`));
 }
 
-const watchdog = setTimeout(() => {
-  if (finished) return;
-  emit({ ok: false, step: current, error: `timed out after ${TOTAL_TIMEOUT} ms`, steps, timings });
-  process.exit(3);
-}, TOTAL_TIMEOUT);
-watchdog.unref();
-
-try {
-  await main();
-} catch (e) {
-  finished = true;
-  const error = e instanceof StepFailure ? e.message : String(e.stack || e);
-  emit({ ok: false, step: current, error, ...(e.details || {}), steps, timings });
-  log(`FAILED at step ${current}: ${error}`);
-  process.exitCode = 1;
-}
+await run(main, () => ({ timings }));

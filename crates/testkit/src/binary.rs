@@ -6,6 +6,23 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The `tailpass` binary Cargo built beside the running test or bench
+/// (`CARGO_BIN_EXE_tailpass` when set at run time, else
+/// `<target>/<profile>/tailpass`). Cargo builds it for the root package's
+/// integration tests and benches; the demo example never needs it.
+pub fn path() -> std::path::PathBuf {
+    let bin = match std::env::var_os("CARGO_BIN_EXE_tailpass") {
+        Some(b) => std::path::PathBuf::from(b),
+        None => crate::profile_dir().join("tailpass"),
+    };
+    assert!(
+        bin.is_file(),
+        "{} is missing (Cargo builds it for the tailpass package's tests and benches)",
+        bin.display()
+    );
+    bin
+}
+
 /// The binary as a child process, its stderr collected.
 pub struct Tailpass {
     /// The process.
@@ -22,16 +39,11 @@ impl Tailpass {
     /// Like [`Tailpass::start`], with soft and hard `RLIMIT_NOFILE` set
     /// to `fd_limit` (through util-linux `prlimit`).
     pub fn start_limited(config: &std::path::Path, fd_limit: Option<u64>) -> Tailpass {
-        // Tests and benches have it; the demo example, which shares this
-        // module, never starts the binary.
-        let bin = match option_env!("CARGO_BIN_EXE_tailpass") {
-            Some(b) => b,
-            None => panic!("the tailpass binary is known to tests and benches only"),
-        };
+        let bin = path();
         let mut cmd = match fd_limit {
             Some(n) => {
                 let mut c = Command::new("prlimit");
-                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(bin);
+                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(&bin);
                 c
             }
             None => Command::new(bin),
@@ -42,7 +54,7 @@ impl Tailpass {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         // The same loopback-only tsnet settings the in-process tests use.
-        for (k, v) in super::TSNET_TEST_KNOBS {
+        for (k, v) in crate::TSNET_TEST_KNOBS {
             cmd.env(k, v);
         }
         cmd.env("TAILPASS_LOG", "info");
@@ -107,7 +119,7 @@ pub async fn admin_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, S
         .ok()?
         .ok()?;
     let r = tokio::time::timeout(Duration::from_secs(10), async {
-        super::client::H1::try_over(s)
+        crate::client::H1::try_over(s)
             .await?
             .try_get("admin", path)
             .await

@@ -3,7 +3,6 @@
 //! gateway's local CA) and identity providers on 127.0.0.1 (plain HTTP),
 //! keeping cookies per host the way a browser does (host-only; `Secure`
 //! cookies only over https; `Max-Age=0` deletes).
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 
@@ -12,7 +11,7 @@ use http::{Request, Response};
 use http_body_util::Full;
 use tailpass::tailnet::Node;
 
-use super::client::{H1, tls_over};
+use crate::client::{H1, tls_over};
 
 /// One response, with the URL it answered.
 #[derive(Debug)]

@@ -3,15 +3,18 @@
 //! ID) on 127.0.0.1 behind tailpass's own `auth` node; the gateway node
 //! `gw` with the portal and protected routes over an echo upstream and the
 //! websocket demo page. One tailpass process, no sidecar.
-#![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use tailpass::config::Config;
 use tailpass::server::{Gateway, Options};
 
-use super::idp::Idp;
-use super::{TestNet, upstream};
+use crate::config::{
+    ConfigBuilder, NodeSpec, PortalSpec, ProviderSpec, RouteSpec, RuleSpec, Secret,
+};
+use crate::idp::Idp;
+use crate::{TestNet, upstream};
 
 /// Session secret of the stack (tests forge cookies with it).
 pub const SECRET: &str = "test-session-secret-0123456789-abcdefghijklmnop";
@@ -23,10 +26,13 @@ pub const CLIENT_SECRET: &str = "idp-client-secret-value";
 pub struct SeedOptions {
     /// Sign in as this account without a form (`None`: the IdP shows its form).
     pub auto_login: Option<String>,
-    /// Extra lines for `[portal]`.
-    pub portal_extra: String,
-    /// Extra config appended (routes, rules, `[admin]` …); `{echo}` stands
-    /// for the echo upstream's address.
+    /// `[portal] refresh_interval` (`"1s"`), else tailpass's default.
+    pub refresh_interval: Option<String>,
+    /// `[admin] listen` (`"127.0.0.1:0"`): serve `/healthz` and `/metrics`.
+    pub admin: Option<String>,
+    /// Raw TOML appended to the built config (`{echo}` stands for the echo
+    /// upstream's address); for the portal bench's extra route, whose text
+    /// is kept as it was.
     pub extra: String,
 }
 
@@ -92,80 +98,7 @@ impl Seed {
         // The gateway must trust the auth node's local CA; create it up front.
         tailpass::tls::LocalCa::open_or_create(&dir.path().join("auth/local-ca")).unwrap();
         let auth_ca_file = dir.path().join("auth/local-ca/ca.pem");
-        let toml = format!(
-            r#"
-[[node]]
-hostname = "gw"
-state_dir = "{gw_state}"
-control_url = "{control}"
-ephemeral = true
-cert = "local-ca"
-
-[[node]]
-hostname = "auth"
-state_dir = "{auth_state}"
-control_url = "{control}"
-ephemeral = true
-cert = "local-ca"
-
-[portal]
-session_secret = {{ env = "SESSION_SECRET" }}
-nodes = ["gw"]
-title = "tailpass demo"
-{portal_extra}
-
-[[provider]]
-name = "pocketid"
-label = "Pocket ID"
-issuer = "https://{auth_host}"
-client_id = "tailpass"
-client_secret = {{ env = "CLIENT_SECRET" }}
-ca_file = "{auth_ca}"
-
-[[rule]]
-roles = ["admin"]
-groups = ["admins"]
-
-[[rule]]
-roles = ["user"]
-domains = ["example.com"]
-
-[[route]]
-node = "auth"
-path = "/"
-upstream = "http://{idp}"
-
-[[route]]
-node = "gw"
-path = "/app"
-upstream = "http://{echo}"
-roles = ["user", "admin"]
-title = "Echo"
-
-[[route]]
-node = "gw"
-path = "/term"
-upstream = "http://{page}"
-roles = ["user", "admin"]
-title = "Terminal (websocket)"
-
-[[route]]
-node = "gw"
-path = "/admin"
-upstream = "http://{echo}"
-roles = ["admin"]
-max_auth_age = "3s"
-title = "Admin (recent sign-in)"
-{extra}
-"#,
-            gw_state = dir.path().join("gw").display(),
-            auth_state = dir.path().join("auth").display(),
-            control = net.control_url,
-            auth_ca = auth_ca_file.display(),
-            idp = idp.addr,
-            portal_extra = opts.portal_extra,
-            extra = opts.extra.replace("{echo}", &echo.to_string()),
-        );
+        let toml = seed_config(&net, dir.path(), &idp, echo, page, &opts);
         let config = Config::parse(&toml, &env).unwrap_or_else(|e| panic!("{e}"));
         let gw = Gateway::start(config, Options::default()).await.unwrap();
         net.settle(&[&gw.nodes[0].node, &gw.nodes[1].node]).await;
@@ -202,4 +135,68 @@ title = "Admin (recent sign-in)"
             .await;
         n
     }
+}
+
+/// The seed topology's config: nodes `gw` and `auth` (local CAs), the
+/// portal on `gw`, the provider behind `auth`, the role rules, and the
+/// routes (the provider itself, echo, the websocket page, an admin route
+/// that wants a recent sign-in).
+fn seed_config(
+    net: &TestNet,
+    dir: &Path,
+    idp: &Idp,
+    echo: SocketAddr,
+    page: SocketAddr,
+    opts: &SeedOptions,
+) -> String {
+    let mut portal = PortalSpec::new(Secret::env("SESSION_SECRET"))
+        .nodes(&["gw"])
+        .title("tailpass demo");
+    if let Some(i) = &opts.refresh_interval {
+        portal = portal.set("refresh_interval", i.as_str());
+    }
+    let echo_url = format!("http://{echo}");
+    let mut config = ConfigBuilder::new()
+        .node(NodeSpec::on(net, "gw", dir.join("gw")).cert("local-ca"))
+        .node(NodeSpec::on(net, "auth", dir.join("auth")).cert("local-ca"))
+        .portal(portal)
+        .provider(
+            ProviderSpec::new(
+                "pocketid",
+                &format!("https://{}", net.fqdn("auth")),
+                "tailpass",
+                Secret::env("CLIENT_SECRET"),
+            )
+            .label("Pocket ID")
+            .ca_file(dir.join("auth/local-ca/ca.pem")),
+        )
+        .rule(RuleSpec::new(&["admin"]).groups(&["admins"]))
+        .rule(RuleSpec::new(&["user"]).domains(&["example.com"]))
+        .route(RouteSpec::new("/", format!("http://{}", idp.addr)).node("auth"))
+        .route(
+            RouteSpec::new("/app", &echo_url)
+                .node("gw")
+                .roles(&["user", "admin"])
+                .title("Echo"),
+        )
+        .route(
+            RouteSpec::new("/term", format!("http://{page}"))
+                .node("gw")
+                .roles(&["user", "admin"])
+                .title("Terminal (websocket)"),
+        )
+        .route(
+            RouteSpec::new("/admin", &echo_url)
+                .node("gw")
+                .roles(&["admin"])
+                .set("max_auth_age", "3s")
+                .title("Admin (recent sign-in)"),
+        );
+    if let Some(listen) = &opts.admin {
+        config = config.admin(listen);
+    }
+    let mut toml = config.build();
+    toml.push('\n');
+    toml.push_str(&opts.extra.replace("{echo}", &echo.to_string()));
+    toml
 }

@@ -4,7 +4,6 @@
 //! - a websocket echo server (tokio-tungstenite);
 //! - a websocket demo page for browsers: HTML whose script talks to a
 //!   websocket echo next to it, on one server.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;

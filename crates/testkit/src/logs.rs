@@ -1,6 +1,5 @@
 //! Captures this test binary's log lines (tracing, `tailpass=info`), so a
 //! test can check that a refusal was access-logged and why.
-#![allow(dead_code)]
 
 static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
 

@@ -1,6 +1,5 @@
 //! A real HTTPS client that reaches the gateway over the test tailnet from a
 //! client node, trusting the gateway's local CA.
-#![allow(dead_code)]
 
 use std::convert::Infallible;
 use std::sync::Arc;

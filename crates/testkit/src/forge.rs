@@ -17,7 +17,6 @@
 //! and the PKCE verifier. What it deliberately does not do: authorization
 //! codes are NOT single-use and never expire (see [`Forge`]), and any
 //! absolute redirect URI is accepted.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -567,14 +566,15 @@ impl State {
         resp
     }
 
-    /// The `/token` answer and the client authentication method that
-    /// succeeded, if any.
-    fn token_response(
+    /// How the client authenticated at `/token` (`client_secret_basic` or
+    /// `client_secret_post`), or the refusal: 401 with a Basic challenge,
+    /// 400 for two methods at once.
+    fn client_auth(
         &self,
         f: &Map<String, Value>,
         basic: Option<&Option<(String, String)>>,
         basic_ok: bool,
-    ) -> (Response<Body>, Option<&'static str>) {
+    ) -> Result<&'static str, Box<Response<Body>>> {
         let post_secret = f.get("client_secret").and_then(Value::as_str);
         let post_id = param(f, "client_id");
         let unauthorized = || {
@@ -587,34 +587,43 @@ impl State {
                 WWW_AUTHENTICATE,
                 http::HeaderValue::from_static("Basic realm=\"forge\""),
             );
-            (r, None)
+            Err(Box::new(r))
         };
-        let method = match basic {
+        match basic {
             // RFC 6749 §2.3: one authentication method per request.
-            Some(_) if post_secret.is_some() => {
-                return (
-                    oauth_error(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_request",
-                        "more than one client authentication method",
-                    ),
-                    None,
-                );
-            }
+            Some(_) if post_secret.is_some() => Err(Box::new(oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "more than one client authentication method",
+            ))),
             Some(_) if basic_ok => {
                 // A client_id in the body must agree with the Basic one.
                 if post_id.is_some_and(|id| id != self.client_id) {
                     return unauthorized();
                 }
-                "client_secret_basic"
+                Ok("client_secret_basic")
             }
-            Some(_) => return unauthorized(),
+            Some(_) => unauthorized(),
             None if post_id == Some(self.client_id.as_str())
                 && post_secret == Some(self.client_secret.as_str()) =>
             {
-                "client_secret_post"
+                Ok("client_secret_post")
             }
-            None => return unauthorized(),
+            None => unauthorized(),
+        }
+    }
+
+    /// The `/token` answer and the client authentication method that
+    /// succeeded, if any.
+    fn token_response(
+        &self,
+        f: &Map<String, Value>,
+        basic: Option<&Option<(String, String)>>,
+        basic_ok: bool,
+    ) -> (Response<Body>, Option<&'static str>) {
+        let method = match self.client_auth(f, basic, basic_ok) {
+            Ok(m) => m,
+            Err(refused) => return (*refused, None),
         };
         let ok = |r| (r, Some(method));
         if param(f, "grant_type") == Some("refresh_token") {

@@ -1,97 +1,23 @@
-//! Shared test harness: the offline test tailnet.
+//! The offline test tailnet: tailscale's test control server with DERP and
+//! STUN (the `testnet` helper of vendor/tsshim), all on 127.0.0.1, and the
+//! process-wide tsnet settings that keep nodes on loopback.
 //!
-//! `TestNet::start` builds (once per process, cached by Go) and runs the
-//! `testnet` helper from vendor/tsshim: tailscale's test control server with
-//! DERP and STUN, all on 127.0.0.1. Nodes join it from this process through
-//! the real tailpass tailnet API. The helper exits when its stdin closes, so
-//! it cannot outlive the test process.
+//! `TestNet::start` builds the helper (once per process, cached by Go) and
+//! runs it; nodes join from this process through the real tailpass tailnet
+//! API. The helper exits when its stdin closes, so it cannot outlive the
+//! process that started it.
 //!
 //! Set `TAILPASS_TEST_TSNET_LOGS=1` to see the nodes' tsnet logs on stderr.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-pub mod binary;
-pub mod browser;
-pub mod chrome;
-pub mod client;
-pub mod forge;
-pub mod idp;
-pub mod logs;
-pub mod pocket_id;
-pub mod stack;
-pub mod upstream;
-
 use tailpass::tailnet::{LogSink, Node, NodeConfig, global};
 
-/// `target/tmp` (Cargo's `CARGO_TARGET_TMPDIR` for tests and benches; the
-/// same place for the demo example, which Cargo gives no such variable).
-pub fn target_tmp() -> PathBuf {
-    match option_env!("CARGO_TARGET_TMPDIR") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tmp"),
-    }
-}
-
-/// A TCP port on 127.0.0.1 that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Stops a helper process that exits when its stdin closes: closes stdin,
-/// gives it a second, then kills it.
-pub fn stop_child(stdin: Option<ChildStdin>, child: &mut Child) {
-    drop(stdin);
-    for _ in 0..50 {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-/// Runs a benchmark's async body on a 2-thread runtime, then exits the
-/// process without closing nodes (tsnet's Close is slow with many
-/// endpoints; see docs/tailnet.md).
-pub fn bench_main<F: std::future::Future<Output = ()>>(body: F) -> ! {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(body);
-    std::process::exit(0);
-}
-
-/// How long a test node may take to join.
-pub const UP_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Limits how many tailnet tests run at once in one test process: each
-/// brings its own control server and several nodes, and on a 2-core machine
-/// running them all at once starves timeouts. Heavy tests take all permits.
-pub static CAPACITY: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(PERMITS);
-/// Permits in [`CAPACITY`].
-pub const PERMITS: usize = 3;
-
-/// Takes one permit (a light test).
-pub async fn light() -> tokio::sync::SemaphorePermit<'static> {
-    CAPACITY.acquire().await.unwrap()
-}
-
-/// Takes every permit (a test that loads the machine).
-pub async fn heavy() -> tokio::sync::SemaphorePermit<'static> {
-    CAPACITY.acquire_many(PERMITS as u32).await.unwrap()
-}
+use crate::{UP_TIMEOUT, repo_root, stop_child, target_tmp};
 
 /// Options for the test control server.
 #[derive(Default, Clone)]
@@ -124,7 +50,7 @@ impl Drop for TestNet {
 }
 
 fn go_module_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("vendor/tsshim")
+    repo_root().join("vendor/tsshim")
 }
 
 /// Builds a program of the Go module (e.g. "./cmd/testnet") once per process.
@@ -381,30 +307,4 @@ pub async fn try_funnel_dial(
         head.push(b[0]);
     }
     head.starts_with(b"HTTP/1.1 101").then_some(c)
-}
-
-/// A number from an environment variable, else `default` (benchmarks).
-pub fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// This process's resident memory in KiB, after the embedded Go runtime has
-/// returned what it freed (benchmarks).
-pub fn rss_kib() -> i64 {
-    tailpass::tailnet::global::release_memory();
-    std::thread::sleep(Duration::from_millis(300));
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// The data path tests run on (`TAILPASS_TAILNET_DATA_PATH`).
-#[allow(dead_code)]
-pub fn data_path_for_tests() -> tailpass::tailnet::DataPath {
-    tailpass::tailnet::DataPath::from_env()
 }

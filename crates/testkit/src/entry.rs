@@ -37,9 +37,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::watch;
 
-use crate::http::headers;
-use crate::http::response::{Body, error, full};
-use crate::tailnet::{Node, names};
+use tailpass::tailnet::Node;
+
+use wire::{Body, full};
+
+mod wire;
 
 /// How long a client may take to send a request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -76,11 +78,10 @@ impl Refusal {
     fn response(&self) -> Response<Body> {
         match self {
             Refusal::Malformed(reason) => bad_request(reason),
-            Refusal::NotTailnet(target) => error(
+            Refusal::NotTailnet(target) => wire::error(
                 StatusCode::FORBIDDEN,
                 "Forbidden",
                 &format!("{target} is not on the tailnet; this proxy only goes into the tailnet"),
-                false,
             ),
             Refusal::NoStatus(e) => bad_gateway(&format!("the tailnet node is not ready: {e}")),
         }
@@ -90,7 +91,7 @@ impl Refusal {
 /// Whether `host` (as in an authority: IPv6 in brackets) names a tailnet
 /// destination, given the MagicDNS suffix (`tail1234.ts.net`).
 fn is_tailnet_host(host: &str, suffix: &str) -> bool {
-    if let Some(is) = names::host_ip_is_tailnet(host) {
+    if let Some(is) = wire::host_ip_is_tailnet(host) {
         return is;
     }
     let name = host.trim_end_matches('.');
@@ -101,7 +102,7 @@ fn is_tailnet_host(host: &str, suffix: &str) -> bool {
         // A MagicDNS short name ("gw"); never "localhost".
         return !name.eq_ignore_ascii_case("localhost");
     }
-    names::is_below(name, suffix)
+    wire::is_below(name, suffix)
 }
 
 impl Shared {
@@ -221,11 +222,11 @@ async fn handle(
 }
 
 fn bad_request(reason: &str) -> Response<Body> {
-    error(StatusCode::BAD_REQUEST, "Bad request", reason, false)
+    wire::error(StatusCode::BAD_REQUEST, "Bad request", reason)
 }
 
 fn bad_gateway(reason: &str) -> Response<Body> {
-    error(StatusCode::BAD_GATEWAY, "Bad gateway", reason, false)
+    wire::error(StatusCode::BAD_GATEWAY, "Bad gateway", reason)
 }
 
 /// `host:port` from an authority, or why it cannot be a dial target.
@@ -309,7 +310,7 @@ async fn connect(
 async fn forward(
     mut req: Request<Incoming>,
     shared: &Shared,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Response<Body> {
     if req.uri().scheme() != Some(&Scheme::HTTP) {
         return bad_request("only http:// URLs can be proxied this way; use CONNECT for others");
@@ -321,10 +322,31 @@ async fn forward(
             return refusal.response();
         }
     };
-    let authority = req.uri().authority().cloned();
-    let upgrade = headers::wants_upgrade(req.headers());
+    let upgrade = wire::wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    if let Err(reason) = to_origin_form(&mut req, upgrade) {
+        return bad_request(reason);
+    }
+    let resp = match send_upstream(shared, &target, req).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    if let Some(client_upgrade) = client_upgrade
+        && resp.status() == StatusCode::SWITCHING_PROTOCOLS
+    {
+        return splice_upgrade(resp, client_upgrade, target, stop);
+    }
+    let (mut parts, body) = resp.into_parts();
+    wire::remove_hop_by_hop(&mut parts.headers, false);
+    Response::from_parts(parts, body.boxed())
+}
 
+/// Rewrites an absolute-form proxy request for the upstream: origin form,
+/// HTTP/1.1, no hop-by-hop headers (a websocket upgrade kept when
+/// `upgrade`), `Host` from the absolute URL's authority; else why it
+/// cannot be forwarded (a 400).
+fn to_origin_form(req: &mut Request<Incoming>, upgrade: bool) -> Result<(), &'static str> {
+    let authority = req.uri().authority().cloned();
     let pq = req
         .uri()
         .path_and_query()
@@ -333,74 +355,86 @@ async fn forward(
         .unwrap_or("/")
         .to_string();
     let Ok(origin_form) = pq.parse::<Uri>() else {
-        return bad_request("the request path cannot be forwarded");
+        return Err("the request path cannot be forwarded");
     };
     *req.uri_mut() = origin_form;
     *req.version_mut() = http::Version::HTTP_11;
     let h = req.headers_mut();
-    headers::remove_hop_by_hop(h, upgrade);
+    wire::remove_hop_by_hop(h, upgrade);
     // The absolute URL's authority is the host (RFC 9112 §3.2.2).
     if let Some(v) = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
         h.insert(header::HOST, v);
     }
+    Ok(())
+}
 
-    let stream = match shared.node.dial(&target).await {
+/// Sends `req` to `target` over a fresh tailnet connection (upgrades
+/// allowed); a 502 page when the dial, the handshake or the request fails.
+async fn send_upstream(
+    shared: &Shared,
+    target: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Incoming>, Response<Body>> {
+    let stream = match shared.node.dial(target).await {
         Ok(s) => s,
         Err(e) => {
             tracing::info!(%target, error = %e, "entry proxy: dial failed");
-            return bad_gateway(&format!("cannot reach {target} on the tailnet: {e}"));
+            return Err(bad_gateway(&format!(
+                "cannot reach {target} on the tailnet: {e}"
+            )));
         }
     };
     let (mut send, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
         Ok(x) => x,
-        Err(e) => return bad_gateway(&format!("HTTP to {target} failed: {e}")),
+        Err(e) => return Err(bad_gateway(&format!("HTTP to {target} failed: {e}"))),
     };
-    {
-        let target = target.clone();
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(%target, error = %e, "entry proxy: upstream connection");
-            }
-        });
-    }
+    let conn_target = target.to_string();
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(target = %conn_target, error = %e, "entry proxy: upstream connection");
+        }
+    });
     let method = req.method().clone();
     let resp = match send.send_request(req).await {
         Ok(r) => r,
         Err(e) => {
             tracing::info!(%target, error = %e, "entry proxy: upstream request failed");
-            return bad_gateway(&format!("{target} did not answer: {e}"));
+            return Err(bad_gateway(&format!("{target} did not answer: {e}")));
         }
     };
     tracing::debug!(%target, %method, status = %resp.status(), "entry proxy: forwarded");
+    Ok(resp)
+}
 
-    if let Some(client_upgrade) = client_upgrade
-        && resp.status() == StatusCode::SWITCHING_PROTOCOLS
-    {
-        let (mut parts, body) = resp.into_parts();
-        let upstream_resp = Response::from_parts(parts.clone(), body);
-        tokio::spawn(async move {
-            let (c, u) = match tokio::join!(client_upgrade, hyper::upgrade::on(upstream_resp)) {
-                (Ok(c), Ok(u)) => (c, u),
-                (c, u) => {
-                    tracing::debug!(%target, client = ?c.err(), upstream = ?u.err(), "entry proxy: upgrade failed");
-                    return;
-                }
-            };
-            let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-            tokio::select! {
-                _ = tokio::io::copy_bidirectional(&mut c, &mut u) => {}
-                _ = stopped(&mut stop) => {}
-            }
-        });
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        return Response::from_parts(parts, full(Bytes::new()));
-    }
-
+/// Answers the client's upgrade with the upstream's 101 and, once both
+/// sides have switched, copies bytes both ways until either closes or the
+/// proxy stops.
+fn splice_upgrade(
+    resp: Response<Incoming>,
+    client_upgrade: hyper::upgrade::OnUpgrade,
+    target: String,
+    mut stop: watch::Receiver<bool>,
+) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
-    headers::remove_hop_by_hop(&mut parts.headers, false);
-    Response::from_parts(parts, body.boxed())
+    let upstream_resp = Response::from_parts(parts.clone(), body);
+    tokio::spawn(async move {
+        let (c, u) = match tokio::join!(client_upgrade, hyper::upgrade::on(upstream_resp)) {
+            (Ok(c), Ok(u)) => (c, u),
+            (c, u) => {
+                tracing::debug!(%target, client = ?c.err(), upstream = ?u.err(), "entry proxy: upgrade failed");
+                return;
+            }
+        };
+        let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+        tokio::select! {
+            _ = tokio::io::copy_bidirectional(&mut c, &mut u) => {}
+            _ = stopped(&mut stop) => {}
+        }
+    });
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    Response::from_parts(parts, full(Bytes::new()))
 }
 
 #[cfg(test)]

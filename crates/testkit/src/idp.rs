@@ -11,7 +11,6 @@
 //! Set `TAILPASS_TEST_IDP_LOGS=1` to see the IdP's stderr as it runs; the
 //! last lines are always kept ([`Idp::stderr_tail`]) and shown when it fails
 //! to start. `NODE` and `NPM` name other node/npm commands.
-#![allow(dead_code)]
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
@@ -25,7 +24,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 
-use super::client::H1;
+use crate::client::H1;
 
 /// How long the IdP may take to print its ready line.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -46,7 +45,7 @@ pub struct Idp {
 
 /// tests/idp in this repository.
 pub fn idp_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/idp")
+    crate::repo_root().join("tests/idp")
 }
 
 fn modified(p: &Path) -> Option<std::time::SystemTime> {
@@ -75,7 +74,7 @@ pub fn ensure_node_modules() {
     }
     let dir = idp_dir();
     if needs_install(&dir) {
-        let lock_path = super::target_tmp().join("idp-npm-ci.lock");
+        let lock_path = crate::target_tmp().join("idp-npm-ci.lock");
         let lock = std::fs::File::create(&lock_path)
             .unwrap_or_else(|e| panic!("creating {}: {e}", lock_path.display()));
         lock.lock().unwrap();
@@ -286,7 +285,7 @@ impl Idp {
 impl Drop for Idp {
     fn drop(&mut self) {
         let stdin = self.stdin.lock().unwrap_or_else(|e| e.into_inner()).take();
-        super::stop_child(
+        crate::stop_child(
             stdin,
             &mut self.child.lock().unwrap_or_else(|e| e.into_inner()),
         );

@@ -2,11 +2,11 @@
 //! (tests/browser/*.mjs): where it is, where screenshots go, and running
 //! the script. Browser tests skip loudly when Chromium is absent, unless
 //! `TAILPASS_REQUIRE_BROWSER` is set (CI sets it).
-#![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// Chromium: `$CHROMIUM`, else Debian's `/usr/bin/chromium`.
 pub fn chromium_path() -> PathBuf {
     std::env::var_os("CHROMIUM")
         .map(PathBuf::from)
@@ -15,7 +15,7 @@ pub fn chromium_path() -> PathBuf {
 
 /// `target/browser-artifacts/<test>/`.
 pub fn artifacts_dir_path(test: &str) -> PathBuf {
-    super::target_tmp()
+    crate::target_tmp()
         .parent()
         .expect("CARGO_TARGET_TMPDIR is target/tmp")
         .join("browser-artifacts")
@@ -36,7 +36,7 @@ pub async fn browser_scripts() -> PathBuf {
     static READY: tokio::sync::OnceCell<PathBuf> = tokio::sync::OnceCell::const_new();
     READY
         .get_or_init(|| async {
-            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+            let dir = crate::repo_root().join("tests/browser");
             if !dir
                 .join("node_modules/playwright-core/package.json")
                 .is_file()

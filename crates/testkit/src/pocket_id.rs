@@ -6,9 +6,9 @@
 //! The tests skip loudly when the tarball, Chromium or `certutil` is
 //! missing or the build fails, unless `TAILPASS_REQUIRE_POCKET_ID` is set
 //! (`.ci/run` sets it): then each of those is a failure.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -20,8 +20,11 @@ use serde_json::{Value, json};
 use tailpass::config::Config;
 use tailpass::server::{Gateway, Options};
 
-use super::client::H1;
-use super::{TestNet, upstream};
+use crate::client::H1;
+use crate::config::{
+    ConfigBuilder, NodeSpec, PortalSpec, ProviderSpec, RouteSpec, RuleSpec, Secret,
+};
+use crate::{TestNet, upstream};
 
 /// The admin API key Pocket ID is started with (`X-API-KEY`).
 pub const API_KEY: &str = "tailpass-test-static-api-key-0123456789abcdef";
@@ -57,7 +60,7 @@ fn skip(test: &str, why: &str) {
 /// Builds (or finds in the cache) Pocket ID `version` with
 /// `scripts/pocket-id`; `Err` says why not.
 pub fn build(version: &str) -> Result<PathBuf, String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/pocket-id");
+    let script = crate::repo_root().join("scripts/pocket-id");
     let t0 = Instant::now();
     let out = Command::new(&script)
         .arg(version)
@@ -87,7 +90,7 @@ pub fn build(version: &str) -> Result<PathBuf, String> {
 /// and certutil. `None` (after a loud note) when something is missing and
 /// the test is not required.
 pub fn prerequisites(test: &str, version: &str) -> Option<PathBuf> {
-    let chromium = super::chrome::chromium_path();
+    let chromium = crate::chrome::chromium_path();
     if !chromium.exists() {
         skip(test, &format!("{} not found", chromium.display()));
         return None;
@@ -138,7 +141,7 @@ impl PocketId {
             .unwrap();
         let key: String = raw.iter().map(|b| format!("{b:02x}")).collect();
         std::fs::write(&key_file, key).unwrap();
-        let port = super::free_port();
+        let port = crate::free_port();
         let mut child = Command::new(bin)
             .current_dir(dir.path())
             .env_clear()
@@ -345,6 +348,66 @@ pub struct PocketStack {
     pub check: String,
 }
 
+/// The Pocket ID stack's config: nodes `gw` and `auth` (local CAs), the
+/// portal on `gw`, providers `pocketid` (`trust_prompt_login`) and `strict`
+/// at the one Pocket ID behind `auth`, the [`GROUP`] rule and the routes.
+fn pocket_config(
+    net: &TestNet,
+    dir: &Path,
+    pid: SocketAddr,
+    echo: SocketAddr,
+    page: SocketAddr,
+    opts: &StackOptions,
+) -> String {
+    let issuer = format!("https://{}", net.fqdn("auth"));
+    let auth_ca = dir.join("auth/local-ca/ca.pem");
+    let echo_url = format!("http://{echo}");
+    let family = |path: &str, upstream: &str, title: &str| {
+        RouteSpec::new(path, upstream)
+            .node("gw")
+            .roles(&["family"])
+            .title(title)
+    };
+    ConfigBuilder::new()
+        .node(NodeSpec::on(net, "gw", dir.join("gw")).cert("local-ca"))
+        .node(NodeSpec::on(net, "auth", dir.join("auth")).cert("local-ca"))
+        .portal(
+            PortalSpec::new(Secret::env("SESSION_SECRET"))
+                .nodes(&["gw"])
+                .title("tailpass + Pocket ID")
+                .set("refresh_interval", opts.refresh_interval),
+        )
+        .provider(
+            ProviderSpec::new("pocketid", &issuer, CLIENT_ID, Secret::env("CLIENT_SECRET"))
+                .label("Pocket ID")
+                .ca_file(&auth_ca)
+                .set("trust_prompt_login", true),
+        )
+        .provider(
+            ProviderSpec::new(
+                "strict",
+                &issuer,
+                STRICT_CLIENT_ID,
+                Secret::env("STRICT_CLIENT_SECRET"),
+            )
+            .label("Pocket ID (strict step-up)")
+            .ca_file(&auth_ca),
+        )
+        .rule(RuleSpec::new(&["family"]).groups(&[GROUP]))
+        .route(RouteSpec::new("/", format!("http://{pid}")).node("auth"))
+        .route(family("/app", &echo_url, "Echo"))
+        .route(family(
+            "/term",
+            &format!("http://{page}"),
+            "Terminal (websocket)",
+        ))
+        .route(
+            family("/admin", &echo_url, "Admin (recent sign-in)")
+                .set("max_auth_age", opts.max_auth_age),
+        )
+        .build()
+}
+
 /// The redirect and post-logout redirect URIs `tailpass check` prints for
 /// `provider`.
 pub fn registration_uris(check: &str, provider: &str) -> (String, String) {
@@ -378,87 +441,7 @@ impl PocketStack {
         let pid = PocketId::start(bin, &format!("https://{auth_host}")).await;
         let echo = upstream::start_echo().await;
         let page = upstream::start_ws_page().await;
-        let toml = format!(
-            r#"
-[[node]]
-hostname = "gw"
-state_dir = "{gw_state}"
-control_url = "{control}"
-ephemeral = true
-cert = "local-ca"
-
-[[node]]
-hostname = "auth"
-state_dir = "{auth_state}"
-control_url = "{control}"
-ephemeral = true
-cert = "local-ca"
-
-[portal]
-session_secret = {{ env = "SESSION_SECRET" }}
-nodes = ["gw"]
-title = "tailpass + Pocket ID"
-refresh_interval = "{refresh}"
-
-[[provider]]
-name = "pocketid"
-label = "Pocket ID"
-issuer = "https://{auth_host}"
-client_id = "{client_id}"
-client_secret = {{ env = "CLIENT_SECRET" }}
-ca_file = "{auth_ca}"
-trust_prompt_login = true
-
-[[provider]]
-name = "strict"
-label = "Pocket ID (strict step-up)"
-issuer = "https://{auth_host}"
-client_id = "{strict_id}"
-client_secret = {{ env = "STRICT_CLIENT_SECRET" }}
-ca_file = "{auth_ca}"
-
-[[rule]]
-roles = ["family"]
-groups = ["{group}"]
-
-[[route]]
-node = "auth"
-path = "/"
-upstream = "http://{pid}"
-
-[[route]]
-node = "gw"
-path = "/app"
-upstream = "http://{echo}"
-roles = ["family"]
-title = "Echo"
-
-[[route]]
-node = "gw"
-path = "/term"
-upstream = "http://{page}"
-roles = ["family"]
-title = "Terminal (websocket)"
-
-[[route]]
-node = "gw"
-path = "/admin"
-upstream = "http://{echo}"
-roles = ["family"]
-max_auth_age = "{max_auth_age}"
-title = "Admin (recent sign-in)"
-"#,
-            gw_state = dir.path().join("gw").display(),
-            auth_state = dir.path().join("auth").display(),
-            control = net.control_url,
-            refresh = opts.refresh_interval,
-            client_id = CLIENT_ID,
-            strict_id = STRICT_CLIENT_ID,
-            auth_ca = auth_ca.display(),
-            group = GROUP,
-            pid = pid.addr,
-            max_auth_age = opts.max_auth_age,
-        );
+        let toml = pocket_config(&net, dir.path(), pid.addr, echo, page, &opts);
         let config_file = dir.path().join("tailpass.toml");
         std::fs::write(&config_file, &toml).unwrap();
 
@@ -540,11 +523,7 @@ title = "Admin (recent sign-in)"
 
 /// `tailpass check --config <file>` (the shipped binary); its output.
 fn run_check(config: &Path) -> String {
-    // Tests have it; the demo example, which shares this module, does not.
-    let bin = match option_env!("CARGO_BIN_EXE_tailpass") {
-        Some(b) => b,
-        None => panic!("the tailpass binary is known to tests only"),
-    };
+    let bin = crate::binary::path();
     let out = Command::new(bin)
         .args(["check", "--config"])
         .arg(config)
