@@ -10,37 +10,98 @@
 //! processes exit with it (they also exit if this process is killed, when
 //! their stdin closes).
 //!
-//! Options: `--proxy-port N` (default 8080; 0 picks one), `--json` (print
-//! one JSON line with the addresses, for scripts).
+//! Options: `--proxy-port N` (default 8080, or any free port when 8080 is
+//! taken; 0 picks one), `--json` (print one JSON line with the addresses,
+//! for scripts), `--help`.
 
 use tailpass_testkit::stack::{Seed, SeedOptions};
 
-/// `--proxy-port N` (default 8080) and `--json`; anything else exits 64.
-fn parse_args() -> (u16, bool) {
+const USAGE: &str = "\
+usage: cargo run --example demo -- [--proxy-port N] [--json]
+
+  --proxy-port N  the loopback port of the demo laptop's HTTP proxy
+                  (default 8080, another free port if 8080 is taken; 0: any)
+  --json          print one JSON line with the addresses, for scripts
+  --help          this text
+";
+
+/// The proxy port asked for: `Some(n)` when given, `None` for the default.
+struct Args {
+    port: Option<u16>,
+    json: bool,
+}
+
+/// `--proxy-port N`, `--json`, `--help` (exit 0); anything else exits 64.
+fn parse_args() -> Args {
     let mut args = std::env::args().skip(1);
-    let mut port = 8080u16;
-    let mut json = false;
+    let mut out = Args {
+        port: None,
+        json: false,
+    };
+    let usage_error = |why: String| -> ! {
+        eprintln!("demo: {why}\n\n{USAGE}");
+        std::process::exit(64);
+    };
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--proxy-port" => {
-                port = args
-                    .next()
-                    .and_then(|p| p.parse().ok())
-                    .expect("--proxy-port needs a number")
+            "--proxy-port" => match args.next().map(|p| p.parse::<u16>()) {
+                Some(Ok(p)) => out.port = Some(p),
+                _ => usage_error("--proxy-port needs a port number".into()),
+            },
+            "--json" => out.json = true,
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                std::process::exit(0);
             }
-            "--json" => json = true,
-            other => {
-                eprintln!("unknown argument {other:?} (use --proxy-port N, --json)");
-                std::process::exit(64);
-            }
+            other => usage_error(format!("unknown argument {other:?}")),
         }
     }
-    (port, json)
+    out
+}
+
+/// The proxy's listener: the port asked for, or 8080 — and when 8080 is
+/// taken (Caddy, another demo), any free port, said on stderr.
+async fn proxy_listener(port: Option<u16>) -> tokio::net::TcpListener {
+    let bind = |p: u16| tokio::net::TcpListener::bind(("127.0.0.1", p));
+    match port {
+        Some(p) => bind(p).await.unwrap_or_else(|e| {
+            eprintln!("demo: cannot listen on 127.0.0.1:{p}: {e} (try --proxy-port 0)");
+            std::process::exit(1);
+        }),
+        None => match bind(8080).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("demo: 127.0.0.1:8080 is not free ({e}); using another port");
+                bind(0).await.unwrap_or_else(|e| {
+                    eprintln!("demo: cannot listen on 127.0.0.1: {e}");
+                    std::process::exit(1);
+                })
+            }
+        },
+    }
+}
+
+/// The Chromium on this machine: `chromium` (Debian), `chromium-browser`
+/// (Fedora), else Google Chrome; `chromium` if none is found.
+fn chromium() -> &'static str {
+    let on_path = |name: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(name).is_file()))
+    };
+    [
+        "chromium",
+        "chromium-browser",
+        "google-chrome",
+        "google-chrome-stable",
+    ]
+    .into_iter()
+    .find(|n| on_path(n))
+    .unwrap_or("chromium")
 }
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let (port, json) = parse_args();
+    let Args { port, json } = parse_args();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             std::env::var("TAILPASS_LOG").unwrap_or_else(|_| "tailpass=info,warn".into()),
@@ -55,9 +116,7 @@ async fn main() {
     })
     .await;
     let laptop = seed.client("laptop").await;
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap_or_else(|e| panic!("cannot listen on 127.0.0.1:{port}: {e} (try --proxy-port 0)"));
+    let listener = proxy_listener(port).await;
     let proxy = listener.local_addr().unwrap();
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let entry = tokio::spawn(tailpass_testkit::entry::serve_proxy(
@@ -98,12 +157,14 @@ fn announce(seed: &Seed, proxy: std::net::SocketAddr, json: bool) {
     } else {
         println!(
             "\n  tailpass demo is up.\n\n  \
-             Open this in Chromium (the proxy is the demo laptop on the tailnet):\n\n    \
-             chromium --proxy-server=http://{proxy} --ignore-certificate-errors {start}\n\n  \
+             Open this in Chromium (the proxy is the demo laptop on the tailnet; a fresh\n  \
+             profile, so a Chromium you already run is not reused without the proxy):\n\n    \
+             {browser} --user-data-dir=\"$(mktemp -d)\" --proxy-server=http://{proxy} --ignore-certificate-errors {start}\n\n  \
              (or trust the demo CA instead of ignoring certificate errors: {ca})\n  \
              Sign in at the provider's form as `alice` (role admin) or `bob` (role user).\n  \
              Portal: {portal}/   Metrics and health: http://{admin}/metrics, /healthz\n\n  \
              Ctrl-C stops everything.\n",
+            browser = chromium(),
             ca = seed.ca_file.display(),
             portal = seed.url("/auth"),
             admin = seed.gw.admin.map(|a| a.to_string()).unwrap_or_default(),

@@ -21,6 +21,13 @@ struct RequestLabels {
     route: String,
     decision: String,
     status: String,
+    node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteNodeLabels {
+    route: String,
+    node: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -63,6 +70,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     logins: Family<LoginLabels, Counter>,
     upstream_errors: Family<UpstreamLabels, Counter>,
+    durations: Family<RouteNodeLabels, Histogram>,
     whois: Histogram,
     cert_expiry: Family<NodeLabels, Gauge<f64, AtomicU64>>,
     sessions: Gauge,
@@ -95,6 +103,20 @@ fn register<M: Metric + Clone>(r: &mut Registry, name: &str, help: &str, metric:
     metric
 }
 
+/// `tailpass_request_duration_seconds{route,node}`.
+fn durations(r: &mut Registry) -> Family<RouteNodeLabels, Histogram> {
+    register(
+        r,
+        "request_duration_seconds",
+        "Time from a request's arrival to its response head, by route and node (upstream time included; streamed bodies and websockets after the head are not)",
+        Family::<RouteNodeLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ])
+        }),
+    )
+}
+
 /// Registers a fresh metric of a type with a default (counters, gauges,
 /// families).
 fn add<M: Metric + Clone + Default>(r: &mut Registry, name: &str, help: &str) -> M {
@@ -121,6 +143,7 @@ impl Metrics {
                 "upstream_errors",
                 "Upstream failures by route and kind (connect, timeout)",
             ),
+            durations: durations(&mut r),
             whois: register(
                 &mut r,
                 "whois_duration_seconds",
@@ -182,15 +205,28 @@ impl Metrics {
         m
     }
 
-    /// Counts one finished request.
-    pub(crate) fn request(&self, route: &str, decision: &str, status: u16) {
+    /// Counts one finished request. `route` is the route's path (with its
+    /// host when it has one), so reordering the file keeps dashboards;
+    /// `node` is the node that took it (`loopback`, `public` otherwise).
+    pub(crate) fn request(&self, route: &str, node: &str, decision: &str, status: u16) {
         self.requests
             .get_or_create(&RequestLabels {
                 route: route.to_string(),
                 decision: decision.to_string(),
                 status: status.to_string(),
+                node: node.to_string(),
             })
             .inc();
+    }
+
+    /// Records how long a request took until its response head.
+    pub(crate) fn request_duration(&self, route: &str, node: &str, took: Duration) {
+        self.durations
+            .get_or_create(&RouteNodeLabels {
+                route: route.to_string(),
+                node: node.to_string(),
+            })
+            .observe(took.as_secs_f64());
     }
 
     /// Counts one sign-in outcome.
@@ -306,24 +342,30 @@ mod tests {
     #[test]
     fn renders_counts_with_labels() {
         let m = Metrics::new();
-        m.request("route[1] /app", "allow", 200);
-        m.request("route[1] /app", "allow", 200);
+        m.request("/app", "gw", "allow", 200);
+        m.request("/app", "gw", "allow", 200);
+        m.request_duration("/app", "gw", Duration::from_millis(3));
         m.login("pocketid", "ok");
-        m.upstream_error("route[2] /down", "connect");
+        m.upstream_error("/down", "connect");
         m.whois(Duration::from_millis(2));
         m.sessions(3);
         let t = m.render();
         assert!(
             t.contains(
-                r#"tailpass_requests_total{route="route[1] /app",decision="allow",status="200"} 2"#
+                r#"tailpass_requests_total{route="/app",decision="allow",status="200",node="gw"} 2"#
             ),
             "{t}"
         );
         assert!(t.contains(r#"tailpass_logins_total{provider="pocketid",outcome="ok"} 1"#));
-        assert!(t.contains(
-            r#"tailpass_upstream_errors_total{route="route[2] /down",kind="connect"} 1"#
-        ));
+        assert!(t.contains(r#"tailpass_upstream_errors_total{route="/down",kind="connect"} 1"#));
         assert!(t.contains("tailpass_whois_duration_seconds_count 1"));
         assert!(t.contains("tailpass_sessions 3"));
+        assert!(
+            t.contains(
+                r#"tailpass_request_duration_seconds_bucket{le="0.005",route="/app",node="gw"} 1"#
+            ),
+            "{t}"
+        );
+        assert!(t.contains(r#"tailpass_build_info{version=""#));
     }
 }

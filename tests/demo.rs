@@ -114,3 +114,29 @@ async fn demo_starts_serves_a_login_and_stops_clean() {
         "the entry proxy still listens"
     );
 }
+
+/// `--help` is not an error (it was exit 64); a bad argument is, without a
+/// panic.
+#[test]
+fn demo_help_and_bad_arguments() {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_tailpass"))
+        .parent()
+        .unwrap()
+        .join("examples/demo");
+    let out = Command::new(&bin).arg("--help").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--proxy-port N"));
+    for bad in [
+        &["--nope"][..],
+        &["--proxy-port", "x"][..],
+        &["--proxy-port"][..],
+    ] {
+        let out = Command::new(&bin).args(bad).output().unwrap();
+        assert_eq!(out.status.code(), Some(64), "{bad:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("usage:") && !err.contains("panicked"),
+            "{bad:?}: {err}"
+        );
+    }
+}

@@ -155,7 +155,7 @@ async fn binary_two_nodes_reload_health_metrics_and_graceful_shutdown() {
     let (st, m) = admin_get(admin, "/metrics").await.unwrap();
     assert_eq!(st, 200);
     for needle in [
-        r#"tailpass_requests_total{route="route[1] /echo",decision="deny",status="403"} 2"#,
+        r#"tailpass_requests_total{route="/echo",decision="deny",status="403",node="gw"} 2"#,
         r#"tailpass_config_reloads_total{provider="-",outcome="ok"} 1"#,
         r#"tailpass_config_reloads_total{provider="-",outcome="rejected"} 1"#,
         r#"tailpass_certificate_expiry_timestamp_seconds{node="files"}"#,

@@ -186,8 +186,8 @@ async fn seed_topology_login_groups_refresh_step_up_and_logout() {
     let m = seed.gw.metrics().render();
     for needle in [
         r#"tailpass_logins_total{provider="pocketid",outcome="ok"} 4"#,
-        r#"tailpass_requests_total{route="route[3] /admin",decision="deny",status="403"} 1"#,
-        r#"tailpass_requests_total{route="portal",decision="login-ok",status="302"} 4"#,
+        r#"tailpass_requests_total{route="/admin",decision="deny",status="403",node="gw"} 1"#,
+        r#"tailpass_requests_total{route="portal",decision="login-ok",status="302",node="gw"} 4"#,
     ] {
         assert!(m.contains(needle), "{needle} missing:\n{m}");
     }

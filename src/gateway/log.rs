@@ -19,13 +19,53 @@ use crate::metrics::Metrics;
 
 /// What the line says besides the answer.
 pub(crate) struct AccessLog {
+    /// The node that took the request (`None`: loopback or public).
     pub(crate) node: Option<String>,
     pub(crate) who: Arc<PeerIdentity>,
     pub(crate) method: String,
     pub(crate) path: String,
-    pub(crate) route: String,
+    pub(crate) seen: Seen,
     pub(crate) start: Instant,
     pub(crate) metrics: Option<Arc<Metrics>>,
+}
+
+/// What the pipeline learned for the log and metrics, besides the answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Seen {
+    /// The route for the log: `route[2] /term`, `portal` or `-`.
+    pub(crate) route: String,
+    /// The route for metrics: its path (with its host when it has one), so
+    /// reordering the file keeps dashboards; `portal` or `-`.
+    pub(crate) label: String,
+    /// Who is signed in (the login's email, else its subject), if anyone.
+    pub(crate) login: Option<String>,
+}
+
+impl Seen {
+    /// No route was matched (or the path was refused before routing).
+    pub(crate) fn nothing() -> Seen {
+        Seen::named("-")
+    }
+
+    /// The portal, or another fixed name.
+    pub(crate) fn named(name: &str) -> Seen {
+        Seen {
+            route: name.into(),
+            label: name.into(),
+            login: None,
+        }
+    }
+}
+
+impl AccessLog {
+    /// The node label: the node's name, or the listener kind.
+    fn node_label(&self) -> &str {
+        match (&self.node, &*self.who) {
+            (Some(n), _) => n,
+            (None, PeerIdentity::Internet { .. }) => "public",
+            (None, _) => "loopback",
+        }
+    }
 }
 
 /// One finished line: the request's facts and the answer's words.
@@ -48,8 +88,11 @@ struct LoggedBody {
 pub(crate) fn logged(answer: Answer, log: AccessLog) -> Response<Body> {
     let resp = answer.response;
     let status = resp.status().as_u16();
-    if let (Some(m), Some(kind)) = (&log.metrics, answer.upstream_error) {
-        m.upstream_error(&log.route, kind);
+    if let Some(m) = &log.metrics {
+        if let Some(kind) = answer.upstream_error {
+            m.upstream_error(&log.seen.label, kind);
+        }
+        m.request_duration(&log.seen.label, log.node_label(), log.start.elapsed());
     }
     let line = Line {
         log,
@@ -75,18 +118,22 @@ impl LoggedBody {
         }) = self.line.take()
         {
             if let Some(m) = &l.metrics {
-                m.request(&l.route, decision, self.status);
+                m.request(&l.seen.label, l.node_label(), decision, self.status);
             }
+            // Text as `&str`: quoted in text logs (a peer such as `local
+            // client 127.0.0.1:5000` stays one value), plain in JSON.
+            let peer = l.who.to_string();
             tracing::info!(
                 target: "tailpass::access",
-                node = l.node.as_deref().unwrap_or("loopback"),
-                peer = %l.who,
+                node = l.node_label(),
+                peer = peer.as_str(),
                 peer_addr = %l.who.addr(),
-                method = %l.method,
-                path = %l.path,
-                route = %l.route,
-                decision = %decision,
-                reason = %reason,
+                login = l.seen.login.as_deref().unwrap_or("-"),
+                method = l.method.as_str(),
+                path = l.path.as_str(),
+                route = l.seen.route.as_str(),
+                decision = decision,
+                reason = reason.as_str(),
                 status = self.status,
                 bytes = self.bytes,
                 duration_ms = l.start.elapsed().as_millis() as u64,
@@ -186,7 +233,11 @@ mod tests {
                         }),
                         method: "GET".into(),
                         path: "/admin".into(),
-                        route: "route[2] /admin".into(),
+                        seen: Seen {
+                            route: "route[2] /admin".into(),
+                            label: "/admin".into(),
+                            login: Some("alice@example.com".into()),
+                        },
                         start: Instant::now(),
                         metrics: None,
                     },
@@ -207,6 +258,7 @@ mod tests {
         assert_eq!(f["route"], "route[2] /admin");
         assert_eq!(f["decision"], "deny");
         assert_eq!(f["node"], "gw");
+        assert_eq!(f["login"], "alice@example.com");
         assert_eq!(f["peer"], "public client 203.0.113.7:4567 (Funnel)");
         assert!(f["duration_ms"].is_u64());
     }

@@ -47,6 +47,7 @@ use crate::portal::{Portal, PortalOrigin};
 use crate::proxy::{self, BoxError, Forwarding, Upstream};
 use crate::session::{Authenticated, Sessions, now};
 
+use log::Seen;
 pub(crate) use outcome::Outcome;
 use route::Target;
 pub(crate) use route::{NodeId, Snapshot, node_id};
@@ -85,7 +86,7 @@ where
     let html = wants_html(req.headers());
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
-    let (route, outcome) = pipeline(req, conn, snap, html).await;
+    let (seen, outcome) = pipeline(req, conn, snap, html).await;
     log::logged(
         outcome.answer(html),
         log::AccessLog {
@@ -93,21 +94,21 @@ where
             who: conn.who.clone(),
             method,
             path,
-            route,
+            seen,
             start,
             metrics: metrics.cloned(),
         },
     )
 }
 
-/// The steps, in order; returns the route's name for the log (`-` for no
-/// route, `portal`) and how the request ended.
+/// The steps, in order; returns what the log and metrics need (the route,
+/// `portal` or `-`, and who is signed in) and how the request ended.
 async fn pipeline<B>(
     req: Request<B>,
     conn: &Connection,
     snap: &Snapshot,
     html: bool,
-) -> (String, Outcome)
+) -> (Seen, Outcome)
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -115,29 +116,42 @@ where
     // 1. Normalize.
     let p = match path::normalize(req.uri().path()) {
         Ok(p) => p,
-        Err(e) => return ("-".into(), Outcome::BadPath(e)),
+        Err(e) => return (Seen::nothing(), Outcome::BadPath(e)),
     };
     // 2. Route.
     let host = route::host_of(&req);
     let (route, up) = match snap.target(conn, host.as_deref(), &p) {
-        Target::Portal(pt) => return ("portal".into(), portal(req, pt, snap, &p, conn).await),
-        Target::Nothing => return ("-".into(), Outcome::NoRoute),
+        Target::Portal(pt) => {
+            return (Seen::named("portal"), portal(req, pt, snap, &p, conn).await);
+        }
+        Target::Nothing => return (Seen::nothing(), Outcome::NoRoute),
         Target::Route(route, up) => (route, up),
     };
     // 3. Authenticate.
     let auth = authenticate(req.headers(), route, conn, snap).await;
+    let seen = Seen {
+        route: route.name(),
+        label: match &route.host {
+            Some(h) => format!("{h}{}", route.path),
+            None => route.path.clone(),
+        },
+        login: auth.caller.session.as_ref().map(|s| match &s.email {
+            Some(e) => e.clone(),
+            None => s.sub.clone(),
+        }),
+    };
     // 4. Decide.
     let why = match decide(&req, route, &auth, conn, html) {
         Verdict::Forward(why) => why,
-        Verdict::End(outcome) => return (route.name(), outcome),
+        Verdict::End(outcome) => return (seen, outcome),
     };
     // Checked only for what is forwarded: a hidden route stays a 404.
     if let Err(e) = snap.path_rule(conn, host.as_deref(), route, &p) {
-        return (route.name(), Outcome::BadPath(e));
+        return (seen, Outcome::BadPath(e));
     }
     // 5. Forward.
     let outcome = forward(req, route, up, &auth, conn, snap, &p, why).await;
-    (route.name(), outcome)
+    (seen, outcome)
 }
 
 /// The portal's pages (its axum router, with the connection's verified

@@ -325,7 +325,9 @@ impl Portal {
                 return Page(r, "login-fail");
             }
         };
-        tracing::info!(peer = %who, provider = name, login = %opened.shown, roles = ?opened.roles, "signed in");
+        let roles: Vec<&str> = opened.roles.iter().map(String::as_str).collect();
+        let roles = roles.join(",");
+        tracing::info!(peer = %who, provider = name, login = %opened.shown, roles = roles.as_str(), "signed in");
         let mut r = redirect(StatusCode::FOUND, &pl.target);
         cookies::set(
             &mut r,

@@ -449,7 +449,10 @@ async fn start_node(
         .fqdn()
         .map(str::to_string)
         .unwrap_or_else(|| spec.hostname.clone());
-    tracing::info!(node = %spec.hostname, fqdn = %fqdn, ip = ?status.ip(), "joined the tailnet");
+    let ip = status
+        .ip()
+        .map_or_else(|| "-".to_string(), |ip| ip.to_string());
+    tracing::info!(node = %spec.hostname, fqdn = %fqdn, ip = ip.as_str(), "joined the tailnet");
     let certs = certificates(spec, &node, &fqdn, opts, live, tasks).await?;
     node_listeners(spec, &node, &fqdn, &certs, live, tasks)
         .await

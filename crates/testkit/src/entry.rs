@@ -268,7 +268,9 @@ async fn connect(
     let target = match shared.target(req.uri().authority(), None).await {
         Ok(t) => t,
         Err(refusal) => {
-            tracing::info!(target = ?req.uri().authority(), why = refusal.kind(), "entry proxy: CONNECT refused");
+            // A browser's own background traffic (updates, safe browsing)
+            // lands here all the time: debug, not info.
+            tracing::debug!(target = ?req.uri().authority(), why = refusal.kind(), "entry proxy: CONNECT refused");
             return refusal.response();
         }
     };
