@@ -247,7 +247,7 @@ fn check_names_the_field_and_line_of_every_problem() {
         (
             "syntax",
             format!("{node}[[route]]\npath = \"/\nupstream = \"http://127.0.0.1:1\"\n"),
-            &["route[0].path: invalid basic string", "(line 5, column 11)"],
+            &["route[0].path: invalid basic string", "(line 5, column 10)"],
         ),
         (
             "duplicate route and relative state_dir",
@@ -260,9 +260,9 @@ fn check_names_the_field_and_line_of_every_problem() {
             ],
         ),
     ];
-    for (what, text, want) in cases {
+    for (what, toml, want) in cases {
         let cfg = dir.path().join("bad.toml");
-        std::fs::write(&cfg, &text).unwrap();
+        std::fs::write(&cfg, &toml).unwrap();
         let out = run(tailpass().args(["check", "-c"]).arg(&cfg));
         assert_eq!(out.status.code(), Some(64), "{what}");
         let err = text(&out.stderr);

@@ -381,7 +381,6 @@ async fn certificate_renewal_swaps_cert_without_dropping_connections() {
         "",
         Options {
             local_ca_validity: Duration::from_secs(6),
-            ..Options::default()
         },
     )
     .await;
