@@ -647,3 +647,24 @@ async fn funnel_acceptor(
     });
     Ok(f)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A taken port names the listener, the address and the key to change.
+    #[tokio::test]
+    async fn a_taken_port_names_the_listener_and_the_fix() {
+        let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = taken.local_addr().unwrap();
+        let e = bind("admin", addr).await.unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "admin listener: address in use: another program listens on {addr} — change [admin] listen"
+            )
+        );
+        let e = bind("loopback", addr).await.unwrap_err().to_string();
+        assert!(e.starts_with("loopback listener: address in use"), "{e}");
+    }
+}
