@@ -1,5 +1,9 @@
-//! The configuration file: TOML → raw serde structs → `validate` collecting
-//! every problem with the field it concerns → an immutable [`Config`].
+//! The configuration file: TOML → a spanned tree whose sections, and each
+//! element of an array section, are read into raw serde structs on their
+//! own (`read`: one bad field never hides the rest) → `validate`
+//! collecting every problem with the field it concerns → an immutable
+//! [`Config`]. Every problem names its field and, when the field is in
+//! the file, its line.
 //!
 //! Nothing here touches the network. Secrets are loaded (from env or file)
 //! but never printed: [`Secret`] redacts itself.
@@ -635,16 +639,18 @@ fn validate(
     })
 }
 
+/// The raw `[portal]`, `[[provider]]` and `[[rule]]` sections.
+type RawLogin = (
+    Option<auth::RawPortal>,
+    Vec<Option<auth::RawProvider>>,
+    Vec<Option<auth::RawRule>>,
+);
+
 /// The login side (portal, providers, rules) and what it needs of the
 /// nodes and routes; checks that name a section that could not be read
 /// are skipped.
-#[allow(clippy::type_complexity)]
 fn validate_login(
-    raw: (
-        Option<auth::RawPortal>,
-        Vec<Option<auth::RawProvider>>,
-        Vec<Option<auth::RawRule>>,
-    ),
+    raw: RawLogin,
     (nodes, routes): (&[NodeSpec], &[Route]),
     failed: &Failed,
     env: &dyn Fn(&str) -> Option<String>,
