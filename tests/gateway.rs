@@ -475,7 +475,11 @@ allow_users = ["alice@example.com"]
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `what`"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("route[0].what: unknown field; ") && err.contains("(line 7)"),
+        "{err}"
+    );
 
     let out = std::process::Command::new(bin)
         .args(["--version"])
