@@ -317,7 +317,7 @@ fn describe_listeners(o: &mut String, c: &Config) {
     if let Some(p) = &c.public {
         let _ = writeln!(
             o,
-            "public listener:   https://{} for {} (public routes only)",
+            "public listener:   {} (HTTPS for {}; public routes only)",
             p.listen,
             p.domains.join(", ")
         );
