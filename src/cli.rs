@@ -225,6 +225,9 @@ async fn run(config: Config, path: PathBuf) -> ExitCode {
         tracing::error!("cannot install signal handlers");
         return ExitCode::FAILURE;
     };
+    for w in placeholder_warnings(&config) {
+        tracing::warn!(problem = %w, "configuration");
+    }
     let mut gw = match Gateway::start(config, Options::default()).await {
         Ok(g) => g,
         Err(e) => {
@@ -269,23 +272,75 @@ fn reload(gw: &mut Gateway, path: &std::path::Path) {
     }
 }
 
-/// What `check` prints: nodes with their URLs, routes with their access.
-/// Never includes secret values.
+/// What `check` prints: nodes with their URLs, routes with their access,
+/// the listeners it binds. Never includes secret values.
 pub(crate) fn describe(c: &Config) -> String {
     use std::fmt::Write;
     let mut o = String::new();
     let _ = writeln!(o, "config OK");
     describe_nodes(&mut o, c);
     describe_routes(&mut o, c);
+    describe_overrides(&mut o, c);
     describe_portal(&mut o, c);
     describe_warnings(&mut o, c);
+    describe_listeners(&mut o, c);
+    o
+}
+
+/// `1 public route`, `2 public routes`.
+fn count(n: usize, what: &str) -> String {
+    match n {
+        1 => format!("1 {what}"),
+        n => format!("{n} {what}s"),
+    }
+}
+
+/// The loopback, admin and public listeners it will bind.
+fn describe_listeners(o: &mut String, c: &Config) {
+    use std::fmt::Write;
+    if c.loopback.is_none() && c.admin.is_none() && c.public.is_none() {
+        return;
+    }
+    let _ = writeln!(o);
     if let Some(l) = c.loopback {
         let _ = writeln!(
             o,
-            "\nloopback listener: http://{l}/ (public routes and routes with loopback = true)"
+            "loopback listener: http://{l}/ (public routes and routes with loopback = true)"
         );
     }
-    o
+    if let Some(a) = c.admin {
+        let _ = writeln!(
+            o,
+            "admin listener:    http://{a}/healthz and http://{a}/metrics"
+        );
+    }
+    if let Some(p) = &c.public {
+        let _ = writeln!(
+            o,
+            "public listener:   {} (HTTPS for {}; public routes only)",
+            p.listen,
+            p.domains.join(", ")
+        );
+    }
+}
+
+/// Problems that do not stop tailpass but will stop a sign-in: the
+/// example's all-zero `client_id` left in place. Said by `check` and
+/// logged by `run`.
+pub(crate) fn placeholder_warnings(c: &Config) -> Vec<String> {
+    c.providers
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| {
+            p.client_id.contains('0') && p.client_id.chars().all(|ch| ch == '0' || ch == '-')
+        })
+        .map(|(i, p)| {
+            format!(
+                "provider[{i}].client_id: {:?} is the example's placeholder; sign-in will fail until it is the client id the provider shows (Pocket ID: Administration → OIDC Clients)",
+                p.client_id
+            )
+        })
+        .collect()
 }
 
 /// Each node: URL, state, auth key (never its value), certificate, Funnel.
@@ -326,8 +381,9 @@ fn describe_nodes(o: &mut String, c: &Config) {
         if n.funnel {
             let _ = writeln!(
                 o,
-                "  funnel:     {}/ on the internet ({public} public routes)",
-                crate::config::NodeOrigin::new(&fqdn, 443)
+                "  funnel:     {}/ on the internet ({})",
+                crate::config::NodeOrigin::new(&fqdn, 443),
+                count(public, "public route")
             );
             if public == 0 {
                 let _ = writeln!(
@@ -342,7 +398,7 @@ fn describe_nodes(o: &mut String, c: &Config) {
 /// Each route: path, host, upstream and who may use it.
 fn describe_routes(o: &mut String, c: &Config) {
     use std::fmt::Write;
-    let _ = writeln!(o, "\nroutes");
+    let _ = writeln!(o, "\nroutes (node, path, host -> upstream)");
     for r in &c.routes {
         let mut access = match &r.access {
             Access::Public => "public (tailnet, Funnel, loopback)".to_string(),
@@ -375,7 +431,8 @@ fn describe_routes(o: &mut String, c: &Config) {
         }
         let _ = writeln!(
             o,
-            "  {:<12} {} -> {}{}  [{}{}]",
+            "  {:<10} {:<12} {} -> {}{}  [{}{}]",
+            r.node.as_deref().unwrap_or("*"),
             r.path,
             r.host.as_deref().unwrap_or("*"),
             r.target(),
@@ -387,6 +444,25 @@ fn describe_routes(o: &mut String, c: &Config) {
             access,
             if r.loopback { ", also loopback" } else { "" }
         );
+    }
+}
+
+/// A node's own route on the same path (and host) as an every-node route
+/// wins on that node, whatever the file order; `check` says so.
+fn describe_overrides(o: &mut String, c: &Config) {
+    use std::fmt::Write;
+    for own in c.routes.iter().filter(|r| r.node.is_some()) {
+        let every = c
+            .routes
+            .iter()
+            .find(|r| r.node.is_none() && r.path == own.path && r.host == own.host);
+        if let (Some(every), Some(n)) = (every, &own.node) {
+            let _ = writeln!(
+                o,
+                "  on node {n}, route[{}] {} is served instead of every node's route[{}]",
+                own.index, own.path, every.index
+            );
+        }
     }
 }
 
@@ -449,6 +525,7 @@ fn describe_portal(o: &mut String, c: &Config) {
 fn describe_warnings(o: &mut String, c: &Config) {
     use std::fmt::Write;
     let mut warnings = crate::policy::unsatisfiable(&c.routes, &c.rules);
+    warnings.extend(placeholder_warnings(c));
     for r in &c.rules {
         if !r.emails.is_empty() || !r.domains.is_empty() {
             warnings.push(format!(

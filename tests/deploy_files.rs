@@ -909,7 +909,7 @@ fn example_config_is_valid_and_describes_the_seed_topology() {
         .lines()
         .find(|l| l.trim_start().starts_with("listen"))
         .unwrap();
-    assert!(listen.contains("\"127.0.0.1:9090\""), "{listen}");
+    assert!(listen.contains("\"127.0.0.1:9477\""), "{listen}");
 
     // Pocket ID's APP_URL is the issuer, and its port the auth route's.
     let pid = Unit::load(&root().join(POCKET_ID));

@@ -367,7 +367,6 @@ async fn certificate_renewal_swaps_cert_without_dropping_connections() {
         |c| c,
         Options {
             local_ca_validity: Duration::from_secs(6),
-            ..Options::default()
         },
     )
     .await;
@@ -455,7 +454,11 @@ fn check_command_validates_and_prints_urls_without_secrets() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `what`"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("route[0].what: unknown field; ") && err.contains("(line 7)"),
+        "{err}"
+    );
 
     let out = std::process::Command::new(bin)
         .args(["--version"])

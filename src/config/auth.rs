@@ -205,6 +205,10 @@ pub(super) fn validate_portal(
     let raw = raw.unwrap_or_default();
     let prefix = portal_prefix(raw.prefix.as_deref(), p);
     let state_dir = match (raw.state_dir, first_state_dir) {
+        (Some(d), _) if d.is_relative() && !d.as_os_str().is_empty() => {
+            p.push(super::relative_dir("portal.state_dir", &d));
+            d
+        }
         (Some(d), _) if !d.as_os_str().is_empty() => d,
         (Some(_), _) => {
             p.push("portal.state_dir: must not be empty".into());
@@ -321,12 +325,13 @@ fn load_secret(
 }
 
 pub(super) fn validate_providers(
-    raw: Vec<RawProvider>,
+    raw: Vec<Option<RawProvider>>,
     env: &dyn Fn(&str) -> Option<String>,
     p: &mut Vec<String>,
 ) -> Vec<Provider> {
     let mut out: Vec<Provider> = Vec::new();
     for (i, r) in raw.into_iter().enumerate() {
+        let Some(r) = r else { continue };
         let f = |k: &str| format!("provider[{i}].{k}");
         if !valid_name(&r.name) {
             p.push(format!(
@@ -398,19 +403,26 @@ fn check_issuer(field: &str, u: &str, p: &mut Vec<String>) {
     }
 }
 
+/// The rules; `providers` is `None` when the `[[provider]]` section could
+/// not be read (then provider names are not checked).
 pub(super) fn validate_rules(
-    raw: Vec<RawRule>,
-    providers: &[Provider],
+    raw: Vec<Option<RawRule>>,
+    providers: Option<&[Provider]>,
     p: &mut Vec<String>,
 ) -> Vec<Rule> {
     raw.into_iter()
         .enumerate()
-        .map(|(i, r)| validate_rule(i, r, providers, p))
+        .filter_map(|(i, r)| Some(validate_rule(i, r?, providers, p)))
         .collect()
 }
 
 /// One `[[rule]]`.
-fn validate_rule(i: usize, r: RawRule, providers: &[Provider], p: &mut Vec<String>) -> Rule {
+fn validate_rule(
+    i: usize,
+    r: RawRule,
+    providers: Option<&[Provider]>,
+    p: &mut Vec<String>,
+) -> Rule {
     check_rule_lists(&|k| format!("rule[{i}].{k}"), &r, providers, p);
     let claims = r
         .claims
@@ -455,7 +467,7 @@ fn validate_rule(i: usize, r: RawRule, providers: &[Provider], p: &mut Vec<Strin
 fn check_rule_lists(
     f: &dyn Fn(&str) -> String,
     r: &RawRule,
-    providers: &[Provider],
+    providers: Option<&[Provider]>,
     p: &mut Vec<String>,
 ) {
     if r.roles.is_empty() {
@@ -473,7 +485,7 @@ fn check_rule_lists(
         }
     }
     for pr in &r.providers {
-        if !providers.iter().any(|x| &x.name == pr) {
+        if providers.is_some_and(|ps| !ps.iter().any(|x| &x.name == pr)) {
             p.push(format!(
                 "{}: no [[provider]] is named {pr:?}",
                 f("providers")

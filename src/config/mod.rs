@@ -1,11 +1,16 @@
-//! The configuration file: TOML → raw serde structs → `validate` collecting
-//! every problem with the field it concerns → an immutable [`Config`].
+//! The configuration file: TOML → a spanned tree whose sections, and each
+//! element of an array section, are read into raw serde structs on their
+//! own (`read`: one bad field never hides the rest) → `validate`
+//! collecting every problem with the field it concerns → an immutable
+//! [`Config`]. Every problem names its field and, when the field is in
+//! the file, its line.
 //!
 //! Nothing here touches the network. Secrets are loaded (from env or file)
 //! but never printed: [`Secret`] redacts itself.
 
 mod auth;
 mod limits;
+mod read;
 mod secret;
 
 use std::collections::{BTreeMap, HashSet};
@@ -48,23 +53,20 @@ impl fmt::Display for ConfigError {
 
 // ---- raw file model -------------------------------------------------------
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+/// The whole file, each section read on its own (`read`); an element of
+/// an array section that could not be read is `None`, so the others keep
+/// their index (`route[3]` stays `route[3]` in messages).
+#[derive(Default)]
 struct RawConfig {
-    #[serde(default)]
     tailnet: RawTailnet,
-    #[serde(default)]
-    node: Vec<RawNode>,
-    #[serde(default)]
-    route: Vec<RawRoute>,
+    node: Vec<Option<RawNode>>,
+    route: Vec<Option<RawRoute>>,
     loopback: Option<RawLoopback>,
     admin: Option<RawLoopback>,
     public: Option<RawPublic>,
     portal: Option<auth::RawPortal>,
-    #[serde(default)]
-    provider: Vec<auth::RawProvider>,
-    #[serde(default)]
-    rule: Vec<auth::RawRule>,
+    provider: Vec<Option<auth::RawProvider>>,
+    rule: Vec<Option<auth::RawRule>>,
     limits: Option<limits::RawLimits>,
 }
 
@@ -86,6 +88,7 @@ struct RawPublic {
 struct RawTailnet {
     control_url: Option<String>,
     domain: Option<String>,
+    join_timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -254,6 +257,8 @@ pub struct NodeSpec {
     pub funnel: bool,
     /// Where the TLS certificate comes from.
     pub(crate) cert: CertSource,
+    /// How long joining may take (`[tailnet] join_timeout`).
+    pub(crate) join_timeout: Duration,
 }
 
 /// Where a node's certificate comes from.
@@ -497,13 +502,31 @@ impl Config {
         })
     }
 
-    /// Parses and validates config text; `env` looks up environment variables.
+    /// Parses and validates config text; `env` looks up environment
+    /// variables. Every problem is reported, each naming its field and,
+    /// when the field is in the file, its line.
     pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+        let fail = |problems| ConfigError {
             file: None,
-            problems: vec![toml_problem(&e)],
-        })?;
-        validate(raw, env)
+            problems,
+        };
+        let tree = read::parse(text).map_err(fail)?;
+        let read::Read {
+            raw,
+            failed,
+            mut problems,
+        } = read::sections(text, tree.clone());
+        match validate(raw, &failed, env) {
+            Ok(c) if problems.is_empty() => Ok(c),
+            Ok(_) => Err(fail(problems)),
+            Err(p) => {
+                problems.extend(p.into_iter().map(|p| {
+                    let at = read::locate_problem(text, &tree, &p);
+                    p + &at
+                }));
+                Err(fail(problems))
+            }
+        }
     }
 
     /// The MagicDNS name of a node, if the tailnet domain is known.
@@ -549,16 +572,6 @@ impl fmt::Display for NodeOrigin {
     }
 }
 
-fn toml_problem(e: &toml::de::Error) -> String {
-    // toml's message names the key ("unknown field `x`, expected one of …")
-    // and the span gives the line.
-    let msg = e.message().trim().to_string();
-    match e.span() {
-        Some(span) => format!("{msg} (at byte {})", span.start),
-        None => msg,
-    }
-}
-
 fn parse_duration(
     field: &str,
     v: &Option<String>,
@@ -596,67 +609,51 @@ fn valid_tag(t: &str) -> bool {
         .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
 }
 
-fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-    let mut p: Vec<String> = Vec::new();
+/// Whether a section had a part that could not be read: its cross-checks
+/// are skipped (a route's `node` is not "unknown" because a `[[node]]`
+/// had a typo).
+type Failed = HashSet<&'static str>;
 
-    if let Some(u) = &raw.tailnet.control_url {
+fn validate(
+    raw: RawConfig,
+    failed: &Failed,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, Vec<String>> {
+    let mut p: Vec<String> = Vec::new();
+    let t = &raw.tailnet;
+    if let Some(u) = &t.control_url {
         check_url("tailnet.control_url", u, &mut p);
     }
-    if raw.node.is_empty() {
+    let join_timeout = join_timeout(t.join_timeout.as_deref(), &mut p);
+    if raw.node.is_empty() && !failed.contains("node") {
         p.push("node: at least one [[node]] is required".into());
     }
     let mut seen_nodes = Default::default();
-    let nodes: Vec<NodeSpec> = raw
-        .node
-        .into_iter()
-        .enumerate()
+    let nodes: Vec<NodeSpec> = (raw.node.into_iter().enumerate())
+        .filter_map(|(i, n)| Some((i, n?)))
         .map(|(i, n)| {
-            validate_node(
-                i,
-                n,
-                raw.tailnet.control_url.as_ref(),
-                &mut seen_nodes,
-                env,
-                &mut p,
-            )
+            let tailnet = (t.control_url.as_ref(), join_timeout);
+            validate_node(i, n, tailnet, &mut seen_nodes, env, &mut p)
         })
         .collect();
-
-    let loopback = raw
-        .loopback
-        .and_then(|l| loopback_addr("loopback.listen", &l.listen, &mut p));
-    let admin = raw
-        .admin
-        .and_then(|l| loopback_addr("admin.listen", &l.listen, &mut p));
-
+    let loopback = (raw.loopback).and_then(|l| loopback_addr("loopback.listen", &l.listen, &mut p));
+    let admin = (raw.admin).and_then(|l| loopback_addr("admin.listen", &l.listen, &mut p));
     let public = raw.public.and_then(|pl| validate_public(pl, &mut p));
     let limits = limits::validate(raw.limits, &mut p);
-
-    let mut seen_routes = HashSet::new();
-    let routes: Vec<Route> = raw
-        .route
-        .into_iter()
-        .enumerate()
-        .filter_map(|(i, r)| validate_route(i, r, &nodes, &mut seen_routes, &mut p))
+    let known_nodes = (!failed.contains("node")).then_some(nodes.as_slice());
+    let routes: Vec<Route> = (raw.route.into_iter().enumerate())
+        .filter_map(|(i, r)| validate_route(i, r?, known_nodes, &mut p))
         .collect();
-
-    let providers = auth::validate_providers(raw.provider, env, &mut p);
-    let rules = auth::validate_rules(raw.rule, &providers, &mut p);
-    let needs_portal = !providers.is_empty() || routes.iter().any(|r| r.login.is_some());
-    let portal = auth::validate_portal(
-        raw.portal,
-        nodes.first().map(|n| &n.state_dir),
-        needs_portal,
+    check_duplicate_routes(&routes, &mut p);
+    let (portal, providers, rules) = validate_login(
+        (raw.portal, raw.provider, raw.rule),
+        (&nodes, &routes),
+        failed,
         env,
         &mut p,
     );
-    check_login_routes(&nodes, &routes, &providers, portal.as_ref(), &mut p);
-
     if !p.is_empty() {
-        return Err(ConfigError {
-            file: None,
-            problems: p,
-        });
+        return Err(p);
     }
     Ok(Config {
         tailnet_domain: raw.tailnet.domain,
@@ -670,6 +667,83 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
         rules,
         limits,
     })
+}
+
+/// The raw `[portal]`, `[[provider]]` and `[[rule]]` sections.
+type RawLogin = (
+    Option<auth::RawPortal>,
+    Vec<Option<auth::RawProvider>>,
+    Vec<Option<auth::RawRule>>,
+);
+
+/// The login side (portal, providers, rules) and what it needs of the
+/// nodes and routes; checks that name a section that could not be read
+/// are skipped.
+fn validate_login(
+    raw: RawLogin,
+    (nodes, routes): (&[NodeSpec], &[Route]),
+    failed: &Failed,
+    env: &dyn Fn(&str) -> Option<String>,
+    p: &mut Vec<String>,
+) -> (Option<Portal>, Vec<Provider>, Vec<Rule>) {
+    let (raw_portal, raw_providers, raw_rules) = raw;
+    let providers = auth::validate_providers(raw_providers, env, p);
+    let known_providers = (!failed.contains("provider")).then_some(providers.as_slice());
+    let rules = auth::validate_rules(raw_rules, known_providers, p);
+    let needs_portal = !providers.is_empty() || routes.iter().any(|r| r.login.is_some());
+    let portal = if failed.contains("portal") {
+        None
+    } else {
+        let first = nodes.first().map(|n| &n.state_dir);
+        auth::validate_portal(raw_portal, first, needs_portal, env, p)
+    };
+    if !failed.contains("node") && !failed.contains("provider") && !failed.contains("portal") {
+        check_login_routes(nodes, routes, &providers, portal.as_ref(), p);
+    }
+    (portal, providers, rules)
+}
+
+/// `[tailnet] join_timeout`: how long each node may take to join (default
+/// 2 minutes, at least 5 seconds).
+fn join_timeout(v: Option<&str>, p: &mut Vec<String>) -> Duration {
+    const DEFAULT: Duration = Duration::from_secs(120);
+    const LEAST: Duration = Duration::from_secs(5);
+    let field = "tailnet.join_timeout";
+    let d = parse_duration(field, &v.map(str::to_string), DEFAULT, p);
+    if d < LEAST {
+        p.push(format!(
+            "{field}: {} is too short (at least 5s; joining takes a few seconds even when all goes well)",
+            humantime::format_duration(d)
+        ));
+        return DEFAULT;
+    }
+    d
+}
+
+/// Two routes with the same path, host and node set: one would hide the
+/// other. (An every-node route and a node's own route on the same path
+/// are fine: the node's own wins there.)
+fn check_duplicate_routes(routes: &[Route], p: &mut Vec<String>) {
+    for (j, b) in routes.iter().enumerate() {
+        let Some(a) = routes[..j]
+            .iter()
+            .find(|a| a.path == b.path && a.host == b.host && a.node == b.node)
+        else {
+            continue;
+        };
+        let on = match &b.node {
+            Some(n) => format!("node {n:?}"),
+            None => "every node".to_string(),
+        };
+        let host = b
+            .host
+            .as_ref()
+            .map_or(String::new(), |h| format!(" for host {h:?}"));
+        p.push(format!(
+            "route[{}].path: another route, route[{}], has the same path {:?} on {on}{host}; one would hide the other",
+            b.index, a.index, b.path
+        ));
+    }
 }
 
 /// A node's `cert`: "tailnet" (the default), "local-ca" or PEM files.
@@ -703,7 +777,7 @@ fn node_cert(field: &str, raw: Option<RawCert>, p: &mut Vec<String>) -> CertSour
 fn validate_node(
     i: usize,
     n: RawNode,
-    default_control_url: Option<&String>,
+    (default_control_url, join_timeout): (Option<&String>, Duration),
     seen: &mut (HashSet<String>, HashSet<PathBuf>),
     env: &dyn Fn(&str) -> Option<String>,
     p: &mut Vec<String>,
@@ -725,6 +799,8 @@ fn validate_node(
     }
     if n.state_dir.as_os_str().is_empty() {
         p.push(format!("{}: must not be empty", f("state_dir")));
+    } else if n.state_dir.is_relative() {
+        p.push(relative_dir(&f("state_dir"), &n.state_dir));
     } else if !state_dirs.insert(n.state_dir.clone()) {
         p.push(format!(
             "{}: {} is used by two nodes (each needs its own)",
@@ -769,6 +845,7 @@ fn validate_node(
         http_redirect: n.http_redirect,
         funnel: n.funnel,
         cert,
+        join_timeout,
     }
 }
 
@@ -829,6 +906,16 @@ fn route_backend(
             None => route_upstream(&f("upstream"), u, p).map(|uri| (uri, Backend::Tcp)),
         },
     }
+}
+
+/// A relative directory is refused: it would depend on the working
+/// directory, which differs between a shell and a systemd unit.
+pub(super) fn relative_dir(field: &str, d: &Path) -> String {
+    format!(
+        "{field}: {:?} is a relative path; give an absolute one like \"/var/lib/tailpass/{}\" (the working directory differs between a shell and the systemd unit)",
+        d.display().to_string(),
+        d.display()
+    )
 }
 
 /// A route's upstream: an `http://host:port[/path]` URL without a query.
@@ -930,13 +1017,12 @@ fn route_identity_headers(
     identity_headers
 }
 
-/// One `[[route]]` (`None` when it cannot be used at all); `seen` catches
-/// two routes with the same node, host and path.
+/// One `[[route]]` (`None` when it cannot be used at all); `nodes` is
+/// `None` when the `[[node]]` section could not be read.
 fn validate_route(
     i: usize,
     r: RawRoute,
-    nodes: &[NodeSpec],
-    seen: &mut HashSet<(Option<String>, Option<String>, String)>,
+    nodes: Option<&[NodeSpec]>,
     p: &mut Vec<String>,
 ) -> Option<Route> {
     let f = |k: &str| format!("route[{i}].{k}");
@@ -947,18 +1033,12 @@ fn validate_route(
             return None;
         }
     };
-    if let Some(n) = &r.node
+    if let (Some(n), Some(nodes)) = (&r.node, nodes)
         && !nodes.iter().any(|x| &x.hostname == n)
     {
         p.push(format!("{}: no [[node]] has hostname {n:?}", f("node")));
     }
     let host = r.host.map(|h| h.to_ascii_lowercase());
-    if !seen.insert((r.node.clone(), host.clone(), path.clone())) {
-        p.push(format!(
-            "{}: another route already has path {path:?} on the same node and host",
-            f("path")
-        ));
-    }
     let (upstream, backend) = route_backend(&f, r.upstream.as_deref(), r.root, r.browse, p)?;
     let wants_login = matches!(r.access.as_deref(), Some("login"))
         || !r.roles.is_empty()

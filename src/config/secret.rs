@@ -7,13 +7,51 @@ use serde::Deserialize;
 /// Where a secret comes from in the config file: `{ env = "NAME" }` or
 /// `{ file = "/run/secrets/x" }`. Literal secrets are not accepted, so a
 /// config file can be shared or committed without leaking anything.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SecretRef {
     /// Environment variable holding the secret.
     pub env: Option<String>,
     /// File holding the secret (surrounding whitespace is trimmed).
     pub file: Option<String>,
+}
+
+/// The table form, the only one accepted.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecretRef {
+    env: Option<String>,
+    file: Option<String>,
+}
+
+/// Said when a secret is written in the file; the value is never echoed.
+const LITERAL: &str =
+    "a secret is read from { env = \"NAME\" } or { file = \"/path\" }, never written in the file";
+
+impl<'de> Deserialize<'de> for SecretRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = SecretRef;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("{ env = \"NAME\" } or { file = \"/path\" }")
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<SecretRef, E> {
+                Err(E::custom(LITERAL))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<SecretRef, A::Error> {
+                let r =
+                    RawSecretRef::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(SecretRef {
+                    env: r.env,
+                    file: r.file,
+                })
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }
 
 /// A loaded secret. `Debug` and `Display` print `<redacted>`.

@@ -145,7 +145,13 @@ impl Snapshot {
             })
             .filter(|r| r.route.host.as_deref().is_none_or(|h| Some(h) == host))
             .filter(|r| matches(&r.route.path))
-            .max_by_key(|r| (r.route.path.len(), r.route.host.is_some()))
+            // Longest prefix; on a tie the more specific route, whatever
+            // the file order: a Host before any host, then a node's own
+            // route before an every-node one.
+            .max_by_key(|r| {
+                let own = matches!(r.on, OnNode::Node(_));
+                (r.route.path.len(), r.route.host.is_some(), own)
+            })
     }
 
     /// The path rules that depend on the route matched (`http::path`): the

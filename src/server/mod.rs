@@ -63,7 +63,7 @@ pub enum StartError {
     #[error("portal: {0}")]
     Portal(String),
     /// A loopback listener (`loopback`, `admin`) could not bind.
-    #[error("{listener} listener {addr}: {source}")]
+    #[error("{}", bind_message(listener, addr, source))]
     Bind {
         /// Which listener.
         listener: &'static str,
@@ -74,11 +74,20 @@ pub enum StartError {
     },
 }
 
+/// A bind failure in words: which listener, which address, and for a
+/// taken port, what to change.
+fn bind_message(listener: &str, addr: &SocketAddr, e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            "{listener} listener: address in use: another program listens on {addr} — change [{listener}] listen"
+        ),
+        _ => format!("{listener} listener {addr}: {e}"),
+    }
+}
+
 /// Options that are not in the config file.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// How long a node may take to join.
-    pub up_timeout: Duration,
     /// Validity of local-CA leaf certificates.
     pub local_ca_validity: Duration,
 }
@@ -86,7 +95,6 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            up_timeout: Duration::from_secs(120),
             local_ca_validity: Duration::from_secs(30 * 86400),
         }
     }
@@ -444,7 +452,7 @@ async fn start_node(
     nc.tags = spec.tags.clone();
     nc.logs = LogSink::Tracing;
     let node = Node::new(nc).map_err(te)?;
-    let status = join(&node, spec, opts.up_timeout).await.map_err(te)?;
+    let status = join(&node, spec, spec.join_timeout).await.map_err(te)?;
     let fqdn = status
         .fqdn()
         .map(str::to_string)
@@ -641,4 +649,25 @@ async fn funnel_acceptor(
         }
     });
     Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A taken port names the listener, the address and the key to change.
+    #[tokio::test]
+    async fn a_taken_port_names_the_listener_and_the_fix() {
+        let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = taken.local_addr().unwrap();
+        let e = bind("admin", addr).await.unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "admin listener: address in use: another program listens on {addr} — change [admin] listen"
+            )
+        );
+        let e = bind("loopback", addr).await.unwrap_err().to_string();
+        assert!(e.starts_with("loopback listener: address in use"), "{e}");
+    }
 }
