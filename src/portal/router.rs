@@ -81,6 +81,7 @@ async fn fallback(Extension(v): Extension<Visit>) -> Page {
 pub(crate) fn router(portal: Arc<Portal>) -> Router {
     Router::new()
         .route("/assets/portal.css", get(views::stylesheet))
+        .route("/favicon.svg", get(views::favicon))
         .route("/login", get(views::login))
         .route("/oauth2/{provider}/authorize", get(signin::authorize))
         .route(
