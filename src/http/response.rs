@@ -49,13 +49,14 @@ main{max-width:46rem;margin:0 auto;padding:1.5rem 1rem 2rem}\
 footer{max-width:46rem;margin:0 auto;padding:1rem;border-top:1px solid var(--line)}\
 h1{font-size:1.65rem;line-height:1.25;margin:.3em 0 .6em}\
 h2{font-size:1.05rem;margin:1.8em 0 .7em;color:var(--muted);letter-spacing:.02em}\
-.card h2{margin:0 0 .6em}p.lead{font-size:1.1rem}\
+.card h3{font-size:1rem;margin:0 0 .6em;color:var(--muted)}dd.when{white-space:nowrap}p.lead{font-size:1.1rem}\
 a{color:var(--accent);text-underline-offset:.15em}\
 a:focus-visible,button:focus-visible{outline:3px solid var(--focus);outline-offset:3px;border-radius:6px}\
 a.provider,button{display:inline-flex;align-items:center;min-height:44px;padding:.55em 1.2em;margin:.2em 0;\
 border:1px solid var(--accent);border-radius:8px;background:var(--accent);color:var(--accent-fg);\
 font:inherit;font-weight:600;text-decoration:none;cursor:pointer}\
 a.provider:hover,button:hover{filter:brightness(1.1)}\
+a.provider.secondary{background:transparent;color:var(--accent)}\
 ul.cards{list-style:none;padding:0;margin:0;display:grid;gap:.8rem;grid-template-columns:repeat(auto-fill,minmax(15rem,1fr))}\
 .card{background:var(--card);border:1px solid var(--line);border-radius:12px;padding:1rem 1.1rem}\
 .card p{margin:.4em 0 0}a.service,.service-title{font-size:1.15rem;font-weight:650}\
@@ -68,7 +69,7 @@ dl{display:grid;grid-template-columns:max-content 1fr;gap:.3em 1em;margin:0}\
 dt{font-weight:600;color:var(--muted)}dd{margin:0;overflow-wrap:anywhere}\
 .muted{color:var(--muted);font-size:.9rem}code{overflow-wrap:anywhere}\
 #qr svg{width:180px;height:180px;background:#fff;padding:8px;border-radius:8px}\
-form#logout-form{margin-top:1.5rem}.error h1{font-size:1.9rem}\
+form#logout-form{margin-top:1.5rem}.error h1{font-size:1.9rem}.error p.lead::first-letter{text-transform:uppercase}\
 @media (max-width:30rem){main{padding:1rem .9rem 1.5rem}h1{font-size:1.4rem}dl{grid-template-columns:1fr;gap:0}dd{margin-bottom:.4em}}";
 
 /// The `Content-Security-Policy` of error pages: nothing but [`STYLE`]

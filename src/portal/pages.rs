@@ -111,7 +111,7 @@ fn identity(id: &Identity) -> Markup {
     html! {
         div #whoami .ids {
             section.card {
-                h2 { "On the tailnet" }
+                h3 { "On the tailnet" }
                 dl {
                     dt { "Tailnet" } dd { (id.tailnet) }
                     @if let Some(u) = &id.tailnet_user { dt { "Tailnet user" } dd.tailnet-user { (u) } }
@@ -121,7 +121,7 @@ fn identity(id: &Identity) -> Markup {
                 }
             }
             section.card {
-                h2 { "Signed in" }
+                h3 { "Signed in" }
                 (session(id.session.as_ref()))
             }
         }
@@ -138,8 +138,8 @@ fn session(s: Option<&SessionView>) -> Markup {
                     @if let Some(e) = &s.email { dt { "Email" } dd.email { (e) } }
                     @if let Some(n) = &s.name { dt { "Name" } dd { (n) } }
                     @if !s.groups.is_empty() { dt { "Groups" } dd { (s.groups.join(", ")) } }
-                    dt { "Signed in at" } dd { (s.auth_time) }
-                    dt { "Session ends" } dd { (s.expires) }
+                    dt { "Signed in at" } dd.when { (s.auth_time) }
+                    dt { "Session ends" } dd.when { (s.expires) }
                 }
                 None => { dt { "Signed in" } dd { "no" } }
             }
@@ -196,7 +196,10 @@ pub(crate) fn dashboard(
         html! {
             h1 { (title) }
             @if let Some(s) = &id.session {
-                p.lead { "Signed in as " strong { (s.login()) } " on " strong { (id.tailnet) } "." }
+                p.lead {
+                    "Signed in as " strong { (s.login()) }
+                    @if let Some(n) = &id.node { ", on " strong { (n) } } "."
+                }
                 h2 { "Your services" }
                 @if services.is_empty() {
                     p { "No service is open to you." }
@@ -272,7 +275,7 @@ pub(crate) fn signed_out(
                 p { "You may still be signed in at " (label) ", which would let the next sign-in here pass without asking. The next sign-in from this browser asks " (label) " to check it is you again." }
                 p { a #provider-logout .provider href=(url) { "Sign out of " (label) " too" } }
             }
-            p { a.provider href={ (prefix) "/login" } { "Sign in again" } }
+            p { a.provider.secondary href={ (prefix) "/login" } { "Sign in again" } }
         },
     )
 }
