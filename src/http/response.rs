@@ -49,7 +49,7 @@ main{max-width:46rem;margin:0 auto;padding:1.5rem 1rem 2rem}\
 footer{max-width:46rem;margin:0 auto;padding:1rem;border-top:1px solid var(--line)}\
 h1{font-size:1.65rem;line-height:1.25;margin:.3em 0 .6em}\
 h2{font-size:1.05rem;margin:1.8em 0 .7em;color:var(--muted);letter-spacing:.02em}\
-.card h3{font-size:1rem;margin:0 0 .6em;color:var(--muted)}dd.when{white-space:nowrap}p.lead{font-size:1.1rem}\
+.card h3{font-size:1rem;margin:0 0 .6em;color:var(--muted)}p.lead{font-size:1.1rem}\
 a{color:var(--accent);text-underline-offset:.15em}\
 a:focus-visible,button:focus-visible{outline:3px solid var(--focus);outline-offset:3px;border-radius:6px}\
 a.provider,button{display:inline-flex;align-items:center;min-height:44px;padding:.55em 1.2em;margin:.2em 0;\

@@ -138,12 +138,21 @@ fn session(s: Option<&SessionView>) -> Markup {
                     @if let Some(e) = &s.email { dt { "Email" } dd.email { (e) } }
                     @if let Some(n) = &s.name { dt { "Name" } dd { (n) } }
                     @if !s.groups.is_empty() { dt { "Groups" } dd { (s.groups.join(", ")) } }
-                    dt { "Signed in at" } dd.when { (s.auth_time) }
-                    dt { "Session ends" } dd.when { (s.expires) }
+                    dt { "Signed in at" } dd.when { (readable_time(&s.auth_time)) }
+                    dt { "Session ends" } dd.when { (readable_time(&s.expires)) }
                 }
                 None => { dt { "Signed in" } dd { "no" } }
             }
         }
+    }
+}
+
+/// `2026-11-30T04:59:31Z` as `2026-11-30 04:59:31 UTC` (wraps between
+/// date and time on a phone); anything else as it is.
+fn readable_time(t: &str) -> String {
+    match t.strip_suffix('Z').and_then(|t| t.split_once('T')) {
+        Some((date, time)) => format!("{date} {time} UTC"),
+        None => t.to_string(),
     }
 }
 
@@ -399,6 +408,7 @@ mod tests {
         assert!(page.contains(r#"href="/auth/oauth2/p/authorize?rd=%2Fterm&amp;max_age=900""#));
         assert!(!page.contains(r#"class="service" href="https://gw.ts.net/term""#));
         assert!(page.contains("alice@corp.example") && page.contains("laptop"));
+        assert!(page.contains("2026-01-01 00:00:00 UTC"), "{page}");
         assert!(page.contains(r#"<html lang="en">"#));
         assert!(page.contains(r#"rel="icon""#) && page.contains("/auth/favicon.svg"));
     }
