@@ -297,7 +297,7 @@ pub(crate) fn logged_out(prefix: &str, title: &str) -> Markup {
         html! {
             h1 #logged-out { "You are signed out" }
             p { "Your session has ended here and at the identity provider." }
-            p { a href={ (prefix) "/login" } { "Sign in again" } }
+            p { a.provider.secondary href={ (prefix) "/login" } { "Sign in again" } }
         },
     )
 }
