@@ -6,7 +6,9 @@
 //! node, lands back on the page (websocket works), opens the dashboard and
 //! whoami, signs out (the provider's end-session page included), sees the
 //! page's websocket closed by the revocation, and is sent to sign in again.
-//! Screenshots: target/browser-artifacts/login_logout_in_chromium/.
+//! On the way, every portal page (login, dashboard, whoami, sign-out,
+//! signed-out) and the 403, 404 and 502 pages are screenshot in light, dark
+//! and phone (375x812) looks: target/browser-artifacts/login_logout_in_chromium/.
 
 use tailpass_testkit::chrome::{artifacts_dir_path, browser_available, run_login_mjs};
 use tailpass_testkit::entry::serve_proxy;
@@ -19,7 +21,12 @@ async fn login_logout_in_chromium() {
         return;
     }
     let _permit = tailpass_testkit::heavy().await;
-    let seed = Seed::start(SeedOptions::default()).await;
+    // A route no one may open (403) and one whose upstream is down (502).
+    let seed = Seed::start(SeedOptions {
+        extra: EXTRA_ROUTES.into(),
+        ..SeedOptions::default()
+    })
+    .await;
     let laptop = seed.client("laptop").await;
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy = l.local_addr().unwrap();
@@ -34,6 +41,10 @@ async fn login_logout_in_chromium() {
             ("PORTAL", seed.url("/auth")),
             ("LOGIN", "alice".into()),
             ("EMAIL", "alice@example.com".into()),
+            ("FORBIDDEN_URL", seed.url("/vault")),
+            ("NOT_FOUND_URL", seed.url("/no-such-page")),
+            ("DOWN_URL", seed.url("/down/")),
+            ("STALE_TITLE", "Admin (recent sign-in)".into()),
         ],
     )
     .await;
@@ -51,6 +62,7 @@ async fn login_logout_in_chromium() {
             "back-at-start",
             "dashboard",
             "whoami",
+            "pages",
             "reopen-start",
             "logout",
             "websocket-closed",
@@ -65,9 +77,50 @@ async fn login_logout_in_chromium() {
             .any(|e| e["params"]["id_token_hint"].is_string()),
         "{ends:?}"
     );
-    let shots = std::fs::read_dir(artifacts_dir_path(TEST)).unwrap().count();
-    assert!(shots >= 9, "screenshots kept as artifacts ({shots})");
+    let shots: Vec<String> = std::fs::read_dir(artifacts_dir_path(TEST))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        shots.len() >= 9,
+        "screenshots kept as artifacts ({shots:?})"
+    );
+    // Every page in every look.
+    for page in [
+        "login",
+        "dashboard",
+        "whoami",
+        "logout-page",
+        "signed-out",
+        "logged-out",
+        "403",
+        "404",
+        "502",
+    ] {
+        for look in ["light", "dark", "mobile", "mobile-dark"] {
+            let name = format!("-{page}-{look}.png");
+            assert!(
+                shots.iter().any(|s| s.ends_with(&name)),
+                "no screenshot *{name} in {shots:?}"
+            );
+        }
+    }
     let _ = stop_tx.send(true);
     let _ = entry.await;
     seed.gw.shutdown().await;
 }
+
+/// The routes the seed lacks for the error pages' screenshots.
+const EXTRA_ROUTES: &str = r#"
+[[route]]
+path = "/vault"
+upstream = "http://{echo}"
+node = "gw"
+roles = ["owner"]
+title = "Vault"
+
+[[route]]
+path = "/down"
+upstream = "http://127.0.0.1:9"
+node = "gw"
+"#;

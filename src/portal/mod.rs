@@ -110,6 +110,10 @@ pub(crate) fn html_response(status: StatusCode, markup: maud::Markup) -> Respons
     // with the portal's own form POSTs, which `same_origin` must refuse.
     h.insert("referrer-policy", HeaderValue::from_static("same-origin"));
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
     // Portal pages load only their own stylesheet: no script, no frames.
     h.insert(
         "content-security-policy",

@@ -4,12 +4,17 @@
 
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
-/// The stylesheet served at `{prefix}/assets/portal.css`.
-pub(crate) const CSS: &str = "body{font-family:system-ui,sans-serif;max-width:42em;margin:3em auto;padding:0 1em;color:#222}\
-h1{font-size:1.5em}a.provider,button{display:inline-block;padding:.6em 1.2em;margin:.3em 0;border:1px solid #446;\
-border-radius:6px;background:#f4f4fb;color:#223;text-decoration:none;font-size:1em;cursor:pointer}\
-#qr svg{width:180px;height:180px}dl{display:grid;grid-template-columns:max-content auto;gap:.2em 1em}\
-dt{font-weight:600}.muted{color:#666;font-size:.9em}ul.services li{margin:.3em 0}";
+/// The stylesheet served at `{prefix}/assets/portal.css`, and inlined (by
+/// its hash in the CSP) in the gateway's error pages so both look alike.
+/// Light and dark palettes meet WCAG AA contrast (4.5:1 for text); every
+/// link and button shows a keyboard focus ring.
+pub(crate) const CSS: &str = crate::http::response::STYLE;
+
+/// The favicon served at `{prefix}/favicon.svg`.
+pub(crate) const FAVICON: &str = "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 32 32\">\
+<rect width=\"32\" height=\"32\" rx=\"7\" fill=\"#2b50c8\"/>\
+<path d=\"M16 6l8 3v6c0 5-3.4 9.3-8 11-4.6-1.7-8-6-8-11V9z\" fill=\"#fff\"/>\
+<path d=\"M12.5 16l2.5 2.5 5-5\" stroke=\"#2b50c8\" stroke-width=\"2.4\" fill=\"none\" stroke-linecap=\"round\" stroke-linejoin=\"round\"/></svg>";
 
 fn layout(prefix: &str, title: &str, body: Markup) -> Markup {
     html! {
@@ -18,13 +23,18 @@ fn layout(prefix: &str, title: &str, body: Markup) -> Markup {
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
+                meta name="color-scheme" content="light dark";
                 title { (title) }
+                link rel="icon" type="image/svg+xml" href={ (prefix) "/favicon.svg" };
                 link rel="stylesheet" href={ (prefix) "/assets/portal.css" };
             }
             body {
-                (body)
-                hr;
-                p.muted { "tailpass · " a href={ (prefix) "/" } { "portal" } " · " a href={ (prefix) "/whoami" } { "who am I" } }
+                header.bar {
+                    a.brand href={ (prefix) "/" } { "tailpass" }
+                    nav { a href={ (prefix) "/" } { "Services" } a href={ (prefix) "/whoami" } { "Who am I" } }
+                }
+                main { (body) }
+                footer.muted { "tailpass · " a href={ (prefix) "/" } { "portal" } " · " a href={ (prefix) "/whoami" } { "who am I" } }
             }
         }
     }
@@ -99,25 +109,50 @@ pub(crate) struct SessionView {
 
 fn identity(id: &Identity) -> Markup {
     html! {
-        dl #whoami {
-            dt { "Tailnet" } dd { (id.tailnet) }
-            @if let Some(u) = &id.tailnet_user { dt { "Tailnet user" } dd.tailnet-user { (u) } }
-            @if let Some(n) = &id.node { dt { "Node" } dd { (n) } }
-            @if !id.tags.is_empty() { dt { "Tags" } dd { (id.tags.join(", ")) } }
-            @match &id.session {
+        div #whoami .ids {
+            section.card {
+                h3 { "On the tailnet" }
+                dl {
+                    dt { "Tailnet" } dd { (id.tailnet) }
+                    @if let Some(u) = &id.tailnet_user { dt { "Tailnet user" } dd.tailnet-user { (u) } }
+                    @if let Some(n) = &id.node { dt { "Node" } dd { (n) } }
+                    @if !id.tags.is_empty() { dt { "Tags" } dd { (id.tags.join(", ")) } }
+                    dt { "Roles" } dd.roles { @if id.roles.is_empty() { "none" } @else { (id.roles.join(", ")) } }
+                }
+            }
+            section.card {
+                h3 { "Signed in" }
+                (session(id.session.as_ref()))
+            }
+        }
+    }
+}
+
+fn session(s: Option<&SessionView>) -> Markup {
+    html! {
+        dl {
+            @match s {
                 Some(s) => {
                     dt { "Signed in with" } dd { (s.provider) }
                     dt { "Subject" } dd { (s.sub) }
                     @if let Some(e) = &s.email { dt { "Email" } dd.email { (e) } }
                     @if let Some(n) = &s.name { dt { "Name" } dd { (n) } }
                     @if !s.groups.is_empty() { dt { "Groups" } dd { (s.groups.join(", ")) } }
-                    dt { "Signed in at" } dd { (s.auth_time) }
-                    dt { "Session ends" } dd { (s.expires) }
+                    dt { "Signed in at" } dd.when { (readable_time(&s.auth_time)) }
+                    dt { "Session ends" } dd.when { (readable_time(&s.expires)) }
                 }
                 None => { dt { "Signed in" } dd { "no" } }
             }
-            dt { "Roles" } dd.roles { @if id.roles.is_empty() { "none" } @else { (id.roles.join(", ")) } }
         }
+    }
+}
+
+/// `2026-11-30T04:59:31Z` as `2026-11-30 04:59:31 UTC` (wraps between
+/// date and time on a phone); anything else as it is.
+fn readable_time(t: &str) -> String {
+    match t.strip_suffix('Z').and_then(|t| t.split_once('T')) {
+        Some((date, time)) => format!("{date} {time} UTC"),
+        None => t.to_string(),
     }
 }
 
@@ -129,11 +164,39 @@ fn logout_form(prefix: &str) -> Markup {
     }
 }
 
+/// One service on the dashboard.
+pub(crate) struct Service {
+    /// The route's title (its path when it has none).
+    pub(crate) title: String,
+    pub(crate) href: String,
+    /// `Some(sign-in link)` when the route asks for a sign-in more recent
+    /// than the caller's (`max_auth_age` has passed).
+    pub(crate) sign_in_again: Option<String>,
+}
+
+fn service_card(s: &Service) -> Markup {
+    html! {
+        li.card {
+            @match &s.sign_in_again {
+                None => {
+                    a.service href=(s.href) { (s.title) }
+                    p.where { (s.href) }
+                }
+                Some(again) => {
+                    span.service-title { (s.title) }
+                    p { span.badge { "asks you to sign in again" } }
+                    p { a.again href=(again) { "Sign in again to open " (s.title) } }
+                }
+            }
+        }
+    }
+}
+
 pub(crate) fn dashboard(
     prefix: &str,
     title: &str,
     id: &Identity,
-    services: &[(String, String)],
+    services: &[Service],
     login_href: &str,
 ) -> Markup {
     layout(
@@ -141,24 +204,35 @@ pub(crate) fn dashboard(
         title,
         html! {
             h1 { (title) }
-            @if id.session.is_some() {
+            @if let Some(s) = &id.session {
+                p.lead {
+                    "Signed in as " strong { (s.login()) }
+                    @if let Some(n) = &id.node { ", on " strong { (n) } } "."
+                }
                 h2 { "Your services" }
                 @if services.is_empty() {
                     p { "No service is open to you." }
                 } @else {
-                    ul.services {
-                        @for (name, href) in services { li { a.service href=(href) { (name) } } }
-                    }
+                    ul.cards { @for s in services { (service_card(s)) } }
                 }
+                h2 { "Who you are" }
                 (identity(id))
                 (logout_form(prefix))
             } @else {
-                p { "You are not signed in." }
+                p.lead { "You are " strong { (id.tailnet) } " on the tailnet, and not signed in." }
                 p { a.provider href=(login_href) { "Sign in" } }
+                h2 { "Who you are" }
                 (identity(id))
             }
         },
     )
+}
+
+impl SessionView {
+    /// The login a person recognises: the email, else the subject.
+    pub(crate) fn login(&self) -> &str {
+        self.email.as_deref().unwrap_or(&self.sub)
+    }
 }
 
 /// `/whoami` for browsers.
@@ -170,14 +244,19 @@ pub(crate) fn whoami(prefix: &str, title: &str, id: &Identity) -> Markup {
     )
 }
 
-/// The sign-out confirmation (a GET never signs out).
-pub(crate) fn logout(prefix: &str, title: &str, signed_in: bool) -> Markup {
+/// The sign-out confirmation (a GET never signs out): who is signed in and
+/// what signing out ends.
+pub(crate) fn logout(prefix: &str, title: &str, signed_in: Option<&str>) -> Markup {
     layout(
         prefix,
         &format!("Sign out · {title}"),
         html! {
             h1 { "Sign out" }
-            @if signed_in { (logout_form(prefix)) } @else { p { "You are not signed in." } }
+            @if let Some(login) = signed_in {
+                p.lead { "You are signed in as " strong #login { (login) } "." }
+                p { "Signing out ends this session on this node: every page that used it asks you to sign in again, and its open connections (websockets) close." }
+                (logout_form(prefix))
+            } @else { p { "You are not signed in." } }
         },
     )
 }
@@ -187,7 +266,7 @@ pub(crate) fn logout(prefix: &str, title: &str, signed_in: bool) -> Markup {
 pub(crate) fn signed_out(
     prefix: &str,
     title: &str,
-    was_signed_in: bool,
+    signed_out: Option<&str>,
     provider_logout: Option<(&str, &str)>,
 ) -> Markup {
     layout(
@@ -195,7 +274,8 @@ pub(crate) fn signed_out(
         &format!("Signed out · {title}"),
         html! {
             h1 #signed-out { "You are signed out of " (title) }
-            @if was_signed_in {
+            @if let Some(login) = signed_out {
+                p.lead { strong #login { (login) } " is signed out on this node." }
                 p { "Your session has ended, and every page and connection that used it has been closed." }
             } @else {
                 p { "There was no session to end." }
@@ -204,7 +284,7 @@ pub(crate) fn signed_out(
                 p { "You may still be signed in at " (label) ", which would let the next sign-in here pass without asking. The next sign-in from this browser asks " (label) " to check it is you again." }
                 p { a #provider-logout .provider href=(url) { "Sign out of " (label) " too" } }
             }
-            p { a href={ (prefix) "/login" } { "Sign in again" } }
+            p { a.provider.secondary href={ (prefix) "/login" } { "Sign in again" } }
         },
     )
 }
@@ -217,7 +297,7 @@ pub(crate) fn logged_out(prefix: &str, title: &str) -> Markup {
         html! {
             h1 #logged-out { "You are signed out" }
             p { "Your session has ended here and at the identity provider." }
-            p { a href={ (prefix) "/login" } { "Sign in again" } }
+            p { a.provider.secondary href={ (prefix) "/login" } { "Sign in again" } }
         },
     )
 }
@@ -245,6 +325,7 @@ pub(crate) fn forbidden(prefix: &str, title: &str, reason: &str, relogin: Option
             h1 #forbidden { "403 Forbidden" }
             p.reason { (reason) }
             @if let Some(h) = relogin { p { a.provider href=(h) { "Sign in as someone else" } } }
+            p { a href={ (prefix) "/" } { "Your services" } }
         },
     )
 }
@@ -282,4 +363,64 @@ pub(crate) fn no_fresh_sign_in(prefix: &str, title: &str, provider: &str, why: &
             }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alice() -> Identity {
+        Identity {
+            tailnet: "alice@example.com on laptop.ts.net".into(),
+            tailnet_user: Some("alice@example.com".into()),
+            node: Some("laptop".into()),
+            tags: Vec::new(),
+            session: Some(SessionView {
+                provider: "Pocket ID".into(),
+                sub: "u-1".into(),
+                email: Some("alice@corp.example".into()),
+                name: Some("Alice".into()),
+                groups: Vec::new(),
+                auth_time: "2026-01-01T00:00:00Z".into(),
+                expires: "2026-01-02T00:00:00Z".into(),
+            }),
+            roles: vec!["admin".into()],
+        }
+    }
+
+    #[test]
+    fn dashboard_shows_stale_routes_and_both_identities() {
+        let services = [
+            Service {
+                title: "Echo".into(),
+                href: "https://gw.ts.net/app".into(),
+                sign_in_again: None,
+            },
+            Service {
+                title: "Terminal".into(),
+                href: "https://gw.ts.net/term".into(),
+                sign_in_again: Some("/auth/oauth2/p/authorize?rd=%2Fterm&max_age=900".into()),
+            },
+        ];
+        let page = dashboard("/auth", "Home", &alice(), &services, "/auth/login").into_string();
+        assert!(page.contains(r#"<a class="service" href="https://gw.ts.net/app">Echo</a>"#));
+        assert!(page.contains("asks you to sign in again"), "{page}");
+        assert!(page.contains(r#"href="/auth/oauth2/p/authorize?rd=%2Fterm&amp;max_age=900""#));
+        assert!(!page.contains(r#"class="service" href="https://gw.ts.net/term""#));
+        assert!(page.contains("alice@corp.example") && page.contains("laptop"));
+        assert!(page.contains("2026-01-01 00:00:00 UTC"), "{page}");
+        assert!(page.contains(r#"<html lang="en">"#));
+        assert!(page.contains(r#"rel="icon""#) && page.contains("/auth/favicon.svg"));
+    }
+
+    #[test]
+    fn sign_out_pages_name_who_and_what_ends() {
+        let page = logout("/auth", "Home", Some("alice@corp.example")).into_string();
+        assert!(page.contains("alice@corp.example"), "{page}");
+        assert!(page.contains("websockets") && page.contains(r#"id="logout""#));
+        let none = logout("/auth", "Home", None).into_string();
+        assert!(none.contains("You are not signed in.") && !none.contains(r#"id="logout""#));
+        let out = signed_out("/auth", "Home", Some("alice@corp.example"), None).into_string();
+        assert!(out.contains(r#"id="signed-out""#) && out.contains("alice@corp.example"));
+    }
 }

@@ -81,6 +81,7 @@ async fn fallback(Extension(v): Extension<Visit>) -> Page {
 pub(crate) fn router(portal: Arc<Portal>) -> Router {
     Router::new()
         .route("/assets/portal.css", get(views::stylesheet))
+        .route("/favicon.svg", get(views::favicon))
         .route("/login", get(views::login))
         .route("/oauth2/{provider}/authorize", get(signin::authorize))
         .route(
@@ -276,6 +277,10 @@ mod tests {
         assert_eq!((s, w), (StatusCode::OK, "login-page"));
         assert_eq!(h["referrer-policy"], "same-origin");
         assert_eq!(h["x-frame-options"], "DENY");
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        assert!(
+            body.contains(r#"<link rel="icon" type="image/svg+xml" href="/auth/favicon.svg">"#)
+        );
         assert!(
             h["content-security-policy"]
                 .to_str()
@@ -290,6 +295,7 @@ mod tests {
             ("/auth/logout", "logout-page"),
             ("/auth/logged-out", "logged-out"),
             ("/auth/assets/portal.css", "asset"),
+            ("/auth/favicon.svg", "asset"),
         ] {
             let (s, w, _, body) = ask(&e, &who, Method::GET, uri, &html).await;
             assert_eq!((s, w), (StatusCode::OK, word), "{uri}");
@@ -301,6 +307,9 @@ mod tests {
                 .map(|v| v.to_str().unwrap().to_string());
             assert_eq!(len, Some(body.len().to_string()), "HEAD {uri}");
         }
+        let (_, _, h, icon) = ask(&e, &who, Method::GET, "/auth/favicon.svg", &[]).await;
+        assert_eq!(h["content-type"], "image/svg+xml");
+        assert!(icon.starts_with("<svg"), "{icon}");
         let (_, _, h, body) = ask(&e, &who, Method::GET, "/auth/whoami", &[]).await;
         assert_eq!(h["content-type"], "application/json");
         let j: serde_json::Value = serde_json::from_str(&body).unwrap();

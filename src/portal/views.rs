@@ -35,6 +35,16 @@ pub(super) async fn stylesheet() -> Page {
     Page(r, "asset")
 }
 
+/// `GET {prefix}/favicon.svg`.
+pub(super) async fn favicon() -> Page {
+    let r = Response::builder()
+        .header(header::CONTENT_TYPE, "image/svg+xml")
+        .header(header::CACHE_CONTROL, "max-age=86400")
+        .body(full(pages::FAVICON))
+        .expect("static response");
+    Page(r, "asset")
+}
+
 /// `GET {prefix}/login`: one link per provider (the target, step-up age and
 /// `fresh` carried along) and a QR code of this node's login URL.
 pub(super) async fn login(
@@ -136,13 +146,12 @@ pub(super) async fn logout_page(
     Extension(v): Extension<Visit>,
     headers: HeaderMap,
 ) -> Page {
-    let signed_in = pt
-        .sessions
-        .authenticate(&headers, &v.who)
-        .await
+    let auth = pt.sessions.authenticate(&headers, &v.who).await;
+    let login = auth
         .session
-        .is_some();
-    let page = pages::logout(&pt.cfg.prefix, &pt.cfg.title, signed_in);
+        .as_ref()
+        .map(|s| s.email.as_deref().unwrap_or(&s.sub));
+    let page = pages::logout(&pt.cfg.prefix, &pt.cfg.title, login);
     Page(html_response(StatusCode::OK, page), "logout-page")
 }
 
@@ -192,7 +201,13 @@ pub(super) async fn logout(
     let link = provider_logout
         .as_ref()
         .map(|(l, u)| (l.as_str(), u.as_str()));
-    let page = pages::signed_out(p, &pt.cfg.title, rec.is_some(), link);
+    let login = rec.as_ref().map(|r| {
+        r.claims
+            .get("email")
+            .and_then(|e| e.as_str())
+            .unwrap_or(&r.sub)
+    });
+    let page = pages::signed_out(p, &pt.cfg.title, login, link);
     let mut r = html_response(StatusCode::OK, page);
     cookies::set(&mut r, &session_cookie(&pt.cfg, "", 0));
     cookies::set(&mut r, &signed_out_cookie(&pt.cfg, true));
@@ -246,14 +261,15 @@ impl Portal {
     }
 
     /// The routes of this node the caller may open (GET allowed), with
-    /// their titles.
+    /// their titles, and those that would open after a fresher sign-in
+    /// (their `max_auth_age` has passed), with the link that does it.
     fn services(
         &self,
         who: &PeerIdentity,
         s: Option<&Session>,
         roles: &BTreeSet<String>,
         origin: &PortalOrigin,
-    ) -> Vec<(String, String)> {
+    ) -> Vec<pages::Service> {
         let caller = Caller {
             who,
             session: s,
@@ -263,19 +279,30 @@ impl Portal {
         self.routes
             .iter()
             .filter(|r| r.node.as_ref().is_none_or(|n| *n == origin.node))
-            .filter(|r| {
-                matches!(
-                    policy::evaluate(r, &Method::GET, &caller),
-                    Decision::Allow(_)
-                )
-            })
             .filter(|r| !matches!(r.access, config::Access::Public) || r.title.is_some())
-            .map(|r| {
+            .filter_map(|r| {
                 let href = match &r.host {
                     Some(h) => format!("https://{h}{}", r.path),
                     None => format!("{}{}", origin.base, r.path),
                 };
-                (r.title.clone().unwrap_or_else(|| r.path.clone()), href)
+                // Back to the route itself after the sign-in: its path on
+                // this node, its full URL on another host.
+                let rd = if r.host.is_some() { &href } else { &r.path };
+                let sign_in_again = match policy::evaluate(r, &Method::GET, &caller) {
+                    Decision::Allow(_) => None,
+                    Decision::Login {
+                        max_age: Some(a), ..
+                    } => {
+                        self.sign_in(origin, &Method::GET, rd, true, s, Some(a))
+                            .redirect
+                    }
+                    _ => return None,
+                };
+                Some(pages::Service {
+                    title: r.title.clone().unwrap_or_else(|| r.path.clone()),
+                    href,
+                    sign_in_again,
+                })
             })
             .collect()
     }

@@ -148,6 +148,42 @@ export async function shot(page, label) {
   }
 }
 
+/** The looks every page is checked in: a desktop window in light and dark,
+ * and a phone (375x812) in light and dark. */
+const LOOKS = [
+  ['light', 'light', null],
+  ['dark', 'dark', null],
+  ['mobile', 'light', { width: 375, height: 812 }],
+  ['mobile-dark', 'dark', { width: 375, height: 812 }],
+];
+
+/** Screenshots of the page `page` shows now in every look, as
+ * NN-label-LOOK.png; the page's colour scheme and size are put back. */
+export async function looks(page, label) {
+  const size = page.viewportSize();
+  const files = {};
+  for (const [look, colorScheme, viewport] of LOOKS) {
+    await page.emulateMedia({ colorScheme });
+    if (viewport) await page.setViewportSize(viewport);
+    files[look] = await shot(page, `${label}-${look}`);
+  }
+  await page.emulateMedia({ colorScheme: 'light' });
+  if (size) await page.setViewportSize(size);
+  return files;
+}
+
+/** Opens `url` in a new page of `context`, screenshots it in every look
+ * and closes it; returns its status and the files. */
+export async function gallery(context, label, url) {
+  const page = await context.newPage();
+  try {
+    const resp = await goto(page, url);
+    return { page: label, status: resp ? resp.status() : null, ...(await looks(page, label)) };
+  } finally {
+    await page.close().catch(() => {});
+  }
+}
+
 /**
  * Runs one step on `page`: a screenshot NN-name.png after it succeeds, or
  * NN-name-failed.png and a clear error (step, page URL, text excerpt) if not.

@@ -14,9 +14,15 @@
 //   PORTAL     the portal base, e.g. https://gw.<domain>/auth   (login mode)
 //   LOGIN      the IdP account name, e.g. alice                  (login mode)
 //   EMAIL      optional: /whoami must show it
+//   FORBIDDEN_URL, NOT_FOUND_URL, DOWN_URL  optional (login mode): pages
+//              answering 403, 404 and 502, screenshot with the portal's
+//              pages in every look (light, dark, phone) in step "pages"
+//   STALE_TITLE  optional: the title of a route whose max_auth_age has
+//              passed by step "pages"; the dashboard must show it as
+//              asking to sign in again
 //   ARTIFACTS  directory for screenshots (default ./artifacts)
 //   CHROMIUM   the browser binary (default /usr/bin/chromium)
-//   STEP_TIMEOUT_MS  per wait (default 20000); TOTAL_TIMEOUT_MS (default 180000)
+//   STEP_TIMEOUT_MS  per wait (default 20000); TOTAL_TIMEOUT_MS (default 240000)
 //
 // Output: one JSON line on stdout at the end, {"ok":true,"steps":[...]} or
 // {"ok":false,"step":...,"error":...}; the exit status is non-zero on failure.
@@ -25,13 +31,16 @@
 import {
   fail,
   finish,
+  gallery,
   goto,
   launch,
+  looks,
   mustHave,
   need as needVar,
   run,
   setup,
   step,
+  text,
   waitText,
   waitUrl,
   watch,
@@ -39,7 +48,7 @@ import {
 
 const env = process.env;
 const MODE = env.MODE || 'login';
-const { TIMEOUT } = setup({ name: 'login.mjs', stepTimeout: 20000, totalTimeout: 180000 });
+const { TIMEOUT } = setup({ name: 'login.mjs', stepTimeout: 20000, totalTimeout: 240000 });
 
 const need = (name) => needVar(name, ` (MODE=${MODE})`);
 
@@ -72,6 +81,7 @@ async function login(browser, context) {
   const onLogin = (u) => u.startsWith(PORTAL + '/login');
 
   const page = watch(await context.newPage());
+  let signedInAt = Date.now();
 
   // 1. A protected page sends us to the portal's login page.
   await step('open-start', page, async () => {
@@ -79,6 +89,7 @@ async function login(browser, context) {
     await waitUrl(page, onLogin, `the portal login page (${PORTAL}/login…)`);
     const n = await mustHave(page, 'a.provider[data-provider]', 'identity provider links');
     await mustHave(page, '#qr', 'a QR code');
+    await looks(page, 'login');
     const providers = await page
       .locator('a.provider[data-provider]')
       .evaluateAll((as) => as.map((a) => a.getAttribute('data-provider')));
@@ -101,6 +112,7 @@ async function login(browser, context) {
   await step('back-at-start', page, async () => {
     await page.locator('#submit').click({ timeout: TIMEOUT });
     await waitUrl(page, (u) => sameUrl(u, START_URL), `back at ${START_URL}`);
+    signedInAt = Date.now();
     return { status: await wsEchoed(page) };
   });
 
@@ -119,6 +131,35 @@ async function login(browser, context) {
     const text = (await page.locator('#whoami').first().textContent()) || '';
     if (EMAIL && !text.includes(EMAIL)) fail(`#whoami does not show ${EMAIL}: ${JSON.stringify(text.trim())}`);
     return { whoami: text.trim().slice(0, 200) };
+  });
+
+  // 5b. Every page in every look (light, dark, phone): the dashboard (with
+  //     a route whose sign-in is too old by now), whoami, the sign-out
+  //     page, and the error pages.
+  await step('pages', page, async () => {
+    const shots = [];
+    const STALE = env.STALE_TITLE;
+    if (STALE) {
+      await page.waitForTimeout(Math.max(0, signedInAt + 4000 - Date.now()));
+      await goto(page, PORTAL + '/');
+      const again = await text(page, 'a.again');
+      if (!again || !again.includes(STALE)) fail(`the dashboard does not ask to sign in again for ${STALE}: ${again}`);
+      if (!(await text(page, '.badge'))) fail('no "asks you to sign in again" badge');
+    }
+    shots.push(await gallery(context, 'dashboard', PORTAL + '/'));
+    shots.push(await gallery(context, 'whoami', PORTAL + '/whoami'));
+    shots.push(await gallery(context, 'logout-page', PORTAL + '/logout'));
+    for (const [label, v, want] of [
+      ['403', 'FORBIDDEN_URL', 403],
+      ['404', 'NOT_FOUND_URL', 404],
+      ['502', 'DOWN_URL', 502],
+    ]) {
+      if (!env[v]) continue;
+      const g = await gallery(context, label, env[v]);
+      if (g.status !== want) fail(`${env[v]} answered ${g.status}, not ${want}`);
+      shots.push(g);
+    }
+    return { pages: shots.map((g) => g.page) };
   });
 
   // 6. The protected page again, websocket open.
@@ -141,6 +182,7 @@ async function login(browser, context) {
     await page2.waitForLoadState('load');
     await mustHave(page2, '#signed-out', "tailpass's signed-out page");
     await mustHave(page2, 'a#provider-logout', "a link to sign out at the provider too");
+    await looks(page2, 'signed-out');
     await page2.locator('a#provider-logout').first().click({ timeout: TIMEOUT });
     const loggedOut = PORTAL + '/logged-out';
     const deadline = Date.now() + TIMEOUT;
@@ -171,6 +213,7 @@ async function login(browser, context) {
     }
     await page2.waitForLoadState('load');
     await mustHave(page2, '#logged-out', 'the signed-out confirmation');
+    await looks(page2, 'logged-out');
     return { idp_end_session: via, clicked_confirm: clicked };
   });
 

@@ -81,7 +81,7 @@ pub fn browser_available(test: &str) -> bool {
 
 /// Runs tests/browser/login.mjs with `envs`; returns its final JSON line.
 pub async fn run_login_mjs(test: &str, envs: &[(&str, String)]) -> serde_json::Value {
-    run_script("login.mjs", test, envs, Duration::from_secs(240)).await
+    run_script("login.mjs", test, envs, Duration::from_secs(300)).await
 }
 
 /// Runs the playwright script `script` of tests/browser with `envs`
