@@ -124,7 +124,10 @@ where
         Target::Portal(pt) => {
             return (Seen::named("portal"), portal(req, pt, snap, &p, conn).await);
         }
-        Target::Nothing => return (Seen::nothing(), Outcome::NoRoute),
+        Target::Nothing => {
+            let services = services_url(conn, snap);
+            return (Seen::nothing(), Outcome::NoRoute { services });
+        }
         Target::Route(route, up) => (route, up),
     };
     // 3. Authenticate.
@@ -135,10 +138,11 @@ where
             Some(h) => format!("{h}{}", route.path),
             None => route.path.clone(),
         },
-        login: auth.caller.session.as_ref().map(|s| match &s.email {
-            Some(e) => e.clone(),
-            None => s.sub.clone(),
-        }),
+        login: auth
+            .caller
+            .session
+            .as_ref()
+            .map(|s| signed_in_name(s).to_string()),
     };
     // 4. Decide.
     let why = match decide(&req, route, &auth, conn, html) {
@@ -243,10 +247,30 @@ fn decide<B>(
         Decision::Hide(why) => Outcome::Hidden(why),
         Decision::Deny(reason) => Outcome::Denied {
             reason,
-            page: here.map(|(pt, o)| pt.forbidden_page(o, pq, route.login.is_some())),
+            page: here.map(|(pt, o)| {
+                let who = auth.caller.session.as_ref().map(signed_in_name);
+                pt.forbidden_page(o, pq, route.login.is_some(), who)
+            }),
         },
     };
     Verdict::End(end)
+}
+
+/// The portal's dashboard, for a tailnet peer of a node that serves it:
+/// where a "not found" page sends a person (never shown off the tailnet).
+fn services_url(conn: &Connection, snap: &Snapshot) -> Option<String> {
+    let origin = conn.origin.as_deref()?;
+    let pt = snap.portal.as_deref()?;
+    conn.node
+        .as_deref()
+        .is_some_and(|n| pt.serves(n))
+        .then(|| format!("{}{}/", origin.base, pt.prefix()))
+}
+
+/// How a signed-in user is named on pages and in the log: the email, else
+/// the provider's subject.
+fn signed_in_name(s: &crate::session::Session) -> &str {
+    s.email.as_deref().unwrap_or(&s.sub)
 }
 
 /// The part of `path` below the route's prefix, for a file root (`/blog`

@@ -7,7 +7,7 @@
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::http::path::PathError;
-use crate::http::response::{Body, error, not_found, redirect};
+use crate::http::response::{Body, error, not_found, not_found_with_link, redirect};
 use crate::portal::{ForbiddenPage, SignIn, html_response};
 use crate::proxy::UpstreamError;
 
@@ -17,8 +17,10 @@ pub(crate) enum Outcome {
     /// The path is ambiguous: it cannot be normalized, or it reads as
     /// another route when decoded, folded or stripped of `;` parameters.
     BadPath(PathError),
-    /// No route (and not the portal) matches.
-    NoRoute,
+    /// No route (and not the portal) matches. `services` is the portal's
+    /// dashboard for a tailnet peer of a node that serves it (the page links
+    /// there); `None` elsewhere.
+    NoRoute { services: Option<String> },
     /// Something exists but this caller may not know it: a protected route
     /// asked through Funnel, loopback or the public listener, or the portal
     /// outside the tailnet. Answered exactly like [`Outcome::NoRoute`].
@@ -82,7 +84,13 @@ impl Outcome {
                 let r = error(StatusCode::BAD_REQUEST, "Bad request", &why, html);
                 done(r, "reject", why)
             }
-            Outcome::NoRoute => done(not_found(html), "no-route", String::new()),
+            Outcome::NoRoute { services } => {
+                let r = match services {
+                    Some(href) if html => not_found_with_link(&href, "Your services"),
+                    _ => not_found(html),
+                };
+                done(r, "no-route", String::new())
+            }
             Outcome::Hidden(why) => done(not_found(html), "hide", why),
             Outcome::LoginNeeded { reason, sign_in } => {
                 done(login_needed(sign_in, html), "login", reason)

@@ -295,6 +295,17 @@ async fn no_route_is_404_with_its_own_word() {
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert_eq!(body, "404 Not found: there is nothing here\n");
     assert!(counted(&e, "-", "no-route", 404));
+    // A tailnet browser gets a way on to its services; off the tailnet, no
+    // hint that a portal exists.
+    let (s, _, page) = send(&e, &alice(), empty(browser("/elsewhere"))).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(
+        page.contains(r#"href="https://gw.example.ts.net/auth/""#),
+        "{page}"
+    );
+    let (s, _, page) = send(&e, &funnel(), empty(browser("/elsewhere"))).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(!page.contains("/auth/"), "{page}");
 }
 
 #[tokio::test]
@@ -517,7 +528,7 @@ async fn upstream_failures_are_502_and_504_with_their_metric_labels() {
 fn every_outcome_has_one_status_and_word() {
     let cases: Vec<(Outcome, u16, &str)> = vec![
         (Outcome::BadPath(path::PathError::Parameter), 400, "reject"),
-        (Outcome::NoRoute, 404, "no-route"),
+        (Outcome::NoRoute { services: None }, 404, "no-route"),
         (Outcome::Hidden("h".into()), 404, "hide"),
         (
             Outcome::LoginNeeded {

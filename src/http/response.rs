@@ -87,13 +87,29 @@ fn error_csp() -> &'static str {
 }
 
 fn error_html(status: StatusCode, title: &str, detail: &str) -> String {
+    error_html_link(status, title, detail, None)
+}
+
+fn error_html_link(
+    status: StatusCode,
+    title: &str,
+    detail: &str,
+    link: Option<(&str, &str)>,
+) -> String {
+    let link = link.map_or(String::new(), |(href, text)| {
+        format!(
+            "<p><a class=\"provider\" href=\"{}\">{}</a></p>",
+            escape(href),
+            escape(text)
+        )
+    });
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <meta name=\"color-scheme\" content=\"light dark\">\
          <title>{code} {t}</title><style>{STYLE}</style></head>\
          <body class=\"error\"><header class=\"bar\"><span class=\"brand\">tailpass</span></header>\
-         <main><h1>{code} {t}</h1><p class=\"lead\">{d}</p></main>\
+         <main><h1>{code} {t}</h1><p class=\"lead\">{d}</p>{link}</main>\
          <footer class=\"muted\">tailpass</footer></body></html>\n",
         code = status.as_u16(),
         t = escape(title),
@@ -108,11 +124,32 @@ pub(crate) fn error(status: StatusCode, title: &str, detail: &str, html: bool) -
         let body = format!("{} {title}: {detail}\n", status.as_u16());
         return with_type(status, "text/plain; charset=utf-8", body);
     }
-    let mut r = with_type(
+    locked_down(with_type(
         status,
         "text/html; charset=utf-8",
         error_html(status, title, detail),
+    ))
+}
+
+/// The browser's 404 with a way on (the portal's dashboard, for a tailnet
+/// peer of a node that serves it).
+pub(crate) fn not_found_with_link(href: &str, text: &str) -> Response<Body> {
+    let body = error_html_link(
+        StatusCode::NOT_FOUND,
+        "Not found",
+        "there is nothing here",
+        Some((href, text)),
     );
+    locked_down(with_type(
+        StatusCode::NOT_FOUND,
+        "text/html; charset=utf-8",
+        body,
+    ))
+}
+
+/// The headers every HTML error page carries: a CSP that allows nothing
+/// but the stylesheet, no framing, no sniffing, no referrer elsewhere.
+fn locked_down(mut r: Response<Body>) -> Response<Body> {
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_SECURITY_POLICY,

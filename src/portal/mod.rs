@@ -68,12 +68,21 @@ pub(crate) struct ForbiddenPage {
     prefix: String,
     title: String,
     relogin: Option<String>,
+    /// Who is signed in (email, else subject), named beside "Sign in as
+    /// someone else".
+    signed_in: Option<String>,
 }
 
 impl ForbiddenPage {
     /// The page naming `reason` (the failed requirement and the caller).
     pub(crate) fn markup(&self, reason: &str) -> maud::Markup {
-        pages::forbidden(&self.prefix, &self.title, reason, self.relogin.as_deref())
+        pages::forbidden(
+            &self.prefix,
+            &self.title,
+            reason,
+            self.relogin.as_deref(),
+            self.signed_in.as_deref(),
+        )
     }
 }
 
@@ -218,6 +227,7 @@ impl Portal {
         origin: &PortalOrigin,
         path_and_query: &str,
         login_route: bool,
+        signed_in: Option<&str>,
     ) -> ForbiddenPage {
         let relogin = login_route.then(|| {
             format!(
@@ -231,6 +241,7 @@ impl Portal {
             prefix: self.cfg.prefix.clone(),
             title: self.cfg.title.clone(),
             relogin,
+            signed_in: signed_in.map(str::to_string),
         }
     }
 }

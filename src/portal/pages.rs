@@ -317,13 +317,20 @@ pub(crate) fn no_role(prefix: &str, title: &str, login: &str, caller: &str) -> M
 
 /// A 403 with the failed requirement, the caller, and a way to sign in as
 /// someone else.
-pub(crate) fn forbidden(prefix: &str, title: &str, reason: &str, relogin: Option<&str>) -> Markup {
+pub(crate) fn forbidden(
+    prefix: &str,
+    title: &str,
+    reason: &str,
+    relogin: Option<&str>,
+    signed_in: Option<&str>,
+) -> Markup {
     layout(
         prefix,
         &format!("Forbidden · {title}"),
         html! {
             h1 #forbidden { "403 Forbidden" }
             p.reason { (reason) }
+            @if let Some(who) = signed_in { p #signed-in { "You are signed in as " strong { (who) } "." } }
             @if let Some(h) = relogin { p { a.provider href=(h) { "Sign in as someone else" } } }
             p { a href={ (prefix) "/" } { "Your services" } }
         },
@@ -368,6 +375,25 @@ pub(crate) fn no_fresh_sign_in(prefix: &str, title: &str, provider: &str, why: &
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_forbidden_page_names_who_is_signed_in() {
+        let page = forbidden(
+            "/auth",
+            "tailpass",
+            "route /vault requires role owner",
+            Some("/auth/login?rd=%2Fvault&fresh=1"),
+            Some("alice@example.com"),
+        )
+        .into_string();
+        assert!(
+            page.contains("You are signed in as <strong>alice@example.com</strong>"),
+            "{page}"
+        );
+        assert!(page.contains("Sign in as someone else"));
+        let anonymous = forbidden("/auth", "tailpass", "no", None, None).into_string();
+        assert!(!anonymous.contains("signed in as"));
+    }
 
     fn alice() -> Identity {
         Identity {

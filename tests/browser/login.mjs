@@ -157,6 +157,12 @@ async function login(browser, context) {
       if (!env[v]) continue;
       const g = await gallery(context, label, env[v]);
       if (g.status !== want) fail(`${env[v]} answered ${g.status}, not ${want}`);
+      if (want === 403) {
+        // The 403 names who is signed in, beside "Sign in as someone else".
+        await goto(page, env[v]);
+        const who = await text(page, '#signed-in');
+        if (!who || !who.includes('signed in as')) fail(`the 403 page does not name who is signed in: ${who}`);
+      }
       shots.push(g);
     }
     return { pages: shots.map((g) => g.page) };
