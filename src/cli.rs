@@ -81,10 +81,12 @@ pub(crate) enum Command {
 /// but 64 is what most tooling expects from "bad invocation or config").
 pub(crate) const EXIT_CONFIG: u8 = 64;
 
-/// The log filter from `TAILPASS_LOG` (default `info`); an invalid filter
-/// is an error naming the variable, never silently replaced.
+/// The log filter from `TAILPASS_LOG` (default `info`, also when set but
+/// empty: an empty filter would silence everything, config errors
+/// included); an invalid filter is an error naming the variable, never
+/// silently replaced.
 fn log_filter(value: Option<String>) -> Result<tracing_subscriber::EnvFilter, String> {
-    match value {
+    match value.filter(|v| !v.trim().is_empty()) {
         None => Ok(tracing_subscriber::EnvFilter::new("info")),
         Some(v) => tracing_subscriber::EnvFilter::builder()
             .parse(&v)
@@ -559,6 +561,7 @@ mod tests {
     #[test]
     fn log_filter_defaults_to_info_and_refuses_nonsense() {
         assert_eq!(log_filter(None).unwrap().to_string(), "info");
+        assert_eq!(log_filter(Some(" ".into())).unwrap().to_string(), "info");
         assert!(log_filter(Some("warn,tailpass::access=info".into())).is_ok());
         let e = log_filter(Some("tailpass=loud".into())).unwrap_err();
         assert!(
