@@ -120,19 +120,20 @@ impl LoggedBody {
             if let Some(m) = &l.metrics {
                 m.request(&l.seen.label, l.node_label(), decision, self.status);
             }
-            // Text as `&str`: quoted in text logs (a peer such as `local
-            // client 127.0.0.1:5000` stays one value), plain in JSON.
+            // Free text as `&str`: quoted in text logs (a peer such as
+            // `local client 127.0.0.1:5000` stays one value), plain in
+            // JSON. Words without spaces (node, method, decision) stay bare.
             let peer = l.who.to_string();
             tracing::info!(
                 target: "tailpass::access",
-                node = l.node_label(),
+                node = %l.node_label(),
                 peer = peer.as_str(),
                 peer_addr = %l.who.addr(),
                 login = l.seen.login.as_deref().unwrap_or("-"),
-                method = l.method.as_str(),
+                method = %l.method,
                 path = l.path.as_str(),
                 route = l.seen.route.as_str(),
-                decision = decision,
+                decision = %decision,
                 reason = reason.as_str(),
                 status = self.status,
                 bytes = self.bytes,

@@ -41,7 +41,8 @@ pub fn since(mark: usize) -> String {
 pub fn access_lines(mark: usize, path: &str) -> Vec<String> {
     since(mark)
         .lines()
-        .filter(|l| l.contains("tailpass::access") && l.contains(&format!("path={path} ")))
+        // Text logs quote the path (`path="/a b"`), as Rust's Debug does.
+        .filter(|l| l.contains("tailpass::access") && l.contains(&format!("path={path:?} ")))
         .map(str::to_string)
         .collect()
 }
