@@ -18,7 +18,9 @@ use http_body_util::BodyExt;
 use hyper::body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncSeekExt, ReadBuf};
 
-use crate::http::response::{Body, full};
+use crate::http::response::{Body, escape, full, with_type};
+
+const TEXT: &str = "text/plain; charset=utf-8";
 
 /// Index files tried, in order, for a directory.
 const INDEX: [&str; 2] = ["index.html", "index.htm"];
@@ -63,7 +65,11 @@ impl FileRoot {
         headers: &HeaderMap,
     ) -> Response<Body> {
         if method != Method::GET && method != Method::HEAD {
-            let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "405 method not allowed\n");
+            let mut r = with_type(
+                StatusCode::METHOD_NOT_ALLOWED,
+                TEXT,
+                "405 method not allowed\n",
+            );
             r.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             return r;
@@ -79,7 +85,9 @@ impl FileRoot {
                     .expect("a normalized path is a valid Location")
             }
             Lookup::Dir(dir) if self.browse => listing(&dir, full_path, method).await,
-            Lookup::Dir(_) | Lookup::Missing => plain(StatusCode::NOT_FOUND, "404 not found\n"),
+            Lookup::Dir(_) | Lookup::Missing => {
+                with_type(StatusCode::NOT_FOUND, TEXT, "404 not found\n")
+            }
         }
     }
 
@@ -349,8 +357,9 @@ async fn answer(f: Found, method: &Method, headers: &HeaderMap) -> Response<Body
         .boxed(),
         Err(e) => {
             tracing::warn!(path = %f.path.display(), error = %e, "reading a static file");
-            return plain(
+            return with_type(
                 StatusCode::INTERNAL_SERVER_ERROR,
+                TEXT,
                 "500 cannot read the file\n",
             );
         }
@@ -376,7 +385,7 @@ async fn listing(dir: &Path, full_path: &str, method: &Method) -> Response<Body>
         }
     }
     names.sort();
-    let title = html_escape(full_path);
+    let title = escape(full_path);
     let mut html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
@@ -389,7 +398,7 @@ async fn listing(dir: &Path, full_path: &str, method: &Method) -> Response<Body>
         let slash = if is_dir { "/" } else { "" };
         let href: String =
             percent_encoding::percent_encode(&name, percent_encoding::NON_ALPHANUMERIC).collect();
-        let shown = html_escape(&String::from_utf8_lossy(&name));
+        let shown = escape(&String::from_utf8_lossy(&name));
         html.push_str(&format!(
             "<li><a href=\"{href}{slash}\">{shown}{slash}</a></li>\n"
         ));
@@ -404,21 +413,6 @@ async fn listing(dir: &Path, full_path: &str, method: &Method) -> Response<Body>
         .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
         .header(header::CACHE_CONTROL, "no-cache")
         .body(full(body))
-        .expect("valid parts")
-}
-
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .body(full(text))
         .expect("valid parts")
 }
 

@@ -197,10 +197,7 @@ async fn authenticate<'a>(
     conn: &Connection,
     snap: &'a Snapshot,
 ) -> Auth<'a> {
-    let portal = snap.portal.as_deref().filter(|pt| {
-        !matches!(route.access, Access::Public)
-            && conn.node.as_deref().is_some_and(|n| pt.serves(n))
-    });
+    let portal = portal_here(conn, snap).filter(|_| !matches!(route.access, Access::Public));
     let sessions = snap.sessions.as_deref().filter(|_| portal.is_some());
     let caller = match sessions {
         Some(s) => s.authenticate(headers, &conn.who).await,
@@ -260,11 +257,16 @@ fn decide<B>(
 /// where a "not found" page sends a person (never shown off the tailnet).
 fn services_url(conn: &Connection, snap: &Snapshot) -> Option<String> {
     let origin = conn.origin.as_deref()?;
+    portal_here(conn, snap).map(|pt| format!("{}{}/", origin.base, pt.prefix()))
+}
+
+/// The portal, when it serves the node this connection came in on.
+fn portal_here<'a>(conn: &Connection, snap: &'a Snapshot) -> Option<&'a Portal> {
     let pt = snap.portal.as_deref()?;
     conn.node
         .as_deref()
         .is_some_and(|n| pt.serves(n))
-        .then(|| format!("{}{}/", origin.base, pt.prefix()))
+        .then_some(pt)
 }
 
 /// How a signed-in user is named on pages and in the log: the email, else

@@ -117,7 +117,7 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 /// Removes hop-by-hop headers, including any named in `Connection`. The
 /// `Upgrade` header is kept (with `Connection: upgrade`) when `upgrade` is
 /// set, which callers do only for a websocket upgrade ([`wants_upgrade`]).
-pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -151,7 +151,7 @@ fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
 /// tunnels: `Connection: upgrade` and exactly one `Upgrade` header whose
 /// only token is `websocket`. Anything else (`h2c`, `foo/1`, a list) is
 /// forwarded as a plain request without `Upgrade` ([`refused_upgrade`]).
-pub(crate) fn wants_upgrade(headers: &HeaderMap) -> bool {
+pub fn wants_upgrade(headers: &HeaderMap) -> bool {
     let mut up = headers.get_all(header::UPGRADE).iter();
     let only = match (up.next(), up.next()) {
         (Some(v), None) => v,

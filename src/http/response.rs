@@ -23,7 +23,8 @@ pub(crate) fn wants_html(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.contains("text/html"))
 }
 
-fn escape(s: &str) -> String {
+/// `s` made safe inside HTML text and attribute values.
+pub(crate) fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

@@ -39,6 +39,8 @@ use tokio::sync::watch;
 
 use tailpass::tailnet::Node;
 
+use tailpass::http::headers;
+use tailpass::tailnet::names;
 use wire::{Body, full};
 
 mod wire;
@@ -91,7 +93,7 @@ impl Refusal {
 /// Whether `host` (as in an authority: IPv6 in brackets) names a tailnet
 /// destination, given the MagicDNS suffix (`tail1234.ts.net`).
 fn is_tailnet_host(host: &str, suffix: &str) -> bool {
-    if let Some(is) = wire::host_ip_is_tailnet(host) {
+    if let Some(is) = names::host_ip_is_tailnet(host) {
         return is;
     }
     let name = host.trim_end_matches('.');
@@ -102,7 +104,7 @@ fn is_tailnet_host(host: &str, suffix: &str) -> bool {
         // A MagicDNS short name ("gw"); never "localhost".
         return !name.eq_ignore_ascii_case("localhost");
     }
-    wire::is_below(name, suffix)
+    names::is_below(name, suffix)
 }
 
 impl Shared {
@@ -324,7 +326,7 @@ async fn forward(
             return refusal.response();
         }
     };
-    let upgrade = wire::wants_upgrade(req.headers());
+    let upgrade = headers::wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     if let Err(reason) = to_origin_form(&mut req, upgrade) {
         return bad_request(reason);
@@ -339,7 +341,7 @@ async fn forward(
         return splice_upgrade(resp, client_upgrade, target, stop);
     }
     let (mut parts, body) = resp.into_parts();
-    wire::remove_hop_by_hop(&mut parts.headers, false);
+    headers::remove_hop_by_hop(&mut parts.headers, false);
     Response::from_parts(parts, body.boxed())
 }
 
@@ -362,7 +364,7 @@ fn to_origin_form(req: &mut Request<Incoming>, upgrade: bool) -> Result<(), &'st
     *req.uri_mut() = origin_form;
     *req.version_mut() = http::Version::HTTP_11;
     let h = req.headers_mut();
-    wire::remove_hop_by_hop(h, upgrade);
+    headers::remove_hop_by_hop(h, upgrade);
     // The absolute URL's authority is the host (RFC 9112 §3.2.2).
     if let Some(v) = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
         h.insert(header::HOST, v);
