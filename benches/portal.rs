@@ -5,13 +5,19 @@
 //!     cargo bench --bench portal
 //!     TAILPASS_BENCH_SECS=5 TAILPASS_BENCH_CONNS=8 TAILPASS_BENCH_OPS=200000 cargo bench --bench portal
 //!
-//! - decision (in-process, CPU only): a login route's whole session check —
-//!   cookie JWT verification (HS256), binding check, store lookup, roles
-//!   from rules, policy — against the decision of a tailnet-only route
-//!   (WhoIs identity, no session);
+//! - decision (in-process): a login route's whole session check — cookie
+//!   JWT verification (HS256), binding check, store lookup, roles from
+//!   rules, policy — against the decision of a tailnet-only route (WhoIs
+//!   identity, no session), with the embedded file store and with a real
+//!   `redis-server` on 127.0.0.1 (one round trip and an AES-GCM open per
+//!   check);
 //! - end to end over the test tailnet (seed stack: real provider, login
 //!   done once): GET on a login route with the session cookie against GET
-//!   on a tailnet-only route to the same upstream.
+//!   on a tailnet-only route to the same upstream, once with the file
+//!   store and once with Redis;
+//! - the cost of signing an identity assertion (ES256) per request.
+//!
+//! Without redis-server the Redis figures are skipped (said loudly).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -24,14 +30,13 @@ use tailpass::tailnet::WhoIs;
 use tailpass_testkit::browser::Browser;
 use tailpass_testkit::client::H1;
 use tailpass_testkit::env_num;
+use tailpass_testkit::redis::{self, RedisServer};
 use tailpass_testkit::stack::{Seed, SeedOptions};
 
 const CFG: &str = r#"
 [[node]]
 hostname = "gw"
 state_dir = "/tmp/unused"
-[portal]
-session_secret = { env = "S" }
 [[provider]]
 name = "p"
 issuer = "https://auth.example.ts.net"
@@ -52,25 +57,29 @@ upstream = "http://127.0.0.1:1"
 roles = ["admin"]
 "#;
 
-fn per_op(ops: u64, mut f: impl FnMut()) -> f64 {
-    // Warm up, then time.
-    for _ in 0..ops / 10 {
-        f();
-    }
-    let t = Instant::now();
-    for _ in 0..ops {
-        f();
-    }
-    t.elapsed().as_nanos() as f64 / ops as f64
+/// Warms up, then times `$body` (which may `.await`) `$ops` times; ns/op.
+macro_rules! per_op {
+    ($ops:expr, $body:block) => {{
+        for _ in 0..$ops / 10 $body
+        let t = Instant::now();
+        for _ in 0..$ops $body
+        t.elapsed().as_nanos() as f64 / $ops as f64
+    }};
 }
 
-fn decision_bench(ops: u64) -> (f64, f64) {
+/// ns/op of a tailnet-only decision and of a login route's whole session
+/// check, with the store `store_url` names (`None`: the file store).
+async fn decision_bench(ops: u64, store_url: Option<&str>) -> (f64, f64) {
     let secret = "x".repeat(48);
-    let c = Config::parse(CFG, &|_| Some(secret.clone())).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = match store_url {
+        None => format!("{CFG}[portal]\nstate_dir = {:?}\nsession_secret = {{ env = \"S\" }}\n", dir.path()),
+        Some(u) => format!("{CFG}[portal]\nsession_secret = {{ env = \"S\" }}\nstate_dir = {:?}\n[sessions]\nstore = {u:?}\n", dir.path()),
+    };
+    let c = Config::parse(&cfg, &|_| Some(secret.clone())).unwrap();
     let pt = c.portal.as_ref().unwrap();
     let keys = Keys::new(&pt.session_secret, &[]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = Store::for_portal(pt).unwrap();
     let j = serde_json::json!({
         "Node": {"StableID": "nStable1", "Name": "laptop.ts.net.", "Tags": []},
         "UserProfile": {"ID": 1, "LoginName": "alice@example.com", "DisplayName": "Alice"},
@@ -100,6 +109,7 @@ fn decision_bench(ops: u64) -> (f64, f64) {
                 refreshed: t,
             },
         )
+        .await
         .unwrap();
     let cookie = keys.sign(&SessionCookie {
         sid: "sid1".into(),
@@ -110,7 +120,7 @@ fn decision_bench(ops: u64) -> (f64, f64) {
     });
     let (plain, app) = (&c.routes[0], &c.routes[1]);
     let no_roles = Default::default();
-    let base = per_op(ops, || {
+    let base = per_op!(ops, {
         let d = policy::evaluate(
             plain,
             &http::Method::GET,
@@ -123,10 +133,10 @@ fn decision_bench(ops: u64) -> (f64, f64) {
         );
         assert!(matches!(d, policy::Decision::Allow(_)));
     });
-    let with_session = per_op(ops, || {
+    let with_session = per_op!(ops, {
         let b = Binding::of(&who).unwrap();
         let ck = keys.verify(&cookie, &b, t).unwrap();
-        let rec = store.get(&ck.sid, t).unwrap();
+        let rec = store.get(&ck.sid, t).await.unwrap().unwrap();
         assert!(rec.binding == b);
         let s = rec.into_session(&ck.sid);
         let roles = policy::roles(&c.rules, &who, Some(&s));
@@ -180,21 +190,17 @@ async fn load(
     total as f64 / t0.elapsed().as_secs_f64()
 }
 
-async fn run() {
-    let ops = env_num("TAILPASS_BENCH_OPS", 200_000);
-    let secs = env_num("TAILPASS_BENCH_SECS", 5);
-    let conns = env_num("TAILPASS_BENCH_CONNS", 8) as usize;
-
-    let (base, sess) = decision_bench(ops);
-    println!("portal benchmark");
-    println!(
-        "decision (CPU, {ops} ops): tailnet-only route {base:.0} ns/op, login route with session check {sess:.0} ns/op, ratio {:.1}",
-        sess / base
-    );
-
+/// Requests per second on a login route with the session cookie and on a
+/// tailnet-only route (same upstream) through a fresh seed stack whose
+/// gateway keeps sessions in `store_url` (`None`: the file store).
+async fn end_to_end(store_url: Option<&str>, conns: usize, secs: u64) -> (f64, f64) {
+    let mut extra = "[[route]]\nnode = \"gw\"\npath = \"/plain\"\nupstream = \"http://{echo}\"\n".to_string();
+    if let Some(u) = store_url {
+        extra.push_str(&format!("[sessions]\nstore = {u:?}\n"));
+    }
     let seed = Seed::start(SeedOptions {
         auto_login: Some("alice".into()),
-        extra: "[[route]]\nnode = \"gw\"\npath = \"/plain\"\nupstream = \"http://{echo}\"\n".into(),
+        extra,
         ..Default::default()
     })
     .await;
@@ -205,32 +211,53 @@ async fn run() {
         .await;
     assert_eq!(end.status, 200);
     let cookie = b.cookie(&seed.gw_host, "tailpass_session").unwrap();
-    let with = load(
-        &laptop,
-        &seed.gw_host,
-        &seed.ca,
-        "/app/bench",
-        Some(&cookie),
-        conns,
-        secs,
-    )
-    .await;
-    let without = load(
-        &laptop,
-        &seed.gw_host,
-        &seed.ca,
-        "/plain/bench",
-        None,
-        conns,
-        secs,
-    )
-    .await;
+    let (gw, ca) = (&seed.gw_host, &seed.ca);
+    let app = "/app/bench";
+    let with = load(&laptop, gw, ca, app, Some(&cookie), conns, secs).await;
+    let without = load(&laptop, gw, ca, "/plain/bench", None, conns, secs).await;
+    std::mem::forget(seed);
+    (with, without)
+}
+
+async fn run() {
+    let ops = env_num("TAILPASS_BENCH_OPS", 200_000);
+    let secs = env_num("TAILPASS_BENCH_SECS", 5);
+    let conns = env_num("TAILPASS_BENCH_CONNS", 8) as usize;
+    let redis = redis::available("the Redis figures of the portal bench")
+        .then(|| RedisServer::start(None));
+    let redis_url = redis.as_ref().map(|r| r.url());
+
+    println!("portal benchmark");
+    let (base, sess) = decision_bench(ops, None).await;
     println!(
-        "tailnet ({conns} connections x {secs} s, same echo upstream): login route with session \
+        "decision ({ops} ops), file store: tailnet-only route {base:.0} ns/op, login route with session check {sess:.0} ns/op, ratio {:.1}",
+        sess / base
+    );
+    if let Some(u) = &redis_url {
+        let (base_r, sess_r) = decision_bench(ops / 10, Some(u)).await;
+        println!(
+            "decision ({} ops), Redis store: tailnet-only route {base_r:.0} ns/op, login route with session check {sess_r:.0} ns/op, ratio {:.1}; Redis check / file check {:.1}",
+            ops / 10,
+            sess_r / base_r,
+            sess_r / sess
+        );
+    }
+    let (with, without) = end_to_end(None, conns, secs).await;
+    println!(
+        "tailnet, file store ({conns} connections x {secs} s, same echo upstream): login route with session \
          {with:.0} req/s, tailnet-only route {without:.0} req/s, ratio {:.2}",
         with / without
     );
-    std::mem::forget(seed);
+    if let Some(u) = &redis_url {
+        let (with_r, without_r) = end_to_end(Some(u), conns, secs).await;
+        println!(
+            "tailnet, Redis store: login route with session {with_r:.0} req/s, tailnet-only route \
+             {without_r:.0} req/s, ratio {:.2}; Redis login route / file login route {:.2}",
+            with_r / without_r,
+            with_r / with
+        );
+    }
+    drop(redis);
 }
 
 fn main() {

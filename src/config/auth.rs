@@ -102,6 +102,9 @@ pub struct Portal {
     pub nodes: Vec<String>,
     /// Title shown on portal pages.
     pub(crate) title: String,
+    /// Where session records, revocations and sign-ins in flight live
+    /// (`[sessions]`).
+    pub store: super::SessionStore,
 }
 
 /// An OpenID Connect provider.
@@ -254,6 +257,7 @@ pub(super) fn validate_portal(
             .collect(),
         nodes: raw.nodes,
         title: raw.title.unwrap_or_else(|| "tailpass".into()),
+        store: super::SessionStore::File,
     })
 }
 

@@ -12,6 +12,7 @@ mod auth;
 mod limits;
 mod read;
 mod secret;
+mod sessions;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -26,6 +27,7 @@ pub use auth::{Portal, Provider, Rule};
 pub(crate) use limits::Limits;
 pub use secret::Secret;
 pub use secret::SecretRef;
+pub use sessions::{RedisStore, SessionStore};
 
 use crate::http::path::{self, normalize_prefix};
 
@@ -68,6 +70,7 @@ struct RawConfig {
     provider: Vec<Option<auth::RawProvider>>,
     rule: Vec<Option<auth::RawRule>>,
     limits: Option<limits::RawLimits>,
+    sessions: Option<sessions::RawSessions>,
 }
 
 #[derive(Deserialize)]
@@ -645,13 +648,17 @@ fn validate(
         .filter_map(|(i, r)| validate_route(i, r?, known_nodes, &mut p))
         .collect();
     check_duplicate_routes(&routes, &mut p);
-    let (portal, providers, rules) = validate_login(
+    let (mut portal, providers, rules) = validate_login(
         (raw.portal, raw.provider, raw.rule),
         (&nodes, &routes),
         failed,
         env,
         &mut p,
     );
+    let store = sessions::validate(raw.sessions, portal.is_some(), env, &mut p);
+    if let Some(pt) = &mut portal {
+        pt.store = store;
+    }
     if !p.is_empty() {
         return Err(p);
     }

@@ -163,6 +163,7 @@ impl Portal {
             .filter_map(|r| r.host.clone())
             .collect();
         allowed_hosts.extend(cfg.redirect_hosts.iter().cloned());
+        let pending = PendingLogins::new(sessions.redis(), previous.map(|p| &p.pending));
         Ok(Some(Portal {
             sessions: Arc::new(sessions),
             providers,
@@ -170,7 +171,7 @@ impl Portal {
             routes: config.routes.clone(),
             allowed_hosts,
             cfg,
-            pending: previous.map(|p| p.pending.clone()).unwrap_or_default(),
+            pending,
         }))
     }
 

@@ -4,7 +4,8 @@
 //! own oldest sign-ins, never another peer's. When every slot is taken by
 //! other nodes, a new sign-in is refused instead.
 //!
-//! [`PendingLogins`] is the portal's table of them, shared across reloads;
+//! [`PendingLogins`] is the portal's table of them, shared across reloads
+//! (or kept in Redis with the sessions, under the same caps);
 //! [`Pending`] is the bounded table underneath.
 //!
 //! What it must not do: drop a sign-in of one node to make room for another
@@ -15,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::oidc;
-use crate::session::Binding;
+use crate::session::{Binding, Redis, StoreError};
 
 /// How long a started sign-in may take.
 pub(crate) const LOGIN_TTL: Duration = Duration::from_secs(600);
@@ -106,6 +107,7 @@ impl<T> Default for Pending<T> {
 
 /// One sign-in in flight: what the callback must match, and where the
 /// browser goes after it.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub(crate) struct PendingLogin {
     /// The provider it was started at.
     pub(crate) provider: String,
@@ -122,32 +124,81 @@ pub(crate) struct PendingLogin {
     pub(crate) redirect_uri: String,
 }
 
-/// The sign-ins in flight of a portal, by `state`; a reload's new portal
-/// shares the table (clones share it).
-#[derive(Clone, Default)]
-pub(crate) struct PendingLogins(Arc<Mutex<Pending<PendingLogin>>>);
+/// Why a sign-in could not be started.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum InsertError {
+    /// The table is full with other nodes' sign-ins.
+    #[error(transparent)]
+    Full(#[from] Full),
+    /// The shared store cannot be reached.
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+/// The sign-ins in flight of a portal, by `state`: in this process (a
+/// reload's new portal shares the table; clones share it), or in the
+/// shared Redis store, so a sign-in started through one tailpass can
+/// finish through another.
+#[derive(Clone)]
+pub(crate) enum PendingLogins {
+    Local(Arc<Mutex<Pending<PendingLogin>>>),
+    Shared(Arc<Redis>),
+}
+
+impl Default for PendingLogins {
+    fn default() -> Self {
+        PendingLogins::Local(Arc::default())
+    }
+}
 
 impl PendingLogins {
+    /// The table of a portal: in `redis` when sessions are shared, else
+    /// the local table `previous` had (a reload), else a new one.
+    pub(crate) fn new(redis: Option<Arc<Redis>>, previous: Option<&PendingLogins>) -> Self {
+        match (redis, previous) {
+            (Some(r), _) => PendingLogins::Shared(r),
+            (None, Some(p @ PendingLogins::Local(_))) => p.clone(),
+            (None, _) => PendingLogins::default(),
+        }
+    }
+
     /// Adds a sign-in under its OIDC `state`, within the caps of its node.
-    pub(crate) fn insert(&self, login: PendingLogin) -> Result<(), Full> {
+    pub(crate) async fn insert(&self, login: PendingLogin) -> Result<(), InsertError> {
         let state = login.oidc.state.clone();
         let node = login.binding.node.clone();
-        self.lock().insert(state, &node, login)
+        match self {
+            PendingLogins::Local(t) => Ok(lock(t).insert(state, &node, login)?),
+            PendingLogins::Shared(r) => {
+                let caps = (LOGIN_TTL, MAX_PER_NODE, MAX_TOTAL);
+                match r.insert_login(&state, &node, &login, caps).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(InsertError::Full(Full)),
+                    Err(e) => Err(InsertError::Store(e)),
+                }
+            }
+        }
     }
 
     /// Takes the sign-in `state` out (single use), if it is live.
-    pub(crate) fn take(&self, state: &str) -> Option<PendingLogin> {
-        self.lock().take(state)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Pending<PendingLogin>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    pub(crate) async fn take(&self, state: &str) -> Result<Option<PendingLogin>, StoreError> {
+        match self {
+            PendingLogins::Local(t) => Ok(lock(t).take(state)),
+            PendingLogins::Shared(r) => r.take_login(state).await,
+        }
     }
 
     #[cfg(test)]
     pub(crate) fn same_table(&self, other: &PendingLogins) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
+        match (self, other) {
+            (PendingLogins::Local(a), PendingLogins::Local(b)) => Arc::ptr_eq(a, b),
+            (PendingLogins::Shared(a), PendingLogins::Shared(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
     }
+}
+
+fn lock(t: &Mutex<Pending<PendingLogin>>) -> std::sync::MutexGuard<'_, Pending<PendingLogin>> {
+    t.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

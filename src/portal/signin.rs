@@ -15,7 +15,7 @@ use serde::Deserialize;
 use std::sync::Arc;
 
 use super::cookies::{self, login_cookie, login_cookie_name, session_cookie, signed_out_cookie};
-use super::pending::{LOGIN_TTL, PendingLogin};
+use super::pending::{InsertError, LOGIN_TTL, PendingLogin};
 use super::router::{Page, Visit, no_such_page, query};
 use super::{Portal, PortalOrigin, html_response, pages, target};
 use crate::config;
@@ -23,7 +23,7 @@ use crate::http::headers;
 use crate::http::response::{Body, error, not_found, redirect};
 use crate::identity::PeerIdentity;
 use crate::oidc;
-use crate::session::{Binding, OpenError, now, random_token};
+use crate::session::{Binding, OpenError, StoreError, now, random_token};
 
 /// `?rd=…&max_age=…&fresh` of the authorize step (and the login page).
 #[derive(Debug, Default, Deserialize)]
@@ -183,14 +183,21 @@ impl Portal {
             max_age,
             redirect_uri,
         };
-        if self.pending.insert(login).is_err() {
-            tracing::warn!(peer = %v.who, provider = name, "sign-in refused: too many sign-ins in flight from other nodes");
-            let r = self.problem_page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Too many sign-ins in progress",
-                "Try again in a few minutes.",
-            );
-            return Page(r, "login-busy");
+        match self.pending.insert(login).await {
+            Ok(()) => {}
+            Err(InsertError::Full(_)) => {
+                tracing::warn!(peer = %v.who, provider = name, "sign-in refused: too many sign-ins in flight from other nodes");
+                let r = self.problem_page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Too many sign-ins in progress",
+                    "Try again in a few minutes.",
+                );
+                return Page(r, "login-busy");
+            }
+            Err(InsertError::Store(e)) => {
+                tracing::error!(peer = %v.who, provider = name, error = %e, "sign-in refused: the session store is unreachable");
+                return Page(self.store_down(), "login-store-down");
+            }
         }
         let mut r = redirect(StatusCode::FOUND, &url);
         let ttl = LOGIN_TTL.as_secs() as i64;
@@ -203,25 +210,35 @@ impl Portal {
     /// The sign-in in flight that `state` names, if it is still valid and
     /// this callback comes from the browser, node and provider that started
     /// it. State is single-use: taken out whatever happens next.
-    fn take_pending(
+    async fn take_pending(
         &self,
         name: &str,
         state: &str,
         headers: &HeaderMap,
         who: &PeerIdentity,
-    ) -> Option<PendingLogin> {
-        let Some(pl) = self.pending.take(state) else {
+    ) -> Result<Option<PendingLogin>, StoreError> {
+        let Some(pl) = self.pending.take(state).await? else {
             tracing::warn!(peer = %who, provider = name, "callback with unknown or used state");
-            return None;
+            return Ok(None);
         };
         if pl.provider != name
             || headers::cookie(headers, &login_cookie_name(&self.cfg)) != Some(pl.browser.as_str())
             || Binding::of(who).as_ref() != Some(&pl.binding)
         {
             tracing::warn!(peer = %who, provider = name, "callback from another browser, node or provider than the sign-in started");
-            return None;
+            return Ok(None);
         }
-        Some(pl)
+        Ok(Some(pl))
+    }
+
+    /// The page of a sign-in refused because the shared session store
+    /// cannot be reached.
+    fn store_down(&self) -> Response<Body> {
+        self.problem_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Sign-in is unavailable right now",
+            "The session store cannot be reached, so no new session can be opened. Sessions already open keep working for a short while. Try again in a minute; the administrator can see the reason in the log.",
+        )
     }
 
     /// The callback: the sign-in in flight it finishes, or why not.
@@ -234,9 +251,16 @@ impl Portal {
     ) -> Page {
         let stale = "This sign-in link is not valid any more: it was used already, it expired, or it was started in another browser or on another device.";
         let state = q.state.unwrap_or_default();
-        let Some(pl) = self.take_pending(name, &state, headers, who) else {
-            let r = self.failed(StatusCode::BAD_REQUEST, "Sign-in expired", stale);
-            return Page(r, "login-stale");
+        let pl = match self.take_pending(name, &state, headers, who).await {
+            Ok(Some(pl)) => pl,
+            Ok(None) => {
+                let r = self.failed(StatusCode::BAD_REQUEST, "Sign-in expired", stale);
+                return Page(r, "login-stale");
+            }
+            Err(e) => {
+                tracing::error!(peer = %who, provider = name, error = %e, "sign-in callback refused: the session store is unreachable");
+                return Page(self.store_down(), "login-store-down");
+            }
         };
         if let Some(err) = q.error {
             let desc = q.error_description.unwrap_or_default();
@@ -294,12 +318,12 @@ impl Portal {
             cookies::set(&mut r, &login_cookie(&self.cfg, "", 0));
             return Page(r, "login-unproven");
         }
-        self.open_session(name, pl, login, headers, who)
+        self.open_session(name, pl, login, headers, who).await
     }
 
     /// Opens the session a verified sign-in earned (none when it maps to
     /// no role) and sends the browser to where it was going.
-    fn open_session(
+    async fn open_session(
         &self,
         name: &str,
         pl: PendingLogin,
@@ -308,12 +332,16 @@ impl Portal {
         who: &PeerIdentity,
     ) -> Page {
         let (p, t) = (&self.cfg.prefix, &self.cfg.title);
-        let opened = match self.sessions.open(name, &pl.binding, login, headers, who) {
+        let opened = match self.sessions.open(name, &pl.binding, login, headers, who).await {
             Ok(o) => o,
             Err(OpenError::NoRole(shown)) => {
                 tracing::warn!(peer = %who, provider = name, login = %shown, "sign-in maps to no role; no session created");
                 let page = pages::no_role(p, t, &shown, &who.to_string());
                 return Page(html_response(StatusCode::FORBIDDEN, page), "no-role");
+            }
+            Err(OpenError::Store(e @ StoreError::Unavailable(_))) => {
+                tracing::error!(peer = %who, error = %e, "cannot store a new session");
+                return Page(self.store_down(), "login-store-down");
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot persist a new session");

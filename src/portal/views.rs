@@ -175,7 +175,7 @@ pub(super) async fn logout(
 ) -> Page {
     let p = &pt.cfg.prefix;
     let done = format!("{}{p}/logged-out", v.origin.base);
-    let rec = match pt.sessions.close(&headers, &v.who) {
+    let rec = match pt.sessions.close(&headers, &v.who).await {
         Ok(rec) => rec,
         Err(e) => {
             tracing::error!(error = %e, "cannot persist a sign-out");

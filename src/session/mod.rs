@@ -15,7 +15,10 @@
 //! providers; only the service's refresh does.
 
 mod cookie;
+mod file;
+mod redis;
 mod refresh;
+mod seal;
 mod service;
 mod store;
 
@@ -25,7 +28,8 @@ use serde::{Deserialize, Serialize};
 
 pub use cookie::{Keys, SessionCookie};
 pub(crate) use service::{Authenticated, OpenError, Sessions};
-pub use store::{Record, Store};
+pub use store::{Record, Store, StoreError};
+pub(crate) use redis::Redis;
 
 use crate::identity::{PeerIdentity, Principal};
 

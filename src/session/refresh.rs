@@ -63,7 +63,7 @@ impl Sessions {
         }
         if self.backing_off(sid) {
             return if self.overdue(&rec) {
-                self.end_unrefreshable(sid, &rec)
+                self.end_unrefreshable(sid, &rec).await
             } else {
                 Some(rec)
             };
@@ -76,11 +76,25 @@ impl Sessions {
             m.entry(sid.to_string()).or_default().clone()
         };
         let _g = lock.lock().await;
-        let rec = self.store.get(sid, now())?;
+        let rec = self.store.get(sid, now()).await.ok()??;
         if !self.due(&rec, force) || self.backing_off(sid) {
             return Some(rec);
         }
-        self.refresh(sid, rec).await
+        // And one host at a time (a shared store): the others go on with
+        // the record as it is, as they do while Redis is unreachable (a
+        // refreshed token that cannot be stored would end the session).
+        let Ok(token) = self.store.lock_refresh(sid).await else {
+            return Some(rec);
+        };
+        // Another host may have refreshed it just before.
+        let out = match self.store.get(sid, now()).await {
+            Ok(Some(rec)) if self.due(&rec, force) => self.refresh(sid, rec).await,
+            Ok(Some(rec)) => Some(rec),
+            Ok(None) => None,
+            Err(_) => Some(rec),
+        };
+        self.store.unlock_refresh(sid, token).await;
+        out
     }
 
     /// One refresh call at the provider, and what its answer means.
@@ -108,7 +122,7 @@ impl Sessions {
                     // (a group removed there is removed here).
                     r.claims = claims;
                 }
-                if let Err(e) = self.store.put(sid, r.clone()) {
+                if let Err(e) = self.store.put(sid, r.clone()).await {
                     tracing::error!(error = %e, "cannot persist a refreshed session");
                 }
                 tracing::debug!(provider = %r.provider, "session refreshed");
@@ -116,13 +130,13 @@ impl Sessions {
             }
             Err(RefreshError::Ended(why)) => {
                 tracing::info!(provider = %rec.provider, sub = %rec.sub, reason = %why, "provider ended the session; revoking");
-                self.revoke_ended(sid);
+                self.revoke_ended(sid).await;
                 None
             }
             Err(RefreshError::Unavailable(why)) => {
                 if self.overdue(&rec) {
                     tracing::warn!(provider = %rec.provider, reason = %why, "cannot refresh the session now");
-                    return self.end_unrefreshable(sid, &rec);
+                    return self.end_unrefreshable(sid, &rec).await;
                 }
                 let wait = self.back_off(sid);
                 tracing::warn!(provider = %rec.provider, reason = %why, retry_in = ?wait, "cannot refresh the session now; kept, trying again later");
@@ -146,23 +160,23 @@ impl Sessions {
     }
 
     /// Ends a session that could not be refreshed within its grace period.
-    fn end_unrefreshable(&self, sid: &str, rec: &Record) -> Option<Record> {
+    async fn end_unrefreshable(&self, sid: &str, rec: &Record) -> Option<Record> {
         tracing::warn!(
             provider = %rec.provider,
             sub = %rec.sub,
             grace = ?self.cfg.refresh_grace,
             "the session could not be refreshed within refresh_interval + refresh_grace; ending it"
         );
-        self.revoke_ended(sid);
+        self.revoke_ended(sid).await;
         None
     }
 
-    fn revoke_ended(&self, sid: &str) {
+    async fn revoke_ended(&self, sid: &str) {
         self.retry
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(sid);
-        if let Err(e) = self.store.revoke(sid) {
+        if let Err(e) = self.store.revoke(sid).await {
             tracing::error!(error = %e, "cannot persist a revocation");
         }
     }

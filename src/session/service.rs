@@ -20,7 +20,7 @@ use http::HeaderMap;
 
 use super::refresh::Retry;
 use super::{Binding, Keys, Record, Session, SessionCookie, Store, now, random_token};
-use crate::config::{self, Config, Rule};
+use crate::config::{self, Config, Rule, SessionStore};
 use crate::http::headers;
 use crate::identity::PeerIdentity;
 use crate::oidc;
@@ -70,7 +70,7 @@ pub(crate) enum OpenError {
     NoRole(String),
     /// The record could not be persisted.
     #[error("cannot persist a new session: {0}")]
-    Store(String),
+    Store(super::StoreError),
 }
 
 /// Keys, store, refresh and watchers of the login sessions.
@@ -108,8 +108,8 @@ impl Sessions {
     ) -> Result<Sessions, String> {
         let keys = Keys::new(&cfg.session_secret, &cfg.retired_session_secrets)?;
         let store = match previous {
-            Some(p) if p.cfg.state_dir == cfg.state_dir => p.store.clone(),
-            _ => Arc::new(Store::open(&cfg.state_dir).map_err(|e| e.to_string())?),
+            Some(p) if same_store(&p.cfg, cfg) => p.store.clone(),
+            _ => Arc::new(Store::for_portal(cfg).map_err(|e| e.to_string())?),
         };
         Ok(Sessions {
             cfg: cfg.clone(),
@@ -164,14 +164,18 @@ impl Sessions {
                 return None;
             }
         };
-        let rec = match self.store.get(&c.sid, t) {
-            Some(r) if r.binding == binding => r,
-            Some(_) => {
+        let rec = match self.store.get(&c.sid, t).await {
+            Ok(Some(r)) if r.binding == binding => r,
+            Ok(Some(_)) => {
                 tracing::warn!(peer = %who, "session record bound elsewhere; refused");
                 return None;
             }
-            None => {
+            Ok(None) => {
                 tracing::info!(peer = %who, "session revoked or unknown");
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(peer = %who, error = %e, "session not verified");
                 return None;
             }
         };
@@ -191,7 +195,7 @@ impl Sessions {
     /// Opens the session a verified sign-in of `binding` at `provider`
     /// earned, unless it maps to no role; the session this browser had
     /// (its cookie in `headers`) is revoked.
-    pub(crate) fn open(
+    pub(crate) async fn open(
         &self,
         provider: &str,
         binding: &Binding,
@@ -222,12 +226,13 @@ impl Sessions {
         }
         self.store
             .put(&sid, rec)
-            .map_err(|e| OpenError::Store(e.to_string()))?;
+            .await
+            .map_err(OpenError::Store)?;
         // A new sign-in replaces the session this browser had.
         if let Some(old) = self.cookie_of(headers, binding, t0)
             && old.sid != sid
         {
-            let _ = self.store.revoke(&old.sid);
+            let _ = self.store.revoke(&old.sid).await;
         }
         let token = self.keys.sign(&SessionCookie {
             sid,
@@ -246,7 +251,7 @@ impl Sessions {
 
     /// Signs out: revokes the session of the cookie in `headers` (its
     /// websockets close). Returns its record, if one was live.
-    pub(crate) fn close(
+    pub(crate) async fn close(
         &self,
         headers: &HeaderMap,
         who: &PeerIdentity,
@@ -254,7 +259,7 @@ impl Sessions {
         let Some(c) = Binding::of(who).and_then(|b| self.cookie_of(headers, &b, now())) else {
             return Ok(None);
         };
-        self.store.revoke(&c.sid)
+        self.store.revoke(&c.sid).await
     }
 
     /// The verified session cookie in `headers`, bound to `binding`.
@@ -267,25 +272,59 @@ impl Sessions {
     /// websockets) and refreshes sessions that have open websockets, so a
     /// session ended at the provider also closes its long-lived connections.
     pub(crate) async fn tick(&self) {
-        if let Err(e) = self.store.purge_expired(now()) {
-            tracing::error!(error = %e, "session store upkeep");
+        if let Err(e) = self.store.upkeep(now()).await {
+            tracing::debug!(error = %e, "session store upkeep");
         }
-        self.retry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|sid, _| self.store.get(sid, now()).is_some());
+        let backing_off: Vec<String> = (self.retry.lock().unwrap_or_else(|e| e.into_inner()))
+            .keys()
+            .cloned()
+            .collect();
+        for sid in backing_off {
+            if let Ok(None) = self.store.get(&sid, now()).await {
+                self.retry
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&sid);
+            }
+        }
         for sid in self.store.watched() {
-            if let Some(rec) = self.store.get(&sid, now()) {
+            if let Ok(Some(rec)) = self.store.get(&sid, now()).await {
                 let _ = self.maybe_refresh(&sid, rec, false).await;
             }
         }
     }
 
-    /// How often [`Sessions::tick`] should run.
+    /// How often [`Sessions::tick`] should run: with a shared store, at
+    /// least every 5 s (the re-check behind pub/sub).
     pub(crate) fn upkeep_interval(&self) -> Duration {
-        (self.cfg.refresh_interval / 2).clamp(Duration::from_secs(1), Duration::from_secs(30))
+        let most = match self.cfg.store {
+            SessionStore::File => Duration::from_secs(30),
+            SessionStore::Redis(_) => Duration::from_secs(5),
+        };
+        (self.cfg.refresh_interval / 2).clamp(Duration::from_secs(1), most)
+    }
+
+    /// The Redis store, when sessions are shared (sign-ins in flight are
+    /// kept there too).
+    pub(crate) fn redis(&self) -> Option<Arc<super::Redis>> {
+        self.store.redis()
     }
 }
+
+/// Whether a reload can keep the store: same place and, for Redis (whose
+/// records are sealed with them), the same session secrets.
+fn same_store(before: &config::Portal, now: &config::Portal) -> bool {
+    before.store == now.store
+        && match now.store {
+            SessionStore::File => before.state_dir == now.state_dir,
+            SessionStore::Redis(_) => {
+                before.session_secret == now.session_secret
+                    && before.retired_session_secrets == now.retired_session_secrets
+            }
+        }
+}
+
+
 
 #[cfg(test)]
 impl Sessions {

@@ -1,22 +1,28 @@
-//! The server-side session records, persisted as one JSON file (mode 0600)
-//! in the portal's state directory and rewritten atomically on every
-//! change. A record holds what must not travel in the cookie: the ID token
-//! (the logout hint) and the refresh token.
+//! The server-side session records: in one JSON file (mode 0600) in the
+//! portal's state directory (`file.rs`, the default), or in Redis shared by
+//! several tailpass processes (`redis.rs`). A record holds what must not
+//! travel in the cookie: the ID token (the logout hint) and the refresh
+//! token.
 //!
 //! Revoking deletes the record and persists that before returning, so a
-//! revoked session stays revoked across restarts. Each live session has a
-//! watch channel; revoking signals it, which closes that session's open
-//! websockets.
+//! revoked session stays revoked across restarts. Each session with open
+//! websockets has a watch channel here; revoking signals it (with Redis,
+//! on every host, through pub/sub), which closes those websockets.
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::file::FileStore;
+use super::redis::Redis;
+use super::seal::Seal;
 use super::{Binding, Session};
+use crate::config::RedisStore;
 
 /// One session as kept on disk. Its `Debug` leaves out the tokens.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -88,13 +94,7 @@ impl Record {
     }
 }
 
-#[derive(Default, Serialize, Deserialize)]
-struct File {
-    version: u32,
-    sessions: BTreeMap<String, Record>,
-}
-
-/// Why the session store could not read or write its file.
+/// Why the session store could not read or write.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
@@ -106,153 +106,209 @@ pub enum StoreError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The shared store (Redis) cannot be reached or refused a command.
+    #[error("session store unreachable: {0}")]
+    Unavailable(String),
 }
 
-/// The session store.
-pub struct Store {
-    path: PathBuf,
-    // A std Mutex: held only for map updates and one small file write,
-    // never across an await.
-    inner: Mutex<Inner>,
-}
+/// The watchers of open websockets, by session id: local to this process
+/// (a revocation elsewhere reaches them through the store).
+#[derive(Default)]
+struct Watchers(Mutex<HashMap<String, watch::Sender<bool>>>);
 
-struct Inner {
-    sessions: BTreeMap<String, Record>,
-    watchers: HashMap<String, watch::Sender<bool>>,
-}
-
-impl std::fmt::Debug for Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish()
-    }
-}
-
-impl Store {
-    /// Opens (or creates) the store in `dir`. An unreadable or corrupt file
-    /// is moved aside (kept, not deleted) and the store starts empty: every
-    /// session must sign in again, none is accepted by mistake.
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| StoreError::Io { path, source }
-        };
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-        set_mode(dir, 0o700);
-        let path = dir.join("sessions.json");
-        let mut sessions = BTreeMap::new();
-        match std::fs::read(&path) {
-            Ok(bytes) => match serde_json::from_slice::<File>(&bytes) {
-                Ok(f) => sessions = f.sessions,
-                Err(e) => {
-                    let aside = dir.join(format!("sessions.json.corrupt-{}", super::now()));
-                    tracing::error!(file = %path.display(), moved_to = %aside.display(), error = %e,
-                        "session store is corrupt; moved aside, starting with no sessions");
-                    std::fs::rename(&path, &aside).map_err(io(&path))?;
-                }
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(StoreError::Io { path, source: e }),
-        }
-        let store = Store {
-            path,
-            inner: Mutex::new(Inner {
-                sessions,
-                watchers: HashMap::new(),
-            }),
-        };
-        store.purge_expired(super::now())?;
-        Ok(store)
+impl Watchers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Sender<bool>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The live record for `sid`, if any and not expired.
-    pub fn get(&self, sid: &str, now: i64) -> Option<Record> {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.sessions.get(sid).filter(|r| r.expires > now).cloned()
-    }
-
-    /// Adds or replaces a record and persists it.
-    pub fn put(&self, sid: &str, rec: Record) -> Result<(), StoreError> {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let before = inner.sessions.insert(sid.to_string(), rec);
-        if let Err(e) = self.persist(&inner.sessions) {
-            match before {
-                Some(b) => inner.sessions.insert(sid.to_string(), b),
-                None => inner.sessions.remove(sid),
-            };
-            return Err(e);
-        }
-        Ok(())
-    }
-
-    /// Revokes a session: deletes the record, persists, and signals its
-    /// websockets. Returns the record it removed.
-    pub(crate) fn revoke(&self, sid: &str) -> Result<Option<Record>, StoreError> {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let removed = inner.sessions.remove(sid);
-        if removed.is_some() {
-            self.persist(&inner.sessions)?;
-        }
-        if let Some(w) = inner.watchers.remove(sid) {
+    /// Closes the websockets of `sid`.
+    fn signal(&self, sid: &str) {
+        if let Some(w) = self.lock().remove(sid) {
             let _ = w.send(true);
         }
-        Ok(removed)
     }
 
-    /// A receiver that turns `true` when `sid` is revoked.
-    pub(crate) fn watch(&self, sid: &str) -> watch::Receiver<bool> {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.watchers.retain(|_, w| w.receiver_count() > 0);
-        if !inner.sessions.contains_key(sid) {
-            let (tx, rx) = watch::channel(true);
-            drop(tx);
-            return rx;
-        }
-        inner
-            .watchers
-            .entry(sid.to_string())
+    fn subscribe(&self, sid: &str) -> watch::Receiver<bool> {
+        let mut m = self.lock();
+        m.retain(|_, w| w.receiver_count() > 0);
+        m.entry(sid.to_string())
             .or_insert_with(|| watch::channel(false).0)
             .subscribe()
     }
 
-    /// Session ids with open websockets (someone is watching them).
-    pub(crate) fn watched(&self) -> Vec<String> {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner
-            .watchers
+    fn watched(&self) -> Vec<String> {
+        self.lock()
             .iter()
             .filter(|(_, w)| w.receiver_count() > 0)
             .map(|(k, _)| k.clone())
             .collect()
     }
+}
 
-    /// Drops expired records (and signals their watchers).
-    pub(crate) fn purge_expired(&self, now: i64) -> Result<usize, StoreError> {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let dead: Vec<String> = inner
-            .sessions
-            .iter()
-            .filter(|(_, r)| r.expires <= now)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in &dead {
-            inner.sessions.remove(k);
-            if let Some(w) = inner.watchers.remove(k) {
-                let _ = w.send(true);
-            }
+/// The session store: the embedded file, or Redis shared with other
+/// tailpass processes. Either way, revoking signals the session's open
+/// websockets here; with Redis, on every other host too.
+pub struct Store {
+    backend: Backend,
+    watchers: Arc<Watchers>,
+}
+
+enum Backend {
+    File(FileStore),
+    Redis(Arc<Shared>),
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.backend {
+            Backend::File(s) => f.debug_struct("Store").field("path", &s.path).finish(),
+            Backend::Redis(s) => f.debug_struct("Store").field("redis", &s.redis).finish(),
         }
-        if !dead.is_empty() {
-            self.persist(&inner.sessions)?;
-        }
-        Ok(dead.len())
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the file store in `dir`. An unreadable or corrupt
+    /// file is moved aside (kept, not deleted) and the store starts empty:
+    /// every session must sign in again, none is accepted by mistake.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let file = FileStore::open(dir)?;
+        file.purge_expired(super::now())?;
+        Ok(Store {
+            backend: Backend::File(file),
+            watchers: Arc::default(),
+        })
     }
 
-    /// Number of live records.
+    /// The store a portal's config names: the file in its `state_dir`, or
+    /// Redis (records sealed with its session secrets).
+    pub fn for_portal(cfg: &crate::config::Portal) -> Result<Store, StoreError> {
+        match &cfg.store {
+            crate::config::SessionStore::File => Store::open(&cfg.state_dir),
+            crate::config::SessionStore::Redis(r) => {
+                let seal = Seal::new(&cfg.session_secret, &cfg.retired_session_secrets);
+                Store::open_redis(r, seal)
+            }
+        }
+    }
+
+    /// The Redis store of `cfg`, sealing with `seal`. It connects lazily:
+    /// an unreachable Redis does not stop tailpass from starting.
+    pub(crate) fn open_redis(cfg: &RedisStore, seal: Seal) -> Result<Store, StoreError> {
+        let watchers: Arc<Watchers> = Arc::default();
+        let shared = Arc::new(Shared::new(Arc::new(Redis::new(cfg, seal)?)));
+        shared.follow(&watchers);
+        Ok(Store {
+            backend: Backend::Redis(shared),
+            watchers,
+        })
+    }
+
+    /// The Redis connection, when the store is Redis (sign-ins in flight
+    /// live there too).
+    pub(crate) fn redis(&self) -> Option<Arc<Redis>> {
+        match &self.backend {
+            Backend::Redis(s) => Some(s.redis.clone()),
+            Backend::File(_) => None,
+        }
+    }
+
+    /// The live record for `sid`, if any and not expired. With Redis
+    /// unreachable: the record this host last verified, for at most
+    /// `outage_grace` after that; then [`StoreError::Unavailable`].
+    pub async fn get(&self, sid: &str, now: i64) -> Result<Option<Record>, StoreError> {
+        match &self.backend {
+            Backend::File(f) => Ok(f.get(sid, now)),
+            Backend::Redis(s) => s.get(sid, now).await,
+        }
+    }
+
+    /// Adds or replaces a record and persists it.
+    pub async fn put(&self, sid: &str, rec: Record) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::File(f) => f.put(sid, rec),
+            Backend::Redis(s) => s.put(sid, rec).await,
+        }
+    }
+
+    /// Revokes a session: deletes the record, persists, and signals its
+    /// websockets (with Redis: on every host). Returns the record it
+    /// removed. With Redis unreachable, the session ends here at once and
+    /// the revocation is sent when Redis is back.
+    pub(crate) async fn revoke(&self, sid: &str) -> Result<Option<Record>, StoreError> {
+        self.watchers.signal(sid);
+        match &self.backend {
+            Backend::File(f) => f.remove(sid),
+            Backend::Redis(s) => Ok(s.revoke(sid).await),
+        }
+    }
+
+    /// A receiver that turns `true` when `sid` is revoked or expires.
+    /// With Redis, a revocation between the request's check and this call
+    /// is caught by the next upkeep's re-check (a few seconds), so a
+    /// request pays no second round trip for it.
+    pub(crate) fn watch(&self, sid: &str) -> watch::Receiver<bool> {
+        let rx = self.watchers.subscribe(sid);
+        // Checked after subscribing: a revocation in between is not lost.
+        if let Backend::File(f) = &self.backend
+            && !f.contains(sid)
+        {
+            self.watchers.signal(sid);
+        }
+        rx
+    }
+
+    /// Session ids with open websockets here (someone is watching them).
+    pub(crate) fn watched(&self) -> Vec<String> {
+        self.watchers.watched()
+    }
+
+    /// One round of upkeep: drops expired sessions and closes the
+    /// websockets of sessions that ended (expired, or revoked on another
+    /// host while a message was lost; with Redis unreachable, those not
+    /// verified within `outage_grace`).
+    pub(crate) async fn upkeep(&self, now: i64) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::File(f) => {
+                for sid in f.purge_expired(now)? {
+                    self.watchers.signal(&sid);
+                }
+                Ok(())
+            }
+            Backend::Redis(s) => s.upkeep(now, &self.watchers).await,
+        }
+    }
+
+    /// The refresh lock of `sid` across hosts (`None`: no other host can
+    /// refresh; a file store is one process's).
+    pub(crate) async fn lock_refresh(&self, sid: &str) -> Result<Option<String>, StoreError> {
+        match &self.backend {
+            Backend::File(_) => Ok(None),
+            Backend::Redis(s) => {
+                let token = super::random_token();
+                match s.redis.lock_refresh(sid, &token).await? {
+                    true => Ok(Some(token)),
+                    false => Err(StoreError::Unavailable(
+                        "another host is refreshing this session".into(),
+                    )),
+                }
+            }
+        }
+    }
+
+    /// Releases a lock [`Store::lock_refresh`] took.
+    pub(crate) async fn unlock_refresh(&self, sid: &str, token: Option<String>) {
+        if let (Backend::Redis(s), Some(t)) = (&self.backend, token) {
+            s.redis.unlock_refresh(sid, &t).await;
+        }
+    }
+
+    /// Number of live records (with Redis: as of the last upkeep).
     pub(crate) fn len(&self) -> usize {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .sessions
-            .len()
+        match &self.backend {
+            Backend::File(f) => f.len(),
+            Backend::Redis(s) => s.count.load(Ordering::Relaxed),
+        }
     }
 
     /// Whether there are no records (the tests' question; the gateway only
@@ -261,49 +317,192 @@ impl Store {
     pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
 
-    fn persist(&self, sessions: &BTreeMap<String, Record>) -> Result<(), StoreError> {
-        let err = |source| StoreError::Io {
-            path: self.path.clone(),
-            source,
-        };
-        let body = serde_json::to_vec(&FileRef {
-            version: 1,
-            sessions,
-        })
-        .map_err(|e| err(std::io::Error::other(e)))?;
-        let tmp = self.path.with_extension("json.tmp");
-        {
-            let mut f = open_private(&tmp).map_err(err)?;
-            f.write_all(&body).map_err(err)?;
-            f.sync_all().map_err(err)?;
+/// The Redis store and what this host remembers for an outage.
+struct Shared {
+    redis: Arc<Redis>,
+    /// Records this host last verified at Redis, and when.
+    known: Mutex<HashMap<String, (Record, Instant)>>,
+    /// Revocations made here while Redis was unreachable, to send.
+    queued: Mutex<HashSet<String>>,
+    /// Live sessions, as of the last upkeep.
+    count: AtomicUsize,
+    /// Whether Redis is unreachable (for logging the change once).
+    down: AtomicBool,
+    follower: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Some(t) = self.follower.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
+            t.abort();
         }
-        std::fs::rename(&tmp, &self.path).map_err(err)?;
-        Ok(())
     }
 }
 
-#[derive(Serialize)]
-struct FileRef<'a> {
-    version: u32,
-    sessions: &'a BTreeMap<String, Record>,
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn open_private(p: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(p)
-}
+impl Shared {
+    fn new(redis: Arc<Redis>) -> Shared {
+        Shared {
+            redis,
+            known: Mutex::default(),
+            queued: Mutex::default(),
+            count: AtomicUsize::new(0),
+            down: AtomicBool::new(false),
+            follower: Mutex::new(None),
+        }
+    }
 
-fn set_mode(p: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
-}
+    /// Follows revocations made on other hosts; after every
+    /// (re)subscription, sends what was queued and re-checks open
+    /// websockets (messages sent meanwhile were lost).
+    fn follow(self: &Arc<Self>, watchers: &Arc<Watchers>) {
+        let w = Arc::downgrade(watchers);
+        let revoked = move |sid: &str| {
+            if let Some(w) = w.upgrade() {
+                w.signal(sid);
+            }
+        };
+        let (me, w) = (Arc::downgrade(self), Arc::downgrade(watchers));
+        let resync = move || {
+            let (Some(me), Some(w)) = (me.upgrade(), w.upgrade()) else {
+                return;
+            };
+            tokio::spawn(async move {
+                if let Err(e) = me.upkeep(super::now(), &w).await {
+                    tracing::debug!(error = %e, "re-check after resubscribing");
+                }
+            });
+        };
+        let task = self.redis.follow(revoked, resync);
+        *locked(&self.follower) = Some(task);
+    }
 
+    fn outage(&self, e: &StoreError) {
+        if !self.down.swap(true, Ordering::Relaxed) {
+            tracing::error!(error = %e, grace = ?self.redis.grace,
+                "session store unreachable: sessions verified here within outage_grace keep working, new sign-ins are refused");
+        }
+    }
+
+    fn back(&self) {
+        if self.down.swap(false, Ordering::Relaxed) {
+            tracing::info!("session store reachable again");
+        }
+    }
+
+    async fn get(&self, sid: &str, now: i64) -> Result<Option<Record>, StoreError> {
+        if locked(&self.queued).contains(sid) {
+            return Ok(None);
+        }
+        match self.redis.get(sid, now).await {
+            Ok(Some(rec)) => {
+                self.back();
+                locked(&self.known).insert(sid.to_string(), (rec.clone(), Instant::now()));
+                Ok(Some(rec))
+            }
+            Ok(None) => {
+                self.back();
+                locked(&self.known).remove(sid);
+                Ok(None)
+            }
+            Err(e) => {
+                self.outage(&e);
+                let known = locked(&self.known);
+                match known.get(sid) {
+                    Some((rec, at)) if at.elapsed() < self.redis.grace && rec.expires > now => {
+                        Ok(Some(rec.clone()))
+                    }
+                    _ => Err(e),
+                }
+            }
+        }
+    }
+
+    async fn put(&self, sid: &str, rec: Record) -> Result<(), StoreError> {
+        match self.redis.put(sid, &rec).await {
+            Ok(()) => {
+                self.back();
+                locked(&self.known).insert(sid.to_string(), (rec, Instant::now()));
+                Ok(())
+            }
+            Err(e) => {
+                self.outage(&e);
+                Err(e)
+            }
+        }
+    }
+
+    async fn revoke(&self, sid: &str) -> Option<Record> {
+        let known = locked(&self.known).remove(sid).map(|(r, _)| r);
+        match self.redis.remove(sid).await {
+            Ok(rec) => {
+                self.back();
+                rec.or(known)
+            }
+            Err(e) => {
+                self.outage(&e);
+                tracing::warn!("revocation kept here and sent when the session store is back");
+                locked(&self.queued).insert(sid.to_string());
+                known
+            }
+        }
+    }
+
+    async fn upkeep(&self, now: i64, watchers: &Watchers) -> Result<(), StoreError> {
+        let r = self.upkeep_online(now, watchers).await;
+        match &r {
+            Ok(()) => self.back(),
+            Err(e) => {
+                self.outage(e);
+                // Unreachable: websockets of sessions not verified within
+                // the grace period close.
+                let grace = self.redis.grace;
+                let mut known = locked(&self.known);
+                known.retain(|_, (_, at)| at.elapsed() < grace);
+                for sid in watchers.watched() {
+                    if !known.contains_key(&sid) {
+                        watchers.signal(&sid);
+                    }
+                }
+            }
+        }
+        r
+    }
+
+    async fn upkeep_online(&self, now: i64, watchers: &Watchers) -> Result<(), StoreError> {
+        let queued: Vec<String> = locked(&self.queued).iter().cloned().collect();
+        for sid in queued {
+            self.redis.remove(&sid).await?;
+            locked(&self.queued).remove(&sid);
+            tracing::info!("revocation made during the outage sent");
+        }
+        let (dead, count) = self.redis.purge_expired(now).await?;
+        self.count.store(count, Ordering::Relaxed);
+        for sid in dead {
+            watchers.signal(&sid);
+        }
+        let watched = watchers.watched();
+        let missing = self.redis.missing(&watched).await?;
+        for sid in &missing {
+            watchers.signal(sid);
+        }
+        let mut known = locked(&self.known);
+        let t = Instant::now();
+        for sid in watched.iter().filter(|s| !missing.contains(s)) {
+            if let Some(k) = known.get_mut(sid) {
+                k.1 = t;
+            }
+        }
+        let grace = self.redis.grace;
+        known.retain(|_, (_, at)| at.elapsed() < grace);
+        Ok(())
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,25 +535,25 @@ mod tests {
         assert!(!d.contains("secret"), "{d}");
     }
 
-    #[test]
-    fn revocation_survives_reopen_and_signals_watchers() {
+    #[tokio::test]
+    async fn revocation_survives_reopen_and_signals_watchers() {
         let dir = tempfile::tempdir().unwrap();
         let far = super::super::now() + 3600;
         let s = Store::open(dir.path()).unwrap();
-        s.put("a", rec(far)).unwrap();
-        s.put("b", rec(far)).unwrap();
+        s.put("a", rec(far)).await.unwrap();
+        s.put("b", rec(far)).await.unwrap();
         let mut w = s.watch("a");
         assert!(!*w.borrow());
-        assert!(s.revoke("a").unwrap().is_some());
+        assert!(s.revoke("a").await.unwrap().is_some());
         assert!(*w.borrow_and_update(), "revocation is signalled");
         drop(s);
 
         let s = Store::open(dir.path()).unwrap();
         assert!(
-            s.get("a", 0).is_none(),
+            s.get("a", 0).await.unwrap().is_none(),
             "revoked stays revoked after a restart"
         );
-        assert_eq!(s.get("b", 0).unwrap().sub, "alice");
+        assert_eq!(s.get("b", 0).await.unwrap().unwrap().sub, "alice");
         assert!(
             *s.watch("a").borrow(),
             "watching a dead session reads revoked"
@@ -366,12 +565,15 @@ mod tests {
         assert_eq!(mode.mode() & 0o777, 0o600);
     }
 
-    #[test]
-    fn expired_records_are_not_returned_and_corrupt_files_are_kept_aside() {
+    #[tokio::test]
+    async fn expired_records_are_not_returned_and_corrupt_files_are_kept_aside() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
-        s.put("old", rec(10)).unwrap();
-        assert!(s.get("old", 11).is_none());
+        s.put("old", rec(10)).await.unwrap();
+        assert!(s.get("old", 11).await.unwrap().is_none());
+        let mut w = s.watch("old");
+        s.upkeep(11).await.unwrap();
+        assert!(*w.borrow_and_update(), "expiry closes websockets");
         drop(s);
         std::fs::write(dir.path().join("sessions.json"), b"{not json").unwrap();
         let s = Store::open(dir.path()).unwrap();

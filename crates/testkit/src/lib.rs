@@ -16,6 +16,7 @@
 //! - [`idp`]: the development OIDC provider (`oidc-provider`, tests/idp);
 //!   [`forge`]: a deliberately forging provider for negative tests;
 //!   [`pocket_id`]: the real Pocket ID server, built from source.
+//! - [`redis`]: a real `redis-server` for the shared session store.
 //! - [`upstream`]: echo, websocket and other upstream servers;
 //!   [`client`]: HTTP/1 and TLS clients over tailnet streams;
 //!   [`browser`]: a scripted cookie-keeping browser; [`chrome`]: headless
@@ -43,6 +44,7 @@ pub mod idp;
 pub mod logs;
 mod net;
 pub mod pocket_id;
+pub mod redis;
 pub mod stack;
 pub mod upstream;
 

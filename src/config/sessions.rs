@@ -1,0 +1,234 @@
+//! The `[sessions]` section: where session records, revocations and
+//! sign-ins in flight live. The default is the embedded file store in the
+//! portal's `state_dir` (nothing to run beside the binary); `store =
+//! "redis://…"` shares them with every tailpass that uses the same Redis,
+//! session secret and cookie domain.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::secret::{Secret, SecretRef};
+
+/// The raw `[sessions]` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSessions {
+    store: Option<String>,
+    password: Option<SecretRef>,
+    ca_file: Option<PathBuf>,
+    key_prefix: Option<String>,
+    outage_grace: Option<String>,
+}
+
+/// Where sessions are kept.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SessionStore {
+    /// One JSON file in the portal's `state_dir` (the default).
+    #[default]
+    File,
+    /// A Redis (or Valkey) server shared by several tailpass processes.
+    Redis(RedisStore),
+}
+
+/// A Redis session store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisStore {
+    /// `redis://` or `rediss://` URL, without a password in it.
+    pub url: String,
+    /// The password (`AUTH`), from `{ env }` or `{ file }`.
+    pub password: Option<Secret>,
+    /// Extra CA (PEM) trusted for `rediss://`, for a private CA.
+    pub ca_file: Option<PathBuf>,
+    /// Prefix of every key and channel (several deployments can share one
+    /// Redis under different prefixes).
+    pub key_prefix: String,
+    /// How long a session this host verified keeps working while Redis
+    /// cannot be reached.
+    pub outage_grace: Duration,
+}
+
+/// Default of `outage_grace`.
+pub(super) const DEFAULT_OUTAGE_GRACE: Duration = Duration::from_secs(60);
+/// Longest `outage_grace`: a revocation made elsewhere during an outage is
+/// honoured here at most this late.
+pub(super) const MAX_OUTAGE_GRACE: Duration = Duration::from_secs(3600);
+
+/// Validates `[sessions]`; `portal` says whether a `[portal]` exists.
+pub(super) fn validate(
+    raw: Option<RawSessions>,
+    portal: bool,
+    env: &dyn Fn(&str) -> Option<String>,
+    p: &mut Vec<String>,
+) -> SessionStore {
+    let Some(raw) = raw else {
+        return SessionStore::File;
+    };
+    let redis_only = |field: &str, set: bool, p: &mut Vec<String>| {
+        if set {
+            p.push(format!(
+                "sessions.{field}: only used with a Redis store (store = \"redis://…\")"
+            ));
+        }
+    };
+    let url = match raw.store.as_deref() {
+        None | Some("file") => {
+            redis_only("password", raw.password.is_some(), p);
+            redis_only("ca_file", raw.ca_file.is_some(), p);
+            redis_only("key_prefix", raw.key_prefix.is_some(), p);
+            redis_only("outage_grace", raw.outage_grace.is_some(), p);
+            return SessionStore::File;
+        }
+        Some(u) => u,
+    };
+    if !portal {
+        p.push("sessions: a session store needs a [portal] (sessions are login sessions)".into());
+    }
+    let url = redis_url(url, p);
+    let password = raw.password.as_ref().and_then(|r| match r.load(env) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            p.push(format!("sessions.password: {e}"));
+            None
+        }
+    });
+    if let Some(f) = &raw.ca_file {
+        if !url.starts_with("rediss://") {
+            p.push("sessions.ca_file: only used with TLS (store = \"rediss://…\")".into());
+        } else if f.is_relative() {
+            p.push(super::relative_dir("sessions.ca_file", f));
+        }
+    }
+    let key_prefix = raw.key_prefix.unwrap_or_else(|| "tailpass".into());
+    if key_prefix.is_empty()
+        || key_prefix.len() > 64
+        || !key_prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        p.push(format!(
+            "sessions.key_prefix: {key_prefix:?} must be 1 to 64 letters, digits, '-', '_' or '.'"
+        ));
+    }
+    let outage_grace = outage_grace(raw.outage_grace.as_deref(), p);
+    SessionStore::Redis(RedisStore {
+        url,
+        password,
+        ca_file: raw.ca_file,
+        key_prefix,
+        outage_grace,
+    })
+}
+
+/// The store URL: `redis://host[:port][/db]` or `rediss://…`, with no
+/// password in it (a config file can be shared without leaking one).
+fn redis_url(v: &str, p: &mut Vec<String>) -> String {
+    let field = "sessions.store";
+    let Some((scheme, rest)) = v.split_once("://") else {
+        p.push(format!(
+            "{field}: {v:?} is not \"file\" or a URL like \"redis://127.0.0.1:6379\""
+        ));
+        return String::new();
+    };
+    if scheme != "redis" && scheme != "rediss" {
+        p.push(format!(
+            "{field}: {scheme}:// is not supported; give \"file\", \"redis://host:port\" or \"rediss://host:port\""
+        ));
+        return String::new();
+    }
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    if let Some((user, _)) = authority.rsplit_once('@')
+        && user.contains(':')
+    {
+        p.push(format!(
+            "{field}: the URL holds a password; give it as sessions.password = {{ env = \"NAME\" }} or {{ file = \"/path\" }}"
+        ));
+        return String::new();
+    }
+    match redis::parse_redis_url(v) {
+        Some(u) if u.host_str().is_some_and(|h| !h.is_empty()) => v.to_string(),
+        _ => {
+            p.push(format!(
+                "{field}: {v:?} is not a URL like \"redis://127.0.0.1:6379\""
+            ));
+            String::new()
+        }
+    }
+}
+
+fn outage_grace(v: Option<&str>, p: &mut Vec<String>) -> Duration {
+    let field = "sessions.outage_grace";
+    let Some(s) = v else {
+        return DEFAULT_OUTAGE_GRACE;
+    };
+    match humantime::parse_duration(s) {
+        Ok(d) if d <= MAX_OUTAGE_GRACE => d,
+        Ok(_) => {
+            p.push(format!(
+                "{field}: {s:?} is longer than 1h; a revocation made on another host during an outage would be honoured here that late"
+            ));
+            DEFAULT_OUTAGE_GRACE
+        }
+        Err(e) => {
+            p.push(format!(
+                "{field}: {s:?} is not a duration like \"60s\" ({e})"
+            ));
+            DEFAULT_OUTAGE_GRACE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(toml: &str) -> Result<SessionStore, Vec<String>> {
+        let raw: RawSessions = toml::from_str(toml).unwrap();
+        let env = |k: &str| (k == "PW").then(|| "hunter2".to_string());
+        let mut p = Vec::new();
+        let s = validate(Some(raw), true, &env, &mut p);
+        if p.is_empty() { Ok(s) } else { Err(p) }
+    }
+
+    #[test]
+    fn redis_store_is_read_with_its_defaults() {
+        let SessionStore::Redis(r) = check(
+            "store = \"rediss://redis.example:6380/2\"\npassword = { env = \"PW\" }\nca_file = \"/etc/ca.pem\"",
+        )
+        .unwrap() else {
+            panic!("not redis")
+        };
+        assert_eq!(r.url, "rediss://redis.example:6380/2");
+        assert_eq!(r.password.unwrap().expose(), "hunter2");
+        assert_eq!(r.key_prefix, "tailpass");
+        assert_eq!(r.outage_grace, DEFAULT_OUTAGE_GRACE);
+        assert_eq!(check("store = \"file\"").unwrap(), SessionStore::File);
+        assert_eq!(check("").unwrap(), SessionStore::File);
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let bad = [
+            ("store = \"memcached://x\"", "sessions.store"),
+            ("store = \"redis://u:pw@h:6379\"", "holds a password"),
+            ("store = \"nonsense\"", "sessions.store"),
+            ("store = \"redis://h\"\npassword = { env = \"NOPE\" }", "sessions.password"),
+            ("store = \"redis://h\"\nca_file = \"/ca.pem\"", "sessions.ca_file"),
+            ("store = \"rediss://h\"\nca_file = \"ca.pem\"", "sessions.ca_file"),
+            ("store = \"redis://h\"\nkey_prefix = \"a b\"", "sessions.key_prefix"),
+            ("store = \"redis://h\"\noutage_grace = \"2h\"", "sessions.outage_grace"),
+            ("store = \"redis://h\"\noutage_grace = \"soon\"", "sessions.outage_grace"),
+            ("password = { env = \"PW\" }", "sessions.password"),
+        ];
+        for (toml, want) in bad {
+            let e = check(toml).unwrap_err().join("\n");
+            assert!(e.contains(want), "{toml}: {e}");
+            assert!(!e.contains("hunter2"), "never the secret: {e}");
+        }
+        let raw: RawSessions = toml::from_str("store = \"redis://h\"").unwrap();
+        let mut p = Vec::new();
+        validate(Some(raw), false, &|_| None, &mut p);
+        assert!(p.join("").contains("needs a [portal]"), "{p:?}");
+    }
+}
