@@ -73,8 +73,14 @@ async fn decision_bench(ops: u64, store_url: Option<&str>) -> (f64, f64) {
     let secret = "x".repeat(48);
     let dir = tempfile::tempdir().unwrap();
     let cfg = match store_url {
-        None => format!("{CFG}[portal]\nstate_dir = {:?}\nsession_secret = {{ env = \"S\" }}\n", dir.path()),
-        Some(u) => format!("{CFG}[portal]\nsession_secret = {{ env = \"S\" }}\nstate_dir = {:?}\n[sessions]\nstore = {u:?}\n", dir.path()),
+        None => format!(
+            "{CFG}[portal]\nstate_dir = {:?}\nsession_secret = {{ env = \"S\" }}\n",
+            dir.path()
+        ),
+        Some(u) => format!(
+            "{CFG}[portal]\nsession_secret = {{ env = \"S\" }}\nstate_dir = {:?}\n[sessions]\nstore = {u:?}\n",
+            dir.path()
+        ),
     };
     let c = Config::parse(&cfg, &|_| Some(secret.clone())).unwrap();
     let pt = c.portal.as_ref().unwrap();
@@ -194,7 +200,8 @@ async fn load(
 /// tailnet-only route (same upstream) through a fresh seed stack whose
 /// gateway keeps sessions in `store_url` (`None`: the file store).
 async fn end_to_end(store_url: Option<&str>, conns: usize, secs: u64) -> (f64, f64) {
-    let mut extra = "[[route]]\nnode = \"gw\"\npath = \"/plain\"\nupstream = \"http://{echo}\"\n".to_string();
+    let mut extra =
+        "[[route]]\nnode = \"gw\"\npath = \"/plain\"\nupstream = \"http://{echo}\"\n".to_string();
     if let Some(u) = store_url {
         extra.push_str(&format!("[sessions]\nstore = {u:?}\n"));
     }
@@ -223,8 +230,8 @@ async fn run() {
     let ops = env_num("TAILPASS_BENCH_OPS", 200_000);
     let secs = env_num("TAILPASS_BENCH_SECS", 5);
     let conns = env_num("TAILPASS_BENCH_CONNS", 8) as usize;
-    let redis = redis::available("the Redis figures of the portal bench")
-        .then(|| RedisServer::start(None));
+    let redis =
+        redis::available("the Redis figures of the portal bench").then(|| RedisServer::start(None));
     let redis_url = redis.as_ref().map(|r| r.url());
 
     println!("portal benchmark");

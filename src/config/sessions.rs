@@ -213,12 +213,30 @@ mod tests {
             ("store = \"memcached://x\"", "sessions.store"),
             ("store = \"redis://u:pw@h:6379\"", "holds a password"),
             ("store = \"nonsense\"", "sessions.store"),
-            ("store = \"redis://h\"\npassword = { env = \"NOPE\" }", "sessions.password"),
-            ("store = \"redis://h\"\nca_file = \"/ca.pem\"", "sessions.ca_file"),
-            ("store = \"rediss://h\"\nca_file = \"ca.pem\"", "sessions.ca_file"),
-            ("store = \"redis://h\"\nkey_prefix = \"a b\"", "sessions.key_prefix"),
-            ("store = \"redis://h\"\noutage_grace = \"2h\"", "sessions.outage_grace"),
-            ("store = \"redis://h\"\noutage_grace = \"soon\"", "sessions.outage_grace"),
+            (
+                "store = \"redis://h\"\npassword = { env = \"NOPE\" }",
+                "sessions.password",
+            ),
+            (
+                "store = \"redis://h\"\nca_file = \"/ca.pem\"",
+                "sessions.ca_file",
+            ),
+            (
+                "store = \"rediss://h\"\nca_file = \"ca.pem\"",
+                "sessions.ca_file",
+            ),
+            (
+                "store = \"redis://h\"\nkey_prefix = \"a b\"",
+                "sessions.key_prefix",
+            ),
+            (
+                "store = \"redis://h\"\noutage_grace = \"2h\"",
+                "sessions.outage_grace",
+            ),
+            (
+                "store = \"redis://h\"\noutage_grace = \"soon\"",
+                "sessions.outage_grace",
+            ),
             ("password = { env = \"PW\" }", "sessions.password"),
         ];
         for (toml, want) in bad {

@@ -332,7 +332,11 @@ impl Portal {
         who: &PeerIdentity,
     ) -> Page {
         let (p, t) = (&self.cfg.prefix, &self.cfg.title);
-        let opened = match self.sessions.open(name, &pl.binding, login, headers, who).await {
+        let opened = match self
+            .sessions
+            .open(name, &pl.binding, login, headers, who)
+            .await
+        {
             Ok(o) => o,
             Err(OpenError::NoRole(shown)) => {
                 tracing::warn!(peer = %who, provider = name, login = %shown, "sign-in maps to no role; no session created");

@@ -27,9 +27,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use cookie::{Keys, SessionCookie};
+pub(crate) use redis::Redis;
 pub(crate) use service::{Authenticated, OpenError, Sessions};
 pub use store::{Record, Store, StoreError};
-pub(crate) use redis::Redis;
 
 use crate::identity::{PeerIdentity, Principal};
 

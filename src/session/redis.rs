@@ -253,9 +253,7 @@ impl Redis {
         let mut c = self.conn.clone();
         let key = format!("{}:refresh:{sid}", self.prefix);
         let s = redis::Script::new(UNLOCK);
-        let _: Result<i64, _> = self
-            .run(s.key(key).arg(token).invoke_async(&mut c))
-            .await;
+        let _: Result<i64, _> = self.run(s.key(key).arg(token).invoke_async(&mut c)).await;
     }
 
     /// Stores a sign-in in flight of `node` under `state` (sealed) within
@@ -269,8 +267,11 @@ impl Redis {
     ) -> Result<bool, StoreError> {
         let (ttl, per_node, total) = caps;
         let key = format!("{}:login:{state}", self.prefix);
-        let json = serde_json::to_vec(&StoredLogin { node: node.to_string(), value })
-            .map_err(|e| down(format!("encoding: {e}")))?;
+        let json = serde_json::to_vec(&StoredLogin {
+            node: node.to_string(),
+            value,
+        })
+        .map_err(|e| down(format!("encoding: {e}")))?;
         let sealed = self.seal.seal(&key, &json);
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -349,7 +350,9 @@ impl Redis {
                                 revoked(&sid);
                             }
                         }
-                        tracing::warn!("lost the Redis subscription to session revocations; reconnecting");
+                        tracing::warn!(
+                            "lost the Redis subscription to session revocations; reconnecting"
+                        );
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "cannot subscribe to session revocations yet");
@@ -395,5 +398,85 @@ fn client(cfg: &RedisStore) -> Result<Client, StoreError> {
             };
             Client::build_with_tls(info, certs).map_err(down)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tailpass_testkit::redis::{self as server, RedisServer};
+
+    use super::*;
+    use crate::config::SecretRef;
+
+    #[tokio::test]
+    async fn sign_ins_in_flight_keep_their_caps_and_are_single_use() {
+        if !server::available("sign_ins_in_flight_keep_their_caps") {
+            return;
+        }
+        let r = RedisServer::start(Some("pw-for-the-test"));
+        let env = |k: &str| Some(format!("{k}-value-of-thirty-two-bytes-at-least"));
+        let secret = SecretRef {
+            env: Some("S".into()),
+            file: None,
+        }
+        .load(&env)
+        .unwrap();
+        let cfg = RedisStore {
+            url: r.url(),
+            password: Some(
+                SecretRef {
+                    env: Some("PW".into()),
+                    file: None,
+                }
+                .load(&|_| Some("pw-for-the-test".into()))
+                .unwrap(),
+            ),
+            ca_file: None,
+            key_prefix: "caps".into(),
+            outage_grace: Duration::from_secs(60),
+        };
+        let s = Redis::new(&cfg, Seal::new(&secret, &[])).unwrap();
+        let caps = (Duration::from_secs(600), 2, 4);
+        let ins = async |state: &str, node: &str, v: u32| {
+            s.insert_login(state, node, &v, caps).await.unwrap()
+        };
+        assert!(ins("a1", "node-a", 1).await);
+        assert!(ins("b1", "node-b", 2).await);
+        // Node a floods: only its own oldest go.
+        for i in 2..20 {
+            assert!(ins(&format!("a{i}"), "node-a", i).await);
+        }
+        assert_eq!(
+            s.take_login::<u32>("b1").await.unwrap(),
+            Some(2),
+            "another node's survives"
+        );
+        assert_eq!(
+            s.take_login::<u32>("a1").await.unwrap(),
+            None,
+            "the flooder's oldest went"
+        );
+        assert_eq!(s.take_login::<u32>("a19").await.unwrap(), Some(19));
+        assert_eq!(
+            s.take_login::<u32>("a19").await.unwrap(),
+            None,
+            "single use"
+        );
+        // Full with other nodes' sign-ins: refused, nothing dropped.
+        for (st, n) in [("c", "1"), ("d", "2"), ("e", "3")] {
+            assert!(ins(st, n, 0).await);
+        }
+        assert!(!ins("f", "4", 0).await, "full");
+        for st in ["a18", "c", "d", "e"] {
+            assert!(s.take_login::<u32>(st).await.unwrap().is_some(), "{st}");
+        }
+        // A wrong password is an unavailable store, not an empty one.
+        let mut bad = cfg.clone();
+        bad.password = None;
+        let s2 = Redis::new(&bad, Seal::new(&secret, &[])).unwrap();
+        assert!(matches!(
+            s2.take_login::<u32>("x").await,
+            Err(StoreError::Unavailable(_))
+        ));
     }
 }

@@ -32,13 +32,17 @@ pub(crate) struct Seal {
 
 impl std::fmt::Debug for Seal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Seal").field("keys", &self.keys.len()).finish()
+        f.debug_struct("Seal")
+            .field("keys", &self.keys.len())
+            .finish()
     }
 }
 
 /// A sealed value did not open: wrong key, tampered, or not ours.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("a stored value does not open with the session secret (tampered, or sealed under another secret)")]
+#[error(
+    "a stored value does not open with the session secret (tampered, or sealed under another secret)"
+)]
 pub(crate) struct Unsealable;
 
 fn derive(secret: &Secret) -> SealKey {
@@ -69,7 +73,10 @@ impl Seal {
     /// (still open).
     pub(crate) fn new(current: &Secret, retired: &[Secret]) -> Seal {
         Seal {
-            keys: std::iter::once(current).chain(retired).map(derive).collect(),
+            keys: std::iter::once(current)
+                .chain(retired)
+                .map(derive)
+                .collect(),
             rng: SystemRandom::new(),
         }
     }
@@ -103,8 +110,8 @@ impl Seal {
         }
         let id = &sealed[1..1 + KID_LEN];
         let k = self.keys.iter().find(|k| k.id == id).ok_or(Unsealable)?;
-        let nonce = Nonce::try_assume_unique_for_key(&sealed[1 + KID_LEN..head])
-            .map_err(|_| Unsealable)?;
+        let nonce =
+            Nonce::try_assume_unique_for_key(&sealed[1 + KID_LEN..head]).map_err(|_| Unsealable)?;
         let mut body = sealed[head..].to_vec();
         let plain = k
             .key
@@ -151,7 +158,10 @@ mod tests {
             &secret("another-session-secret-0123456789"),
             &[secret("a-long-session-secret-0123456789")],
         );
-        assert_eq!(rotated.open("session:1", &sealed).unwrap(), b"refresh-token-xyz");
+        assert_eq!(
+            rotated.open("session:1", &sealed).unwrap(),
+            b"refresh-token-xyz"
+        );
         assert_eq!(
             s.open("session:1", &rotated.seal("session:1", b"x")),
             Err(Unsealable)

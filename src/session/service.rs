@@ -224,10 +224,7 @@ impl Sessions {
         if roles.is_empty() {
             return Err(OpenError::NoRole(shown));
         }
-        self.store
-            .put(&sid, rec)
-            .await
-            .map_err(OpenError::Store)?;
+        self.store.put(&sid, rec).await.map_err(OpenError::Store)?;
         // A new sign-in replaces the session this browser had.
         if let Some(old) = self.cookie_of(headers, binding, t0)
             && old.sid != sid
@@ -323,8 +320,6 @@ fn same_store(before: &config::Portal, now: &config::Portal) -> bool {
             }
         }
 }
-
-
 
 #[cfg(test)]
 impl Sessions {

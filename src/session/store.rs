@@ -335,7 +335,12 @@ struct Shared {
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        if let Some(t) = self.follower.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(t) = self
+            .follower
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             t.abort();
         }
     }
@@ -583,5 +588,161 @@ mod tests {
             .filter_map(|e| e.ok())
             .any(|e| e.file_name().to_string_lossy().contains("corrupt"));
         assert!(kept, "the corrupt file is moved aside, not deleted");
+    }
+}
+
+/// The Redis store against a real `redis-server` (skipped loudly when it is
+/// not installed, a failure under `TAILPASS_REQUIRE_REDIS`): two stores
+/// stand for two hosts.
+#[cfg(test)]
+mod redis_tests {
+    use std::time::Duration;
+
+    use tailpass_testkit::redis::{self, RedisServer};
+
+    use super::*;
+    use crate::config::{Secret, SecretRef};
+
+    fn secret(v: &str) -> Secret {
+        let env = |_: &str| Some(v.to_string());
+        let r = SecretRef {
+            env: Some("X".into()),
+            file: None,
+        };
+        r.load(&env).unwrap()
+    }
+
+    fn host(r: &RedisServer, secret_value: &str, grace: Duration) -> Store {
+        let cfg = RedisStore {
+            url: r.url(),
+            password: None,
+            ca_file: None,
+            key_prefix: "t".into(),
+            outage_grace: grace,
+        };
+        Store::open_redis(&cfg, Seal::new(&secret(secret_value), &[])).unwrap()
+    }
+
+    fn rec(expires: i64) -> Record {
+        Record {
+            provider: "p".into(),
+            sub: "alice".into(),
+            binding: Binding {
+                node: "n".into(),
+                user: "u".into(),
+            },
+            claims: BTreeMap::new(),
+            id_token: "x.y.z".into(),
+            refresh_token: Some("rt".into()),
+            created: 1,
+            auth_time: Some(1),
+            expires,
+            refreshed: 1,
+        }
+    }
+
+    /// Waits until `n` hosts follow the revocation channel.
+    async fn followers(r: &RedisServer, n: usize) {
+        for _ in 0..100 {
+            let out = r.command(&["PUBSUB", "NUMSUB", "t:revoked"]).unwrap();
+            if out.ends_with(&format!(":{n}\r\n")) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{n} hosts never subscribed");
+    }
+
+    const S: &str = "a-session-secret-of-thirty-two-bytes-or-more";
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_hosts_share_records_and_revocations_reach_websockets_by_pubsub() {
+        if !redis::available("two_hosts_share_records_and_revocations") {
+            return;
+        }
+        let r = RedisServer::start(None);
+        let (a, b) = (
+            host(&r, S, Duration::from_secs(60)),
+            host(&r, S, Duration::from_secs(60)),
+        );
+        followers(&r, 2).await;
+        let far = super::super::now() + 3600;
+        a.put("s1", rec(far)).await.unwrap();
+        assert_eq!(b.get("s1", 0).await.unwrap().unwrap().sub, "alice");
+        let mut w = b.watch("s1");
+        assert!(!*w.borrow());
+        // Revoked on A: B's watcher fires by pub/sub alone (no upkeep runs
+        // here, so the re-check cannot be what closes it).
+        assert!(a.revoke("s1").await.unwrap().is_some());
+        tokio::time::timeout(Duration::from_secs(1), w.changed())
+            .await
+            .expect("the revocation reached the other host within a second")
+            .unwrap();
+        assert!(*w.borrow());
+        assert!(b.get("s1", 0).await.unwrap().is_none());
+        // Expiry: gone from the count and signalled at upkeep.
+        a.put("old", rec(super::super::now() + 1)).await.unwrap();
+        let mut w = b.watch("old");
+        b.upkeep(super::super::now() + 2).await.unwrap();
+        assert!(*w.borrow_and_update());
+        assert_eq!(b.len(), 0);
+        // Another session secret cannot open (or forge) these records.
+        a.put("s2", rec(far)).await.unwrap();
+        let other = host(
+            &r,
+            "another-secret-of-thirty-two-bytes-or-more",
+            Duration::from_secs(60),
+        );
+        assert!(other.get("s2", 0).await.unwrap().is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_outage_keeps_verified_sessions_for_the_grace_and_sends_revocations_after() {
+        if !redis::available("an_outage_keeps_verified_sessions_for_the_grace") {
+            return;
+        }
+        let mut r = RedisServer::start(None);
+        let grace = Duration::from_millis(1500);
+        let (a, b) = (host(&r, S, grace), host(&r, S, grace));
+        followers(&r, 2).await;
+        let far = super::super::now() + 3600;
+        a.put("s1", rec(far)).await.unwrap();
+        a.put("s2", rec(far)).await.unwrap();
+        assert!(b.get("s1", 0).await.unwrap().is_some());
+        assert!(b.get("s2", 0).await.unwrap().is_some());
+        let mut w = b.watch("s2");
+        r.stop();
+        // Within the grace: what B verified still reads live; nothing new
+        // can be stored.
+        assert!(b.get("s1", 0).await.unwrap().is_some());
+        assert!(matches!(
+            b.put("s3", rec(far)).await,
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(matches!(
+            b.get("never-seen", 0).await,
+            Err(StoreError::Unavailable(_))
+        ));
+        // A logout on A during the outage ends the session on A at once.
+        assert!(a.revoke("s1").await.unwrap().is_some(), "the known record");
+        assert!(a.get("s1", 0).await.unwrap().is_none());
+        // Past the grace: refused, and B's websockets close at upkeep.
+        tokio::time::sleep(grace).await;
+        assert!(matches!(
+            b.get("s1", 0).await,
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(b.upkeep(super::super::now()).await.is_err());
+        assert!(*w.borrow_and_update(), "websocket closed past the grace");
+        // Redis back (with its data): A sends the queued revocation.
+        r.restart();
+        for _ in 0..100 {
+            if a.upkeep(super::super::now()).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(b.get("s1", 0).await.unwrap().is_none(), "revocation sent");
+        assert!(b.get("s2", 0).await.unwrap().is_some(), "the rest kept");
     }
 }

@@ -28,6 +28,8 @@ use crate::TestNet;
 pub enum Secret {
     /// `{ env = "NAME" }`.
     Env(String),
+    /// `{ file = "/path" }`.
+    File(std::path::PathBuf),
     /// The value itself.
     Inline(String),
 }
@@ -37,6 +39,18 @@ impl Secret {
     pub fn env(name: &str) -> Secret {
         Secret::Env(name.to_string())
     }
+
+    /// Writes `value` to `file` (mode 0600) and gives `{ file = "…" }`:
+    /// how a child process gets a secret without touching this process's
+    /// environment.
+    pub fn file(file: impl AsRef<Path>, value: &str) -> Secret {
+        use std::os::unix::fs::PermissionsExt;
+        let f = file.as_ref();
+        std::fs::write(f, value).expect("writing a secret file");
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600))
+            .expect("restricting a secret file");
+        Secret::File(f.to_path_buf())
+    }
 }
 
 impl From<Secret> for Value {
@@ -45,6 +59,11 @@ impl From<Secret> for Value {
             Secret::Env(name) => {
                 let mut t = Table::new();
                 t.insert("env".into(), Value::String(name));
+                Value::Table(t)
+            }
+            Secret::File(p) => {
+                let mut t = Table::new();
+                t.insert("file".into(), Value::String(p.display().to_string()));
                 Value::Table(t)
             }
             Secret::Inline(v) => Value::String(v),

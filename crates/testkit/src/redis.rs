@@ -86,7 +86,14 @@ impl RedisServer {
         let mut cmd = Command::new(REDIS_SERVER);
         cmd.args(["--bind", "127.0.0.1", "--port"])
             .arg(self.port.to_string())
-            .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
             .args(["--daemonize", "no"])
             .arg("--dir")
             .arg(self.dir.path())
@@ -118,8 +125,8 @@ impl RedisServer {
         }
     }
 
-    /// Sends one command (RESP) and returns the raw answer; `None` when the
-    /// server does not answer.
+    /// Sends one command (RESP) and returns the raw answer (bytes that are
+    /// not UTF-8 replaced); `None` when the server does not answer.
     pub fn command(&self, args: &[&str]) -> Option<String> {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
@@ -137,9 +144,9 @@ impl RedisServer {
         push(args);
         s.write_all(req.as_bytes()).ok()?;
         let _ = s.shutdown(std::net::Shutdown::Write);
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        Some(out)
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).ok()?;
+        Some(String::from_utf8_lossy(&out).into_owned())
     }
 
     fn ping(&self) -> bool {
