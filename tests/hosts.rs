@@ -2,8 +2,11 @@
 //! "A" and "B", each with its own tailnet node) on the test tailnet, sharing
 //! one real `redis-server` (password from a file), the session secret and
 //! the cookie domain. The real OIDC provider (`oidc-provider`) sits behind
-//! A's `auth` node.
+//! A's `auth` node. Redis is A's: on A's loopback, shared by A on its node
+//! to peers tagged `tag:gateway` (B), which dials it through its own node —
+//! no tailscaled, no other route between the hosts.
 //!
+//! - only B's tagged node gets through A's share; another peer is cut off;
 //! - sign in through A, and B knows the session (no second sign-in);
 //! - log out on B, and A's open websocket closes at once (pub/sub);
 //! - Redis killed: sessions verified within `outage_grace` keep working,
@@ -38,7 +41,7 @@ const GRACE: Duration = Duration::from_secs(8);
 struct Shared<'a> {
     net: &'a TestNet,
     dir: &'a Path,
-    redis_url: String,
+    redis_port: u16,
     idp: &'a Idp,
     echo: std::net::SocketAddr,
     page: std::net::SocketAddr,
@@ -54,16 +57,25 @@ fn host_config(s: &Shared<'_>, name: &str, admin: u16) -> String {
     let portal = PortalSpec::new(secret("session-secret", SESSION_SECRET))
         .nodes(&[name])
         .set("cookie_domain", s.net.magic_dns.as_str());
+    // A's Redis: on its loopback for A, through the tailnet for B.
+    let mut sessions = Section::new("sessions")
+        .set("password", secret("redis-password", REDIS_PASSWORD))
+        .set("outage_grace", format!("{}s", GRACE.as_secs()));
+    sessions = match name {
+        "a" => sessions
+            .set("store", format!("redis://127.0.0.1:{}", s.redis_port))
+            .set("share_on", "a")
+            .list("share_with_tags", &["tag:gateway"]),
+        _ => sessions.set(
+            "store",
+            format!("redis://{}:{}", s.net.fqdn("a"), s.redis_port),
+        ),
+    };
     let mut c = ConfigBuilder::new()
         .node(NodeSpec::on(s.net, name, dir.join(name)).cert("local-ca"))
         .admin(&format!("127.0.0.1:{admin}"))
         .portal(portal)
-        .section(
-            Section::new("sessions")
-                .set("store", s.redis_url.as_str())
-                .set("password", secret("redis-password", REDIS_PASSWORD))
-                .set("outage_grace", format!("{}s", GRACE.as_secs())),
-        )
+        .section(sessions)
         .provider(
             ProviderSpec::new(
                 "pocketid",
@@ -205,7 +217,7 @@ async fn two_hosts_share_sign_in_logout_and_survive_a_redis_outage() {
     let shared = Shared {
         net: &net,
         dir: dir.path(),
-        redis_url: redis.url(),
+        redis_port: redis.port,
         idp: &idp,
         echo: upstream::start_echo().await,
         page: upstream::start_ws_page().await,
@@ -220,10 +232,19 @@ async fn two_hosts_share_sign_in_logout_and_survive_a_redis_outage() {
     let admin = |p: u16| format!("127.0.0.1:{p}").parse().unwrap();
     host_a.wait_healthy(admin(admin_a)).await;
     host_b.wait_healthy(admin(admin_b)).await;
+    // B is a gateway: the tag A shares its store with.
+    net.set_tags("b", &["tag:gateway"]);
     let laptop = net.node("laptop").await;
     for h in ["a", "b", "auth"] {
         wait_peer(&laptop, h).await;
     }
+    // Anyone else on the tailnet is cut off at A's share, before Redis.
+    let mut s = laptop.dial(&format!("a:{}", redis.port)).await.unwrap();
+    let mut answer = Vec::new();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = s.write_all(b"PING\r\n").await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
     let (a, b) = (net.fqdn("a"), net.fqdn("b"));
     let read = |p: &str| std::fs::read_to_string(dir.path().join(p)).unwrap();
     let ca = read("a/a/local-ca/ca.pem")
@@ -238,7 +259,15 @@ async fn two_hosts_share_sign_in_logout_and_survive_a_redis_outage() {
             .contains(&format!("domain={}", net.magic_dns)),
         "{set}"
     );
-    let (st, visited) = app_with(&laptop, &ca, &b, &cookie).await;
+    // (B's tag reaches A's netmap, and B's store connects, in a moment.)
+    let t = Instant::now();
+    let (st, visited) = loop {
+        let (st, visited) = app_with(&laptop, &ca, &b, &cookie).await;
+        if st == 200 || t.elapsed() > Duration::from_secs(30) {
+            break (st, visited);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     assert_eq!(st, 200, "B knows the session signed in on A");
     assert_eq!(
         visited,

@@ -27,7 +27,7 @@ pub use auth::{Portal, Provider, Rule};
 pub(crate) use limits::Limits;
 pub use secret::Secret;
 pub use secret::SecretRef;
-pub use sessions::{RedisStore, SessionStore};
+pub use sessions::{RedisStore, SessionStore, Share};
 
 use crate::http::path::{self, normalize_prefix};
 
@@ -655,7 +655,9 @@ fn validate(
         env,
         &mut p,
     );
-    let store = sessions::validate(raw.sessions, portal.is_some(), env, &mut p);
+    let node_names: Vec<&str> = nodes.iter().map(|n| n.hostname.as_str()).collect();
+    let known = (!failed.contains("node")).then_some(node_names.as_slice());
+    let store = sessions::validate(raw.sessions, portal.is_some(), known, env, &mut p);
     if let Some(pt) = &mut portal {
         pt.store = store;
     }

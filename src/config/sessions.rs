@@ -20,6 +20,11 @@ pub(super) struct RawSessions {
     ca_file: Option<PathBuf>,
     key_prefix: Option<String>,
     outage_grace: Option<String>,
+    share_on: Option<String>,
+    #[serde(default)]
+    share_with_tags: Vec<String>,
+    #[serde(default)]
+    share_with_users: Vec<String>,
 }
 
 /// Where sessions are kept.
@@ -47,6 +52,21 @@ pub struct RedisStore {
     /// How long a session this host verified keeps working while Redis
     /// cannot be reached.
     pub outage_grace: Duration,
+    /// Serve this Redis to the other hosts on one of this host's nodes.
+    pub share: Option<Share>,
+}
+
+/// This host's Redis, served on its node's tailnet address (the Redis
+/// port) to the other tailpass hosts only, so they need no route to it
+/// but the tailnet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    /// The node it is served on.
+    pub node: String,
+    /// Tailnet peers with any of these tags may connect…
+    pub tags: Vec<String>,
+    /// …and nodes of these users.
+    pub users: Vec<String>,
 }
 
 /// Default of `outage_grace`.
@@ -55,10 +75,12 @@ pub(super) const DEFAULT_OUTAGE_GRACE: Duration = Duration::from_secs(60);
 /// honoured here at most this late.
 pub(super) const MAX_OUTAGE_GRACE: Duration = Duration::from_secs(3600);
 
-/// Validates `[sessions]`; `portal` says whether a `[portal]` exists.
+/// Validates `[sessions]`; `portal` says whether a `[portal]` exists,
+/// `nodes` are the configured node names (`None`: unknown, skip the check).
 pub(super) fn validate(
     raw: Option<RawSessions>,
     portal: bool,
+    nodes: Option<&[&str]>,
     env: &dyn Fn(&str) -> Option<String>,
     p: &mut Vec<String>,
 ) -> SessionStore {
@@ -78,6 +100,7 @@ pub(super) fn validate(
             redis_only("ca_file", raw.ca_file.is_some(), p);
             redis_only("key_prefix", raw.key_prefix.is_some(), p);
             redis_only("outage_grace", raw.outage_grace.is_some(), p);
+            redis_only("share_on", raw.share_on.is_some(), p);
             return SessionStore::File;
         }
         Some(u) => u,
@@ -100,7 +123,7 @@ pub(super) fn validate(
             p.push(super::relative_dir("sessions.ca_file", f));
         }
     }
-    let key_prefix = raw.key_prefix.unwrap_or_else(|| "tailpass".into());
+    let key_prefix = raw.key_prefix.clone().unwrap_or_else(|| "tailpass".into());
     if key_prefix.is_empty()
         || key_prefix.len() > 64
         || !key_prefix
@@ -112,12 +135,58 @@ pub(super) fn validate(
         ));
     }
     let outage_grace = outage_grace(raw.outage_grace.as_deref(), p);
+    let share = share(&raw, &url, nodes, p);
     SessionStore::Redis(RedisStore {
         url,
         password,
-        ca_file: raw.ca_file,
+        ca_file: raw.ca_file.clone(),
         key_prefix,
         outage_grace,
+        share,
+    })
+}
+
+/// `share_on` and who it is shared with: a known node, and at least one
+/// tag or user (never the whole tailnet).
+fn share(
+    raw: &RawSessions,
+    url: &str,
+    nodes: Option<&[&str]>,
+    p: &mut Vec<String>,
+) -> Option<Share> {
+    let Some(node) = &raw.share_on else {
+        for (f, set) in [
+            ("share_with_tags", !raw.share_with_tags.is_empty()),
+            ("share_with_users", !raw.share_with_users.is_empty()),
+        ] {
+            if set {
+                p.push(format!("sessions.{f}: only used with sessions.share_on"));
+            }
+        }
+        return None;
+    };
+    if nodes.is_some_and(|n| !n.contains(&node.as_str())) {
+        p.push(format!(
+            "sessions.share_on: {node:?} is not a [[node]] of this config"
+        ));
+    }
+    if raw.share_with_tags.is_empty() && raw.share_with_users.is_empty() {
+        p.push("sessions.share_on: name who may connect with share_with_tags (e.g. [\"tag:tailpass\"]) or share_with_users; the store is never shared with the whole tailnet".into());
+    }
+    for t in &raw.share_with_tags {
+        if !super::valid_tag(t) {
+            p.push(format!(
+                "sessions.share_with_tags: {t:?} is not a tag like \"tag:tailpass\""
+            ));
+        }
+    }
+    if url.starts_with("rediss://") {
+        p.push("sessions.share_on: shares a plain redis:// store only (the tailnet encrypts; TLS would name the wrong host)".into());
+    }
+    Some(Share {
+        node: node.clone(),
+        tags: raw.share_with_tags.clone(),
+        users: raw.share_with_users.clone(),
     })
 }
 
@@ -187,7 +256,7 @@ mod tests {
         let raw: RawSessions = toml::from_str(toml).unwrap();
         let env = |k: &str| (k == "PW").then(|| "hunter2".to_string());
         let mut p = Vec::new();
-        let s = validate(Some(raw), true, &env, &mut p);
+        let s = validate(Some(raw), true, Some(&["gw"]), &env, &mut p);
         if p.is_empty() { Ok(s) } else { Err(p) }
     }
 
@@ -203,6 +272,18 @@ mod tests {
         assert_eq!(r.password.unwrap().expose(), "hunter2");
         assert_eq!(r.key_prefix, "tailpass");
         assert_eq!(r.outage_grace, DEFAULT_OUTAGE_GRACE);
+        assert_eq!(r.share, None);
+        let SessionStore::Redis(r) = check(
+            "store = \"redis://127.0.0.1:6379\"\nshare_on = \"gw\"\nshare_with_tags = [\"tag:tailpass\"]",
+        )
+        .unwrap() else {
+            panic!("not redis")
+        };
+        let share = r.share.unwrap();
+        assert_eq!(
+            (share.node.as_str(), share.tags),
+            ("gw", vec!["tag:tailpass".to_string()])
+        );
         assert_eq!(check("store = \"file\"").unwrap(), SessionStore::File);
         assert_eq!(check("").unwrap(), SessionStore::File);
     }
@@ -238,6 +319,26 @@ mod tests {
                 "sessions.outage_grace",
             ),
             ("password = { env = \"PW\" }", "sessions.password"),
+            (
+                "store = \"redis://h\"\nshare_on = \"gw\"",
+                "never shared with the whole tailnet",
+            ),
+            (
+                "store = \"redis://h\"\nshare_on = \"nas\"\nshare_with_tags = [\"tag:a\"]",
+                "sessions.share_on",
+            ),
+            (
+                "store = \"redis://h\"\nshare_on = \"gw\"\nshare_with_tags = [\"a\"]",
+                "sessions.share_with_tags",
+            ),
+            (
+                "store = \"rediss://h\"\nshare_on = \"gw\"\nshare_with_tags = [\"tag:a\"]",
+                "sessions.share_on",
+            ),
+            (
+                "store = \"redis://h\"\nshare_with_tags = [\"tag:a\"]",
+                "only used with sessions.share_on",
+            ),
         ];
         for (toml, want) in bad {
             let e = check(toml).unwrap_err().join("\n");
@@ -246,7 +347,7 @@ mod tests {
         }
         let raw: RawSessions = toml::from_str("store = \"redis://h\"").unwrap();
         let mut p = Vec::new();
-        validate(Some(raw), false, &|_| None, &mut p);
+        validate(Some(raw), false, None, &|_| None, &mut p);
         assert!(p.join("").contains("needs a [portal]"), "{p:?}");
     }
 }

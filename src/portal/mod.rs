@@ -156,7 +156,7 @@ impl Portal {
         }
         let providers: Arc<[oidc::Client]> = providers.into();
         let before = previous.map(|p| &*p.sessions);
-        let sessions = Sessions::new(&cfg, config, providers.clone(), before)?;
+        let sessions = Sessions::new(&cfg, config, providers.clone(), &dialer, before)?;
         let mut allowed_hosts: Vec<String> = config
             .routes
             .iter()

@@ -218,6 +218,7 @@ impl Gateway {
             }
             nodes.push(rn);
         }
+        share_store(&config, &nodes, &mut tasks).await?;
         tasks.spawn(upkeep(live.clone()));
         let loopback = match config.loopback {
             Some(addr) => Some(start_loopback(addr, &live, &mut tasks).await?),
@@ -333,6 +334,35 @@ async fn bind(
     let l = tokio::net::TcpListener::bind(addr).await.map_err(e)?;
     let bound = l.local_addr().map_err(e)?;
     Ok((l, bound))
+}
+
+/// Serves this host's Redis session store to the other hosts on the node
+/// `[sessions] share_on` names (docs/hosts.md).
+async fn share_store(
+    config: &Config,
+    nodes: &[RunningNode],
+    tasks: &mut JoinSet<()>,
+) -> Result<(), StartError> {
+    let Some(crate::config::SessionStore::Redis(r)) = config.portal.as_ref().map(|p| &p.store)
+    else {
+        return Ok(());
+    };
+    let (Some(share), Some(url)) = (&r.share, redis::parse_redis_url(&r.url)) else {
+        return Ok(());
+    };
+    let Some(rn) = nodes.iter().find(|n| n.hostname == share.node) else {
+        return Ok(());
+    };
+    let port = url.port().unwrap_or(6379);
+    let target = format!("{}:{port}", url.host_str().unwrap_or("127.0.0.1"));
+    let serve = crate::session::share(rn.node.clone(), port, target, share.clone())
+        .await
+        .map_err(|source| StartError::Tailnet {
+            node: share.node.clone(),
+            source,
+        })?;
+    tasks.spawn(serve);
+    Ok(())
 }
 
 /// Background upkeep: session expiry and refresh (which closes websockets

@@ -21,6 +21,7 @@ mod refresh;
 mod seal;
 mod service;
 mod store;
+mod tunnel;
 
 use std::collections::BTreeMap;
 
@@ -30,6 +31,7 @@ pub use cookie::{Keys, SessionCookie};
 pub(crate) use redis::Redis;
 pub(crate) use service::{Authenticated, OpenError, Sessions};
 pub use store::{Record, Store, StoreError};
+pub(crate) use tunnel::share;
 
 use crate::identity::{PeerIdentity, Principal};
 

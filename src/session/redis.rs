@@ -106,8 +106,14 @@ return 0
 impl Redis {
     /// A store on `cfg`; sealing with the session secrets. Does not
     /// connect yet (the first command does, and reconnects follow).
-    pub(crate) fn new(cfg: &RedisStore, seal: Seal) -> Result<Redis, StoreError> {
-        let client = client(cfg)?;
+    /// `via`: a Unix socket that carries connections to the store (a
+    /// store on the tailnet, `tunnel.rs`).
+    pub(crate) fn new(
+        cfg: &RedisStore,
+        seal: Seal,
+        via: Option<&std::path::Path>,
+    ) -> Result<Redis, StoreError> {
+        let client = client(cfg, via)?;
         let mc = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(TIMEOUT))
             .set_response_timeout(Some(TIMEOUT))
@@ -379,8 +385,11 @@ async fn subscribe(client: &Client, channel: &str) -> Result<redis::aio::PubSub,
 
 /// The client of `cfg`: its URL, the password from the config's secret
 /// and, for `rediss://` with a private CA, that CA.
-fn client(cfg: &RedisStore) -> Result<Client, StoreError> {
+fn client(cfg: &RedisStore, via: Option<&std::path::Path>) -> Result<Client, StoreError> {
     let mut info = cfg.url.as_str().into_connection_info().map_err(down)?;
+    if let Some(path) = via {
+        info = info.set_addr(redis::ConnectionAddr::Unix(path.to_path_buf()));
+    }
     if let Some(pw) = &cfg.password {
         let settings = info.redis_settings().clone().set_password(pw.expose());
         info = info.set_redis_settings(settings);
@@ -434,8 +443,9 @@ mod tests {
             ca_file: None,
             key_prefix: "caps".into(),
             outage_grace: Duration::from_secs(60),
+            share: None,
         };
-        let s = Redis::new(&cfg, Seal::new(&secret, &[])).unwrap();
+        let s = Redis::new(&cfg, Seal::new(&secret, &[]), None).unwrap();
         let caps = (Duration::from_secs(600), 2, 4);
         let ins = async |state: &str, node: &str, v: u32| {
             s.insert_login(state, node, &v, caps).await.unwrap()
@@ -473,7 +483,7 @@ mod tests {
         // A wrong password is an unavailable store, not an empty one.
         let mut bad = cfg.clone();
         bad.password = None;
-        let s2 = Redis::new(&bad, Seal::new(&secret, &[])).unwrap();
+        let s2 = Redis::new(&bad, Seal::new(&secret, &[]), None).unwrap();
         assert!(matches!(
             s2.take_login::<u32>("x").await,
             Err(StoreError::Unavailable(_))

@@ -104,12 +104,13 @@ impl Sessions {
         cfg: &config::Portal,
         config: &Config,
         providers: Arc<[oidc::Client]>,
+        dialer: &oidc::Dialer,
         previous: Option<&Sessions>,
     ) -> Result<Sessions, String> {
         let keys = Keys::new(&cfg.session_secret, &cfg.retired_session_secrets)?;
         let store = match previous {
             Some(p) if same_store(&p.cfg, cfg) => p.store.clone(),
-            _ => Arc::new(Store::for_portal(cfg).map_err(|e| e.to_string())?),
+            _ => Arc::new(Store::for_portal_via(cfg, Some(dialer)).map_err(|e| e.to_string())?),
         };
         Ok(Sessions {
             cfg: cfg.clone(),

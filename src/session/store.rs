@@ -183,20 +183,51 @@ impl Store {
     /// The store a portal's config names: the file in its `state_dir`, or
     /// Redis (records sealed with its session secrets).
     pub fn for_portal(cfg: &crate::config::Portal) -> Result<Store, StoreError> {
-        match &cfg.store {
-            crate::config::SessionStore::File => Store::open(&cfg.state_dir),
-            crate::config::SessionStore::Redis(r) => {
-                let seal = Seal::new(&cfg.session_secret, &cfg.retired_session_secrets);
-                Store::open_redis(r, seal)
-            }
-        }
+        Store::for_portal_via(cfg, None)
     }
 
-    /// The Redis store of `cfg`, sealing with `seal`. It connects lazily:
-    /// an unreachable Redis does not stop tailpass from starting.
-    pub(crate) fn open_redis(cfg: &RedisStore, seal: Seal) -> Result<Store, StoreError> {
+    /// Like [`Store::for_portal`]; a Redis whose host is on the tailnet is
+    /// dialed through `dialer`'s node.
+    pub(crate) fn for_portal_via(
+        cfg: &crate::config::Portal,
+        dialer: Option<&crate::oidc::Dialer>,
+    ) -> Result<Store, StoreError> {
+        let r = match &cfg.store {
+            crate::config::SessionStore::File => return Store::open(&cfg.state_dir),
+            crate::config::SessionStore::Redis(r) => r,
+        };
+        let seal = Seal::new(&cfg.session_secret, &cfg.retired_session_secrets);
+        let host_port = ::redis::parse_redis_url(&r.url)
+            .and_then(|u| Some((u.host_str()?.to_string(), u.port().unwrap_or(6379))));
+        let tailnet = match (dialer, &host_port) {
+            (Some(d), Some((host, port))) if d.is_tailnet(host) => {
+                if r.url.starts_with("rediss://") {
+                    return Err(StoreError::Unavailable(format!(
+                        "sessions.store: {host} is on the tailnet, which encrypts already; give redis:// (rediss:// would check a certificate for the wrong host)"
+                    )));
+                }
+                let path = super::tunnel::socket_path(&cfg.state_dir);
+                let task = super::tunnel::dial_through(&path, d.clone(), format!("{host}:{port}"))?;
+                Some((path, task))
+            }
+            _ => None,
+        };
+        Store::open_redis(r, seal, tailnet)
+    }
+
+    /// The Redis store of `cfg`, sealing with `seal`, through `tailnet`'s
+    /// socket (and its carrying task) if given. It connects lazily: an
+    /// unreachable Redis does not stop tailpass from starting.
+    pub(crate) fn open_redis(
+        cfg: &RedisStore,
+        seal: Seal,
+        tailnet: Option<(PathBuf, tokio::task::JoinHandle<()>)>,
+    ) -> Result<Store, StoreError> {
         let watchers: Arc<Watchers> = Arc::default();
-        let shared = Arc::new(Shared::new(Arc::new(Redis::new(cfg, seal)?)));
+        let (via, task) = tailnet.unzip();
+        let redis = Redis::new(cfg, seal, via.as_deref())?;
+        let shared = Arc::new(Shared::new(Arc::new(redis)));
+        *locked(&shared.tunnel) = task;
         shared.follow(&watchers);
         Ok(Store {
             backend: Backend::Redis(shared),
@@ -331,17 +362,16 @@ struct Shared {
     /// Whether Redis is unreachable (for logging the change once).
     down: AtomicBool,
     follower: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Carries connections to a store on the tailnet (`tunnel.rs`).
+    tunnel: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        if let Some(t) = self
-            .follower
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            t.abort();
+        for t in [&mut self.follower, &mut self.tunnel] {
+            if let Some(t) = t.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
+                t.abort();
+            }
         }
     }
 }
@@ -359,6 +389,7 @@ impl Shared {
             count: AtomicUsize::new(0),
             down: AtomicBool::new(false),
             follower: Mutex::new(None),
+            tunnel: Mutex::new(None),
         }
     }
 
@@ -619,8 +650,9 @@ mod redis_tests {
             ca_file: None,
             key_prefix: "t".into(),
             outage_grace: grace,
+            share: None,
         };
-        Store::open_redis(&cfg, Seal::new(&secret(secret_value), &[])).unwrap()
+        Store::open_redis(&cfg, Seal::new(&secret(secret_value), &[]), None).unwrap()
     }
 
     fn rec(expires: i64) -> Record {
