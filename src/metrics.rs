@@ -74,6 +74,7 @@ pub struct Metrics {
     whois: Histogram,
     cert_expiry: Family<NodeLabels, Gauge<f64, AtomicU64>>,
     sessions: Gauge,
+    session_store_up: Gauge,
     reloads: Family<LoginLabels, Counter>,
     open_connections: Family<ListenerLabels, Gauge>,
     refused: Family<RefusedLabels, Counter>,
@@ -158,6 +159,11 @@ impl Metrics {
                 "When each node's current TLS certificate expires (Unix time)",
             ),
             sessions: add(&mut r, "sessions", "Live login sessions"),
+            session_store_up: add(
+                &mut r,
+                "session_store_up",
+                "Whether the session store answers (1) or not (0); the file store always does",
+            ),
             reloads: add(
                 &mut r,
                 "config_reloads",
@@ -272,6 +278,11 @@ impl Metrics {
         self.sessions.set(n as i64);
     }
 
+    /// Sets whether the session store answers.
+    pub(crate) fn session_store_up(&self, up: bool) {
+        self.session_store_up.set(i64::from(up));
+    }
+
     /// Counts a configuration reload (`ok` or `rejected`).
     pub(crate) fn reload(&self, outcome: &str) {
         self.reloads
@@ -349,6 +360,7 @@ mod tests {
         m.upstream_error("/down", "connect");
         m.whois(Duration::from_millis(2));
         m.sessions(3);
+        m.session_store_up(false);
         let t = m.render();
         assert!(
             t.contains(
@@ -360,6 +372,7 @@ mod tests {
         assert!(t.contains(r#"tailpass_upstream_errors_total{route="/down",kind="connect"} 1"#));
         assert!(t.contains("tailpass_whois_duration_seconds_count 1"));
         assert!(t.contains("tailpass_sessions 3"));
+        assert!(t.contains("tailpass_session_store_up 0"));
         assert!(
             t.contains(
                 r#"tailpass_request_duration_seconds_bucket{le="0.005",route="/app",node="gw"} 1"#

@@ -374,6 +374,7 @@ async fn upkeep(live: Arc<Live>) {
             Some(s) => {
                 s.tick().await;
                 live.metrics.sessions(s.len());
+                live.metrics.session_store_up(s.store_up());
                 s.upkeep_interval()
             }
             None => Duration::from_secs(30),

@@ -133,6 +133,11 @@ impl Sessions {
         self.store.len()
     }
 
+    /// Whether the session store answered last time it was asked.
+    pub(crate) fn store_up(&self) -> bool {
+        self.store.up()
+    }
+
     pub(super) fn provider(&self, name: &str) -> Option<&oidc::Client> {
         self.providers.iter().find(|p| p.config().name == name)
     }

@@ -334,6 +334,15 @@ impl Store {
         }
     }
 
+    /// Whether the store answered last time it was asked (the file store
+    /// always does; its write errors are reported where they happen).
+    pub(crate) fn up(&self) -> bool {
+        match &self.backend {
+            Backend::File(_) => true,
+            Backend::Redis(s) => !s.down.load(Ordering::Relaxed),
+        }
+    }
+
     /// Number of live records (with Redis: as of the last upkeep).
     pub(crate) fn len(&self) -> usize {
         match &self.backend {
