@@ -521,6 +521,14 @@ fn tailnet_upstreams_default_by_host_and_take_pins() {
         c.routes[0].target(),
         "http://nas:5000/ via the tailnet (tags tag:nas)"
     );
+    // README's example reads as it says.
+    let readme = include_str!("../../README.md");
+    let section = &readme[readme.find("### Tailnet upstreams").unwrap()..];
+    let start = section.find("```toml\n").unwrap() + 8;
+    let example = &section[start..start + section[start..].find("```").unwrap()];
+    let c = Config::parse(&format!("{head}{example}"), &env).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.routes[0].backend, tailnet(Some("nas"), &["tag:nas"]));
+    assert_eq!(c.routes[1].backend, tailnet(None, &[]));
     for (route, want) in [
         (
             "upstream = \"http://nas:5000\"\nupstream_via = \"magic\"",
