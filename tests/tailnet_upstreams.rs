@@ -8,6 +8,10 @@
 //! The tailpass host has no tailscaled and its resolver knows none of these
 //! names: only the tsnet dial can reach them.
 //!
+//! Two gateway nodes: an every-node route dials through the node the
+//! request came in on, a node's own route through its node (the nas asks
+//! WhoIs who called).
+//!
 //! Not tested end to end: `https://` tailnet upstreams. Their TLS checks
 //! the public web roots (ts.net certificates are Let's Encrypt's), and the
 //! offline test tailnet has no such certificates.
@@ -224,12 +228,19 @@ async fn tailnet_upstreams_are_dialed_through_the_node_and_pins_hold() {
     let ip = nas.status().await.unwrap().ip().unwrap().to_string();
 
     let dir = tempfile::tempdir().unwrap();
-    let node = NodeSpec::on(&net, "gw", dir.path().join("gw")).cert("local-ca");
-    let config = routes(ConfigBuilder::new().node(node), &fqdn, &ip)
+    let node = |name: &str| NodeSpec::on(&net, name, dir.path().join(name)).cert("local-ca");
+    let config = ConfigBuilder::new().node(node("gw")).node(node("gw2"));
+    let config = routes(config, &fqdn, &ip)
+        .route(
+            RouteSpec::new("/own", "http://nas:5000")
+                .upstream_via("tailnet")
+                .node("gw2"),
+        )
         .section(Section::new("tailnet").set("domain", domain.as_str()));
     let config = Config::parse(&config.build(), &|_| None).unwrap_or_else(|e| panic!("{e}"));
     let gw = Gateway::start(config, Options::default()).await.unwrap();
-    net.settle(&[&gw.nodes[0].node, &alice, &nas]).await;
+    net.settle(&[&gw.nodes[0].node, &gw.nodes[1].node, &alice, &nas])
+        .await;
     let host = gw.nodes[0].fqdn.clone();
     let ca = std::fs::read_to_string(dir.path().join("gw/local-ca/ca.pem")).unwrap();
     let mut h = H1::connect(&alice, &host, &ca).await;
@@ -252,6 +263,18 @@ async fn tailnet_upstreams_are_dialed_through_the_node_and_pins_hold() {
         );
     }
     assert!(open.now().0 >= 1, "the nas never accepted a connection");
+
+    // A route on every node dials through the node the request came in
+    // on; a node's own route through that node.
+    let host2 = gw.nodes[1].fqdn.clone();
+    let ca2 = std::fs::read_to_string(dir.path().join("gw2/local-ca/ca.pem")).unwrap();
+    let mut h2 = H1::connect(&alice, &host2, &ca2).await;
+    for path in ["/short/d", "/own/e"] {
+        let (status, body) = get(&mut h2, &host2, path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        let want = format!("nas answers {path} for {} (", net.fqdn("gw2"));
+        assert!(body.starts_with(&want), "{path}: {body}");
+    }
 
     // (2) A websocket through tailpass to the nas echoes.
     let tls = tailpass_testkit::client::connect(&alice, &host, 443, &ca, &[b"http/1.1"]).await;
