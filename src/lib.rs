@@ -17,7 +17,8 @@
 //! 4. `gateway`: the request pipeline, one function generic over the body:
 //!    normalize ([`http`]`::path`) → route → authenticate (one question to
 //!    the [`session`] service) → decide ([`policy`]) → forward (`proxy`,
-//!    with [`http`]`::headers` hygiene, over TCP or a Unix socket; or
+//!    with [`http`]`::headers` hygiene, over TCP, a Unix socket or the
+//!    tailnet (dialed through the node, optionally WhoIs-pinned); or
 //!    `files` for a route with a static root); its `Outcome` alone picks
 //!    each answer's status, page, access-log word and metric labels.
 //! 5. [`session`]: the session service — signing keys, the persisted

@@ -135,6 +135,10 @@ struct RawLoopback {
 struct RawRoute {
     path: String,
     upstream: Option<String>,
+    upstream_via: Option<String>,
+    upstream_node: Option<String>,
+    #[serde(default)]
+    upstream_tags: Vec<String>,
     root: Option<PathBuf>,
     #[serde(default)]
     browse: bool,
@@ -411,7 +415,8 @@ pub struct Route {
     /// Upstream base URL (`http://127.0.0.1:7681`, may carry a path; for a
     /// Unix socket `http://localhost`; unused for static files).
     pub upstream: http::Uri,
-    /// What answers: an HTTP upstream over TCP or a Unix socket, or files.
+    /// What answers: an HTTP upstream over TCP, a Unix socket or the
+    /// tailnet, or files.
     pub(crate) backend: Backend,
     /// Remove the route's prefix before forwarding.
     pub(crate) strip_prefix: bool,
@@ -445,8 +450,45 @@ pub(crate) enum Backend {
     Tcp,
     /// HTTP over the Unix socket at this path (`upstream = "unix:/…"`).
     Unix(PathBuf),
+    /// HTTP or HTTPS to `upstream` on another node of the tailnet, dialed
+    /// through the node that serves the request (no tailscaled on the
+    /// host), the destination checked against `pin` first.
+    Tailnet {
+        /// What WhoIs must say of the dialed address (empty: anything).
+        pin: UpstreamPin,
+    },
     /// Static files below a root (`root = "/srv/blog"`).
     Files(crate::files::FileRoot),
+}
+
+/// What a tailnet upstream must be (`upstream_node`, `upstream_tags`),
+/// checked with WhoIs on the dialed address before a request byte is sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct UpstreamPin {
+    /// The node's MagicDNS name: a short name (`nas`) is compared with the
+    /// first label, a dotted one (`nas.tail1.ts.net`) with the whole name;
+    /// lower case, no trailing dot.
+    pub(crate) node: Option<String>,
+    /// The node must carry at least one of these tags.
+    pub(crate) tags: Vec<String>,
+}
+
+impl UpstreamPin {
+    /// Whether nothing is pinned.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.node.is_none() && self.tags.is_empty()
+    }
+}
+
+impl std::fmt::Display for UpstreamPin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.node, self.tags.as_slice()) {
+            (None, []) => f.write_str("unpinned"),
+            (Some(n), []) => write!(f, "node {n}"),
+            (None, t) => write!(f, "tags {}", t.join("|")),
+            (Some(n), t) => write!(f, "node {n}, tags {}", t.join("|")),
+        }
+    }
 }
 
 impl Route {
@@ -455,6 +497,7 @@ impl Route {
     pub(crate) fn target(&self) -> String {
         match &self.backend {
             Backend::Tcp => self.upstream.to_string(),
+            Backend::Tailnet { pin } => format!("{} via the tailnet ({pin})", self.upstream),
             Backend::Unix(p) => format!("unix:{}", p.display()),
             Backend::Files(f) if f.browse => format!("files {} (listed)", f.root.display()),
             Backend::Files(f) => format!("files {}", f.root.display()),
@@ -645,7 +688,7 @@ fn validate(
     let limits = limits::validate(raw.limits, &mut p);
     let known_nodes = (!failed.contains("node")).then_some(nodes.as_slice());
     let routes: Vec<Route> = (raw.route.into_iter().enumerate())
-        .filter_map(|(i, r)| validate_route(i, r?, known_nodes, &mut p))
+        .filter_map(|(i, r)| validate_route(i, r?, (known_nodes, t.domain.as_deref()), &mut p))
         .collect();
     check_duplicate_routes(&routes, &mut p);
     let (mut portal, providers, rules) = validate_login(
@@ -927,21 +970,17 @@ pub(super) fn relative_dir(field: &str, d: &Path) -> String {
     )
 }
 
-/// A route's upstream: an `http://host:port[/path]` URL without a query.
+/// A route's upstream: an `http://` or `https://host[:port][/path]` URL
+/// without a query (whether https may be used depends on how it is
+/// reached: `route_reach`).
 fn route_upstream(field: &str, v: &str, p: &mut Vec<String>) -> Option<http::Uri> {
     match v.parse::<http::Uri>() {
         Ok(u)
-            if matches!(u.scheme_str(), Some("http"))
+            if matches!(u.scheme_str(), Some("http" | "https"))
                 && u.authority().is_some()
                 && u.query().is_none() =>
         {
             Some(u)
-        }
-        Ok(u) if matches!(u.scheme_str(), Some("https")) => {
-            p.push(format!(
-                "{field}: {u} uses https; upstreams are local services, give an http:// URL"
-            ));
-            None
         }
         _ => {
             p.push(format!(
@@ -949,6 +988,113 @@ fn route_upstream(field: &str, v: &str, p: &mut Vec<String>) -> Option<http::Uri
             ));
             None
         }
+    }
+}
+
+/// A route's `upstream_via`, `upstream_node` and `upstream_tags`, as read.
+struct RawReach {
+    via: Option<String>,
+    node: Option<String>,
+    tags: Vec<String>,
+}
+
+/// How a route's upstream is reached. A URL goes over the tailnet when
+/// `upstream_via = "tailnet"`, or by default when its host is a tailnet
+/// address or a name below `ts.net` or the `[tailnet] domain`, or when a
+/// pin is given; otherwise it is a service on this host (so existing
+/// `http://127.0.0.1:…` and container-name upstreams keep their meaning).
+/// Sockets and file roots take none of the three fields.
+fn route_reach(
+    f: &dyn Fn(&str) -> String,
+    (upstream, backend): (&http::Uri, Backend),
+    raw: RawReach,
+    domain: Option<&str>,
+    p: &mut Vec<String>,
+) -> Backend {
+    let given = [
+        ("upstream_via", raw.via.is_some()),
+        ("upstream_node", raw.node.is_some()),
+        ("upstream_tags", !raw.tags.is_empty()),
+    ];
+    if backend != Backend::Tcp {
+        for (field, _) in given.iter().filter(|(_, g)| *g) {
+            p.push(format!(
+                "{}: only an upstream URL (http:// or https://) is reached over the tailnet, not a socket or files",
+                f(field)
+            ));
+        }
+        return backend;
+    }
+    let pin = route_pin(f, raw.node.as_deref(), &raw.tags, p);
+    let tailnet = match raw.via.as_deref() {
+        Some("tailnet") => true,
+        Some("host") => false,
+        Some(other) => {
+            p.push(format!(
+                "{}: {other:?} is not \"tailnet\" or \"host\"",
+                f("upstream_via")
+            ));
+            return backend;
+        }
+        None => !pin.is_empty() || upstream.host().is_some_and(|h| on_tailnet(h, domain)),
+    };
+    if tailnet {
+        return Backend::Tailnet { pin };
+    }
+    for (field, _) in given[1..].iter().filter(|(_, g)| *g) {
+        p.push(format!(
+            "{}: a pin is checked on tailnet upstreams only, and upstream_via is \"host\"",
+            f(field)
+        ));
+    }
+    if upstream.scheme_str() == Some("https") {
+        p.push(format!(
+            "{}: {upstream} uses https, which tailpass speaks to tailnet upstreams only; give a service on this host as http://, or set upstream_via = \"tailnet\"",
+            f("upstream")
+        ));
+    }
+    backend
+}
+
+/// Whether an upstream host is on the tailnet: a tailnet address (100.64.0.0/10,
+/// fd7a:115c:a1e0::/48) or a name below `ts.net` or the tailnet's domain.
+fn on_tailnet(host: &str, domain: Option<&str>) -> bool {
+    use crate::tailnet::names;
+    names::host_ip_is_tailnet(host).unwrap_or_else(|| {
+        names::is_below(host, "ts.net") || domain.is_some_and(|d| names::is_below(host, d))
+    })
+}
+
+/// `upstream_node` and `upstream_tags`, checked and normalized.
+fn route_pin(
+    f: &dyn Fn(&str) -> String,
+    node: Option<&str>,
+    tags: &[String],
+    p: &mut Vec<String>,
+) -> UpstreamPin {
+    let node = node.and_then(|n| {
+        let name = n.trim_end_matches('.').to_ascii_lowercase();
+        let label_ok =
+            |l: &str| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+        if name.split('.').all(label_ok) {
+            Some(name)
+        } else {
+            p.push(format!(
+                "{}: {n:?} is not a node name like \"nas\" or \"nas.tail1234.ts.net\"",
+                f("upstream_node")
+            ));
+            None
+        }
+    });
+    for t in tags.iter().filter(|t| !valid_tag(t)) {
+        p.push(format!(
+            "{}: {t:?} is not a tag like \"tag:nas\"",
+            f("upstream_tags")
+        ));
+    }
+    UpstreamPin {
+        node,
+        tags: tags.to_vec(),
     }
 }
 
@@ -1027,11 +1173,12 @@ fn route_identity_headers(
 }
 
 /// One `[[route]]` (`None` when it cannot be used at all); `nodes` is
-/// `None` when the `[[node]]` section could not be read.
+/// `None` when the `[[node]]` section could not be read; `domain` is the
+/// `[tailnet] domain`.
 fn validate_route(
     i: usize,
     r: RawRoute,
-    nodes: Option<&[NodeSpec]>,
+    (nodes, domain): (Option<&[NodeSpec]>, Option<&str>),
     p: &mut Vec<String>,
 ) -> Option<Route> {
     let f = |k: &str| format!("route[{i}].{k}");
@@ -1049,6 +1196,12 @@ fn validate_route(
     }
     let host = r.host.map(|h| h.to_ascii_lowercase());
     let (upstream, backend) = route_backend(&f, r.upstream.as_deref(), r.root, r.browse, p)?;
+    let reach = RawReach {
+        via: r.upstream_via,
+        node: r.upstream_node,
+        tags: r.upstream_tags,
+    };
+    let backend = route_reach(&f, (&upstream, backend), reach, domain, p);
     let wants_login = matches!(r.access.as_deref(), Some("login"))
         || !r.roles.is_empty()
         || r.max_auth_age.is_some();

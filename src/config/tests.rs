@@ -449,6 +449,146 @@ fn route_backends_are_one_of_upstream_socket_or_root() {
     }
 }
 
+/// Tailnet upstreams (issue #14): how `upstream_via` defaults, what the
+/// pins become, and every wrong value named by its field.
+#[test]
+fn tailnet_upstreams_default_by_host_and_take_pins() {
+    let head =
+        "[tailnet]\ndomain = \"home.example\"\n[[node]]\nhostname = \"gw\"\nstate_dir = \"/s\"\n";
+    let backend = |route: &str| {
+        let c = Config::parse(&format!("{head}[[route]]\npath = \"/a\"\n{route}\n"), &env)
+            .unwrap_or_else(|e| panic!("{route}: {e}"));
+        c.routes[0].backend.clone()
+    };
+    let tailnet = |node: Option<&str>, tags: &[&str]| Backend::Tailnet {
+        pin: UpstreamPin {
+            node: node.map(str::to_string),
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+        },
+    };
+    for (route, want) in [
+        // This host, as before: loopback, container names, LAN addresses.
+        ("upstream = \"http://127.0.0.1:4000\"", Backend::Tcp),
+        ("upstream = \"http://pocket-id:1411\"", Backend::Tcp),
+        ("upstream = \"http://192.168.1.5:80\"", Backend::Tcp),
+        ("upstream = \"http://100.128.0.1:80\"", Backend::Tcp),
+        ("upstream = \"http://nas:5000\"", Backend::Tcp),
+        ("upstream = \"http://nas.ts.net.evil.com\"", Backend::Tcp),
+        // The tailnet: its addresses and names, by default.
+        (
+            "upstream = \"http://100.101.102.103:5000\"",
+            tailnet(None, &[]),
+        ),
+        (
+            "upstream = \"http://[fd7a:115c:a1e0::1]:5000\"",
+            tailnet(None, &[]),
+        ),
+        (
+            "upstream = \"https://nas.tail1234.ts.net\"",
+            tailnet(None, &[]),
+        ),
+        (
+            "upstream = \"http://nas.home.example:5000\"",
+            tailnet(None, &[]),
+        ),
+        // Said so, or implied by a pin.
+        (
+            "upstream = \"http://nas:5000\"\nupstream_via = \"tailnet\"",
+            tailnet(None, &[]),
+        ),
+        (
+            "upstream = \"http://nas:5000\"\nupstream_node = \"NAS.\"",
+            tailnet(Some("nas"), &[]),
+        ),
+        (
+            "upstream = \"https://nas.tail1234.ts.net\"\nupstream_node = \"nas.tail1234.ts.net\"\nupstream_tags = [\"tag:nas\", \"tag:b\"]",
+            tailnet(Some("nas.tail1234.ts.net"), &["tag:nas", "tag:b"]),
+        ),
+        // A tailnet address reached the host's way, when asked.
+        (
+            "upstream = \"http://100.101.102.103:5000\"\nupstream_via = \"host\"",
+            Backend::Tcp,
+        ),
+    ] {
+        assert_eq!(backend(route), want, "{route}");
+    }
+    let c = Config::parse(
+        &format!("{head}[[route]]\npath = \"/a\"\nupstream = \"http://nas:5000\"\nupstream_tags = [\"tag:nas\"]\n"),
+        &env,
+    )
+    .unwrap();
+    assert_eq!(
+        c.routes[0].target(),
+        "http://nas:5000/ via the tailnet (tags tag:nas)"
+    );
+    // README's example reads as it says.
+    let readme = include_str!("../../README.md");
+    let section = &readme[readme.find("### Tailnet upstreams").unwrap()..];
+    let start = section.find("```toml\n").unwrap() + 8;
+    let example = &section[start..start + section[start..].find("```").unwrap()];
+    let c = Config::parse(&format!("{head}{example}"), &env).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.routes[0].backend, tailnet(Some("nas"), &["tag:nas"]));
+    assert_eq!(c.routes[1].backend, tailnet(None, &[]));
+    for (route, want) in [
+        (
+            "upstream = \"http://nas:5000\"\nupstream_via = \"magic\"",
+            "route[0].upstream_via: \"magic\" is not \"tailnet\" or \"host\"",
+        ),
+        (
+            "upstream = \"http://nas:5000\"\nupstream_via = \"host\"\nupstream_node = \"nas\"",
+            "route[0].upstream_node: a pin is checked on tailnet upstreams only",
+        ),
+        (
+            "upstream = \"http://nas:5000\"\nupstream_via = \"host\"\nupstream_tags = [\"tag:nas\"]",
+            "route[0].upstream_tags: a pin is checked on tailnet upstreams only",
+        ),
+        (
+            "upstream = \"http://nas:5000\"\nupstream_tags = [\"nas\"]",
+            "route[0].upstream_tags: \"nas\" is not a tag like \"tag:nas\"",
+        ),
+        (
+            "upstream = \"http://nas:5000\"\nupstream_node = \"nas box\"",
+            "route[0].upstream_node: \"nas box\" is not a node name like \"nas\"",
+        ),
+        (
+            "upstream = \"http://nas:5000\"\nupstream_node = \"\"",
+            "route[0].upstream_node: \"\" is not a node name",
+        ),
+        (
+            "upstream = \"https://127.0.0.1:8443\"",
+            "route[0].upstream: https://127.0.0.1:8443/ uses https, which tailpass speaks to tailnet upstreams only",
+        ),
+        (
+            "upstream = \"https://nas.tail1234.ts.net\"\nupstream_via = \"host\"",
+            "route[0].upstream: https://nas.tail1234.ts.net/ uses https",
+        ),
+        (
+            "upstream = \"unix:/run/a.sock\"\nupstream_tags = [\"tag:nas\"]",
+            "route[0].upstream_tags: only an upstream URL (http:// or https://) is reached over the tailnet",
+        ),
+        (
+            "root = \"/srv\"\nupstream_via = \"tailnet\"",
+            "route[0].upstream_via: only an upstream URL",
+        ),
+        (
+            "upstream = \"ftp://nas\"\nupstream_via = \"tailnet\"",
+            "route[0].upstream: \"ftp://nas\" is not a URL like",
+        ),
+    ] {
+        let p = problems(&format!("{head}[[route]]\npath = \"/a\"\n{route}\n"));
+        assert!(p.iter().any(|x| x.starts_with(want)), "{route}: {p:?}");
+    }
+    // A wrong type is named by the reader, with its line.
+    let p = problems(&format!(
+        "{head}[[route]]\npath = \"/a\"\nupstream = \"http://nas:5000\"\nupstream_tags = \"tag:nas\"\n"
+    ));
+    assert!(
+        p.iter()
+            .any(|x| x.starts_with("route[0].upstream_tags: expected")),
+        "{p:?}"
+    );
+}
+
 /// The head of most broken configs below: a valid node on lines 1–3.
 const NODE: &str = "[[node]]\nhostname = \"gw\"\nstate_dir = \"/s\"\n";
 
@@ -738,7 +878,7 @@ async fn a_node_route_wins_over_an_every_node_route_in_either_order() {
         let text = format!("{NODE}[[node]]\nhostname = \"b\"\nstate_dir = \"/b\"\n{routes}");
         let c = Config::parse(&text, &env).unwrap();
         let running = ["gw".to_string(), "b".to_string()];
-        let snap = Snapshot::new(&c, &running, None, Duration::from_secs(60));
+        let snap = Snapshot::new(&c, (&running, &[]), None, Duration::from_secs(60));
         for (conn, want) in [(on("gw", 0), Some("gw")), (on("b", 1), None)] {
             match snap.target(&conn, None, &path) {
                 Target::Route(r, _) => assert_eq!(r.node.as_deref(), want, "{routes}"),

@@ -116,9 +116,15 @@ impl Outcome {
             Outcome::UpstreamFailed { error, reason } => Answer {
                 response: upstream_failed(error, html),
                 decision: "allow",
-                reason,
+                // A refused pin is a security decision: the access line
+                // says so, not only the proxy's warning.
+                reason: match error {
+                    UpstreamError::Pinned => format!("{reason}; {error}"),
+                    _ => reason,
+                },
                 upstream_error: match error {
                     UpstreamError::Connect => Some("connect"),
+                    UpstreamError::Pinned => Some("pin"),
                     UpstreamError::Timeout => Some("timeout"),
                     _ => None,
                 },
@@ -170,6 +176,11 @@ fn upstream_failed(e: UpstreamError, html: bool) -> Response<Body> {
             StatusCode::BAD_GATEWAY,
             "Bad gateway",
             "the service behind this address is not answering",
+        ),
+        UpstreamError::Pinned => (
+            StatusCode::BAD_GATEWAY,
+            "Bad gateway",
+            "the service behind this address is not the node this route is pinned to",
         ),
         UpstreamError::Timeout => (
             StatusCode::GATEWAY_TIMEOUT,

@@ -8,10 +8,10 @@ use std::time::Duration;
 use http::{Request, header};
 
 use super::Connection;
-use crate::config::{Access, Config, Route};
+use crate::config::{Access, Backend, Config, Route};
 use crate::http::path::{self, NormalizedPath};
 use crate::portal::{self, Portal};
-use crate::proxy::Upstream;
+use crate::proxy::{NodeSlot, Upstream};
 use crate::session::Sessions;
 
 /// A running node: its place in the node list tailpass started with. Node
@@ -41,8 +41,43 @@ enum OnNode {
 /// A route with its upstream client and its resolved node.
 pub(crate) struct Routed {
     route: Route,
-    up: Upstream,
+    /// The upstream client. A tailnet upstream of an every-node route has
+    /// one per running node (indexed by `NodeId`), so it is dialed through
+    /// the node the request came in on; everything else has one.
+    ups: Vec<Upstream>,
     on: OnNode,
+}
+
+impl Routed {
+    fn new(route: &Route, on: OnNode, via: &[NodeSlot]) -> Routed {
+        let unset = NodeSlot::default();
+        let ups = match (&route.backend, on) {
+            (Backend::Tailnet { .. }, OnNode::Every) if via.len() > 1 => {
+                via.iter().map(|v| Upstream::new(route, v)).collect()
+            }
+            // A node's own route dials through that node; a node not
+            // running yet has no slot, and its dials fail with that.
+            (_, OnNode::Node(NodeId(i))) => {
+                vec![Upstream::new(route, via.get(i).unwrap_or(&unset))]
+            }
+            (_, OnNode::NotRunning) => vec![Upstream::new(route, &unset)],
+            _ => vec![Upstream::new(route, via.first().unwrap_or(&unset))],
+        };
+        Routed {
+            route: route.clone(),
+            ups,
+            on,
+        }
+    }
+
+    /// The client for a request that came in on `node` (none: the
+    /// loopback or public listener, which dial through the first node).
+    fn up(&self, node: Option<NodeId>) -> &Upstream {
+        match node.and_then(|n| self.ups.get(n.0)) {
+            Some(u) if self.ups.len() > 1 => u,
+            _ => &self.ups[0],
+        }
+    }
 }
 
 /// What a reload replaces: routes with their upstream clients, the portal
@@ -72,10 +107,11 @@ pub(crate) enum Target<'a> {
 
 impl Snapshot {
     /// The snapshot of `config` for the nodes `running` (host names in
-    /// start order).
+    /// start order); `via` holds the same nodes (once up), through which
+    /// tailnet upstreams are dialed.
     pub(crate) fn new(
         config: &Config,
-        running: &[String],
+        (running, via): (&[String], &[NodeSlot]),
         portal: Option<Arc<Portal>>,
         body_idle_timeout: Duration,
     ) -> Snapshot {
@@ -87,11 +123,7 @@ impl Snapshot {
             routes: config
                 .routes
                 .iter()
-                .map(|r| Routed {
-                    route: r.clone(),
-                    up: Upstream::new(r),
-                    on: on(r),
-                })
+                .map(|r| Routed::new(r, on(r), via))
                 .collect(),
             pages: portal.clone().map(portal::router),
             sessions: portal.as_ref().map(|p| p.sessions().clone()),
@@ -123,7 +155,7 @@ impl Snapshot {
             return Target::Portal(pt);
         }
         match self.find_by(conn.node_id, host, |prefix| path::under(prefix, p)) {
-            Some(r) => Target::Route(&r.route, &r.up),
+            Some(r) => Target::Route(&r.route, r.up(conn.node_id)),
             None => Target::Nothing,
         }
     }

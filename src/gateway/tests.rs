@@ -114,7 +114,12 @@ client_id = "tailpass"
         .unwrap()
         .map(Arc::new);
     let running = ["gw".to_string()];
-    let snap = Snapshot::new(&config, &running, portal, std::time::Duration::from_secs(5));
+    let snap = Snapshot::new(
+        &config,
+        (&running, &[]),
+        portal,
+        std::time::Duration::from_secs(5),
+    );
     Env {
         snap,
         metrics,
@@ -569,6 +574,18 @@ fn every_outcome_has_one_status_and_word() {
         assert_eq!((a.decision, a.upstream_error), ("allow", label), "{e:?}");
         assert_eq!(a.reason, "why");
     }
+    // A refused pin (tailnet upstreams) is a 502 whose access line says so.
+    let a = Outcome::UpstreamFailed {
+        error: proxy::UpstreamError::Pinned,
+        reason: "why".into(),
+    }
+    .answer(true);
+    assert_eq!(a.response.status().as_u16(), 502);
+    assert_eq!((a.decision, a.upstream_error), ("allow", Some("pin")));
+    assert_eq!(
+        a.reason,
+        "why; the upstream is not the node the route is pinned to"
+    );
 }
 
 /// Routes name their node once, when the snapshot is built: a route pinned
@@ -603,7 +620,12 @@ node = "added"
     let config = Config::parse(text, &|_| None).unwrap();
     // Started with gw and other; "added" came with a reload.
     let running = ["gw".to_string(), "other".to_string()];
-    let snap = Snapshot::new(&config, &running, None, std::time::Duration::from_secs(5));
+    let snap = Snapshot::new(
+        &config,
+        (&running, &[]),
+        None,
+        std::time::Duration::from_secs(5),
+    );
     assert_eq!(node_id(&running, "other"), Some(NodeId(1)));
     assert_eq!(node_id(&running, "added"), None);
     let routed = |conn: &Connection, p: &str| {

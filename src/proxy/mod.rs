@@ -26,6 +26,7 @@ use crate::identity::{PeerIdentity, Principal};
 mod connect;
 mod upload;
 
+pub(crate) use connect::NodeSlot;
 pub(crate) use upload::BoxError;
 use upload::Upload;
 
@@ -38,11 +39,12 @@ pub(crate) struct Upstream {
 }
 
 impl Upstream {
-    /// A client with the route's timeouts.
-    pub(crate) fn new(route: &Route) -> Self {
+    /// A client with the route's timeouts; a tailnet upstream is dialed
+    /// through the node in `via`.
+    pub(crate) fn new(route: &Route, via: &NodeSlot) -> Self {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
-            .build(connect::Connector::for_route(route));
+            .build(connect::Connector::for_route(route, via));
         Upstream {
             client,
             response_timeout: route.response_timeout,
@@ -134,6 +136,10 @@ pub(crate) enum UpstreamError {
     /// The upstream refused, reset or broke the exchange.
     #[error("the upstream is not answering")]
     Connect,
+    /// The tailnet upstream's node is not the one the route is pinned to
+    /// (`upstream_node`, `upstream_tags`); nothing was sent to it.
+    #[error("the upstream is not the node the route is pinned to")]
+    Pinned,
     /// No response head within the route's `response_timeout`, counted
     /// from the end of the request body.
     #[error("the upstream took too long to answer")]
@@ -204,7 +210,7 @@ fn upstream_uri(
         .map(|a| a.as_str())
         .unwrap_or("127.0.0.1");
     Uri::builder()
-        .scheme("http")
+        .scheme(route.upstream.scheme_str().unwrap_or("http"))
         .authority(authority)
         .path_and_query(pq)
         .build()
@@ -282,16 +288,33 @@ where
                 tracing::warn!(route = %route.name(), peer = %fwd.who, idle = ?fwd.body_idle_timeout, "request body stalled; upload cut");
                 Err(UpstreamError::Stalled)
             }
-            Err(e) => {
-                tracing::warn!(route = %route.name(), upstream = %route.upstream, error = %e, "upstream request failed");
-                Err(UpstreamError::Connect)
-            }
+            Err(e) => Err(failed(route, &e)),
         },
         _ = deadline => {
             tracing::warn!(route = %route.name(), upstream = %route.upstream, timeout = ?up.response_timeout, "upstream timed out");
             Err(UpstreamError::Timeout)
         }
     }
+}
+
+/// Why a request failed, logged with the whole chain of causes (the
+/// client's own message is only "client error (Connect)").
+fn failed(route: &Route, e: &hyper_util::client::legacy::Error) -> UpstreamError {
+    let mut why = e.to_string();
+    let mut source = std::error::Error::source(e);
+    let mut pinned = false;
+    while let Some(s) = source {
+        pinned |= s.is::<connect::PinRefused>();
+        why.push_str(": ");
+        why.push_str(&s.to_string());
+        source = s.source();
+    }
+    if pinned {
+        tracing::warn!(route = %route.name(), upstream = %route.upstream, error = why.as_str(), "upstream refused: not the pinned node; nothing was sent");
+        return UpstreamError::Pinned;
+    }
+    tracing::warn!(route = %route.name(), upstream = %route.upstream, error = why.as_str(), "upstream request failed");
+    UpstreamError::Connect
 }
 
 /// The upstream's response as the client gets it: hop-by-hop headers

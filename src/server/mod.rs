@@ -30,6 +30,7 @@ use crate::listen::{
 use crate::metrics::Metrics;
 use crate::oidc::Dialer;
 use crate::portal::{Portal, PortalOrigin};
+use crate::proxy::NodeSlot;
 use crate::tailnet::{LogSink, Node, NodeConfig};
 use crate::tls;
 pub(crate) use accept::{Established, Handshake, Service};
@@ -148,6 +149,9 @@ struct Live {
     /// The nodes' host names in start order (node changes need a restart):
     /// every snapshot resolves its routes' nodes against this list.
     running: Arc<[String]>,
+    /// The same nodes, each set once it has joined: tailnet upstreams are
+    /// dialed through them.
+    via: Arc<[NodeSlot]>,
     health: Arc<Health>,
     fds: Arc<Fds>,
 }
@@ -164,10 +168,12 @@ impl Live {
         health.watch_fds(fds.clone());
         let body_idle = config.limits.body_idle_timeout;
         let running: Arc<[String]> = config.nodes.iter().map(|n| n.hostname.clone()).collect();
-        let snapshot = Snapshot::new(config, &running, portal, body_idle);
+        let via: Arc<[NodeSlot]> = running.iter().map(|_| NodeSlot::default()).collect();
+        let snapshot = Snapshot::new(config, (&running, &via), portal, body_idle);
         Arc::new(Live {
             shared: ArcSwap::from_pointee(snapshot),
             running,
+            via,
             metrics,
             stop,
             open: Arc::new(()),
@@ -286,7 +292,7 @@ impl Gateway {
         let body_idle = self.live.limits.body_idle_timeout;
         self.live.shared.store(Arc::new(Snapshot::new(
             &config,
-            &self.live.running,
+            (&self.live.running, &self.live.via),
             portal,
             body_idle,
         )));
@@ -492,6 +498,10 @@ async fn start_node(
         .ip()
         .map_or_else(|| "-".to_string(), |ip| ip.to_string());
     tracing::info!(node = %spec.hostname, fqdn = %fqdn, ip = ip.as_str(), "joined the tailnet");
+    // Tailnet upstreams of this node's routes dial through it from now on.
+    if let Some(id) = crate::gateway::node_id(&live.running, &spec.hostname) {
+        let _ = live.via[id.0].set(node.clone());
+    }
     let certs = certificates(spec, &node, &fqdn, opts, live, tasks).await?;
     node_listeners(spec, &node, &fqdn, &certs, live, tasks)
         .await

@@ -262,6 +262,22 @@ impl RouteSpec {
     pub fn title(self, title: &str) -> Self {
         self.set("title", title)
     }
+
+    /// `upstream_via`: `"tailnet"` (dial through the route's node) or
+    /// `"host"`.
+    pub fn upstream_via(self, via: &str) -> Self {
+        self.set("upstream_via", via)
+    }
+
+    /// `upstream_node`: the tailnet upstream must be this node (WhoIs).
+    pub fn upstream_node(self, node: &str) -> Self {
+        self.set("upstream_node", node)
+    }
+
+    /// `upstream_tags`: the tailnet upstream must carry one of these tags.
+    pub fn upstream_tags(self, tags: &[&str]) -> Self {
+        self.list("upstream_tags", tags)
+    }
 }
 
 /// Any other section, `[name]`.
