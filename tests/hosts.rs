@@ -8,14 +8,24 @@
 //!
 //! - only B's tagged node gets through A's share; another peer is cut off;
 //! - sign in through A, and B knows the session (no second sign-in);
+//! - a service on a third node ("nas", no tailpass there) reached through
+//!   both hosts as a pinned tailnet upstream;
 //! - log out on B, and A's open websocket closes at once (pub/sub);
 //! - Redis killed: sessions verified within `outage_grace` keep working,
 //!   new sign-ins get a clear 503 page, and past the grace sessions are
 //!   refused and websockets close; Redis restarted (its data persisted):
 //!   the session works again and sign-ins open.
 
+use std::convert::Infallible;
 use std::path::Path;
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
 
 use futures_util::{SinkExt, StreamExt};
 use tailpass::tailnet::{Node, TailnetStream};
@@ -45,6 +55,7 @@ struct Shared<'a> {
     idp: &'a Idp,
     echo: std::net::SocketAddr,
     page: std::net::SocketAddr,
+    nas_port: u16,
 }
 
 /// Host `name`'s config: its node (A also runs `auth`, the provider's
@@ -95,6 +106,15 @@ fn host_config(s: &Shared<'_>, name: &str, admin: u16) -> String {
             RouteSpec::new("/term", format!("http://{}", s.page))
                 .node(name)
                 .roles(&["user"]),
+        )
+        .route(
+            RouteSpec::new(
+                "/nas",
+                format!("http://{}:{}", s.net.fqdn("nas"), s.nas_port),
+            )
+            .node(name)
+            .roles(&["user"])
+            .upstream_node("nas"),
         );
     if name == "a" {
         c = c
@@ -127,6 +147,33 @@ fn idp_config(net: &TestNet) -> serde_json::Value {
             "alice": {"email": "alice@example.com", "email_verified": true, "name": "Alice", "groups": ["users"]},
         },
     })
+}
+
+/// The third node's service (plain HTTP on the tailnet, no tailpass in
+/// front): says which node called, as WhoIs tells it.
+async fn serve_nas(nas: &Node, port: u16) {
+    let l = nas.listen(port).await.unwrap();
+    let nas = nas.clone();
+    tokio::spawn(async move {
+        while let Ok((s, peer)) = l.accept().await {
+            let nas = nas.clone();
+            tokio::spawn(async move {
+                let caller = nas
+                    .whois(peer)
+                    .await
+                    .map(|w| w.node.name)
+                    .unwrap_or_default();
+                let svc = service_fn(move |_: Request<Incoming>| {
+                    let body = Bytes::from(format!("nas answers {caller}"));
+                    async move { Ok::<_, Infallible>(Response::new(Full::new(body))) }
+                });
+                let io = TokioIo::new(s);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, svc)
+                    .await;
+            });
+        }
+    });
 }
 
 async fn wait_peer(node: &Node, host: &str) {
@@ -221,7 +268,10 @@ async fn two_hosts_share_sign_in_logout_and_survive_a_redis_outage() {
         idp: &idp,
         echo: upstream::start_echo().await,
         page: upstream::start_ws_page().await,
+        nas_port: 5000,
     };
+    let nas = net.node("nas").await;
+    serve_nas(&nas, shared.nas_port).await;
     let (admin_a, admin_b) = (free_port(), free_port());
     let cfg_a = dir.path().join("a.toml");
     let cfg_b = dir.path().join("b.toml");
@@ -274,6 +324,15 @@ async fn two_hosts_share_sign_in_logout_and_survive_a_redis_outage() {
         [format!("https://{b}/app/")],
         "no sign-in round trip"
     );
+    // The nas service, through both hosts' own nodes.
+    for (host, node) in [(&a, "a."), (&b, "b.")] {
+        let mut br = Browser::new(&laptop, &ca);
+        br.set_cookie(host, "tailpass_session", &cookie);
+        let p = br.get(&format!("https://{host}/nas/")).await;
+        assert_eq!(p.status, 200, "{host}: {}", p.body);
+        let want = format!("nas answers {node}{}", net.magic_dns);
+        assert!(p.body.starts_with(&want), "{host}: {}", p.body);
+    }
     // The record in Redis is sealed: no token or email in the clear.
     let keys = redis.command(&["KEYS", "tailpass:session:*"]).unwrap();
     assert!(keys.contains("tailpass:session:"), "{keys}");
