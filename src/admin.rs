@@ -4,7 +4,9 @@
 //!
 //! `/healthz` tells the truth about every node and every listener: 503
 //! naming each one that is down or retrying after accept errors, and when
-//! new connections are being refused for lack of file descriptors. The
+//! new connections are being refused for lack of file descriptors. It also
+//! says whether the session store answers (`session_store`), without
+//! turning 503 for it. The
 //! admin listener itself is exempt from that reserve, so it can still say so.
 //!
 //! The endpoints are an axum [`Router`]; anything else (another path, or a
@@ -144,6 +146,14 @@ async fn healthz(Shared(state): Shared<Arc<State>>) -> Response<Body> {
         "listeners": report.listeners,
         "problems": problems,
     });
+    // Reported, not a 503: with the shared store down tailpass still
+    // serves (docs/hosts.md), and a restart would not bring Redis back.
+    body["session_store"] = if state.metrics.session_store_is_up() {
+        "up"
+    } else {
+        "unreachable"
+    }
+    .into();
     if let Some((open, limit, reserve)) = report.fds {
         body["fds"] = serde_json::json!({"open": open, "limit": limit, "reserve": reserve});
     }

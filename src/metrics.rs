@@ -208,7 +208,15 @@ impl Metrics {
                 commit: crate::cli::COMMIT.into(),
             })
             .set(1);
+        // Up until a shared store says otherwise (no store, or the file
+        // store, is never down).
+        m.session_store_up.set(1);
         m
+    }
+
+    /// Whether the session store answered at the last upkeep.
+    pub(crate) fn session_store_is_up(&self) -> bool {
+        self.session_store_up.get() == 1
     }
 
     /// Counts one finished request. `route` is the route's path (with its

@@ -29,7 +29,7 @@ use hyper_util::rt::TokioIo;
 
 use futures_util::{SinkExt, StreamExt};
 use tailpass::tailnet::{Node, TailnetStream};
-use tailpass_testkit::binary::Tailpass;
+use tailpass_testkit::binary::{Tailpass, admin_get};
 use tailpass_testkit::browser::Browser;
 use tailpass_testkit::idp::Idp;
 use tailpass_testkit::redis::{self, RedisServer};
@@ -367,12 +367,34 @@ async fn two_hosts_share_sign_in_logout_and_survive_a_redis_outage() {
         "ended on A too"
     );
 
-    outage(&mut redis, &laptop, &ca, (&a, &b)).await;
+    outage(&mut redis, &laptop, &ca, (&a, &b), admin(admin_b)).await;
     drop((host_a, host_b));
 }
 
+/// Waits until B's `/healthz` says the session store is `want` (its
+/// status stays 200 either way).
+async fn health_says(admin: std::net::SocketAddr, want: &str) {
+    let t = Instant::now();
+    loop {
+        let (status, body) = admin_get(admin, "/healthz").await.unwrap();
+        let j: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if j["session_store"] == want {
+            assert_eq!(status, 200, "{body}");
+            return;
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "{body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Redis killed and restarted, seen from both hosts.
-async fn outage(redis: &mut RedisServer, laptop: &Node, ca: &str, (a, b): (&str, &str)) {
+async fn outage(
+    redis: &mut RedisServer,
+    laptop: &Node,
+    ca: &str,
+    (a, b): (&str, &str),
+    admin_b: std::net::SocketAddr,
+) {
     let (cookie, _) = sign_in(laptop, ca, a).await;
     assert_eq!(app_with(laptop, ca, b, &cookie).await.0, 200);
     let mut ws = open_ws(laptop, ca, b, &cookie).await;
@@ -399,6 +421,7 @@ async fn outage(redis: &mut RedisServer, laptop: &Node, ca: &str, (a, b): (&str,
         down.elapsed() < GRACE,
         "the checks above took longer than the grace"
     );
+    health_says(admin_b, "unreachable").await;
     // Past the grace (and one re-check): the websocket closes and the
     // session is refused. B last verified it at most one re-check (5 s)
     // before the outage, so it closes no earlier than GRACE - 5 s in.
@@ -417,6 +440,7 @@ async fn outage(redis: &mut RedisServer, laptop: &Node, ca: &str, (a, b): (&str,
 
     // Redis back with its data: the session works again, sign-ins open.
     redis.restart();
+    health_says(admin_b, "up").await;
     let t = Instant::now();
     loop {
         if app_with(laptop, ca, a, &cookie).await.0 == 200 {
