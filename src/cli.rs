@@ -468,15 +468,37 @@ fn describe_overrides(o: &mut String, c: &Config) {
     }
 }
 
+/// A Redis session store as `check` shows it: where, and shared with whom.
+fn describe_redis(r: &crate::config::RedisStore) -> String {
+    let mut d = format!(
+        "Redis at {}, keys {}:*, outage grace {}",
+        r.url,
+        r.key_prefix,
+        humantime::format_duration(r.outage_grace)
+    );
+    if let Some(s) = &r.share {
+        let who: Vec<&str> = s.tags.iter().chain(&s.users).map(String::as_str).collect();
+        d.push_str(&format!(
+            "; shared on node {} with {}",
+            s.node,
+            who.join(", ")
+        ));
+    }
+    d
+}
+
 /// The portal: providers, the URLs to register, rules, step-up.
 fn describe_portal(o: &mut String, c: &Config) {
     use std::fmt::Write;
     if let Some(pt) = &c.portal {
+        let store = match &pt.store {
+            crate::config::SessionStore::File => pt.state_dir.display().to_string(),
+            crate::config::SessionStore::Redis(r) => describe_redis(r),
+        };
         let _ = writeln!(
             o,
-            "\nlogin portal under {} (sessions in {})",
-            pt.prefix,
-            pt.state_dir.display()
+            "\nlogin portal under {} (sessions in {store})",
+            pt.prefix
         );
         for p in &c.providers {
             let _ = writeln!(
