@@ -61,6 +61,8 @@
             # this takes nixpkgs' current LTS.
             pkgs.nodejs
             pkgs.chromium
+            # tests/hosts.rs: the shared session store.
+            pkgs.redis
             pkgs.pkg-config
           ];
           LIBCLANG_PATH = "${pkgs.llvmPackages.libclang.lib}/lib";
