@@ -109,6 +109,9 @@ pub enum StoreError {
     /// The shared store (Redis) cannot be reached or refused a command.
     #[error("session store unreachable: {0}")]
     Unavailable(String),
+    /// The store's settings cannot work (found where they are used).
+    #[error("{0}")]
+    Config(String),
 }
 
 /// The watchers of open websockets, by session id: local to this process
@@ -202,7 +205,7 @@ impl Store {
         let tailnet = match (dialer, &host_port) {
             (Some(d), Some((host, port))) if d.is_tailnet(host) => {
                 if r.url.starts_with("rediss://") {
-                    return Err(StoreError::Unavailable(format!(
+                    return Err(StoreError::Config(format!(
                         "sessions.store: {host} is on the tailnet, which encrypts already; give redis:// (rediss:// would check a certificate for the wrong host)"
                     )));
                 }
@@ -785,5 +788,68 @@ mod redis_tests {
         }
         assert!(b.get("s1", 0).await.unwrap().is_none(), "revocation sent");
         assert!(b.get("s2", 0).await.unwrap().is_some(), "the rest kept");
+    }
+}
+
+#[cfg(test)]
+mod redis_tls_tests {
+    use std::time::Duration;
+
+    use tailpass_testkit::redis::{self, RedisServer};
+
+    use super::*;
+    use crate::config::SecretRef;
+
+    #[tokio::test]
+    async fn rediss_with_a_private_ca_and_a_password() {
+        if !redis::available("rediss_with_a_private_ca_and_a_password") {
+            return;
+        }
+        let r = RedisServer::start_tls(Some("tls-test-password"));
+        let load = |v: &'static str| {
+            SecretRef {
+                env: Some("X".into()),
+                file: None,
+            }
+            .load(&move |_| Some(v.to_string()))
+            .unwrap()
+        };
+        let mut cfg = RedisStore {
+            url: r.url(),
+            password: Some(load("tls-test-password")),
+            ca_file: Some(r.ca_file()),
+            key_prefix: "tls".into(),
+            outage_grace: Duration::from_secs(1),
+            share: None,
+        };
+        assert!(cfg.url.starts_with("rediss://"));
+        let seal = || Seal::new(&load("a-session-secret-of-thirty-two-bytes-or-more"), &[]);
+        let s = Store::open_redis(&cfg, seal(), None).unwrap();
+        let far = crate::session::now() + 3600;
+        let rec = Record {
+            provider: "p".into(),
+            sub: "alice".into(),
+            binding: Binding {
+                node: "n".into(),
+                user: "u".into(),
+            },
+            claims: BTreeMap::new(),
+            id_token: "x.y.z".into(),
+            refresh_token: None,
+            created: 1,
+            auth_time: None,
+            expires: far,
+            refreshed: 1,
+        };
+        s.put("sid", rec).await.unwrap();
+        assert_eq!(s.get("sid", 0).await.unwrap().unwrap().sub, "alice");
+        // Without the private CA the server's certificate is not trusted:
+        // an unreachable store, never a plain-text fallback.
+        cfg.ca_file = None;
+        let untrusted = Store::open_redis(&cfg, seal(), None).unwrap();
+        assert!(matches!(
+            untrusted.get("sid", 0).await,
+            Err(StoreError::Unavailable(_))
+        ));
     }
 }

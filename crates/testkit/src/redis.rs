@@ -20,6 +20,9 @@ pub struct RedisServer {
     /// Its port on 127.0.0.1.
     pub port: u16,
     password: Option<String>,
+    /// Serves TLS only (`rediss://`), with a certificate for 127.0.0.1
+    /// from a private CA ([`RedisServer::ca_file`]).
+    tls: bool,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -51,19 +54,44 @@ pub fn available(test: &str) -> bool {
 impl RedisServer {
     /// Starts a server on a free port, with `password` if given.
     pub fn start(password: Option<&str>) -> RedisServer {
+        Self::start_with(password, false)
+    }
+
+    /// Starts a server that speaks TLS only, its certificate (for
+    /// 127.0.0.1) issued by a private CA, [`RedisServer::ca_file`].
+    pub fn start_tls(password: Option<&str>) -> RedisServer {
+        Self::start_with(password, true)
+    }
+
+    fn start_with(password: Option<&str>, tls: bool) -> RedisServer {
         let mut r = RedisServer {
             port: crate::free_port(),
             password: password.map(str::to_string),
+            tls,
             dir: tempfile::tempdir().expect("a directory for redis"),
             child: None,
         };
+        if tls {
+            let ca = tailpass::tls::LocalCa::open_or_create(&r.dir.path().join("ca")).unwrap();
+            let (chain, key) = ca
+                .issue(&["127.0.0.1".to_string()], Duration::from_secs(3600))
+                .unwrap();
+            std::fs::write(r.dir.path().join("cert.pem"), chain).unwrap();
+            std::fs::write(r.dir.path().join("key.pem"), key).unwrap();
+        }
         r.restart();
         r
     }
 
-    /// The URL tailpass is given (`redis://127.0.0.1:PORT`).
+    /// The URL tailpass is given (`redis://127.0.0.1:PORT`, or `rediss://`).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// The private CA of a TLS server (PEM).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca/ca.pem")
     }
 
     /// Its directory (the log is `redis.log` there).
@@ -84,24 +112,37 @@ impl RedisServer {
     pub fn restart(&mut self) {
         self.stop();
         let mut cmd = Command::new(REDIS_SERVER);
-        cmd.args(["--bind", "127.0.0.1", "--port"])
-            .arg(self.port.to_string())
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .args(["--daemonize", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .arg("--logfile")
-            .arg(self.dir.path().join("redis.log"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        cmd.args(["--bind", "127.0.0.1"]);
+        if self.tls {
+            let d = self.dir.path();
+            cmd.args(["--port", "0", "--tls-port"])
+                .arg(self.port.to_string())
+                .arg("--tls-cert-file")
+                .arg(d.join("cert.pem"))
+                .arg("--tls-key-file")
+                .arg(d.join("key.pem"))
+                .arg("--tls-ca-cert-file")
+                .arg(self.ca_file())
+                .args(["--tls-auth-clients", "no"]);
+        } else {
+            cmd.arg("--port").arg(self.port.to_string());
+        }
+        cmd.args([
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+        ])
+        .args(["--daemonize", "no"])
+        .arg("--dir")
+        .arg(self.dir.path())
+        .arg("--logfile")
+        .arg(self.dir.path().join("redis.log"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
         if let Some(pw) = &self.password {
             cmd.args(["--requirepass", pw]);
         }
@@ -126,7 +167,8 @@ impl RedisServer {
     }
 
     /// Sends one command (RESP) and returns the raw answer (bytes that are
-    /// not UTF-8 replaced); `None` when the server does not answer.
+    /// not UTF-8 replaced); `None` when the server does not answer. Plain
+    /// servers only.
     pub fn command(&self, args: &[&str]) -> Option<String> {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
@@ -150,7 +192,21 @@ impl RedisServer {
     }
 
     fn ping(&self) -> bool {
-        self.command(&["PING"]).is_some_and(|o| o.contains("PONG"))
+        if !self.tls {
+            return self.command(&["PING"]).is_some_and(|o| o.contains("PONG"));
+        }
+        let mut cli = Command::new("redis-cli");
+        cli.args(["--tls", "-h", "127.0.0.1", "-p"])
+            .arg(self.port.to_string())
+            .arg("--cacert")
+            .arg(self.ca_file());
+        if let Some(pw) = &self.password {
+            cli.args(["--no-auth-warning", "-a", pw]);
+        }
+        cli.arg("PING")
+            .stderr(Stdio::null())
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"))
     }
 }
 
