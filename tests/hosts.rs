@@ -11,6 +11,8 @@
 //! - a service on a third node ("nas", no tailpass there) reached through
 //!   both hosts as a pinned tailnet upstream;
 //! - log out on B, and A's open websocket closes at once (pub/sub);
+//! - the provider ends a session: whichever host refreshes it first ends
+//!   it, and the websockets on both hosts close;
 //! - Redis killed: sessions verified within `outage_grace` keep working,
 //!   new sign-ins get a clear 503 page, and past the grace sessions are
 //!   refused and websockets close; Redis restarted (its data persisted):
@@ -67,7 +69,8 @@ fn host_config(s: &Shared<'_>, name: &str, admin: u16) -> String {
     let auth_ca = s.dir.join("a/auth/local-ca/ca.pem");
     let portal = PortalSpec::new(secret("session-secret", SESSION_SECRET))
         .nodes(&[name])
-        .set("cookie_domain", s.net.magic_dns.as_str());
+        .set("cookie_domain", s.net.magic_dns.as_str())
+        .set("refresh_interval", "2s");
     // A's Redis: on its loopback for A, through the tailnet for B.
     let mut sessions = Section::new("sessions")
         .set("password", secret("redis-password", REDIS_PASSWORD))
@@ -367,8 +370,24 @@ async fn two_hosts_share_sign_in_logout_and_survive_a_redis_outage() {
         "ended on A too"
     );
 
+    provider_ends(&idp, &laptop, &ca, (&a, &b)).await;
     outage(&mut redis, &laptop, &ca, (&a, &b), admin(admin_b)).await;
     drop((host_a, host_b));
+}
+
+/// The provider ends the session (every grant of alice revoked): the next
+/// refresh, on whichever host runs it, ends it on both.
+async fn provider_ends(idp: &Idp, laptop: &Node, ca: &str, (a, b): (&str, &str)) {
+    let (cookie, _) = sign_in(laptop, ca, a).await;
+    let mut on_a = open_ws(laptop, ca, a, &cookie).await;
+    let mut on_b = open_ws(laptop, ca, b, &cookie).await;
+    idp.revoke("alice").await;
+    // refresh_interval is 2 s, upkeep runs every second.
+    let limit = Duration::from_secs(15);
+    assert!(closed_after(&mut on_a, limit).await.is_some(), "A's websocket");
+    assert!(closed_after(&mut on_b, limit).await.is_some(), "B's websocket");
+    assert_ne!(app_with(laptop, ca, a, &cookie).await.0, 200);
+    assert_ne!(app_with(laptop, ca, b, &cookie).await.0, 200);
 }
 
 /// Waits until B's `/healthz` says the session store is `want` (its
