@@ -54,6 +54,7 @@
 #![forbid(unsafe_code)]
 
 pub(crate) mod admin;
+pub(crate) mod assertion;
 pub mod cli;
 pub mod config;
 pub(crate) mod files;
