@@ -1,16 +1,29 @@
 //! Signed identity assertions for upstreams that want proof rather than
 //! headers (as Pomerium, Cloudflare Access and Google IAP give): a
 //! short-lived ES256 JWT per request, with a `kid`, and the public keys as
-//! a JWKS document.
+//! a JWKS document (`/.well-known/jwks.json` on the admin listener, and
+//! optionally a file). The whole design, for operators and upstream
+//! authors, is in `docs/assertion.md`.
 //!
-//! Keys live in one file (`assertion-keys.json`, mode 0600) in a state
-//! directory, newest first. At start and on every upkeep tick, a key older
-//! than `rotate_after` is replaced by a new one; the old key stays in the
-//! JWKS (never used to sign) for `keep_retired`, so an upstream that cached
-//! the document still verifies assertions signed just before the rotation
-//! and learns the new key on its next fetch. A key file that cannot be read
-//! or parsed is an error, never silently replaced: upstreams pinned to it
-//! would fail without saying why.
+//! Keys live in one file (`assertion-keys.json`, mode 0600), newest first:
+//! the first key signs, every key is published. The running tailpass only
+//! reads that file (it writes it once, when it does not exist yet);
+//! `tailpass assertion rotate` is the one writer that turns keys over, so
+//! two writers can never lose each other's key. A rotation puts a new key
+//! first and keeps the previous one (still signing in a running tailpass
+//! until it reloads) and any key retired less than [`KEEP_RETIRED`] ago, so
+//! assertions signed just before a rotation keep verifying. A key file that
+//! cannot be read or parsed is an error, never silently replaced: upstreams
+//! pinned to it would fail without saying why.
+//!
+//! Signing uses ring directly (`ECDSA_P256_SHA256_FIXED_SIGNING`, the JOSE
+//! `r || s` form); the JOSE header of each key is encoded once, so a
+//! request costs one small JSON serialization and one signature.
+//!
+//! What it must not do: take any claim from what the client sends (every
+//! claim comes from the connection's WhoIs answer or the verified session),
+//! or sign for callers without an identity (Funnel, the public and
+//! loopback listeners).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,25 +31,40 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::engine::general_purpose::{STANDARD as PEM_B64, URL_SAFE_NO_PAD as B64};
+use http::{HeaderName, HeaderValue};
+use ring::rand::{SecureRandom, SystemRandom};
+use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 use serde::{Deserialize, Serialize};
 
-/// The header an upstream reads the assertion from (client copies are
-/// removed by header hygiene, like every identity header).
+use crate::identity::PeerIdentity;
+use crate::proxy::LoginHeaders;
+
+/// The default header an upstream reads the assertion from (client copies
+/// are removed by header hygiene on every route, like identity headers).
 pub(crate) const HEADER: &str = "tailpass-jwt-assertion";
+
+/// How long a retired key stays published after its successor was made.
+/// The previous key is kept whatever its age (a running tailpass signs
+/// with it until it reloads).
+pub(crate) const KEEP_RETIRED: Duration = Duration::from_secs(24 * 3600);
 
 /// What went wrong with the keys.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub(crate) enum KeyError {
+    /// The key file (or the JWKS file) could not be read or written.
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The key file is there but is not what tailpass wrote.
     #[error("{path}: not a tailpass assertion key file: {reason}")]
     Corrupt { path: PathBuf, reason: String },
-    #[error("generating a P-256 key: {0}")]
-    Generate(String),
+    /// The system's random source failed.
+    #[error("generating a P-256 key failed")]
+    Generate,
 }
 
 /// A private key in PKCS#8 PEM; never shown by `Debug`.
@@ -51,8 +79,24 @@ impl std::fmt::Debug for Pem {
 }
 
 impl Pem {
-    fn expose(&self) -> &str {
-        &self.0
+    fn from_der(der: &[u8]) -> Pem {
+        let b = PEM_B64.encode(der);
+        let lines: Vec<&str> = b
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap_or_default())
+            .collect();
+        Pem(format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            lines.join("\n")
+        ))
+    }
+
+    fn der(&self) -> Result<Vec<u8>, String> {
+        let body: String = (self.0.lines())
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        PEM_B64.decode(body.trim()).map_err(|e| e.to_string())
     }
 }
 
@@ -68,70 +112,50 @@ struct KeyFile {
     keys: Vec<StoredKey>,
 }
 
-/// A usable key: its id, signing half and public JWK.
+/// A usable key: its id, signing half, public JWK and encoded JOSE header.
 struct Key {
     kid: String,
-    created: i64,
-    signing: jsonwebtoken::EncodingKey,
+    pair: EcdsaKeyPair,
     jwk: serde_json::Value,
+    /// `base64url({"alg":"ES256","kid":…,"typ":"JWT"})`, made once.
+    header: String,
 }
 
 impl Key {
-    fn from_stored(s: &StoredKey) -> Result<Key, String> {
-        let kp = rcgen::KeyPair::from_pem(s.pem.expose()).map_err(|e| e.to_string())?;
-        if kp.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256 {
-            return Err("not a P-256 key".into());
-        }
-        let raw = kp.public_key_raw();
+    fn from_stored(s: &StoredKey, rng: &SystemRandom) -> Result<Key, String> {
+        let der = s.pem.der()?;
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der, rng)
+            .map_err(|e| format!("not a P-256 private key ({e})"))?;
+        let raw = pair.public_key().as_ref();
         if raw.len() != 65 || raw[0] != 4 {
             return Err("unexpected public key encoding".into());
         }
         let (x, y) = (B64.encode(&raw[1..33]), B64.encode(&raw[33..65]));
         // RFC 7638 thumbprint: the required members, sorted, no spaces.
         let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
-        let kid = B64.encode(ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes()));
-        let signing = jsonwebtoken::EncodingKey::from_ec_pem(s.pem.expose().as_bytes())
-            .map_err(|e| e.to_string())?;
+        let kid = B64.encode(ring::digest::digest(
+            &ring::digest::SHA256,
+            canonical.as_bytes(),
+        ));
         let jwk = serde_json::json!({
             "kty": "EC", "crv": "P-256", "x": x, "y": y,
             "kid": kid, "use": "sig", "alg": "ES256",
         });
+        let header = serde_json::json!({"alg": "ES256", "kid": kid, "typ": "JWT"});
         Ok(Key {
+            header: B64.encode(header.to_string()),
             kid,
-            created: s.created,
-            signing,
+            pair,
             jwk,
         })
-    }
-}
-
-/// The keys in service: the first signs, all are published.
-struct KeySet {
-    keys: Vec<Key>,
-}
-
-/// How keys turn over.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Rotation {
-    /// A signing key older than this is replaced.
-    pub(crate) rotate_after: Duration,
-    /// A replaced key stays in the JWKS this long.
-    pub(crate) keep_retired: Duration,
-}
-
-impl Default for Rotation {
-    fn default() -> Self {
-        Rotation {
-            rotate_after: Duration::from_secs(30 * 86400),
-            keep_retired: Duration::from_secs(7 * 86400),
-        }
     }
 }
 
 /// Who the assertion is about, from the verified identities only.
 #[derive(Serialize, Debug, Clone, Default, PartialEq)]
 pub(crate) struct Subject {
-    /// The provider's `sub` when signed in, else the tailnet user's login.
+    /// The provider's `sub` when signed in, else the tailnet user's login,
+    /// else (a tagged node) the node's name.
     pub(crate) sub: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) email: Option<String>,
@@ -140,14 +164,41 @@ pub(crate) struct Subject {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub(crate) groups: Vec<String>,
     pub(crate) roles: Vec<String>,
-    /// The tailnet user (login name); absent for tagged nodes and Funnel.
+    /// The tailnet user (login name); absent for tagged nodes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) tailnet_user: Option<String>,
-    /// The calling node's name; absent off the tailnet.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) tailnet_node: Option<String>,
+    /// The calling node's name.
+    pub(crate) tailnet_node: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub(crate) tailnet_tags: Vec<String>,
+}
+
+impl Subject {
+    /// The subject of a request: the WhoIs answer of its connection and,
+    /// when signed in, the session. `None` off the tailnet (Funnel, the
+    /// public and loopback listeners): nobody to vouch for.
+    pub(crate) fn of(who: &PeerIdentity, login: Option<&LoginHeaders>) -> Option<Subject> {
+        let p = who.principal()?;
+        let node = &p.whois().node;
+        let user = p.user();
+        let tailnet_user = user.map(|u| u.login_name.clone());
+        let sub = match login {
+            Some(l) => l.user.clone(),
+            None => tailnet_user.clone().unwrap_or_else(|| node.name.clone()),
+        };
+        Some(Subject {
+            sub,
+            email: login.and_then(|l| l.email.clone()),
+            name: login
+                .and_then(|l| l.name.clone())
+                .or_else(|| user.map(|u| u.display_name.clone())),
+            groups: login.map(|l| l.groups.clone()).unwrap_or_default(),
+            roles: login.map(|l| l.roles.clone()).unwrap_or_default(),
+            tailnet_user,
+            tailnet_node: node.name.clone(),
+            tailnet_tags: node.tags.clone(),
+        })
+    }
 }
 
 #[derive(Serialize)]
@@ -157,16 +208,18 @@ struct Claims<'a> {
     iat: i64,
     nbf: i64,
     exp: i64,
+    jti: &'a str,
     #[serde(flatten)]
     subject: &'a Subject,
 }
 
-/// Signs assertions and serves the JWKS; cheap to clone.
+/// Signs assertions and serves the JWKS; cheap to clone (clones share the
+/// keys, so a reload seen by one is seen by all).
 #[derive(Clone)]
 pub(crate) struct Signer {
     path: PathBuf,
-    rotation: Rotation,
-    set: Arc<ArcSwap<KeySet>>,
+    rng: SystemRandom,
+    set: Arc<ArcSwap<Vec<Key>>>,
 }
 
 impl std::fmt::Debug for Signer {
@@ -179,70 +232,67 @@ impl std::fmt::Debug for Signer {
 }
 
 impl Signer {
-    /// Opens (or creates) the key file in `dir` and rotates if due.
-    pub(crate) fn open(dir: &Path, rotation: Rotation, now: i64) -> Result<Signer, KeyError> {
-        let path = dir.join("assertion-keys.json");
-        let file = read(&path)?;
-        let s = Signer {
-            path,
-            rotation,
-            set: Arc::new(ArcSwap::from_pointee(KeySet { keys: Vec::new() })),
-        };
-        s.install(file, now)?;
-        Ok(s)
+    /// Opens the key file at `path`; creates it (one new key) when it does
+    /// not exist.
+    pub(crate) fn open(path: &Path, now: i64) -> Result<Signer, KeyError> {
+        let rng = SystemRandom::new();
+        let mut file = read(path)?;
+        if file.keys.is_empty() {
+            file.keys.push(generate(&rng, now)?);
+            write_keys(path, &file)?;
+            tracing::info!(path = %path.display(), "assertion key file created");
+        }
+        let keys = parse(path, &file, &rng)?;
+        Ok(Signer {
+            path: path.to_path_buf(),
+            rng,
+            set: Arc::new(ArcSwap::from_pointee(keys)),
+        })
     }
 
-    /// Rotates if the signing key is due, drops retired keys past their
-    /// time; writes the file when anything changed. True if it changed.
-    pub(crate) fn upkeep(&self, now: i64) -> Result<bool, KeyError> {
-        self.install(read(&self.path)?, now)
+    /// The key file this signer reads.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
     }
 
-    fn install(&self, mut file: KeyFile, now: i64) -> Result<bool, KeyError> {
-        let rotate = self.rotation.rotate_after.as_secs() as i64;
-        let keep = self.rotation.keep_retired.as_secs() as i64;
-        let mut changed = false;
-        if file.keys.first().is_none_or(|k| now - k.created >= rotate) {
-            file.keys.insert(0, generate(now)?);
-            changed = true;
-        }
-        // A retired key (every one after the first) is kept for `keep`
-        // after its successor was made.
-        let mut successor = file.keys[0].created;
-        let before = file.keys.len();
-        let mut kept = vec![file.keys[0].clone()];
-        for k in &file.keys[1..] {
-            if now - successor < keep {
-                kept.push(k.clone());
-            }
-            successor = k.created;
-        }
-        changed |= kept.len() != before;
-        file.keys = kept;
-        let keys = file
-            .keys
-            .iter()
-            .map(Key::from_stored)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|reason| KeyError::Corrupt {
+    /// Reads the key file again (after `tailpass assertion rotate`): the
+    /// first key signs from now on. On error the keys in use stay.
+    pub(crate) fn reload(&self) -> Result<(), KeyError> {
+        let file = read(&self.path)?;
+        if file.keys.is_empty() {
+            return Err(KeyError::Corrupt {
                 path: self.path.clone(),
-                reason,
-            })?;
-        if changed {
-            write(&self.path, &file)?;
+                reason: "no keys".into(),
+            });
+        }
+        let keys = parse(&self.path, &file, &self.rng)?;
+        if keys[0].kid != self.kid() {
             tracing::info!(path = %self.path.display(), kid = %keys[0].kid, published = keys.len(), "assertion signing key in service");
         }
-        self.set.store(Arc::new(KeySet { keys }));
-        Ok(changed)
+        self.set.store(Arc::new(keys));
+        Ok(())
     }
 
     /// The id of the key that signs now.
     pub(crate) fn kid(&self) -> String {
-        self.set.load().keys[0].kid.clone()
+        self.set.load()[0].kid.clone()
     }
 
-    /// An assertion about `subject` for `audience` (the route's URL),
-    /// valid from `now` for `lifetime`.
+    /// A compact JWS over `claims`, or `None` if signing failed (the
+    /// upstream then gets no assertion rather than a broken one).
+    fn sign_claims(&self, claims: &Claims<'_>) -> Option<String> {
+        let keys = self.set.load();
+        let key = &keys[0];
+        let body = serde_json::to_vec(claims).ok()?;
+        let mut jws = format!("{}.{}", key.header, B64.encode(body));
+        let sig = key.pair.sign(&self.rng, jws.as_bytes()).ok()?;
+        jws.push('.');
+        jws.push_str(&B64.encode(sig.as_ref()));
+        Some(jws)
+    }
+
+    /// An assertion about `subject` for `audience` by `issuer`, valid from
+    /// `now` for `lifetime`, with a fresh random `jti`.
     pub(crate) fn sign(
         &self,
         issuer: &str,
@@ -250,43 +300,90 @@ impl Signer {
         subject: &Subject,
         now: i64,
         lifetime: Duration,
-    ) -> String {
-        let set = self.set.load();
-        let key = &set.keys[0];
-        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-        header.kid = Some(key.kid.clone());
-        let claims = Claims {
+    ) -> Option<String> {
+        let mut id = [0u8; 16];
+        self.rng.fill(&mut id).ok()?;
+        let jti = B64.encode(id);
+        self.sign_claims(&Claims {
             iss: issuer,
             aud: audience,
             iat: now,
             nbf: now,
             exp: now + lifetime.as_secs() as i64,
+            jti: &jti,
             subject,
-        };
-        // Serializing plain strings and signing with a key that parsed
-        // cannot fail; an empty header value would make the upstream refuse.
-        jsonwebtoken::encode(&header, &claims, &key.signing).unwrap_or_default()
+        })
     }
 
-    /// The JWKS document: every published key.
+    /// The JWKS document: every published key, the signing one first.
     pub(crate) fn jwks(&self) -> String {
-        let set = self.set.load();
-        let keys: Vec<&serde_json::Value> = set.keys.iter().map(|k| &k.jwk).collect();
+        let keys = self.set.load();
+        let keys: Vec<&serde_json::Value> = keys.iter().map(|k| &k.jwk).collect();
         serde_json::json!({ "keys": keys }).to_string()
     }
 
-    /// When the signing key was made (Unix seconds).
-    pub(crate) fn created(&self) -> i64 {
-        self.set.load().keys[0].created
+    /// Writes the JWKS to `path` (mode 0644, through a rename).
+    pub(crate) fn write_jwks(&self, path: &Path) -> Result<(), KeyError> {
+        write_atomic(path, self.jwks().as_bytes(), 0o644)
     }
 }
 
-fn generate(now: i64) -> Result<StoredKey, KeyError> {
-    let kp = rcgen::KeyPair::generate().map_err(|e| KeyError::Generate(e.to_string()))?;
+/// What `tailpass assertion rotate` did.
+#[derive(Debug)]
+pub(crate) struct Rotated {
+    /// The new signing key.
+    pub(crate) kid: String,
+    /// Every key now published, the new one first.
+    pub(crate) published: Vec<String>,
+    /// Keys dropped (retired more than [`KEEP_RETIRED`] ago).
+    pub(crate) dropped: usize,
+}
+
+/// Puts a new key first in the key file at `path` (created if missing),
+/// keeps the previous key and those retired less than `keep` ago.
+pub(crate) fn rotate(path: &Path, now: i64, keep: Duration) -> Result<Rotated, KeyError> {
+    let rng = SystemRandom::new();
+    let mut file = read(path)?;
+    // Refuse to rotate over a damaged file: parsing first says why.
+    parse(path, &file, &rng)?;
+    file.keys.insert(0, generate(&rng, now)?);
+    // A retired key (every one after the first) stays for `keep` after its
+    // successor was made; the previous key stays in any case.
+    let keep = keep.as_secs() as i64;
+    let before = file.keys.len();
+    let mut kept = file.keys[..file.keys.len().min(2)].to_vec();
+    for pair in file.keys.windows(2).skip(1) {
+        if now - pair[0].created < keep {
+            kept.push(pair[1].clone());
+        }
+    }
+    file.keys = kept;
+    let keys = parse(path, &file, &rng)?;
+    write_keys(path, &file)?;
+    Ok(Rotated {
+        kid: keys[0].kid.clone(),
+        published: keys.iter().map(|k| k.kid.clone()).collect(),
+        dropped: before - file.keys.len(),
+    })
+}
+
+fn generate(rng: &SystemRandom, now: i64) -> Result<StoredKey, KeyError> {
+    let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, rng)
+        .map_err(|_| KeyError::Generate)?;
     Ok(StoredKey {
         created: now,
-        pem: Pem(kp.serialize_pem()),
+        pem: Pem::from_der(doc.as_ref()),
     })
+}
+
+fn parse(path: &Path, file: &KeyFile, rng: &SystemRandom) -> Result<Vec<Key>, KeyError> {
+    (file.keys.iter().enumerate())
+        .map(|(i, k)| Key::from_stored(k, rng).map_err(|e| format!("key {i}: {e}")))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|reason| KeyError::Corrupt {
+            path: path.to_path_buf(),
+            reason,
+        })
 }
 
 fn read(path: &Path) -> Result<KeyFile, KeyError> {
@@ -303,152 +400,103 @@ fn read(path: &Path) -> Result<KeyFile, KeyError> {
     }
 }
 
-/// Writes the key file (mode 0600) through a temporary file and a rename,
-/// so a crash never leaves half a file.
-fn write(path: &Path, file: &KeyFile) -> Result<(), KeyError> {
+fn write_keys(path: &Path, file: &KeyFile) -> Result<(), KeyError> {
+    let body = serde_json::to_vec_pretty(file).map_err(|e| KeyError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e),
+    })?;
+    write_atomic(path, &body, 0o600)
+}
+
+/// Writes `body` to `path` with `mode` through a temporary file and a
+/// rename, so a crash never leaves half a file and readers never see one.
+fn write_atomic(path: &Path, body: &[u8], mode: u32) -> Result<(), KeyError> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let io = |source| KeyError::Io {
         path: path.to_path_buf(),
         source,
     };
-    if let Some(dir) = path.parent() {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
-    let tmp = path.with_extension("json.tmp");
-    let body = serde_json::to_vec_pretty(file).map_err(|e| io(std::io::Error::other(e)))?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
+        .mode(mode)
         .open(&tmp)
         .map_err(io)?;
-    f.write_all(&body).and_then(|()| f.sync_all()).map_err(io)?;
+    // The mode of `open` is filtered by the umask; the file's is exact.
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(io)?;
+    f.write_all(body).and_then(|()| f.sync_all()).map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// What a snapshot signs with: the keys and the `[assertion]` settings.
+#[derive(Debug)]
+pub(crate) struct Assertion {
+    pub(crate) signer: Signer,
+    /// A fixed issuer; `None`: the accepting node's origin.
+    pub(crate) issuer: Option<String>,
+    pub(crate) lifetime: Duration,
+    pub(crate) header: HeaderName,
+}
 
-    const DAY: i64 = 86400;
-
-    fn verify(s: &Signer, token: &str, aud: &str) -> serde_json::Value {
-        let header = jsonwebtoken::decode_header(token).unwrap();
-        let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&s.jwks()).unwrap();
-        let jwk = jwks.find(header.kid.as_deref().unwrap()).expect("kid published");
-        let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
-        v.set_audience(&[aud]);
-        v.set_issuer(&["https://gw.example.ts.net"]);
-        // The tests sign at fixed past times: check the signature and claims,
-        // not the clock.
-        v.validate_exp = false;
-        let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
-        jsonwebtoken::decode::<serde_json::Value>(token, &key, &v)
-            .unwrap()
-            .claims
-    }
-
-    fn subject() -> Subject {
-        Subject {
-            sub: "u-1".into(),
-            email: Some("alice@example.com".into()),
-            roles: vec!["admin".into()],
-            tailnet_user: Some("alice@example.com".into()),
-            tailnet_node: Some("laptop".into()),
-            ..Subject::default()
-        }
-    }
-
-    #[test]
-    fn assertions_verify_with_the_published_key_and_carry_the_claims() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Signer::open(dir.path(), Rotation::default(), 1_000).unwrap();
-        let t = s.sign(
-            "https://gw.example.ts.net",
-            "https://gw.example.ts.net/ttyd",
-            &subject(),
-            1_000,
-            Duration::from_secs(60),
-        );
-        let c = verify(&s, &t, "https://gw.example.ts.net/ttyd");
-        assert_eq!(c["sub"], "u-1");
-        assert_eq!(c["roles"][0], "admin");
-        assert_eq!(c["tailnet_node"], "laptop");
-        assert_eq!(c["exp"], 1_060);
-        assert!(c.get("groups").is_none(), "empty lists are left out");
-        let mode = std::fs::metadata(dir.path().join("assertion-keys.json"))
-            .unwrap()
-            .permissions();
-        assert_eq!(
-            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
-            0o600
-        );
-    }
-
-    #[test]
-    fn keys_persist_rotate_and_retire() {
-        let dir = tempfile::tempdir().unwrap();
-        let rot = Rotation {
-            rotate_after: Duration::from_secs(30 * DAY as u64),
-            keep_retired: Duration::from_secs(7 * DAY as u64),
+impl Assertion {
+    /// The assertion settings of `config` (`None` when no route asks for
+    /// assertions and there is no `[assertion]`). A `current` signer of the
+    /// same key file is kept and reads the file again (picking up a
+    /// rotation); another file is opened (created when missing). The JWKS
+    /// file, if configured, is written from the keys now in service.
+    pub(crate) fn load(
+        config: &crate::config::Config,
+        current: Option<&Signer>,
+    ) -> Result<Option<Assertion>, KeyError> {
+        let Some(c) = &config.assertion else {
+            return Ok(None);
         };
-        let s = Signer::open(dir.path(), rot, 0).unwrap();
-        let first = s.kid();
-        // Reopened: the same key.
-        let again = Signer::open(dir.path(), rot, DAY).unwrap();
-        assert_eq!(again.kid(), first);
-        assert!(!again.upkeep(2 * DAY).unwrap());
-        // Due: a new signing key, the old one still published.
-        assert!(again.upkeep(30 * DAY).unwrap());
-        assert_ne!(again.kid(), first);
-        let jwks: serde_json::Value = serde_json::from_str(&again.jwks()).unwrap();
-        let kids: Vec<&str> = jwks["keys"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|k| k["kid"].as_str().unwrap())
-            .collect();
-        assert_eq!(kids, [again.kid().as_str(), first.as_str()]);
-        // A token signed by the old key just before still verifies.
-        let old = s.sign("https://gw.example.ts.net", "a", &subject(), 0, Duration::from_secs(60));
-        verify(&again, &old, "a");
-        // Past keep_retired: gone.
-        assert!(again.upkeep(38 * DAY).unwrap());
-        let jwks: serde_json::Value = serde_json::from_str(&again.jwks()).unwrap();
-        assert_eq!(jwks["keys"].as_array().unwrap().len(), 1);
+        let signer = match current.filter(|s| s.path() == c.key_file) {
+            Some(s) => {
+                s.reload()?;
+                s.clone()
+            }
+            None => Signer::open(&c.key_file, crate::session::now())?,
+        };
+        if let Some(f) = &c.jwks_file {
+            signer.write_jwks(f)?;
+        }
+        Ok(Some(Assertion {
+            signer,
+            issuer: c.issuer.clone(),
+            lifetime: c.lifetime,
+            header: c.header.clone(),
+        }))
     }
 
-    #[test]
-    fn a_damaged_key_file_is_an_error_not_a_new_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("assertion-keys.json");
-        std::fs::write(&p, "{ not json").unwrap();
-        let e = Signer::open(dir.path(), Rotation::default(), 0).unwrap_err();
-        assert!(e.to_string().contains("assertion-keys.json"), "{e}");
-        let bad_key = r#"{"keys":[{"created":0,"pem":"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"}]}"#;
-        std::fs::write(&p, bad_key).unwrap();
-        assert!(Signer::open(dir.path(), Rotation::default(), 0).is_err());
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), bad_key, "left as it was");
-    }
-
-    #[test]
-    fn a_tampered_assertion_fails() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Signer::open(dir.path(), Rotation::default(), 1_000).unwrap();
-        let t = s.sign("https://gw.example.ts.net", "a", &subject(), 1_000, Duration::from_secs(60));
-        let mut parts: Vec<String> = t.split('.').map(String::from).collect();
-        let mut claims: serde_json::Value =
-            serde_json::from_slice(&B64.decode(&parts[1]).unwrap()).unwrap();
-        claims["roles"] = serde_json::json!(["admin", "root"]);
-        parts[1] = B64.encode(claims.to_string());
-        let forged = parts.join(".");
-        let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&s.jwks()).unwrap();
-        let key = jsonwebtoken::DecodingKey::from_jwk(&jwks.keys[0]).unwrap();
-        let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
-        v.set_audience(&["a"]);
-        v.validate_exp = false;
-        assert!(jsonwebtoken::decode::<serde_json::Value>(&forged, &key, &v).is_err());
+    /// The assertion for one request to a route at `audience` (its URL:
+    /// node origin and route path), reached on the node whose origin is
+    /// `origin`; `None` when the caller has no identity to assert.
+    pub(crate) fn for_request(
+        &self,
+        origin: &str,
+        audience: &str,
+        who: &PeerIdentity,
+        login: Option<&LoginHeaders>,
+    ) -> Option<HeaderValue> {
+        let subject = Subject::of(who, login)?;
+        let issuer = self.issuer.as_deref().unwrap_or(origin);
+        let now = crate::session::now();
+        let token = self
+            .signer
+            .sign(issuer, audience, &subject, now, self.lifetime)?;
+        HeaderValue::from_str(&token).ok()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -75,6 +75,31 @@ pub(crate) enum Command {
     },
     /// Print the manual page (roff), e.g. `tailpass man | man -l -`.
     Man,
+    /// The signed identity assertion's keys (docs/assertion.md).
+    Assertion {
+        /// What to do with them.
+        #[command(subcommand)]
+        action: AssertionCommand,
+    },
+}
+
+/// `tailpass assertion …`.
+#[derive(Subcommand, Debug)]
+pub(crate) enum AssertionCommand {
+    /// Add a new signing key to the key file; the previous key stays
+    /// published. A running tailpass signs with the new key after a reload
+    /// (SIGHUP, `systemctl reload tailpass`).
+    Rotate {
+        /// Config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print the JWKS (the public keys) of the key file.
+    Jwks {
+        /// Config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 /// Exit code for an invalid config (EX_USAGE would be 64; EX_CONFIG is 78,
@@ -151,6 +176,7 @@ pub fn main() -> ExitCode {
             Ok(c) => start(c, config),
             Err(e) => config_invalid(&e, format),
         },
+        Command::Assertion { action } => assertion(action, format),
         Command::Completions { shell } => {
             let mut out = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "tailpass", &mut out);
@@ -167,6 +193,59 @@ pub fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `tailpass assertion rotate|jwks`: the key file named by the config.
+fn assertion(action: AssertionCommand, format: LogFormat) -> ExitCode {
+    let (AssertionCommand::Rotate { config } | AssertionCommand::Jwks { config }) = &action;
+    let c = match Config::load(config) {
+        Ok(c) => c,
+        Err(e) => return config_invalid(&e, format),
+    };
+    let Some(a) = &c.assertion else {
+        eprintln!(
+            "tailpass: {}: no [assertion] section and no route with assertion = true",
+            config.display()
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let done = match action {
+        AssertionCommand::Rotate { .. } => rotate(a),
+        AssertionCommand::Jwks { .. } => crate::assertion::Signer::open(&a.key_file, now())
+            .map(|s| format!("{}\n", s.jwks()))
+            .map_err(|e| e.to_string()),
+    };
+    match done {
+        Ok(out) => to_stdout(out.as_bytes()),
+        Err(e) => {
+            eprintln!("tailpass: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Rotates the key file, rewrites the JWKS file and says what to do next.
+fn rotate(a: &crate::config::Assertion) -> Result<String, String> {
+    use crate::assertion::{KEEP_RETIRED, Signer, rotate};
+    let r = rotate(&a.key_file, now(), KEEP_RETIRED).map_err(|e| e.to_string())?;
+    if let Some(f) = &a.jwks_file {
+        let s = Signer::open(&a.key_file, now()).map_err(|e| e.to_string())?;
+        s.write_jwks(f).map_err(|e| e.to_string())?;
+    }
+    Ok(format!(
+        "new signing key {} in {}\npublished keys: {}{}\nnext: reload tailpass (SIGHUP, e.g. systemctl reload tailpass) to sign with it\n",
+        r.kid,
+        a.key_file.display(),
+        r.published.join(", "),
+        match r.dropped {
+            0 => String::new(),
+            n => format!(" ({n} retired more than a day ago dropped)"),
+        }
+    ))
+}
+
+fn now() -> i64 {
+    crate::session::now()
 }
 
 /// Writes a command's output; a closed pipe (`tailpass check | head`) is
@@ -315,6 +394,12 @@ fn describe_listeners(o: &mut String, c: &Config) {
             o,
             "admin listener:    http://{a}/healthz and http://{a}/metrics"
         );
+        if c.assertion.is_some() {
+            let _ = writeln!(
+                o,
+                "                   http://{a}/.well-known/jwks.json (identity assertion keys)"
+            );
+        }
     }
     if let Some(p) = &c.public {
         let _ = writeln!(

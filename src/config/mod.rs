@@ -8,6 +8,7 @@
 //! Nothing here touches the network. Secrets are loaded (from env or file)
 //! but never printed: [`Secret`] redacts itself.
 
+mod assertion;
 mod auth;
 mod limits;
 mod read;
@@ -22,6 +23,7 @@ use std::time::Duration;
 use http::HeaderName;
 use serde::Deserialize;
 
+pub use assertion::Assertion;
 pub use auth::{Portal, Provider, Rule};
 pub(crate) use limits::Limits;
 pub use secret::Secret;
@@ -68,6 +70,7 @@ struct RawConfig {
     provider: Vec<Option<auth::RawProvider>>,
     rule: Vec<Option<auth::RawRule>>,
     limits: Option<limits::RawLimits>,
+    assertion: Option<assertion::RawAssertion>,
 }
 
 #[derive(Deserialize)]
@@ -161,6 +164,7 @@ struct RawRoute {
     #[serde(default)]
     methods: Vec<String>,
     title: Option<String>,
+    assertion: Option<toml::Value>,
 }
 
 fn default_https_port() -> u16 {
@@ -195,6 +199,9 @@ pub struct Config {
     pub rules: Vec<Rule>,
     /// Timeouts and connection caps of every listener.
     pub(crate) limits: Limits,
+    /// The signed identity assertion (`[assertion]`), when any route asks
+    /// for it or the section is there.
+    pub(crate) assertion: Option<Assertion>,
 }
 
 /// Let's Encrypt's production ACME directory.
@@ -433,6 +440,8 @@ pub struct Route {
     pub(crate) methods: Vec<http::Method>,
     /// Name on the portal dashboard.
     pub(crate) title: Option<String>,
+    /// Send the upstream a signed identity assertion (`[assertion]`).
+    pub(crate) assertion: bool,
 }
 
 /// What answers a route's requests.
@@ -652,6 +661,7 @@ fn validate(
         env,
         &mut p,
     );
+    let assertion = assertion::validate(raw.assertion, portal.as_ref(), &routes, &mut p);
     if !p.is_empty() {
         return Err(p);
     }
@@ -666,6 +676,7 @@ fn validate(
         providers,
         rules,
         limits,
+        assertion,
     })
 }
 
@@ -1087,6 +1098,7 @@ fn validate_route(
             r.allow_underscore_headers,
             p,
         ),
+        assertion: flag(&f("assertion"), r.assertion, p),
     })
 }
 

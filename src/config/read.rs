@@ -15,10 +15,18 @@ use serde::Deserialize;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::{Spanned, de::Error as TomlError};
 
-use super::{RawConfig, auth, limits};
+use super::{RawConfig, assertion, auth, limits};
 
 /// Sections holding one table (`[tailnet]`).
-const TABLES: [&str; 6] = ["tailnet", "loopback", "admin", "public", "portal", "limits"];
+const TABLES: [&str; 7] = [
+    "tailnet",
+    "loopback",
+    "admin",
+    "public",
+    "portal",
+    "limits",
+    "assertion",
+];
 /// Sections holding an array of tables (`[[route]]`).
 const ARRAYS: [&str; 4] = ["node", "route", "provider", "rule"];
 
@@ -139,6 +147,7 @@ pub(super) fn sections(text: &str, tree: Spanned<DeTable<'_>>) -> Read {
             "public" => raw.public = r.table("public", value),
             "portal" => raw.portal = r.table::<auth::RawPortal>("portal", value),
             "limits" => raw.limits = r.table::<limits::RawLimits>("limits", value),
+            "assertion" => raw.assertion = r.table::<assertion::RawAssertion>("assertion", value),
             "node" => raw.node = r.array("node", value),
             "route" => raw.route = r.array("route", value),
             "provider" => raw.provider = r.array("provider", value),

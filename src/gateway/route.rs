@@ -8,6 +8,7 @@ use std::time::Duration;
 use http::{Request, header};
 
 use super::Connection;
+use crate::assertion::Assertion;
 use crate::config::{Access, Config, Route};
 use crate::http::path::{self, NormalizedPath};
 use crate::portal::{self, Portal};
@@ -58,6 +59,9 @@ pub(crate) struct Snapshot {
     pub(crate) sessions: Option<Arc<Sessions>>,
     /// From `[limits]`, fixed at start (listener settings need a restart).
     pub(crate) body_idle_timeout: Duration,
+    /// The signer and settings of the identity assertion, for routes with
+    /// `assertion = true` ([`Snapshot::with_assertion`]).
+    pub(crate) assertion: Option<Arc<Assertion>>,
 }
 
 /// Where a request goes.
@@ -89,7 +93,7 @@ impl Snapshot {
                 .iter()
                 .map(|r| Routed {
                     route: r.clone(),
-                    up: Upstream::new(r),
+                    up: Upstream::new(r, config.assertion.as_ref().map(|a| &a.header)),
                     on: on(r),
                 })
                 .collect(),
@@ -97,7 +101,14 @@ impl Snapshot {
             sessions: portal.as_ref().map(|p| p.sessions().clone()),
             portal,
             body_idle_timeout,
+            assertion: None,
         }
+    }
+
+    /// The snapshot, signing assertions with `assertion`.
+    pub(crate) fn with_assertion(mut self, assertion: Option<Arc<Assertion>>) -> Snapshot {
+        self.assertion = assertion;
+        self
     }
 
     /// Whether the portal is served where the connection came in (the
