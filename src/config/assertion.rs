@@ -169,3 +169,123 @@ fn header(v: Option<&str>, p: &mut Vec<String>) -> HeaderName {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+    use std::time::Duration;
+
+    const NODE: &str = r#"
+[[node]]
+hostname = "gw"
+state_dir = "/var/lib/tailpass/gw"
+"#;
+
+    const PORTAL: &str = r#"
+[portal]
+session_secret = { env = "S" }
+[[provider]]
+name = "idp"
+issuer = "https://idp.example.com"
+client_id = "tailpass"
+"#;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        let env = |k: &str| (k == "S").then(|| "s".repeat(40));
+        Config::parse(text, &env).map_err(|e| e.to_string())
+    }
+
+    fn route(extra: &str) -> String {
+        format!("[[route]]\npath = \"/app\"\nupstream = \"http://127.0.0.1:1\"\n{extra}\n")
+    }
+
+    #[test]
+    fn off_unless_asked_and_defaults_from_the_portal() {
+        let c = parse(&format!("{NODE}{PORTAL}{}", route(""))).unwrap();
+        assert!(c.assertion.is_none());
+        assert!(!c.routes[0].assertion);
+        let c = parse(&format!("{NODE}{PORTAL}{}", route("assertion = true"))).unwrap();
+        assert!(c.routes[0].assertion);
+        let a = c.assertion.unwrap();
+        assert_eq!(
+            a.key_file,
+            std::path::Path::new("/var/lib/tailpass/gw/portal/assertion-keys.json")
+        );
+        assert_eq!(a.lifetime, Duration::from_secs(60));
+        assert_eq!((a.issuer, a.jwks_file), (None, None));
+        assert_eq!(a.header.as_str(), "tailpass-jwt-assertion");
+    }
+
+    #[test]
+    fn every_setting() {
+        let text = format!(
+            "{NODE}{}\n[assertion]\nkey_file = \"/etc/tailpass/keys.json\"\nissuer = \"https://tailpass.example\"\nlifetime = \"2m\"\njwks_file = \"/srv/www/jwks.json\"\nheader = \"X-Pomerium-Jwt-Assertion\"\n",
+            route("assertion = true")
+        );
+        let a = parse(&text).unwrap().assertion.unwrap();
+        assert_eq!(a.key_file, std::path::Path::new("/etc/tailpass/keys.json"));
+        assert_eq!(a.issuer.as_deref(), Some("https://tailpass.example"));
+        assert_eq!(a.lifetime, Duration::from_secs(120));
+        assert_eq!(
+            a.jwks_file.unwrap(),
+            std::path::Path::new("/srv/www/jwks.json")
+        );
+        assert_eq!(a.header.as_str(), "x-pomerium-jwt-assertion");
+    }
+
+    #[test]
+    fn a_route_that_cannot_be_signed_for_is_refused_naming_the_fields() {
+        let e = parse(&format!("{NODE}{}", route("assertion = true"))).unwrap_err();
+        assert!(
+            e.contains("assertion.key_file: required when there is no [portal]"),
+            "{e}"
+        );
+        assert!(e.contains("route[0] cannot be signed"), "{e}");
+        let e = parse(&format!("{NODE}{}", route("assertion = \"yes\""))).unwrap_err();
+        assert!(
+            e.contains("route[0].assertion: \"yes\" is not true or false"),
+            "{e}"
+        );
+        let files = "[[route]]\npath = \"/f\"\nroot = \"/srv\"\nassertion = true\n";
+        let text = format!("{NODE}{PORTAL}{files}");
+        let e = parse(&text).unwrap_err();
+        assert!(e.contains("route[0].assertion: a route with `root`"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        for (line, needle) in [
+            (
+                "lifetime = \"5s\"",
+                "assertion.lifetime: 5s is out of bounds",
+            ),
+            (
+                "lifetime = \"11m\"",
+                "assertion.lifetime: 11m is out of bounds",
+            ),
+            (
+                "lifetime = \"soon\"",
+                "assertion.lifetime: \"soon\" is not a duration",
+            ),
+            (
+                "key_file = \"keys.json\"",
+                "assertion.key_file: \"keys.json\" is a relative path",
+            ),
+            ("jwks_file = \"\"", "assertion.jwks_file: must not be empty"),
+            ("issuer = \" \"", "assertion.issuer: must not be empty"),
+            (
+                "header = \"Cookie\"",
+                "assertion.header: \"Cookie\" already means",
+            ),
+            (
+                "header = \"a b\"",
+                "assertion.header: \"a b\" is not a header name",
+            ),
+            ("kid = \"x\"", "assertion.kid"),
+        ] {
+            let text = format!("{NODE}{PORTAL}{}\n[assertion]\n{line}\n", route(""));
+            let e = parse(&text).unwrap_err();
+            assert!(e.contains(needle), "{line}: {e}");
+        }
+    }
+}

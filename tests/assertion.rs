@@ -1,0 +1,281 @@
+//! The signed identity assertion end to end, checked by an independent
+//! verifier: the shipped binary (`tailpass run`) on the test tailnet sends
+//! ES256 assertions to a real upstream on 127.0.0.1 (the echo server, which
+//! answers with the headers it received); Node's `jose` (pinned in
+//! tests/idp/package.json, script tests/idp/verify-assertion.mjs) fetches
+//! the JWKS from the admin listener and verifies them.
+//!
+//! Shown: the genuine assertion verifies and carries the caller's claims;
+//! one changed claim byte (signature kept) is refused; an assertion for
+//! route A is refused for route B's audience; an expired one is refused
+//! (after really waiting past `exp`); a client-sent copy of the header
+//! never reaches the upstream, on routes with and without assertions;
+//! `tailpass assertion rotate` + SIGHUP: the new key signs, the old key
+//! stays published and its assertions still verify; the JWKS file follows.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use serde_json::{Value, json};
+use tailpass::tailnet::Node;
+use tailpass_testkit::binary::{Tailpass, admin_get};
+use tailpass_testkit::client::{H1, echoed, echoed_header};
+use tailpass_testkit::{ConfigBuilder, NodeSpec, RouteSpec, Section, TestNet, free_port, upstream};
+
+const HEADER: &str = "tailpass-jwt-assertion";
+
+/// Runs the jose verifier over `cases` (token, issuer, audience, optional
+/// current_date); one result per case.
+fn verify(jwks_url: &str, cases: Vec<Value>) -> Vec<Value> {
+    let dir = tailpass_testkit::repo_root().join("tests/idp");
+    assert!(
+        dir.join("node_modules/jose").is_dir(),
+        "run `npm ci --prefix tests/idp` first"
+    );
+    let node = std::env::var("NODE").unwrap_or_else(|_| "node".into());
+    let mut child = Command::new(node)
+        .current_dir(&dir)
+        .arg("verify-assertion.mjs")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node");
+    let input = json!({ "jwks_url": jwks_url, "cases": cases }).to_string();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn case(token: &str, iss: &str, aud: &str) -> Value {
+    json!({ "token": token, "issuer": iss, "audience": aud })
+}
+
+/// The claims part of a token, decoded (not verified).
+fn claims(token: &str) -> Value {
+    let part = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(&B64.decode(part).unwrap()).unwrap()
+}
+
+/// The token with one byte of its `sub` claim changed, signature kept.
+fn tampered(token: &str) -> String {
+    let parts: Vec<&str> = token.split('.').collect();
+    let json = String::from_utf8(B64.decode(parts[1]).unwrap()).unwrap();
+    let at = json.find("\"sub\":\"").unwrap() + 7;
+    let mut bytes = json.into_bytes();
+    bytes[at] = if bytes[at] == b'x' { b'y' } else { b'x' };
+    format!("{}.{}.{}", parts[0], B64.encode(bytes), parts[2])
+}
+
+fn config(net: &TestNet, dir: &Path, admin: u16, echo: &str) -> String {
+    ConfigBuilder::new()
+        .node(NodeSpec::on(net, "gw", dir.join("gw")).cert("local-ca"))
+        .admin(&format!("127.0.0.1:{admin}"))
+        .section(
+            Section::new("assertion")
+                .path("key_file", dir.join("keys/assertion-keys.json"))
+                .path("jwks_file", dir.join("www/jwks.json"))
+                .set("lifetime", "10s"),
+        )
+        .route(RouteSpec::new("/a", echo).set("assertion", true))
+        .route(RouteSpec::new("/b", echo).set("assertion", true))
+        // Underscore names allowed: the forged `tailpass_jwt_assertion` is
+        // stopped by the protected-name rule alone.
+        .route(RouteSpec::new("/plain", echo).set("allow_underscore_headers", true))
+        .build()
+}
+
+/// The assertion the upstream received for `GET path` from `node`, with
+/// forged copies of the header sent along (they must never arrive).
+async fn received(node: &Node, host: &str, ca: &str, path: &str) -> Option<Vec<String>> {
+    let forged = [
+        ("Tailpass-Jwt-Assertion", "forged.by.client"),
+        ("tailpass_jwt_assertion", "forged.by.client"),
+    ];
+    let mut h = H1::connect(node, host, ca).await;
+    let j = echoed(&h.get(host, path, &forged).await);
+    let got = echoed_header(&j, HEADER);
+    if let Some(v) = &got {
+        assert!(v.iter().all(|t| !t.contains("forged")), "{v:?}");
+    }
+    assert!(echoed_header(&j, "tailpass_jwt_assertion").is_none(), "{j}");
+    got
+}
+
+async fn one_token(node: &Node, host: &str, ca: &str, path: &str) -> String {
+    let got = received(node, host, ca, path).await.expect("an assertion");
+    assert_eq!(got.len(), 1, "exactly one assertion, tailpass's: {got:?}");
+    got.into_iter().next().unwrap()
+}
+
+fn kids(jwks: &str) -> Vec<String> {
+    let j: Value = serde_json::from_str(jwks).unwrap();
+    j["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// `tailpass assertion rotate --config cfg`; returns its output.
+fn rotate(cfg: &PathBuf) -> String {
+    let out = Command::new(tailpass_testkit::binary::path())
+        .args(["assertion", "rotate", "--config"])
+        .arg(cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assertions_verify_independently_and_refuse_tampering_replay_expiry() {
+    let _permit = tailpass_testkit::heavy().await;
+    let net = TestNet::start();
+    let alice = net.node("alice").await;
+    let alice_login = alice.status().await.unwrap().self_node.unwrap().user_login;
+    let echo = format!("http://{}", upstream::start_echo().await);
+    let dir = tempfile::tempdir().unwrap();
+    let admin_port = free_port();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let cfg = dir.path().join("tailpass.toml");
+    std::fs::write(&cfg, config(&net, dir.path(), admin_port, &echo)).unwrap();
+    let tp = Tailpass::start(&cfg);
+    tp.wait_healthy(admin).await;
+    let t = Instant::now();
+    while alice.status().await.unwrap().peer("gw").is_none() {
+        assert!(t.elapsed() < Duration::from_secs(60), "gw never joined");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let host = net.fqdn("gw");
+    let ca = std::fs::read_to_string(dir.path().join("gw/local-ca/ca.pem")).unwrap();
+    let jwks_url = format!("http://{admin}/.well-known/jwks.json");
+    let iss = format!("https://{host}");
+    let (aud_a, aud_b) = (format!("{iss}/a"), format!("{iss}/b"));
+
+    // The JWKS: on the admin listener, and the same in the file (0644).
+    let (st, served) = admin_get(admin, "/.well-known/jwks.json").await.unwrap();
+    assert_eq!(st, 200);
+    let first = kids(&served);
+    assert_eq!(first.len(), 1);
+    let file = dir.path().join("www/jwks.json");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), served);
+    let mode = std::fs::metadata(&file).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o644
+    );
+    let keys = std::fs::metadata(dir.path().join("keys/assertion-keys.json")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&keys.permissions()) & 0o777,
+        0o600
+    );
+
+    // No assertion where the route does not ask for one; forged copies
+    // never pass either way.
+    assert_eq!(received(&alice, &host, &ca, "/plain/x").await, None);
+    let ta = one_token(&alice, &host, &ca, "/a/x").await;
+    let tb = one_token(&alice, &host, &ca, "/b/").await;
+
+    let r = verify(
+        &jwks_url,
+        vec![
+            case(&ta, &iss, &aud_a),
+            case(&tb, &iss, &aud_b),
+            case(&tampered(&ta), &iss, &aud_a),
+            case(&ta, &iss, &aud_b),
+            case(&tb, &iss, &aud_a),
+            case(&ta, "https://someone-else.example", &aud_a),
+        ],
+    );
+    // Genuine: verifies, with the caller's claims.
+    assert_eq!(r[0]["ok"], true, "{}", r[0]);
+    let (h, c) = (&r[0]["header"], &r[0]["payload"]);
+    assert_eq!(h["alg"], "ES256");
+    assert_eq!(h["kid"].as_str().unwrap(), first[0]);
+    assert_eq!(c["iss"], iss.as_str());
+    assert_eq!(c["aud"], aud_a.as_str());
+    assert_eq!(c["sub"], alice_login.as_str());
+    assert_eq!(c["tailnet_user"], alice_login.as_str());
+    assert_eq!(c["tailnet_node"], net.fqdn("alice").as_str());
+    assert_eq!(c["roles"], json!([]), "no login on this route: no roles");
+    assert!(
+        c.get("email").is_none(),
+        "email comes from a sign-in only: {c}"
+    );
+    assert_eq!(c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(), 10);
+    assert_eq!(c["nbf"], c["iat"]);
+    assert_eq!(r[1]["ok"], true, "{}", r[1]);
+    assert_ne!(
+        r[1]["payload"]["jti"], c["jti"],
+        "every assertion its own id"
+    );
+    // Tampered: the signature no longer matches.
+    assert_eq!(r[2]["ok"], false);
+    assert_eq!(
+        r[2]["code"], "ERR_JWS_SIGNATURE_VERIFICATION_FAILED",
+        "{}",
+        r[2]
+    );
+    // Route A's assertion at route B, and B's at A: wrong audience.
+    for i in [3, 4] {
+        assert_eq!(r[i]["code"], "ERR_JWT_CLAIM_VALIDATION_FAILED", "{}", r[i]);
+        assert_eq!(r[i]["claim"], "aud", "{}", r[i]);
+    }
+    assert_eq!(r[5]["claim"], "iss", "{}", r[5]);
+
+    // Rotation: the new key signs after a reload; the old one stays
+    // published and what it signed still verifies.
+    let before = one_token(&alice, &host, &ca, "/a/").await;
+    let said = rotate(&cfg);
+    assert!(said.contains("next: reload tailpass"), "{said}");
+    tp.signal("HUP");
+    tp.wait_log("configuration reloaded", Duration::from_secs(10))
+        .await;
+    let after = one_token(&alice, &host, &ca, "/a/").await;
+    let (_, served) = admin_get(admin, "/.well-known/jwks.json").await.unwrap();
+    let now_kids = kids(&served);
+    assert_eq!(now_kids.len(), 2, "{served}");
+    assert_eq!(now_kids[1], first[0], "the old key stays published");
+    assert!(said.contains(&now_kids[0]), "{said}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), served);
+    // The old token is checked at its own issue time: this part is about
+    // the key, the expiry check follows.
+    let mut old = case(&before, &iss, &aud_a);
+    old["current_date"] = claims(&before)["iat"].clone();
+    let r = verify(&jwks_url, vec![case(&after, &iss, &aud_a), old]);
+    assert_eq!(r[0]["ok"], true, "{}", r[0]);
+    assert_eq!(r[0]["header"]["kid"].as_str().unwrap(), now_kids[0]);
+    assert_eq!(r[1]["ok"], true, "{}", r[1]);
+    assert_eq!(r[1]["header"]["kid"].as_str().unwrap(), first[0]);
+
+    // Expiry, on the real clock: wait until `after` has expired.
+    let exp = claims(&after)["exp"].as_i64().unwrap();
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
+    while now() <= exp {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let r = verify(&jwks_url, vec![case(&after, &iss, &aud_a)]);
+    assert_eq!(r[0]["ok"], false);
+    assert_eq!(r[0]["code"], "ERR_JWT_EXPIRED", "{}", r[0]);
+    assert_eq!(r[0]["claim"], "exp", "{}", r[0]);
+}
