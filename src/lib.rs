@@ -18,7 +18,8 @@
 //!    normalize ([`http`]`::path`) → route → authenticate (one question to
 //!    the [`session`] service) → decide ([`policy`]) → forward (`proxy`,
 //!    with [`http`]`::headers` hygiene, over TCP or a Unix socket; or
-//!    `files` for a route with a static root); its `Outcome` alone picks
+//!    `files` for a route with a static root; `assertion` signs the
+//!    identity for routes that want proof); its `Outcome` alone picks
 //!    each answer's status, page, access-log word and metric labels.
 //! 5. [`session`]: the session service — signing keys, the persisted
 //!    store, refresh at the provider, the watchers that close websockets
