@@ -12,6 +12,8 @@
 //! never reaches the upstream, on routes with and without assertions;
 //! `tailpass assertion rotate` + SIGHUP: the new key signs, the old key
 //! stays published and its assertions still verify; the JWKS file follows.
+//! And, signed in through the portal (the forging provider), the
+//! assertion carries the provider's subject, email, groups and the roles.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -20,10 +22,17 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde_json::{Value, json};
+use tailpass::config::Config;
+use tailpass::server::{Gateway, Options};
 use tailpass::tailnet::Node;
 use tailpass_testkit::binary::{Tailpass, admin_get};
+use tailpass_testkit::browser::Browser;
 use tailpass_testkit::client::{H1, echoed, echoed_header};
-use tailpass_testkit::{ConfigBuilder, NodeSpec, RouteSpec, Section, TestNet, free_port, upstream};
+use tailpass_testkit::forge::Forge;
+use tailpass_testkit::{
+    ConfigBuilder, NodeSpec, PortalSpec, ProviderSpec, RouteSpec, RuleSpec, Secret, Section,
+    TestNet, free_port, upstream,
+};
 
 const HEADER: &str = "tailpass-jwt-assertion";
 
@@ -278,4 +287,86 @@ async fn assertions_verify_independently_and_refuse_tampering_replay_expiry() {
     assert_eq!(r[0]["ok"], false);
     assert_eq!(r[0]["code"], "ERR_JWT_EXPIRED", "{}", r[0]);
     assert_eq!(r[0]["claim"], "exp", "{}", r[0]);
+}
+
+/// Signed in at the portal (the forging provider; in-process gateway):
+/// the assertion carries the sign-in's subject, email, groups and roles
+/// beside the tailnet identity, and the key file sits in the portal's
+/// state directory by default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_in_callers_assertion_carries_the_login_claims() {
+    let _permit = tailpass_testkit::heavy().await;
+    let net = TestNet::start();
+    let alice = net.node("alice").await;
+    let alice_login = alice.status().await.unwrap().self_node.unwrap().user_login;
+    let forge = Forge::start("tailpass", "forge-secret").await;
+    forge.set_claims(json!({
+        "sub": "mallory", "email": "mallory@example.com", "groups": ["ops", "dev"],
+    }));
+    let echo = format!("http://{}", upstream::start_echo().await);
+    let dir = tempfile::tempdir().unwrap();
+    let toml = ConfigBuilder::new()
+        .node(NodeSpec::on(&net, "gw", dir.path().join("gw")).cert("local-ca"))
+        .admin("127.0.0.1:0")
+        .portal(PortalSpec::new(Secret::env("S")))
+        .provider(ProviderSpec::new(
+            "forge",
+            &forge.issuer,
+            "tailpass",
+            Secret::env("C"),
+        ))
+        .rule(RuleSpec::new(&["user"]).domains(&["example.com"]))
+        .route(
+            RouteSpec::new("/app", &echo)
+                .roles(&["user"])
+                .set("assertion", true),
+        )
+        .build();
+    let env = |k: &str| match k {
+        "S" => Some("s".repeat(40)),
+        "C" => Some("forge-secret".into()),
+        _ => None,
+    };
+    let config = Config::parse(&toml, &env).unwrap_or_else(|e| panic!("{e}"));
+    let gw = Gateway::start(config, Options::default()).await.unwrap();
+    net.settle(&[&gw.nodes[0].node, &alice]).await;
+    let host = gw.nodes[0].fqdn.clone();
+    let ca = std::fs::read_to_string(dir.path().join("gw/local-ca/ca.pem")).unwrap();
+    assert!(
+        dir.path().join("gw/portal/assertion-keys.json").is_file(),
+        "the key file defaults to the portal's state_dir"
+    );
+
+    let mut b = Browser::new(&alice, &ca);
+    let start = format!("https://{host}/auth/oauth2/forge/authorize?rd=%2Fapp%2F");
+    let end = b.follow(&start).await;
+    assert_eq!(
+        end.url,
+        format!("https://{host}/app/"),
+        "signed in: {}",
+        end.body
+    );
+    let j: Value = serde_json::from_str(&end.body).unwrap();
+    let tokens = j["headers"][HEADER].as_array().expect("an assertion");
+    assert_eq!(tokens.len(), 1);
+    let iss = format!("https://{host}");
+    let jwks_url = format!("http://{}/.well-known/jwks.json", gw.admin.unwrap());
+    let r = verify(
+        &jwks_url,
+        vec![case(
+            tokens[0].as_str().unwrap(),
+            &iss,
+            &format!("{iss}/app"),
+        )],
+    );
+    assert_eq!(r[0]["ok"], true, "{}", r[0]);
+    let c = &r[0]["payload"];
+    assert_eq!(c["sub"], "mallory");
+    assert_eq!(c["email"], "mallory@example.com");
+    assert_eq!(c["groups"], json!(["ops", "dev"]));
+    assert_eq!(c["roles"], json!(["user"]));
+    assert_eq!(c["tailnet_user"], alice_login.as_str());
+    assert_eq!(c["tailnet_node"], net.fqdn("alice").as_str());
+    assert_eq!(c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(), 60);
+    gw.shutdown().await;
 }
