@@ -516,6 +516,9 @@ fn describe_routes(o: &mut String, c: &Config) {
             let m: Vec<&str> = r.methods.iter().map(|m| m.as_str()).collect();
             access.push_str(&format!(", methods {}", m.join(",")));
         }
+        if r.assertion {
+            access.push_str(", signed assertion");
+        }
         let _ = writeln!(
             o,
             "  {:<10} {:<12} {} -> {}{}  [{}{}]",

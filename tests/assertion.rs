@@ -370,3 +370,83 @@ async fn a_signed_in_callers_assertion_carries_the_login_claims() {
     assert_eq!(c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(), 60);
     gw.shutdown().await;
 }
+
+fn tailpass(args: &[&str], cfg: &Path) -> (i32, String, String) {
+    let out = Command::new(tailpass_testkit::binary::path())
+        .args(args)
+        .arg("--config")
+        .arg(cfg)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `tailpass assertion jwks|rotate` and `check` on their own (no tailnet):
+/// the key file is created 0600, rotation puts a new key first and keeps
+/// the old one, a damaged key file is refused and left alone, and a config
+/// without assertions says so (exit 64).
+#[test]
+fn the_assertion_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tailpass.toml");
+    let keys = dir.path().join("keys.json");
+    let jwks_file = dir.path().join("jwks.json");
+    let base = ConfigBuilder::new()
+        .node(NodeSpec::new("gw").state_dir(dir.path().join("gw")))
+        .admin("127.0.0.1:9477");
+    base.clone()
+        .route(RouteSpec::new("/a", "http://127.0.0.1:1"))
+        .write(&cfg);
+    let (code, _, err) = tailpass(&["assertion", "rotate"], &cfg);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("no [assertion] section"), "{err}");
+    assert!(!keys.exists());
+
+    base.route(RouteSpec::new("/a", "http://127.0.0.1:1").set("assertion", true))
+        .section(
+            Section::new("assertion")
+                .path("key_file", &keys)
+                .path("jwks_file", &jwks_file),
+        )
+        .write(&cfg);
+    let (code, out, err) = tailpass(&["check"], &cfg);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("signed assertion]"), "{out}");
+    assert!(
+        out.contains("http://127.0.0.1:9477/.well-known/jwks.json"),
+        "{out}"
+    );
+    let (code, out, err) = tailpass(&["assertion", "jwks"], &cfg);
+    assert_eq!(code, 0, "{err}");
+    let first = kids(&out);
+    assert_eq!(first.len(), 1);
+    let mode = std::fs::metadata(&keys).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    let (code, said, err) = tailpass(&["assertion", "rotate"], &cfg);
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = tailpass(&["assertion", "jwks"], &cfg);
+    let now = kids(&out);
+    assert_eq!(now.len(), 2);
+    assert_eq!(now[1], first[0], "the previous key stays published");
+    assert!(
+        said.contains(&format!("new signing key {}", now[0])),
+        "{said}"
+    );
+    assert_eq!(kids(&std::fs::read_to_string(&jwks_file).unwrap()), now);
+
+    std::fs::write(&keys, "{ damaged").unwrap();
+    let (code, _, err) = tailpass(&["assertion", "rotate"], &cfg);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("keys.json: not a tailpass assertion key file"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&keys).unwrap(), "{ damaged");
+}
