@@ -5,7 +5,8 @@
 //! tests/idp/package.json, script tests/idp/verify-assertion.mjs) fetches
 //! the JWKS from the admin listener and verifies them.
 //!
-//! Shown: the genuine assertion verifies and carries the caller's claims;
+//! Shown: the genuine assertion verifies and carries the caller's claims
+//! (a tailnet user's, a tagged node's);
 //! one changed claim byte (signature kept) is refused; an assertion for
 //! route A is refused for route B's audience; an expired one is refused
 //! (after really waiting past `exp`); a client-sent copy of the header
@@ -155,7 +156,9 @@ fn rotate(cfg: &PathBuf) -> String {
 async fn assertions_verify_independently_and_refuse_tampering_replay_expiry() {
     let _permit = tailpass_testkit::heavy().await;
     let net = TestNet::start();
-    let alice = net.node("alice").await;
+    let mut ci_cfg = net.node_config("ci");
+    ci_cfg.tags = vec!["tag:ci".into()];
+    let (alice, ci) = tokio::join!(net.node("alice"), net.join(ci_cfg));
     let alice_login = alice.status().await.unwrap().self_node.unwrap().user_login;
     let echo = format!("http://{}", upstream::start_echo().await);
     let dir = tempfile::tempdir().unwrap();
@@ -166,9 +169,11 @@ async fn assertions_verify_independently_and_refuse_tampering_replay_expiry() {
     let tp = Tailpass::start(&cfg);
     tp.wait_healthy(admin).await;
     let t = Instant::now();
-    while alice.status().await.unwrap().peer("gw").is_none() {
-        assert!(t.elapsed() < Duration::from_secs(60), "gw never joined");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    for n in [&alice, &ci] {
+        while n.status().await.unwrap().peer("gw").is_none() {
+            assert!(t.elapsed() < Duration::from_secs(60), "gw never joined");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     let host = net.fqdn("gw");
     let ca = std::fs::read_to_string(dir.path().join("gw/local-ca/ca.pem")).unwrap();
@@ -246,6 +251,25 @@ async fn assertions_verify_independently_and_refuse_tampering_replay_expiry() {
         assert_eq!(r[i]["claim"], "aud", "{}", r[i]);
     }
     assert_eq!(r[5]["claim"], "iss", "{}", r[5]);
+
+    // A tagged node acts for its tags: no tailnet user, its name as `sub`
+    // (tags reach gw's netmap after control applies them).
+    let t = Instant::now();
+    let tagged = loop {
+        let tok = one_token(&ci, &host, &ca, "/a/").await;
+        if claims(&tok).get("tailnet_tags").is_some() {
+            break tok;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "{}", claims(&tok));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let r = verify(&jwks_url, vec![case(&tagged, &iss, &aud_a)]);
+    assert_eq!(r[0]["ok"], true, "{}", r[0]);
+    let c = &r[0]["payload"];
+    assert_eq!(c["tailnet_tags"], json!(["tag:ci"]));
+    assert_eq!(c["sub"], net.fqdn("ci").as_str());
+    assert_eq!(c["tailnet_node"], net.fqdn("ci").as_str());
+    assert!(c.get("tailnet_user").is_none(), "{c}");
 
     // Rotation: the new key signs after a reload; the old one stays
     // published and what it signed still verifies.
