@@ -152,80 +152,147 @@ fn rotate(cfg: &PathBuf) -> String {
     text
 }
 
+/// The binary with routes `/a`, `/b` (assertions) and `/plain` (none),
+/// clients alice (a user) and ci (tagged `tag:ci`).
+struct Run {
+    net: TestNet,
+    tp: Tailpass,
+    alice: Node,
+    ci: Node,
+    admin: std::net::SocketAddr,
+    host: String,
+    ca: String,
+    iss: String,
+    jwks_url: String,
+    cfg: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Run {
+    async fn start() -> Run {
+        let net = TestNet::start();
+        let mut ci_cfg = net.node_config("ci");
+        ci_cfg.tags = vec!["tag:ci".into()];
+        let (alice, ci) = tokio::join!(net.node("alice"), net.join(ci_cfg));
+        let echo = format!("http://{}", upstream::start_echo().await);
+        let dir = tempfile::tempdir().unwrap();
+        let admin_port = free_port();
+        let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+        let cfg = dir.path().join("tailpass.toml");
+        std::fs::write(&cfg, config(&net, dir.path(), admin_port, &echo)).unwrap();
+        let tp = Tailpass::start(&cfg);
+        tp.wait_healthy(admin).await;
+        let t = Instant::now();
+        for n in [&alice, &ci] {
+            while n.status().await.unwrap().peer("gw").is_none() {
+                assert!(t.elapsed() < Duration::from_secs(60), "gw never joined");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let host = net.fqdn("gw");
+        let ca = std::fs::read_to_string(dir.path().join("gw/local-ca/ca.pem")).unwrap();
+        Run {
+            iss: format!("https://{host}"),
+            jwks_url: format!("http://{admin}/.well-known/jwks.json"),
+            net,
+            tp,
+            alice,
+            ci,
+            admin,
+            host,
+            ca,
+            cfg,
+            dir,
+        }
+    }
+
+    fn aud(&self, route: &str) -> String {
+        format!("{}{route}", self.iss)
+    }
+
+    async fn token(&self, node: &Node, path: &str) -> String {
+        one_token(node, &self.host, &self.ca, path).await
+    }
+
+    /// The JWKS served on the admin listener (checked equal to the file).
+    async fn jwks(&self) -> String {
+        let (st, served) = admin_get(self.admin, "/.well-known/jwks.json")
+            .await
+            .unwrap();
+        assert_eq!(st, 200);
+        let file = self.dir.path().join("www/jwks.json");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), served);
+        served
+    }
+}
+
+fn mode(p: &Path) -> u32 {
+    std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions()) & 0o777
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn assertions_verify_independently_and_refuse_tampering_replay_expiry() {
     let _permit = tailpass_testkit::heavy().await;
-    let net = TestNet::start();
-    let mut ci_cfg = net.node_config("ci");
-    ci_cfg.tags = vec!["tag:ci".into()];
-    let (alice, ci) = tokio::join!(net.node("alice"), net.join(ci_cfg));
-    let alice_login = alice.status().await.unwrap().self_node.unwrap().user_login;
-    let echo = format!("http://{}", upstream::start_echo().await);
-    let dir = tempfile::tempdir().unwrap();
-    let admin_port = free_port();
-    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
-    let cfg = dir.path().join("tailpass.toml");
-    std::fs::write(&cfg, config(&net, dir.path(), admin_port, &echo)).unwrap();
-    let tp = Tailpass::start(&cfg);
-    tp.wait_healthy(admin).await;
-    let t = Instant::now();
-    for n in [&alice, &ci] {
-        while n.status().await.unwrap().peer("gw").is_none() {
-            assert!(t.elapsed() < Duration::from_secs(60), "gw never joined");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    let host = net.fqdn("gw");
-    let ca = std::fs::read_to_string(dir.path().join("gw/local-ca/ca.pem")).unwrap();
-    let jwks_url = format!("http://{admin}/.well-known/jwks.json");
-    let iss = format!("https://{host}");
-    let (aud_a, aud_b) = (format!("{iss}/a"), format!("{iss}/b"));
-
-    // The JWKS: on the admin listener, and the same in the file (0644).
-    let (st, served) = admin_get(admin, "/.well-known/jwks.json").await.unwrap();
-    assert_eq!(st, 200);
-    let first = kids(&served);
+    let run = Run::start().await;
+    // The JWKS: on the admin listener, the same in the file (0644); the
+    // private keys 0600.
+    let first = kids(&run.jwks().await);
     assert_eq!(first.len(), 1);
-    let file = dir.path().join("www/jwks.json");
-    assert_eq!(std::fs::read_to_string(&file).unwrap(), served);
-    let mode = std::fs::metadata(&file).unwrap().permissions();
+    assert_eq!(mode(&run.dir.path().join("www/jwks.json")), 0o644);
     assert_eq!(
-        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
-        0o644
-    );
-    let keys = std::fs::metadata(dir.path().join("keys/assertion-keys.json")).unwrap();
-    assert_eq!(
-        std::os::unix::fs::PermissionsExt::mode(&keys.permissions()) & 0o777,
+        mode(&run.dir.path().join("keys/assertion-keys.json")),
         0o600
     );
-
     // No assertion where the route does not ask for one; forged copies
     // never pass either way.
-    assert_eq!(received(&alice, &host, &ca, "/plain/x").await, None);
-    let ta = one_token(&alice, &host, &ca, "/a/x").await;
-    let tb = one_token(&alice, &host, &ca, "/b/").await;
+    assert_eq!(
+        received(&run.alice, &run.host, &run.ca, "/plain/x").await,
+        None
+    );
+    genuine_tampered_and_replayed(&run, &first[0]).await;
+    tagged(&run).await;
+    let after = rotation(&run, &first[0]).await;
+    expiry(&run, &after).await;
+}
 
+/// Alice's assertions for `/a` and `/b`: genuine ones verify with her
+/// claims; a changed byte, another route's audience, another issuer are
+/// refused.
+async fn genuine_tampered_and_replayed(run: &Run, kid: &str) {
+    let alice_login = run
+        .alice
+        .status()
+        .await
+        .unwrap()
+        .self_node
+        .unwrap()
+        .user_login;
+    let (aud_a, aud_b, iss) = (run.aud("/a"), run.aud("/b"), run.iss.as_str());
+    let ta = run.token(&run.alice, "/a/x").await;
+    let tb = run.token(&run.alice, "/b/").await;
     let r = verify(
-        &jwks_url,
+        &run.jwks_url,
         vec![
-            case(&ta, &iss, &aud_a),
-            case(&tb, &iss, &aud_b),
-            case(&tampered(&ta), &iss, &aud_a),
-            case(&ta, &iss, &aud_b),
-            case(&tb, &iss, &aud_a),
+            case(&ta, iss, &aud_a),
+            case(&tb, iss, &aud_b),
+            case(&tampered(&ta), iss, &aud_a),
+            case(&ta, iss, &aud_b),
+            case(&tb, iss, &aud_a),
             case(&ta, "https://someone-else.example", &aud_a),
         ],
     );
     // Genuine: verifies, with the caller's claims.
     assert_eq!(r[0]["ok"], true, "{}", r[0]);
     let (h, c) = (&r[0]["header"], &r[0]["payload"]);
-    assert_eq!(h["alg"], "ES256");
-    assert_eq!(h["kid"].as_str().unwrap(), first[0]);
-    assert_eq!(c["iss"], iss.as_str());
+    assert_eq!(
+        (h["alg"].as_str(), h["kid"].as_str()),
+        (Some("ES256"), Some(kid))
+    );
+    assert_eq!(c["iss"], iss);
     assert_eq!(c["aud"], aud_a.as_str());
     assert_eq!(c["sub"], alice_login.as_str());
     assert_eq!(c["tailnet_user"], alice_login.as_str());
-    assert_eq!(c["tailnet_node"], net.fqdn("alice").as_str());
+    assert_eq!(c["tailnet_node"], run.net.fqdn("alice").as_str());
     assert_eq!(c["roles"], json!([]), "no login on this route: no roles");
     assert!(
         c.get("email").is_none(),
@@ -251,53 +318,62 @@ async fn assertions_verify_independently_and_refuse_tampering_replay_expiry() {
         assert_eq!(r[i]["claim"], "aud", "{}", r[i]);
     }
     assert_eq!(r[5]["claim"], "iss", "{}", r[5]);
+}
 
-    // A tagged node acts for its tags: no tailnet user, its name as `sub`
-    // (tags reach gw's netmap after control applies them).
+/// A tagged node acts for its tags: no tailnet user, its name as `sub`
+/// (tags reach gw's netmap after control applies them).
+async fn tagged(run: &Run) {
     let t = Instant::now();
     let tagged = loop {
-        let tok = one_token(&ci, &host, &ca, "/a/").await;
+        let tok = run.token(&run.ci, "/a/").await;
         if claims(&tok).get("tailnet_tags").is_some() {
             break tok;
         }
         assert!(t.elapsed() < Duration::from_secs(30), "{}", claims(&tok));
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let r = verify(&jwks_url, vec![case(&tagged, &iss, &aud_a)]);
+    let r = verify(&run.jwks_url, vec![case(&tagged, &run.iss, &run.aud("/a"))]);
     assert_eq!(r[0]["ok"], true, "{}", r[0]);
     let c = &r[0]["payload"];
     assert_eq!(c["tailnet_tags"], json!(["tag:ci"]));
-    assert_eq!(c["sub"], net.fqdn("ci").as_str());
-    assert_eq!(c["tailnet_node"], net.fqdn("ci").as_str());
+    assert_eq!(c["sub"], run.net.fqdn("ci").as_str());
+    assert_eq!(c["tailnet_node"], run.net.fqdn("ci").as_str());
     assert!(c.get("tailnet_user").is_none(), "{c}");
+}
 
-    // Rotation: the new key signs after a reload; the old one stays
-    // published and what it signed still verifies.
-    let before = one_token(&alice, &host, &ca, "/a/").await;
-    let said = rotate(&cfg);
+/// `tailpass assertion rotate` + SIGHUP: the new key signs, the old one
+/// stays published and what it signed still verifies. Returns an
+/// assertion signed after the rotation.
+async fn rotation(run: &Run, old_kid: &str) -> String {
+    let aud = run.aud("/a");
+    let before = run.token(&run.alice, "/a/").await;
+    let said = rotate(&run.cfg);
     assert!(said.contains("next: reload tailpass"), "{said}");
-    tp.signal("HUP");
-    tp.wait_log("configuration reloaded", Duration::from_secs(10))
+    run.tp.signal("HUP");
+    run.tp
+        .wait_log("configuration reloaded", Duration::from_secs(10))
         .await;
-    let after = one_token(&alice, &host, &ca, "/a/").await;
-    let (_, served) = admin_get(admin, "/.well-known/jwks.json").await.unwrap();
-    let now_kids = kids(&served);
-    assert_eq!(now_kids.len(), 2, "{served}");
-    assert_eq!(now_kids[1], first[0], "the old key stays published");
+    let after = run.token(&run.alice, "/a/").await;
+    let now_kids = kids(&run.jwks().await);
+    assert_eq!(now_kids.len(), 2, "{now_kids:?}");
+    assert_eq!(now_kids[1], old_kid, "the old key stays published");
     assert!(said.contains(&now_kids[0]), "{said}");
-    assert_eq!(std::fs::read_to_string(&file).unwrap(), served);
     // The old token is checked at its own issue time: this part is about
-    // the key, the expiry check follows.
-    let mut old = case(&before, &iss, &aud_a);
+    // the key; the expiry check follows on the real clock.
+    let mut old = case(&before, &run.iss, &aud);
     old["current_date"] = claims(&before)["iat"].clone();
-    let r = verify(&jwks_url, vec![case(&after, &iss, &aud_a), old]);
+    let r = verify(&run.jwks_url, vec![case(&after, &run.iss, &aud), old]);
     assert_eq!(r[0]["ok"], true, "{}", r[0]);
     assert_eq!(r[0]["header"]["kid"].as_str().unwrap(), now_kids[0]);
     assert_eq!(r[1]["ok"], true, "{}", r[1]);
-    assert_eq!(r[1]["header"]["kid"].as_str().unwrap(), first[0]);
+    assert_eq!(r[1]["header"]["kid"].as_str().unwrap(), old_kid);
+    after
+}
 
-    // Expiry, on the real clock: wait until `after` has expired.
-    let exp = claims(&after)["exp"].as_i64().unwrap();
+/// Expiry, on the real clock: once `token`'s `exp` has passed, jose
+/// refuses it (no clock tolerance).
+async fn expiry(run: &Run, token: &str) {
+    let exp = claims(token)["exp"].as_i64().unwrap();
     let now = || {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -307,7 +383,7 @@ async fn assertions_verify_independently_and_refuse_tampering_replay_expiry() {
     while now() <= exp {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let r = verify(&jwks_url, vec![case(&after, &iss, &aud_a)]);
+    let r = verify(&run.jwks_url, vec![case(token, &run.iss, &run.aud("/a"))]);
     assert_eq!(r[0]["ok"], false);
     assert_eq!(r[0]["code"], "ERR_JWT_EXPIRED", "{}", r[0]);
     assert_eq!(r[0]["claim"], "exp", "{}", r[0]);
