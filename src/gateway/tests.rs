@@ -808,3 +808,49 @@ allow_underscore_headers = true
     let (_, _, body) = send(&e, &alice(), forged("/plain")).await;
     assert!(asserted(&body).is_empty(), "{body}");
 }
+
+/// A renamed assertion header (`[assertion] header`) is protected on every
+/// route like the default one, which stays protected too.
+#[tokio::test]
+async fn a_renamed_assertion_header_is_protected_everywhere() {
+    let routes = r#"
+[[route]]
+path = "/app"
+upstream = "http://{up}"
+assertion = true
+[[route]]
+path = "/plain"
+upstream = "http://{up}"
+allow_underscore_headers = true
+[assertion]
+header = "X-Pomerium-Jwt-Assertion"
+"#;
+    let Env {
+        snap,
+        metrics,
+        _dir,
+    } = env(routes).await;
+    let a = crate::assertion::Assertion {
+        signer: crate::assertion::Signer::open(&_dir.path().join("keys.json"), 0).unwrap(),
+        issuer: Some("https://tailpass.example".into()),
+        lifetime: std::time::Duration::from_secs(60),
+        header: http::HeaderName::from_static("x-pomerium-jwt-assertion"),
+    };
+    let e = Env {
+        snap: snap.with_assertion(Some(Arc::new(a))),
+        metrics,
+        _dir,
+    };
+    for path in ["/app", "/plain"] {
+        let req = get(path)
+            .header("X-Pomerium-Jwt-Assertion", "forged")
+            .header("x_pomerium_jwt_assertion", "forged")
+            .header("Tailpass-Jwt-Assertion", "forged");
+        let (s, _, body) = send(&e, &alice(), empty(req)).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        let (_, h) = echoed(&body);
+        assert!(h.iter().all(|(_, v)| v != "forged"), "{path}: {h:?}");
+        let got = header(&h, "x-pomerium-jwt-assertion");
+        assert_eq!(got.len(), usize::from(path == "/app"), "{path}: {h:?}");
+    }
+}
