@@ -306,7 +306,10 @@ async fn run(config: Config, path: PathBuf) -> ExitCode {
         tracing::error!("cannot install signal handlers");
         return ExitCode::FAILURE;
     };
-    for w in placeholder_warnings(&config) {
+    for w in placeholder_warnings(&config)
+        .into_iter()
+        .chain(assertion_warnings(&config))
+    {
         tracing::warn!(problem = %w, "configuration");
     }
     let mut gw = match Gateway::start(config, Options::default()).await {
@@ -428,6 +431,22 @@ pub(crate) fn placeholder_warnings(c: &Config) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// Assertion settings that work but help nobody: keys no upstream can
+/// fetch, or keys no route uses. Said by `check` and logged by `run`.
+pub(crate) fn assertion_warnings(c: &Config) -> Vec<String> {
+    let Some(a) = &c.assertion else {
+        return Vec::new();
+    };
+    let mut w = Vec::new();
+    if c.admin.is_none() && a.jwks_file.is_none() {
+        w.push("assertion: no [admin] listener and no assertion.jwks_file: upstreams have nowhere to fetch the public keys from".to_string());
+    }
+    if !c.routes.iter().any(|r| r.assertion) {
+        w.push("assertion: no route has assertion = true; nothing is signed".to_string());
+    }
+    w
 }
 
 /// Each node: URL, state, auth key (never its value), certificate, Funnel.
@@ -616,6 +635,7 @@ fn describe_warnings(o: &mut String, c: &Config) {
     use std::fmt::Write;
     let mut warnings = crate::policy::unsatisfiable(&c.routes, &c.rules);
     warnings.extend(placeholder_warnings(c));
+    warnings.extend(assertion_warnings(c));
     for r in &c.rules {
         if !r.emails.is_empty() || !r.domains.is_empty() {
             warnings.push(format!(
@@ -635,6 +655,32 @@ fn describe_warnings(o: &mut String, c: &Config) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn assertion_keys_nobody_can_fetch_or_use_are_warned_about() {
+        let node = "[[node]]\nhostname = \"gw\"\nstate_dir = \"/var/lib/tailpass/gw\"\n";
+        let route = |a: bool| {
+            format!(
+                "[[route]]\npath = \"/a\"\nupstream = \"http://127.0.0.1:1\"\nassertion = {a}\n"
+            )
+        };
+        let keys = "[assertion]\nkey_file = \"/var/lib/tailpass/keys.json\"\n";
+        let parse = |t: String| Config::parse(&t, &|_| None).unwrap();
+        let w = assertion_warnings(&parse(format!("{node}{}{keys}", route(true))));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("nowhere to fetch the public keys"), "{w:?}");
+        let admin = "[admin]\nlisten = \"127.0.0.1:9477\"\n";
+        let c = parse(format!("{node}{}{keys}{admin}", route(true)));
+        assert!(assertion_warnings(&c).is_empty());
+        assert!(describe(&c).contains("/.well-known/jwks.json"));
+        let c = parse(format!("{node}{}{keys}{admin}", route(false)));
+        assert_eq!(
+            assertion_warnings(&c),
+            ["assertion: no route has assertion = true; nothing is signed"]
+        );
+        assert!(describe(&c).contains("warning: assertion: no route"));
+        assert!(assertion_warnings(&parse(format!("{node}{}", route(false)))).is_empty());
+    }
 
     #[test]
     fn colour_only_for_text_on_a_terminal_without_no_color() {
