@@ -1,4 +1,6 @@
-//! The admin listener (loopback only): `GET /healthz` and `GET /metrics`.
+//! The admin listener (loopback only): `GET /healthz`, `GET /metrics` and,
+//! when identity assertions are configured, `GET /.well-known/jwks.json`
+//! (their public keys, see `docs/assertion.md`).
 //! It serves no routes and no portal, so nothing behind it can be reached
 //! from the tailnet or the internet.
 //!
@@ -22,6 +24,9 @@ use http::{Request, Response, StatusCode};
 use tokio::sync::watch;
 use tower::ServiceExt;
 
+use arc_swap::ArcSwapOption;
+
+use crate::assertion::Signer;
 use crate::config::Limits;
 use crate::http::response::{Body, full, with_type};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -42,6 +47,8 @@ pub(crate) struct State {
     pub(crate) health: Arc<Health>,
     /// Timeouts for admin connections too.
     pub(crate) limits: Arc<Limits>,
+    /// The assertion keys in service (`None`: no assertions configured).
+    pub(crate) assertion_keys: Arc<ArcSwapOption<Signer>>,
 }
 
 /// The admin endpoints on every connection of the admin listener (the
@@ -67,6 +74,7 @@ fn router(state: Arc<State>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/.well-known/jwks.json", get(jwks))
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
         .with_state(state)
@@ -121,6 +129,20 @@ async fn metrics(Shared(state): Shared<Arc<State>>) -> Response<Body> {
         "application/openmetrics-text; version=1.0.0; charset=utf-8",
         state.metrics.render(),
     )
+}
+
+/// The public keys that verify assertions. Upstreams may cache the
+/// document for five minutes and fetch it again on an unknown `kid`.
+async fn jwks(Shared(state): Shared<Arc<State>>) -> Response<Body> {
+    let Some(keys) = state.assertion_keys.load_full() else {
+        return not_found().await;
+    };
+    let mut r = with_type(StatusCode::OK, "application/jwk-set+json", keys.jwks());
+    r.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("max-age=300"),
+    );
+    r
 }
 
 async fn healthz(Shared(state): Shared<Arc<State>>) -> Response<Body> {
@@ -178,7 +200,9 @@ mod tests {
             metrics: Arc::new(Metrics::new()),
             health: Arc::new(Health::default()),
             limits: Arc::new(Limits::default()),
+            assertion_keys: Default::default(),
         };
+        let keys = state.assertion_keys.clone();
         let r = router(Arc::new(state));
         let ask = |m: Method, path: &str| {
             let req = Request::builder()
@@ -211,11 +235,26 @@ mod tests {
             (Method::GET, "/healthz/"),
             (Method::POST, "/healthz"),
             (Method::DELETE, "/metrics"),
+            (Method::GET, "/.well-known/jwks.json"),
         ] {
             let (p, body) = ask(m.clone(), path).await;
             assert_eq!(p.status, StatusCode::NOT_FOUND, "{m} {path}");
             assert_eq!(body, "not found: /healthz, /metrics\n", "{m} {path}");
             assert_eq!(p.headers["content-type"], "text/plain");
         }
+        // With assertions configured: the JWKS of the keys in service,
+        // replaced when they are.
+        let dir = tempfile::tempdir().unwrap();
+        let signer = Signer::open(&dir.path().join("k.json"), 0).unwrap();
+        keys.store(Some(Arc::new(signer.clone())));
+        let (p, body) = ask(Method::GET, "/.well-known/jwks.json").await;
+        assert_eq!(p.status, StatusCode::OK);
+        assert_eq!(p.headers["content-type"], "application/jwk-set+json");
+        assert_eq!(p.headers["cache-control"], "max-age=300");
+        assert_eq!(body, signer.jwks());
+        let j: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(j["keys"][0]["kid"].as_str().unwrap(), signer.kid());
+        let (p, _) = ask(Method::POST, "/.well-known/jwks.json").await;
+        assert_eq!(p.status, StatusCode::NOT_FOUND);
     }
 }

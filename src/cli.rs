@@ -75,6 +75,31 @@ pub(crate) enum Command {
     },
     /// Print the manual page (roff), e.g. `tailpass man | man -l -`.
     Man,
+    /// The signed identity assertion's keys (docs/assertion.md).
+    Assertion {
+        /// What to do with them.
+        #[command(subcommand)]
+        action: AssertionCommand,
+    },
+}
+
+/// `tailpass assertion …`.
+#[derive(Subcommand, Debug)]
+pub(crate) enum AssertionCommand {
+    /// Add a new signing key to the key file; the previous key stays
+    /// published. A running tailpass signs with the new key after a reload
+    /// (SIGHUP, `systemctl reload tailpass`).
+    Rotate {
+        /// Config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print the JWKS (the public keys) of the key file.
+    Jwks {
+        /// Config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 /// Exit code for an invalid config (EX_USAGE would be 64; EX_CONFIG is 78,
@@ -151,6 +176,7 @@ pub fn main() -> ExitCode {
             Ok(c) => start(c, config),
             Err(e) => config_invalid(&e, format),
         },
+        Command::Assertion { action } => assertion(action, format),
         Command::Completions { shell } => {
             let mut out = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "tailpass", &mut out);
@@ -167,6 +193,59 @@ pub fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `tailpass assertion rotate|jwks`: the key file named by the config.
+fn assertion(action: AssertionCommand, format: LogFormat) -> ExitCode {
+    let (AssertionCommand::Rotate { config } | AssertionCommand::Jwks { config }) = &action;
+    let c = match Config::load(config) {
+        Ok(c) => c,
+        Err(e) => return config_invalid(&e, format),
+    };
+    let Some(a) = &c.assertion else {
+        eprintln!(
+            "tailpass: {}: no [assertion] section and no route with assertion = true",
+            config.display()
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let done = match action {
+        AssertionCommand::Rotate { .. } => rotate(a),
+        AssertionCommand::Jwks { .. } => crate::assertion::Signer::open(&a.key_file, now())
+            .map(|s| format!("{}\n", s.jwks()))
+            .map_err(|e| e.to_string()),
+    };
+    match done {
+        Ok(out) => to_stdout(out.as_bytes()),
+        Err(e) => {
+            eprintln!("tailpass: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Rotates the key file, rewrites the JWKS file and says what to do next.
+fn rotate(a: &crate::config::Assertion) -> Result<String, String> {
+    use crate::assertion::{KEEP_RETIRED, Signer, rotate};
+    let r = rotate(&a.key_file, now(), KEEP_RETIRED).map_err(|e| e.to_string())?;
+    if let Some(f) = &a.jwks_file {
+        let s = Signer::open(&a.key_file, now()).map_err(|e| e.to_string())?;
+        s.write_jwks(f).map_err(|e| e.to_string())?;
+    }
+    Ok(format!(
+        "new signing key {} in {}\npublished keys: {}{}\nnext: reload tailpass (SIGHUP, e.g. systemctl reload tailpass) to sign with it\n",
+        r.kid,
+        a.key_file.display(),
+        r.published.join(", "),
+        match r.dropped {
+            0 => String::new(),
+            n => format!(" ({n} retired more than a day ago dropped)"),
+        }
+    ))
+}
+
+fn now() -> i64 {
+    crate::session::now()
 }
 
 /// Writes a command's output; a closed pipe (`tailpass check | head`) is
@@ -227,7 +306,10 @@ async fn run(config: Config, path: PathBuf) -> ExitCode {
         tracing::error!("cannot install signal handlers");
         return ExitCode::FAILURE;
     };
-    for w in placeholder_warnings(&config) {
+    for w in placeholder_warnings(&config)
+        .into_iter()
+        .chain(assertion_warnings(&config))
+    {
         tracing::warn!(problem = %w, "configuration");
     }
     let mut gw = match Gateway::start(config, Options::default()).await {
@@ -315,6 +397,12 @@ fn describe_listeners(o: &mut String, c: &Config) {
             o,
             "admin listener:    http://{a}/healthz and http://{a}/metrics"
         );
+        if c.assertion.is_some() {
+            let _ = writeln!(
+                o,
+                "                   http://{a}/.well-known/jwks.json (identity assertion keys)"
+            );
+        }
     }
     if let Some(p) = &c.public {
         let _ = writeln!(
@@ -343,6 +431,22 @@ pub(crate) fn placeholder_warnings(c: &Config) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// Assertion settings that work but help nobody: keys no upstream can
+/// fetch, or keys no route uses. Said by `check` and logged by `run`.
+pub(crate) fn assertion_warnings(c: &Config) -> Vec<String> {
+    let Some(a) = &c.assertion else {
+        return Vec::new();
+    };
+    let mut w = Vec::new();
+    if c.admin.is_none() && a.jwks_file.is_none() {
+        w.push("assertion: no [admin] listener and no assertion.jwks_file: upstreams have nowhere to fetch the public keys from".to_string());
+    }
+    if !c.routes.iter().any(|r| r.assertion) {
+        w.push("assertion: no route has assertion = true; nothing is signed".to_string());
+    }
+    w
 }
 
 /// Each node: URL, state, auth key (never its value), certificate, Funnel.
@@ -430,6 +534,9 @@ fn describe_routes(o: &mut String, c: &Config) {
         if !r.methods.is_empty() {
             let m: Vec<&str> = r.methods.iter().map(|m| m.as_str()).collect();
             access.push_str(&format!(", methods {}", m.join(",")));
+        }
+        if r.assertion {
+            access.push_str(", signed assertion");
         }
         let _ = writeln!(
             o,
@@ -550,6 +657,7 @@ fn describe_warnings(o: &mut String, c: &Config) {
     use std::fmt::Write;
     let mut warnings = crate::policy::unsatisfiable(&c.routes, &c.rules);
     warnings.extend(placeholder_warnings(c));
+    warnings.extend(assertion_warnings(c));
     for r in &c.rules {
         if !r.emails.is_empty() || !r.domains.is_empty() {
             warnings.push(format!(
@@ -569,6 +677,32 @@ fn describe_warnings(o: &mut String, c: &Config) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn assertion_keys_nobody_can_fetch_or_use_are_warned_about() {
+        let node = "[[node]]\nhostname = \"gw\"\nstate_dir = \"/var/lib/tailpass/gw\"\n";
+        let route = |a: bool| {
+            format!(
+                "[[route]]\npath = \"/a\"\nupstream = \"http://127.0.0.1:1\"\nassertion = {a}\n"
+            )
+        };
+        let keys = "[assertion]\nkey_file = \"/var/lib/tailpass/keys.json\"\n";
+        let parse = |t: String| Config::parse(&t, &|_| None).unwrap();
+        let w = assertion_warnings(&parse(format!("{node}{}{keys}", route(true))));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("nowhere to fetch the public keys"), "{w:?}");
+        let admin = "[admin]\nlisten = \"127.0.0.1:9477\"\n";
+        let c = parse(format!("{node}{}{keys}{admin}", route(true)));
+        assert!(assertion_warnings(&c).is_empty());
+        assert!(describe(&c).contains("/.well-known/jwks.json"));
+        let c = parse(format!("{node}{}{keys}{admin}", route(false)));
+        assert_eq!(
+            assertion_warnings(&c),
+            ["assertion: no route has assertion = true; nothing is signed"]
+        );
+        assert!(describe(&c).contains("warning: assertion: no route"));
+        assert!(assertion_warnings(&parse(format!("{node}{}", route(false)))).is_empty());
+    }
 
     #[test]
     fn colour_only_for_text_on_a_terminal_without_no_color() {

@@ -19,7 +19,8 @@
 //!    the [`session`] service) → decide ([`policy`]) → forward (`proxy`,
 //!    with [`http`]`::headers` hygiene, over TCP, a Unix socket or the
 //!    tailnet (dialed through the node, optionally WhoIs-pinned); or
-//!    `files` for a route with a static root); its `Outcome` alone picks
+//!    `files` for a route with a static root; `assertion` signs the
+//!    identity for routes that want proof); its `Outcome` alone picks
 //!    each answer's status, page, access-log word and metric labels.
 //! 5. [`session`]: the session service — signing keys, the persisted
 //!    store, refresh at the provider, the watchers that close websockets
@@ -55,6 +56,7 @@
 #![forbid(unsafe_code)]
 
 pub(crate) mod admin;
+pub(crate) mod assertion;
 pub mod cli;
 pub mod config;
 pub(crate) mod files;

@@ -384,8 +384,14 @@ async fn provider_ends(idp: &Idp, laptop: &Node, ca: &str, (a, b): (&str, &str))
     idp.revoke("alice").await;
     // refresh_interval is 2 s, upkeep runs every second.
     let limit = Duration::from_secs(15);
-    assert!(closed_after(&mut on_a, limit).await.is_some(), "A's websocket");
-    assert!(closed_after(&mut on_b, limit).await.is_some(), "B's websocket");
+    assert!(
+        closed_after(&mut on_a, limit).await.is_some(),
+        "A's websocket"
+    );
+    assert!(
+        closed_after(&mut on_b, limit).await.is_some(),
+        "B's websocket"
+    );
     assert_ne!(app_with(laptop, ca, a, &cookie).await.0, 200);
     assert_ne!(app_with(laptop, ca, b, &cookie).await.0, 200);
 }

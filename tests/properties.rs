@@ -12,7 +12,7 @@ use tailpass::http::path;
 use tailpass::session::{Binding, Keys, SessionCookie};
 
 /// Protected names a client may try to spell another way.
-const PROTECTED: [&str; 24] = [
+const PROTECTED: [&str; 25] = [
     "Tailscale-User-Login",
     "Tailscale-User-Name",
     "Tailscale-User-Profile-Pic",
@@ -37,6 +37,7 @@ const PROTECTED: [&str; 24] = [
     "X-Auth-User",
     "X-Auth-Email",
     "X-Webauth-Groups",
+    "Tailpass-Jwt-Assertion",
 ];
 
 /// The identity names of a route that renamed some (the defaults stay

@@ -8,6 +8,7 @@
 //! Nothing here touches the network. Secrets are loaded (from env or file)
 //! but never printed: [`Secret`] redacts itself.
 
+mod assertion;
 mod auth;
 mod limits;
 mod read;
@@ -23,6 +24,7 @@ use std::time::Duration;
 use http::HeaderName;
 use serde::Deserialize;
 
+pub use assertion::Assertion;
 pub use auth::{Portal, Provider, Rule};
 pub(crate) use limits::Limits;
 pub use secret::Secret;
@@ -71,6 +73,7 @@ struct RawConfig {
     rule: Vec<Option<auth::RawRule>>,
     limits: Option<limits::RawLimits>,
     sessions: Option<sessions::RawSessions>,
+    assertion: Option<assertion::RawAssertion>,
 }
 
 #[derive(Deserialize)]
@@ -168,6 +171,7 @@ struct RawRoute {
     #[serde(default)]
     methods: Vec<String>,
     title: Option<String>,
+    assertion: Option<toml::Value>,
 }
 
 fn default_https_port() -> u16 {
@@ -202,6 +206,9 @@ pub struct Config {
     pub rules: Vec<Rule>,
     /// Timeouts and connection caps of every listener.
     pub(crate) limits: Limits,
+    /// The signed identity assertion (`[assertion]`), when any route asks
+    /// for it or the section is there.
+    pub(crate) assertion: Option<Assertion>,
 }
 
 /// Let's Encrypt's production ACME directory.
@@ -441,6 +448,8 @@ pub struct Route {
     pub(crate) methods: Vec<http::Method>,
     /// Name on the portal dashboard.
     pub(crate) title: Option<String>,
+    /// Send the upstream a signed identity assertion (`[assertion]`).
+    pub(crate) assertion: bool,
 }
 
 /// What answers a route's requests.
@@ -704,6 +713,7 @@ fn validate(
     if let Some(pt) = &mut portal {
         pt.store = store;
     }
+    let assertion = assertion::validate(raw.assertion, portal.as_ref(), &routes, &mut p);
     if !p.is_empty() {
         return Err(p);
     }
@@ -718,6 +728,7 @@ fn validate(
         providers,
         rules,
         limits,
+        assertion,
     })
 }
 
@@ -1249,6 +1260,7 @@ fn validate_route(
             r.allow_underscore_headers,
             p,
         ),
+        assertion: flag(&f("assertion"), r.assertion, p),
     })
 }
 

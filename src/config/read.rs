@@ -15,11 +15,18 @@ use serde::Deserialize;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::{Spanned, de::Error as TomlError};
 
-use super::{RawConfig, auth, limits, sessions};
+use super::{RawConfig, assertion, auth, limits, sessions};
 
 /// Sections holding one table (`[tailnet]`).
-const TABLES: [&str; 7] = [
-    "tailnet", "loopback", "admin", "public", "portal", "limits", "sessions",
+const TABLES: [&str; 8] = [
+    "tailnet",
+    "loopback",
+    "admin",
+    "public",
+    "portal",
+    "limits",
+    "sessions",
+    "assertion",
 ];
 /// Sections holding an array of tables (`[[route]]`).
 const ARRAYS: [&str; 4] = ["node", "route", "provider", "rule"];
@@ -142,6 +149,7 @@ pub(super) fn sections(text: &str, tree: Spanned<DeTable<'_>>) -> Read {
             "portal" => raw.portal = r.table::<auth::RawPortal>("portal", value),
             "limits" => raw.limits = r.table::<limits::RawLimits>("limits", value),
             "sessions" => raw.sessions = r.table::<sessions::RawSessions>("sessions", value),
+            "assertion" => raw.assertion = r.table::<assertion::RawAssertion>("assertion", value),
             "node" => raw.node = r.array("node", value),
             "route" => raw.route = r.array("route", value),
             "provider" => raw.provider = r.array("provider", value),

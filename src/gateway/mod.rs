@@ -284,6 +284,29 @@ fn below_prefix<'p>(prefix: &str, path: &'p str) -> &'p str {
     }
 }
 
+/// The signed identity assertion for a route that asks for one: its
+/// audience is the route's URL on the node the request came to (node
+/// origin and route path; a route with a `host` names that host instead),
+/// so an assertion for one route is refused by another; none without a
+/// tailnet identity (Funnel, public, loopback).
+fn assertion<'s>(
+    route: &Route,
+    conn: &Connection,
+    snap: &'s Snapshot,
+    login: Option<&proxy::LoginHeaders>,
+) -> Option<(&'s http::HeaderName, http::HeaderValue)> {
+    let a = snap.assertion.as_deref().filter(|_| route.assertion)?;
+    let o = conn.origin.as_deref()?;
+    let origin = &o.base;
+    let audience = match (&route.host, o.https_port) {
+        (None, _) => format!("{origin}{}", route.path),
+        (Some(h), 443) => format!("https://{h}{}", route.path),
+        (Some(h), port) => format!("https://{h}:{port}{}", route.path),
+    };
+    let token = a.for_request(origin, &audience, &conn.who, login)?;
+    Some((&a.header, token))
+}
+
 /// Hands an allowed request to the proxy with the verified identities.
 #[allow(clippy::too_many_arguments)]
 async fn forward<B>(
@@ -322,6 +345,7 @@ where
         session_cookie: auth.sessions.map(|s| s.cookie_name()),
         session_end,
         body_idle_timeout: snap.body_idle_timeout,
+        assertion: assertion(route, conn, snap, login.as_ref()),
     };
     match proxy::forward(up, route, req, fwd).await {
         Ok(response) => Outcome::Proxied {

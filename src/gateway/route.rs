@@ -8,6 +8,7 @@ use std::time::Duration;
 use http::{Request, header};
 
 use super::Connection;
+use crate::assertion::Assertion;
 use crate::config::{Access, Backend, Config, Route};
 use crate::http::path::{self, NormalizedPath};
 use crate::portal::{self, Portal};
@@ -49,19 +50,23 @@ pub(crate) struct Routed {
 }
 
 impl Routed {
-    fn new(route: &Route, on: OnNode, via: &[NodeSlot]) -> Routed {
+    fn new(
+        route: &Route,
+        on: OnNode,
+        via: &[NodeSlot],
+        assertion: Option<&http::HeaderName>,
+    ) -> Routed {
         let unset = NodeSlot::default();
+        let up = |slot: &NodeSlot| Upstream::new(route, slot, assertion);
         let ups = match (&route.backend, on) {
             (Backend::Tailnet { .. }, OnNode::Every) if via.len() > 1 => {
-                via.iter().map(|v| Upstream::new(route, v)).collect()
+                via.iter().map(up).collect()
             }
             // A node's own route dials through that node; a node not
             // running yet has no slot, and its dials fail with that.
-            (_, OnNode::Node(NodeId(i))) => {
-                vec![Upstream::new(route, via.get(i).unwrap_or(&unset))]
-            }
-            (_, OnNode::NotRunning) => vec![Upstream::new(route, &unset)],
-            _ => vec![Upstream::new(route, via.first().unwrap_or(&unset))],
+            (_, OnNode::Node(NodeId(i))) => vec![up(via.get(i).unwrap_or(&unset))],
+            (_, OnNode::NotRunning) => vec![up(&unset)],
+            _ => vec![up(via.first().unwrap_or(&unset))],
         };
         Routed {
             route: route.clone(),
@@ -93,6 +98,9 @@ pub(crate) struct Snapshot {
     pub(crate) sessions: Option<Arc<Sessions>>,
     /// From `[limits]`, fixed at start (listener settings need a restart).
     pub(crate) body_idle_timeout: Duration,
+    /// The signer and settings of the identity assertion, for routes with
+    /// `assertion = true` ([`Snapshot::with_assertion`]).
+    pub(crate) assertion: Option<Arc<Assertion>>,
 }
 
 /// Where a request goes.
@@ -119,17 +127,25 @@ impl Snapshot {
             None => OnNode::Every,
             Some(n) => node_id(running, n).map_or(OnNode::NotRunning, OnNode::Node),
         };
+        let header = config.assertion.as_ref().map(|a| &a.header);
         Snapshot {
             routes: config
                 .routes
                 .iter()
-                .map(|r| Routed::new(r, on(r), via))
+                .map(|r| Routed::new(r, on(r), via, header))
                 .collect(),
             pages: portal.clone().map(portal::router),
             sessions: portal.as_ref().map(|p| p.sessions().clone()),
             portal,
             body_idle_timeout,
+            assertion: None,
         }
+    }
+
+    /// The snapshot, signing assertions with `assertion`.
+    pub(crate) fn with_assertion(mut self, assertion: Option<Arc<Assertion>>) -> Snapshot {
+        self.assertion = assertion;
+        self
     }
 
     /// Whether the portal is served where the connection came in (the

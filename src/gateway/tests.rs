@@ -744,3 +744,135 @@ upstream = "unix:{gone}"
     let (s, _, _) = send(&e, &alice(), empty(get("/gone/x"))).await;
     assert_eq!(s, StatusCode::BAD_GATEWAY);
 }
+
+/// The signed identity assertion, in-process: a tailnet caller's request
+/// carries one for the route's audience; Funnel and loopback callers get
+/// none; a client's own copy never reaches the upstream, on any route.
+#[tokio::test]
+async fn assertions_only_for_tailnet_callers_and_never_the_clients_own() {
+    let routes = r#"
+[[route]]
+path = "/"
+upstream = "http://{up}"
+access = "public"
+assertion = true
+loopback = true
+[[route]]
+path = "/app"
+upstream = "http://{up}"
+assertion = true
+[[route]]
+path = "/plain"
+upstream = "http://{up}"
+allow_underscore_headers = true
+"#;
+    let Env {
+        snap,
+        metrics,
+        _dir,
+    } = env(routes).await;
+    let signer = crate::assertion::Signer::open(&_dir.path().join("keys.json"), 0).unwrap();
+    let a = crate::assertion::Assertion {
+        signer: signer.clone(),
+        issuer: None,
+        lifetime: std::time::Duration::from_secs(60),
+        header: http::HeaderName::from_static(crate::assertion::HEADER),
+    };
+    let e = Env {
+        snap: snap.with_assertion(Some(Arc::new(a))),
+        metrics,
+        _dir,
+    };
+    let forged = |path: &str| {
+        empty(
+            get(path)
+                .header("Tailpass-Jwt-Assertion", "forged")
+                .header("tailpass_jwt_assertion", "forged"),
+        )
+    };
+    let asserted = |body: &str| {
+        let (_, h) = echoed(body);
+        assert!(header(&h, "tailpass_jwt_assertion").is_empty(), "{h:?}");
+        let v: Vec<String> = header(&h, "tailpass-jwt-assertion")
+            .into_iter()
+            .map(String::from)
+            .collect();
+        assert!(v.iter().all(|t| t != "forged"), "{v:?}");
+        v
+    };
+    let (s, _, body) = send(&e, &alice(), forged("/app/x")).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let token = asserted(&body);
+    assert_eq!(token.len(), 1);
+    let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&signer.jwks()).unwrap();
+    let key = jsonwebtoken::DecodingKey::from_jwk(&jwks.keys[0]).unwrap();
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    v.set_audience(&["https://gw.example.ts.net/app"]);
+    v.set_issuer(&["https://gw.example.ts.net"]);
+    let c = jsonwebtoken::decode::<serde_json::Value>(&token[0], &key, &v)
+        .unwrap()
+        .claims;
+    assert_eq!(c["sub"], "alice@example.com");
+    assert_eq!(c["tailnet_node"], "laptop.example.ts.net");
+    assert_eq!(c["name"], "Alice A");
+    // The public route: a tailnet caller gets one (audience `…/`), Funnel
+    // and loopback callers none.
+    let (_, _, body) = send(&e, &alice(), forged("/blog")).await;
+    let t = asserted(&body);
+    v.set_audience(&["https://gw.example.ts.net/"]);
+    jsonwebtoken::decode::<serde_json::Value>(&t[0], &key, &v).unwrap();
+    for conn in [funnel(), loopback()] {
+        let (s, _, body) = send(&e, &conn, forged("/blog")).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        assert!(asserted(&body).is_empty(), "{body}");
+    }
+    // No assertion where the route does not ask, and no forged copy.
+    let (_, _, body) = send(&e, &alice(), forged("/plain")).await;
+    assert!(asserted(&body).is_empty(), "{body}");
+}
+
+/// A renamed assertion header (`[assertion] header`) is protected on every
+/// route like the default one, which stays protected too.
+#[tokio::test]
+async fn a_renamed_assertion_header_is_protected_everywhere() {
+    let routes = r#"
+[[route]]
+path = "/app"
+upstream = "http://{up}"
+assertion = true
+[[route]]
+path = "/plain"
+upstream = "http://{up}"
+allow_underscore_headers = true
+[assertion]
+header = "X-Pomerium-Jwt-Assertion"
+"#;
+    let Env {
+        snap,
+        metrics,
+        _dir,
+    } = env(routes).await;
+    let a = crate::assertion::Assertion {
+        signer: crate::assertion::Signer::open(&_dir.path().join("keys.json"), 0).unwrap(),
+        issuer: Some("https://tailpass.example".into()),
+        lifetime: std::time::Duration::from_secs(60),
+        header: http::HeaderName::from_static("x-pomerium-jwt-assertion"),
+    };
+    let e = Env {
+        snap: snap.with_assertion(Some(Arc::new(a))),
+        metrics,
+        _dir,
+    };
+    for path in ["/app", "/plain"] {
+        let req = get(path)
+            .header("X-Pomerium-Jwt-Assertion", "forged")
+            .header("x_pomerium_jwt_assertion", "forged")
+            .header("Tailpass-Jwt-Assertion", "forged");
+        let (s, _, body) = send(&e, &alice(), empty(req)).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        let (_, h) = echoed(&body);
+        assert!(h.iter().all(|(_, v)| v != "forged"), "{path}: {h:?}");
+        let got = header(&h, "x-pomerium-jwt-assertion");
+        assert_eq!(got.len(), usize::from(path == "/app"), "{path}: {h:?}");
+    }
+}

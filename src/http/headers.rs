@@ -7,8 +7,10 @@
 //!   removed: every `Tailscale-*`, `Remote-*` and `X-Forwarded-*` name,
 //!   `Forwarded`, `X-Real-IP`, the path-override headers `X-Original-URL`
 //!   and `X-Rewrite-URL`, the default identity names and the route's
-//!   configured identity names. Only tailpass's own values, added
-//!   afterwards, reach the upstream.
+//!   configured identity names, and the signed identity assertion's header
+//!   (`Tailpass-Jwt-Assertion`, or the one `[assertion] header` names) on
+//!   every route, whether it sends assertions or not. Only tailpass's own
+//!   values, added afterwards, reach the upstream.
 //! - Any other name containing `_` is dropped too (nginx's default:
 //!   upstreams disagree on what it means), unless the route sets
 //!   `allow_underscore_headers = true`.
@@ -25,12 +27,13 @@ const PROTECTED_PREFIXES: [&str; 3] = ["tailscale-", "remote-", "x-forwarded-"];
 
 /// Protected names (canonical form), besides the prefixes and the identity
 /// header names.
-const PROTECTED_NAMES: [&str; 5] = [
+const PROTECTED_NAMES: [&str; 6] = [
     "forwarded",
     "x-real-ip",
     "x-original-url",
     "x-rewrite-url",
     "x-forwarded",
+    crate::assertion::HEADER,
 ];
 
 /// A header name as an upstream may read it: lower case, `_` as `-`.
@@ -67,6 +70,16 @@ impl Hygiene {
             identity,
             allow_underscore,
         }
+    }
+
+    /// Protects one more name: the assertion header `[assertion] header`
+    /// configures, on every route.
+    pub(crate) fn protect(mut self, name: &HeaderName) -> Hygiene {
+        let c = canonical(name.as_str());
+        if !self.identity.contains(&c) {
+            self.identity.push(c);
+        }
+        self
     }
 
     /// Whether a client must never set `name` (any case, `_` for `-`).
@@ -368,6 +381,23 @@ mod tests {
             "protected stays protected"
         );
         assert!(!hy.removes("accept") && !hy.removes("x-custom"));
+    }
+
+    #[test]
+    fn the_assertion_header_is_protected_in_every_spelling() {
+        let hy = Hygiene::new(&IdentityHeaders::default(), true);
+        for n in [
+            "Tailpass-Jwt-Assertion",
+            "TAILPASS_JWT_ASSERTION",
+            "tailpass_jwt-assertion",
+        ] {
+            assert!(hy.is_protected(n), "{n}");
+        }
+        // A renamed header is protected too, the default name stays so.
+        assert!(!hy.is_protected("x-pomerium-jwt-assertion"));
+        let renamed = hy.protect(&HeaderName::from_static("x-pomerium-jwt-assertion"));
+        assert!(renamed.is_protected("X_Pomerium_Jwt_Assertion"));
+        assert!(renamed.is_protected("tailpass-jwt-assertion"));
     }
 
     #[test]

@@ -40,18 +40,21 @@ pub(crate) struct Upstream {
 
 impl Upstream {
     /// A client with the route's timeouts; a tailnet upstream is dialed
-    /// through the node in `via`.
-    pub(crate) fn new(route: &Route, via: &NodeSlot) -> Self {
+    /// through the node in `via`; `assertion` is the configured assertion
+    /// header, protected on every route.
+    pub(crate) fn new(route: &Route, via: &NodeSlot, assertion: Option<&http::HeaderName>) -> Self {
+        let mut hygiene =
+            headers::Hygiene::new(&route.identity_headers, route.allow_underscore_headers);
+        if let Some(name) = assertion {
+            hygiene = hygiene.protect(name);
+        }
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connect::Connector::for_route(route, via));
         Upstream {
             client,
             response_timeout: route.response_timeout,
-            hygiene: Arc::new(headers::Hygiene::new(
-                &route.identity_headers,
-                route.allow_underscore_headers,
-            )),
+            hygiene: Arc::new(hygiene),
         }
     }
 }
@@ -76,6 +79,9 @@ pub(crate) struct Forwarding<'a> {
     pub(crate) session_end: Option<SessionEnd>,
     /// How long the request body may pause between chunks.
     pub(crate) body_idle_timeout: Duration,
+    /// The signed identity assertion (`crate::assertion`) and its header,
+    /// when the route asks for one and the caller has an identity.
+    pub(crate) assertion: Option<(&'a http::HeaderName, HeaderValue)>,
 }
 
 /// Identity of the signed-in user, passed upstream in headers.
@@ -242,6 +248,9 @@ fn set_identity(h: &mut http::HeaderMap, route: &Route, fwd: &Forwarding<'_>) {
     }
     if let Some(name) = fwd.session_cookie {
         headers::remove_cookie(h, name);
+    }
+    if let Some((name, token)) = &fwd.assertion {
+        h.insert((*name).clone(), token.clone());
     }
     if let Some(l) = fwd.login {
         headers::set_text(h, &n.user, &l.user);

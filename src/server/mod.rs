@@ -17,10 +17,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::assertion::{Assertion, Signer};
 use crate::config::{CertSource, Config, Limits, NodeOrigin, NodeSpec, PublicListener};
 use crate::gateway::Snapshot;
 use crate::identity::PeerIdentity;
@@ -63,6 +64,10 @@ pub enum StartError {
     /// The portal could not start (session store, provider set-up).
     #[error("portal: {0}")]
     Portal(String),
+    /// The identity assertion's key file (or JWKS file) could not be read
+    /// or written.
+    #[error("assertion: {0}")]
+    Assertion(String),
     /// A loopback listener (`loopback`, `admin`) could not bind.
     #[error("{}", bind_message(listener, addr, source))]
     Bind {
@@ -154,12 +159,16 @@ struct Live {
     via: Arc<[NodeSlot]>,
     health: Arc<Health>,
     fds: Arc<Fds>,
+    /// The assertion keys in service, for the admin listener's JWKS
+    /// (replaced on reload, like the snapshot that signs with them).
+    assertion_keys: Arc<ArcSwapOption<Signer>>,
 }
 
 impl Live {
     fn new(
         config: &Config,
         portal: Option<Arc<Portal>>,
+        assertion: Option<Arc<Assertion>>,
         metrics: Arc<Metrics>,
         stop: watch::Receiver<bool>,
     ) -> Arc<Live> {
@@ -169,8 +178,11 @@ impl Live {
         let body_idle = config.limits.body_idle_timeout;
         let running: Arc<[String]> = config.nodes.iter().map(|n| n.hostname.clone()).collect();
         let via: Arc<[NodeSlot]> = running.iter().map(|_| NodeSlot::default()).collect();
-        let snapshot = Snapshot::new(config, (&running, &via), portal, body_idle);
+        let keys = assertion.as_ref().map(|a| Arc::new(a.signer.clone()));
+        let snapshot =
+            Snapshot::new(config, (&running, &via), portal, body_idle).with_assertion(assertion);
         Arc::new(Live {
+            assertion_keys: Arc::new(ArcSwapOption::new(keys)),
             shared: ArcSwap::from_pointee(snapshot),
             running,
             via,
@@ -213,8 +225,11 @@ impl Gateway {
         let portal = Portal::new(&config, dialer.clone(), None, metrics.clone())
             .map_err(StartError::Portal)?
             .map(Arc::new);
+        let assertion = Assertion::load(&config, None)
+            .map_err(|e| StartError::Assertion(e.to_string()))?
+            .map(Arc::new);
         let (shutdown, stop) = watch::channel(false);
-        let live = Live::new(&config, portal.clone(), metrics, stop);
+        let live = Live::new(&config, portal.clone(), assertion, metrics, stop);
         let mut tasks = JoinSet::new();
         let mut nodes = Vec::new();
         for spec in &config.nodes {
@@ -289,13 +304,22 @@ impl Gateway {
         )
         .inspect_err(|_| self.live.metrics.reload("rejected"))?
         .map(Arc::new);
+        let assertion = Assertion::load(&config, current.assertion.as_ref().map(|a| &a.signer))
+            .map_err(|e| format!("assertion: {e}"))
+            .inspect_err(|_| self.live.metrics.reload("rejected"))?
+            .map(Arc::new);
+        let keys = assertion.as_ref().map(|a| Arc::new(a.signer.clone()));
         let body_idle = self.live.limits.body_idle_timeout;
-        self.live.shared.store(Arc::new(Snapshot::new(
-            &config,
-            (&self.live.running, &self.live.via),
-            portal,
-            body_idle,
-        )));
+        self.live.shared.store(Arc::new(
+            Snapshot::new(
+                &config,
+                (&self.live.running, &self.live.via),
+                portal,
+                body_idle,
+            )
+            .with_assertion(assertion),
+        ));
+        self.live.assertion_keys.store(keys);
         self.config = config;
         self.live.metrics.reload("ok");
         Ok(notes)
@@ -423,7 +447,7 @@ async fn start_admin(
     tasks: &mut JoinSet<()>,
 ) -> Result<SocketAddr, StartError> {
     let (l, bound) = bind("admin", addr).await?;
-    tracing::info!(addr = %bound, "admin listener (/healthz, /metrics)");
+    tracing::info!(addr = %bound, "admin listener (/healthz, /metrics, /.well-known/jwks.json)");
     // The operator's way in: not subject to the reserve, and a small cap
     // of its own; its acceptor serves even on the spare descriptor.
     let gate = Gate::new("admin", 64, 64, Sources::Any, None, live.metrics.clone());
@@ -436,6 +460,7 @@ async fn start_admin(
         metrics: live.metrics.clone(),
         health: live.health.clone(),
         limits: live.limits.clone(),
+        assertion_keys: live.assertion_keys.clone(),
     };
     tasks.spawn(accept::run(
         TcpAcceptor::new(l, true),
