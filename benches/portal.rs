@@ -15,7 +15,10 @@
 //!   done once): GET on a login route with the session cookie against GET
 //!   on a tailnet-only route to the same upstream, once with the file
 //!   store and once with Redis;
-//! - the cost of signing an identity assertion (ES256) per request.
+//! - the cost of an identity assertion (ES256, `assertion = true`) end to
+//!   end: the tailnet-only route against the same route signing one per
+//!   request (the signature alone: `cargo test --release --lib
+//!   cost_per_assertion -- --ignored --nocapture`).
 //!
 //! Without redis-server the Redis figures are skipped (said loudly).
 
@@ -199,9 +202,10 @@ async fn load(
 /// Requests per second on a login route with the session cookie and on a
 /// tailnet-only route (same upstream) through a fresh seed stack whose
 /// gateway keeps sessions in `store_url` (`None`: the file store).
-async fn end_to_end(store_url: Option<&str>, conns: usize, secs: u64) -> (f64, f64) {
-    let mut extra =
-        "[[route]]\nnode = \"gw\"\npath = \"/plain\"\nupstream = \"http://{echo}\"\n".to_string();
+async fn end_to_end(store_url: Option<&str>, conns: usize, secs: u64) -> (f64, f64, f64) {
+    let mut extra = "[[route]]\nnode = \"gw\"\npath = \"/plain\"\nupstream = \"http://{echo}\"\n\
+        [[route]]\nnode = \"gw\"\npath = \"/signed\"\nupstream = \"http://{echo}\"\nassertion = true\n"
+        .to_string();
     if let Some(u) = store_url {
         extra.push_str(&format!("[sessions]\nstore = {u:?}\n"));
     }
@@ -222,8 +226,9 @@ async fn end_to_end(store_url: Option<&str>, conns: usize, secs: u64) -> (f64, f
     let app = "/app/bench";
     let with = load(&laptop, gw, ca, app, Some(&cookie), conns, secs).await;
     let without = load(&laptop, gw, ca, "/plain/bench", None, conns, secs).await;
+    let signed = load(&laptop, gw, ca, "/signed/bench", None, conns, secs).await;
     std::mem::forget(seed);
-    (with, without)
+    (with, without, signed)
 }
 
 async fn run() {
@@ -249,14 +254,18 @@ async fn run() {
             sess_r / sess
         );
     }
-    let (with, without) = end_to_end(None, conns, secs).await;
+    let (with, without, signed) = end_to_end(None, conns, secs).await;
     println!(
         "tailnet, file store ({conns} connections x {secs} s, same echo upstream): login route with session \
          {with:.0} req/s, tailnet-only route {without:.0} req/s, ratio {:.2}",
         with / without
     );
+    println!(
+        "tailnet: tailnet-only route with a signed assertion {signed:.0} req/s, ratio to without {:.2}",
+        signed / without
+    );
     if let Some(u) = &redis_url {
-        let (with_r, without_r) = end_to_end(Some(u), conns, secs).await;
+        let (with_r, without_r, _) = end_to_end(Some(u), conns, secs).await;
         println!(
             "tailnet, Redis store: login route with session {with_r:.0} req/s, tailnet-only route \
              {without_r:.0} req/s, ratio {:.2}; Redis login route / file login route {:.2}",
