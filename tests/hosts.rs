@@ -29,19 +29,16 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
-use futures_util::{SinkExt, StreamExt};
-use tailpass::tailnet::{Node, TailnetStream};
+use tailpass::tailnet::Node;
 use tailpass_testkit::binary::{Tailpass, admin_get};
 use tailpass_testkit::browser::Browser;
+use tailpass_testkit::client::{self, Wss, closed_after};
 use tailpass_testkit::idp::Idp;
 use tailpass_testkit::redis::{self, RedisServer};
 use tailpass_testkit::{
     ConfigBuilder, NodeSpec, PortalSpec, ProviderSpec, RouteSpec, RuleSpec, Secret, Section,
     TestNet, free_port, upstream,
 };
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TailnetStream>>;
 
 const SESSION_SECRET: &str = "two-hosts-session-secret-0123456789-abcdefgh";
 const CLIENT_SECRET: &str = "two-hosts-client-secret";
@@ -215,41 +212,8 @@ async fn app_with(node: &Node, ca: &str, host: &str, cookie: &str) -> (u16, Vec<
     (p.status, b.visited)
 }
 
-async fn open_ws(node: &Node, ca: &str, host: &str, cookie: &str) -> Ws {
-    let tls = tailpass_testkit::client::connect(node, host, 443, ca, &[b"http/1.1"]).await;
-    let mut req = format!("wss://{host}/term/ws")
-        .into_client_request()
-        .unwrap();
-    req.headers_mut().insert(
-        "cookie",
-        format!("tailpass_session={cookie}").parse().unwrap(),
-    );
-    let (mut ws, resp) = tokio_tungstenite::client_async(req, tls).await.unwrap();
-    assert_eq!(resp.status(), 101);
-    ws.send(tokio_tungstenite::tungstenite::Message::text("ping"))
-        .await
-        .unwrap();
-    let back = ws.next().await.unwrap().unwrap();
-    assert_eq!(back.into_text().unwrap().as_str(), "ping");
-    ws
-}
-
-/// How long until the other side closes `ws` (`None`: still open after
-/// `limit`).
-async fn closed_after(ws: &mut Ws, limit: Duration) -> Option<Duration> {
-    let t = Instant::now();
-    tokio::time::timeout(limit, async {
-        loop {
-            match ws.next().await {
-                None | Some(Err(_)) => return,
-                Some(Ok(m)) if m.is_close() => return,
-                Some(Ok(_)) => {}
-            }
-        }
-    })
-    .await
-    .ok()
-    .map(|_| t.elapsed())
+async fn open_ws(node: &Node, ca: &str, host: &str, cookie: &str) -> Wss {
+    client::session_ws(node, host, ca, "/term/ws", cookie).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

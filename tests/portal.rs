@@ -12,18 +12,16 @@
 use std::path::Path;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use tailpass::config::Config;
 use tailpass::server::{Gateway, Options};
 use tailpass::tailnet::Node;
 use tailpass_testkit::browser::{Browser, link_href, query_param, urlenc};
-use tailpass_testkit::client::H1;
+use tailpass_testkit::client::{self, H1};
 use tailpass_testkit::forge::{Fault, Forge};
 use tailpass_testkit::{
     ConfigBuilder, NodeSpec, PortalSpec, ProviderSpec, RouteSpec, RuleSpec, Secret, Section,
     TestNet, upstream,
 };
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const SECRET: &str = "test-session-secret-0123456789-abcdefghijklmnop";
 const CLIENT_ID: &str = "tailpass";
@@ -160,49 +158,13 @@ impl Stack {
 }
 
 /// Opens a websocket through the gateway from `node` with `cookie`.
-async fn open_ws(
-    s: &Stack,
-    node: &Node,
-    cookie: &str,
-) -> tokio_tungstenite::WebSocketStream<
-    tokio_rustls::client::TlsStream<tailpass::tailnet::TailnetStream>,
-> {
-    let tls = tailpass_testkit::client::connect(node, &s.host, 443, &s.ca, &[b"http/1.1"]).await;
-    let mut req = format!("wss://{}/ws/term", s.host)
-        .into_client_request()
-        .unwrap();
-    req.headers_mut().insert(
-        "cookie",
-        format!("tailpass_session={cookie}").parse().unwrap(),
-    );
-    let (mut ws, resp) = tokio_tungstenite::client_async(req, tls).await.unwrap();
-    assert_eq!(resp.status(), 101);
-    ws.send(tokio_tungstenite::tungstenite::Message::text("ping"))
-        .await
-        .unwrap();
-    let back = ws.next().await.unwrap().unwrap();
-    assert_eq!(back.into_text().unwrap().as_str(), "ping");
-    ws
+async fn open_ws(s: &Stack, node: &Node, cookie: &str) -> client::Wss {
+    client::session_ws(node, &s.host, &s.ca, "/ws/term", cookie).await
 }
 
 /// Waits until the websocket is closed by the other side.
-async fn closed_within(
-    ws: &mut tokio_tungstenite::WebSocketStream<
-        tokio_rustls::client::TlsStream<tailpass::tailnet::TailnetStream>,
-    >,
-    limit: Duration,
-) -> bool {
-    tokio::time::timeout(limit, async {
-        loop {
-            match ws.next().await {
-                None | Some(Err(_)) => return,
-                Some(Ok(m)) if m.is_close() => return,
-                Some(Ok(_)) => {}
-            }
-        }
-    })
-    .await
-    .is_ok()
+async fn closed_within(ws: &mut client::Wss, limit: Duration) -> bool {
+    client::closed_after(ws, limit).await.is_some()
 }
 
 fn jwt_parts(token: &str) -> (serde_json::Value, serde_json::Value) {

@@ -155,7 +155,9 @@ fn open_private(p: &Path) -> std::io::Result<std::fs::File> {
         .open(p)
 }
 
-fn set_mode(p: &Path, mode: u32) {
+/// Sets `p`'s permission bits (best effort: a failure shows up as the
+/// next open or bind failing).
+pub(super) fn set_mode(p: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
 }

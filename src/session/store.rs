@@ -555,7 +555,8 @@ impl Shared {
 mod tests {
     use super::*;
 
-    fn rec(expires: i64) -> Record {
+    /// A record of alice's, ending at `expires`.
+    pub(super) fn rec(expires: i64) -> Record {
         Record {
             provider: "p".into(),
             sub: "alice".into(),
@@ -643,6 +644,7 @@ mod redis_tests {
 
     use tailpass_testkit::redis::{self, RedisServer};
 
+    use super::tests::rec;
     use super::*;
     use crate::config::{Secret, SecretRef};
 
@@ -665,24 +667,6 @@ mod redis_tests {
             share: None,
         };
         Store::open_redis(&cfg, Seal::new(&secret(secret_value), &[]), None).unwrap()
-    }
-
-    fn rec(expires: i64) -> Record {
-        Record {
-            provider: "p".into(),
-            sub: "alice".into(),
-            binding: Binding {
-                node: "n".into(),
-                user: "u".into(),
-            },
-            claims: BTreeMap::new(),
-            id_token: "x.y.z".into(),
-            refresh_token: Some("rt".into()),
-            created: 1,
-            auth_time: Some(1),
-            expires,
-            refreshed: 1,
-        }
     }
 
     /// Waits until `n` hosts follow the revocation channel.
@@ -826,21 +810,7 @@ mod redis_tls_tests {
         let seal = || Seal::new(&load("a-session-secret-of-thirty-two-bytes-or-more"), &[]);
         let s = Store::open_redis(&cfg, seal(), None).unwrap();
         let far = crate::session::now() + 3600;
-        let rec = Record {
-            provider: "p".into(),
-            sub: "alice".into(),
-            binding: Binding {
-                node: "n".into(),
-                user: "u".into(),
-            },
-            claims: BTreeMap::new(),
-            id_token: "x.y.z".into(),
-            refresh_token: None,
-            created: 1,
-            auth_time: None,
-            expires: far,
-            refreshed: 1,
-        };
+        let rec = super::tests::rec(far);
         s.put("sid", rec).await.unwrap();
         assert_eq!(s.get("sid", 0).await.unwrap().unwrap().sub, "alice");
         // Without the private CA the server's certificate is not trusted:

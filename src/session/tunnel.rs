@@ -48,7 +48,7 @@ pub(super) fn dial_through(
     };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
-        set_mode(dir, 0o700);
+        super::file::set_mode(dir, 0o700);
     }
     match std::fs::remove_file(path) {
         Ok(()) => {}
@@ -56,7 +56,7 @@ pub(super) fn dial_through(
         Err(e) => return Err(io(e)),
     }
     let listener = UnixListener::bind(path).map_err(io)?;
-    set_mode(path, 0o600);
+    super::file::set_mode(path, 0o600);
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNS));
     Ok(tokio::spawn(async move {
         loop {
@@ -175,9 +175,4 @@ async fn carry_in(
         }
     };
     let _ = tokio::io::copy_bidirectional(&mut conn, &mut local).await;
-}
-
-fn set_mode(p: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
 }

@@ -188,3 +188,47 @@ pub fn echoed_header(j: &serde_json::Value, name: &str) -> Option<Vec<String>> {
         .as_array()
         .map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect())
 }
+
+/// A websocket over TLS over a tailnet stream.
+pub type Wss = tokio_tungstenite::WebSocketStream<TlsStream<tailpass::tailnet::TailnetStream>>;
+
+/// Opens `wss://host<path>` from `node` presenting `cookie` as the session
+/// (`tailpass_session`), and checks that it echoes one message (the
+/// upstream is an echo).
+pub async fn session_ws(node: &Node, host: &str, ca: &str, path: &str, cookie: &str) -> Wss {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let tls = connect(node, host, 443, ca, &[b"http/1.1"]).await;
+    let mut req = format!("wss://{host}{path}").into_client_request().unwrap();
+    req.headers_mut().insert(
+        "cookie",
+        format!("tailpass_session={cookie}").parse().unwrap(),
+    );
+    let (mut ws, resp) = tokio_tungstenite::client_async(req, tls).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    ws.send(tokio_tungstenite::tungstenite::Message::text("ping"))
+        .await
+        .unwrap();
+    let back = ws.next().await.unwrap().unwrap();
+    assert_eq!(back.into_text().unwrap().as_str(), "ping");
+    ws
+}
+
+/// How long until the other side closes `ws` (`None`: still open after
+/// `limit`).
+pub async fn closed_after(ws: &mut Wss, limit: std::time::Duration) -> Option<std::time::Duration> {
+    use futures_util::StreamExt;
+    let t = std::time::Instant::now();
+    tokio::time::timeout(limit, async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) => return,
+                Some(Ok(m)) if m.is_close() => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .ok()
+    .map(|_| t.elapsed())
+}
