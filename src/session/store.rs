@@ -776,6 +776,62 @@ mod redis_tests {
 }
 
 #[cfg(test)]
+mod redis_start_tests {
+    use std::time::Duration;
+
+    use tailpass_testkit::redis::{self, RedisServer};
+
+    use super::tests::rec;
+    use super::*;
+    use crate::config::SecretRef;
+
+    /// tailpass starts with Redis down (the door must not wait for it),
+    /// answers "unreachable" quickly, and connects once Redis is there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_opened_while_redis_is_down_connects_when_it_comes() {
+        if !redis::available("a_store_opened_while_redis_is_down") {
+            return;
+        }
+        let mut r = RedisServer::start(None);
+        r.stop();
+        let secret = SecretRef {
+            env: Some("X".into()),
+            file: None,
+        }
+        .load(&|_| Some("a-session-secret-of-thirty-two-bytes-or-more".into()))
+        .unwrap();
+        let cfg = RedisStore {
+            url: r.url(),
+            password: None,
+            ca_file: None,
+            key_prefix: "late".into(),
+            outage_grace: Duration::from_secs(60),
+            share: None,
+        };
+        let s = Store::open_redis(&cfg, Seal::new(&secret, &[]), None).unwrap();
+        let t = std::time::Instant::now();
+        assert!(matches!(
+            s.get("x", 0).await,
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        r.restart();
+        let far = crate::session::now() + 3600;
+        let mut stored = false;
+        for _ in 0..100 {
+            if s.put("x", rec(far)).await.is_ok() {
+                stored = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(stored, "never connected");
+        assert!(s.get("x", 0).await.unwrap().is_some());
+        assert!(s.up());
+    }
+}
+
+#[cfg(test)]
 mod redis_tls_tests {
     use std::time::Duration;
 
