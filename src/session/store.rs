@@ -373,6 +373,10 @@ struct Shared {
     count: AtomicUsize,
     /// Whether Redis is unreachable (for logging the change once).
     down: AtomicBool,
+    /// After a failed command, requests do not ask Redis again before this
+    /// (a Redis that hangs would otherwise cost every request the whole
+    /// command timeout); upkeep still does.
+    rest_until: Mutex<Option<Instant>>,
     follower: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Carries connections to a store on the tailnet (`tunnel.rs`).
     tunnel: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -388,6 +392,9 @@ impl Drop for Shared {
     }
 }
 
+/// How long requests leave Redis alone after a failed command.
+const REST: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -400,6 +407,7 @@ impl Shared {
             queued: Mutex::default(),
             count: AtomicUsize::new(0),
             down: AtomicBool::new(false),
+            rest_until: Mutex::new(None),
             follower: Mutex::new(None),
             tunnel: Mutex::new(None),
         }
@@ -431,6 +439,7 @@ impl Shared {
     }
 
     fn outage(&self, e: &StoreError) {
+        *locked(&self.rest_until) = Some(Instant::now() + REST);
         if !self.down.swap(true, Ordering::Relaxed) {
             tracing::error!(error = %e, grace = ?self.redis.grace,
                 "session store unreachable: sessions verified here within outage_grace keep working, new sign-ins are refused");
@@ -438,28 +447,45 @@ impl Shared {
     }
 
     fn back(&self) {
+        *locked(&self.rest_until) = None;
         if self.down.swap(false, Ordering::Relaxed) {
             tracing::info!("session store reachable again");
         }
+    }
+
+    /// One request's command: not sent while resting after a failure;
+    /// a failure starts the rest, an answer ends the outage.
+    async fn ask<T>(
+        &self,
+        command: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        if locked(&self.rest_until).is_some_and(|t| Instant::now() < t) {
+            return Err(StoreError::Unavailable(
+                "it did not answer a moment ago".into(),
+            ));
+        }
+        let r = command.await;
+        match &r {
+            Ok(_) => self.back(),
+            Err(e) => self.outage(e),
+        }
+        r
     }
 
     async fn get(&self, sid: &str, now: i64) -> Result<Option<Record>, StoreError> {
         if locked(&self.queued).contains(sid) {
             return Ok(None);
         }
-        match self.redis.get(sid, now).await {
+        match self.ask(self.redis.get(sid, now)).await {
             Ok(Some(rec)) => {
-                self.back();
                 locked(&self.known).insert(sid.to_string(), (rec.clone(), Instant::now()));
                 Ok(Some(rec))
             }
             Ok(None) => {
-                self.back();
                 locked(&self.known).remove(sid);
                 Ok(None)
             }
             Err(e) => {
-                self.outage(&e);
                 let known = locked(&self.known);
                 match known.get(sid) {
                     Some((rec, at)) if at.elapsed() < self.redis.grace && rec.expires > now => {
@@ -472,28 +498,16 @@ impl Shared {
     }
 
     async fn put(&self, sid: &str, rec: Record) -> Result<(), StoreError> {
-        match self.redis.put(sid, &rec).await {
-            Ok(()) => {
-                self.back();
-                locked(&self.known).insert(sid.to_string(), (rec, Instant::now()));
-                Ok(())
-            }
-            Err(e) => {
-                self.outage(&e);
-                Err(e)
-            }
-        }
+        self.ask(self.redis.put(sid, &rec)).await?;
+        locked(&self.known).insert(sid.to_string(), (rec, Instant::now()));
+        Ok(())
     }
 
     async fn revoke(&self, sid: &str) -> Option<Record> {
         let known = locked(&self.known).remove(sid).map(|(r, _)| r);
-        match self.redis.remove(sid).await {
-            Ok(rec) => {
-                self.back();
-                rec.or(known)
-            }
-            Err(e) => {
-                self.outage(&e);
+        match self.ask(self.redis.remove(sid)).await {
+            Ok(rec) => rec.or(known),
+            Err(_) => {
                 tracing::warn!("revocation kept here and sent when the session store is back");
                 locked(&self.queued).insert(sid.to_string());
                 known
@@ -770,7 +784,18 @@ mod redis_tests {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(b.get("s1", 0).await.unwrap().is_none(), "revocation sent");
+        // B's requests leave Redis alone for a second after its last
+        // failure; then they see the revocation.
+        let mut s1 = b.get("s1", 0).await;
+        for _ in 0..50 {
+            if s1.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            s1 = b.get("s1", 0).await;
+        }
+        let s1 = s1.unwrap();
+        assert!(s1.is_none(), "revocation sent");
         assert!(b.get("s2", 0).await.unwrap().is_some(), "the rest kept");
     }
 }
@@ -827,6 +852,69 @@ mod redis_start_tests {
         }
         assert!(stored, "never connected");
         assert!(s.get("x", 0).await.unwrap().is_some());
+        assert!(s.up());
+    }
+}
+
+/// A Redis that hangs (frozen, connections open): one request waits for
+/// the command timeout, the next ones do not wait at all for a while.
+#[cfg(test)]
+mod redis_hang_tests {
+    use std::time::{Duration, Instant};
+
+    use tailpass_testkit::redis::{self, RedisServer};
+
+    use super::tests::rec;
+    use super::*;
+    use crate::config::SecretRef;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hung_redis_costs_one_request_the_timeout_not_every_request() {
+        if !redis::available("a_hung_redis_costs_one_request_the_timeout") {
+            return;
+        }
+        let r = RedisServer::start(None);
+        let secret = SecretRef {
+            env: Some("X".into()),
+            file: None,
+        }
+        .load(&|_| Some("a-session-secret-of-thirty-two-bytes-or-more".into()))
+        .unwrap();
+        let cfg = RedisStore {
+            url: r.url(),
+            password: None,
+            ca_file: None,
+            key_prefix: "hang".into(),
+            outage_grace: Duration::from_secs(60),
+            share: None,
+        };
+        let s = Store::open_redis(&cfg, Seal::new(&secret, &[]), None).unwrap();
+        s.put("x", rec(crate::session::now() + 3600)).await.unwrap();
+        assert!(s.get("x", 0).await.unwrap().is_some());
+        r.pause();
+        // The first request waits for the timeout, then the known record.
+        assert!(s.get("x", 0).await.unwrap().is_some());
+        assert!(!s.up());
+        // The next ones answer at once: the known record, or unreachable.
+        let t = Instant::now();
+        for _ in 0..50 {
+            assert!(s.get("x", 0).await.unwrap().is_some());
+            assert!(matches!(
+                s.get("y", 0).await,
+                Err(StoreError::Unavailable(_))
+            ));
+        }
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
+        r.resume();
+        let t = Instant::now();
+        while s.get("y", 0).await.is_err() {
+            assert!(t.elapsed() < Duration::from_secs(10), "never back");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         assert!(s.up());
     }
 }
