@@ -202,16 +202,21 @@ impl Metrics {
             ),
             registry: r,
         };
-        m.build_info
+        m.starting_values();
+        m
+    }
+
+    /// What holds before anything happened: the build, and a session store
+    /// that is up until a shared one says otherwise (no store, or the file
+    /// store, is never down).
+    fn starting_values(&self) {
+        self.build_info
             .get_or_create(&BuildLabels {
                 version: env!("CARGO_PKG_VERSION").into(),
                 commit: crate::cli::COMMIT.into(),
             })
             .set(1);
-        // Up until a shared store says otherwise (no store, or the file
-        // store, is never down).
-        m.session_store_up.set(1);
-        m
+        self.session_store_up.set(1);
     }
 
     /// Whether the session store answered at the last upkeep.
