@@ -56,6 +56,14 @@ pub struct RedisStore {
     pub share: Option<Share>,
 }
 
+impl RedisStore {
+    /// The store's host and port (6379 when the URL gives none).
+    pub fn host_port(&self) -> Option<(String, u16)> {
+        let u = redis::parse_redis_url(&self.url)?;
+        Some((u.host_str()?.to_string(), u.port().unwrap_or(6379)))
+    }
+}
+
 /// This host's Redis, served on its node's tailnet address (the Redis
 /// port) to the other tailpass hosts only, so they need no route to it
 /// but the tailnet.

@@ -377,14 +377,13 @@ async fn share_store(
     else {
         return Ok(());
     };
-    let (Some(share), Some(url)) = (&r.share, redis::parse_redis_url(&r.url)) else {
+    let (Some(share), Some((host, port))) = (&r.share, r.host_port()) else {
         return Ok(());
     };
     let Some(rn) = nodes.iter().find(|n| n.hostname == share.node) else {
         return Ok(());
     };
-    let port = url.port().unwrap_or(6379);
-    let target = format!("{}:{port}", url.host_str().unwrap_or("127.0.0.1"));
+    let target = format!("{host}:{port}");
     let serve = crate::session::share(rn.node.clone(), port, target, share.clone())
         .await
         .map_err(|source| StartError::Tailnet {

@@ -200,9 +200,7 @@ impl Store {
             crate::config::SessionStore::Redis(r) => r,
         };
         let seal = Seal::new(&cfg.session_secret, &cfg.retired_session_secrets);
-        let host_port = ::redis::parse_redis_url(&r.url)
-            .and_then(|u| Some((u.host_str()?.to_string(), u.port().unwrap_or(6379))));
-        let tailnet = match (dialer, &host_port) {
+        let tailnet = match (dialer, &r.host_port()) {
             (Some(d), Some((host, port))) if d.is_tailnet(host) => {
                 if r.url.starts_with("rediss://") {
                     return Err(StoreError::Config(format!(
@@ -662,7 +660,7 @@ mod redis_tests {
     use super::*;
     use crate::config::{Secret, SecretRef};
 
-    fn secret(v: &str) -> Secret {
+    pub(super) fn secret(v: &str) -> Secret {
         let env = |_: &str| Some(v.to_string());
         let r = SecretRef {
             env: Some("X".into()),
@@ -671,16 +669,22 @@ mod redis_tests {
         r.load(&env).unwrap()
     }
 
-    fn host(r: &RedisServer, secret_value: &str, grace: Duration) -> Store {
-        let cfg = RedisStore {
+    /// The store settings for `r` (no password, prefix `t`).
+    pub(super) fn config(r: &RedisServer, grace: Duration) -> RedisStore {
+        RedisStore {
             url: r.url(),
             password: None,
             ca_file: None,
             key_prefix: "t".into(),
             outage_grace: grace,
             share: None,
-        };
-        Store::open_redis(&cfg, Seal::new(&secret(secret_value), &[]), None).unwrap()
+        }
+    }
+
+    /// One "host": a store on `r` sealing with `secret_value`.
+    pub(super) fn host(r: &RedisServer, secret_value: &str, grace: Duration) -> Store {
+        let seal = Seal::new(&secret(secret_value), &[]);
+        Store::open_redis(&config(r, grace), seal, None).unwrap()
     }
 
     /// Waits until `n` hosts follow the revocation channel.
@@ -695,7 +699,7 @@ mod redis_tests {
         panic!("{n} hosts never subscribed");
     }
 
-    const S: &str = "a-session-secret-of-thirty-two-bytes-or-more";
+    pub(super) const S: &str = "a-session-secret-of-thirty-two-bytes-or-more";
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_hosts_share_records_and_revocations_reach_websockets_by_pubsub() {
@@ -806,9 +810,9 @@ mod redis_start_tests {
 
     use tailpass_testkit::redis::{self, RedisServer};
 
+    use super::redis_tests::{S, host};
     use super::tests::rec;
     use super::*;
-    use crate::config::SecretRef;
 
     /// tailpass starts with Redis down (the door must not wait for it),
     /// answers "unreachable" quickly, and connects once Redis is there.
@@ -819,21 +823,7 @@ mod redis_start_tests {
         }
         let mut r = RedisServer::start(None);
         r.stop();
-        let secret = SecretRef {
-            env: Some("X".into()),
-            file: None,
-        }
-        .load(&|_| Some("a-session-secret-of-thirty-two-bytes-or-more".into()))
-        .unwrap();
-        let cfg = RedisStore {
-            url: r.url(),
-            password: None,
-            ca_file: None,
-            key_prefix: "late".into(),
-            outage_grace: Duration::from_secs(60),
-            share: None,
-        };
-        let s = Store::open_redis(&cfg, Seal::new(&secret, &[]), None).unwrap();
+        let s = host(&r, S, Duration::from_secs(60));
         let t = std::time::Instant::now();
         assert!(matches!(
             s.get("x", 0).await,
@@ -864,9 +854,9 @@ mod redis_hang_tests {
 
     use tailpass_testkit::redis::{self, RedisServer};
 
+    use super::redis_tests::{S, host};
     use super::tests::rec;
     use super::*;
-    use crate::config::SecretRef;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_hung_redis_costs_one_request_the_timeout_not_every_request() {
@@ -874,21 +864,7 @@ mod redis_hang_tests {
             return;
         }
         let r = RedisServer::start(None);
-        let secret = SecretRef {
-            env: Some("X".into()),
-            file: None,
-        }
-        .load(&|_| Some("a-session-secret-of-thirty-two-bytes-or-more".into()))
-        .unwrap();
-        let cfg = RedisStore {
-            url: r.url(),
-            password: None,
-            ca_file: None,
-            key_prefix: "hang".into(),
-            outage_grace: Duration::from_secs(60),
-            share: None,
-        };
-        let s = Store::open_redis(&cfg, Seal::new(&secret, &[]), None).unwrap();
+        let s = host(&r, S, Duration::from_secs(60));
         s.put("x", rec(crate::session::now() + 3600)).await.unwrap();
         assert!(s.get("x", 0).await.unwrap().is_some());
         r.pause();
@@ -925,8 +901,8 @@ mod redis_tls_tests {
 
     use tailpass_testkit::redis::{self, RedisServer};
 
+    use super::redis_tests::{S, config, secret};
     use super::*;
-    use crate::config::SecretRef;
 
     #[tokio::test]
     async fn rediss_with_a_private_ca_and_a_password() {
@@ -934,24 +910,11 @@ mod redis_tls_tests {
             return;
         }
         let r = RedisServer::start_tls(Some("tls-test-password"));
-        let load = |v: &'static str| {
-            SecretRef {
-                env: Some("X".into()),
-                file: None,
-            }
-            .load(&move |_| Some(v.to_string()))
-            .unwrap()
-        };
-        let mut cfg = RedisStore {
-            url: r.url(),
-            password: Some(load("tls-test-password")),
-            ca_file: Some(r.ca_file()),
-            key_prefix: "tls".into(),
-            outage_grace: Duration::from_secs(1),
-            share: None,
-        };
+        let mut cfg = config(&r, Duration::from_secs(1));
+        cfg.password = Some(secret("tls-test-password"));
+        cfg.ca_file = Some(r.ca_file());
         assert!(cfg.url.starts_with("rediss://"));
-        let seal = || Seal::new(&load("a-session-secret-of-thirty-two-bytes-or-more"), &[]);
+        let seal = || Seal::new(&secret(S), &[]);
         let s = Store::open_redis(&cfg, seal(), None).unwrap();
         let far = crate::session::now() + 3600;
         let rec = super::tests::rec(far);
